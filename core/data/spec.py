@@ -1,0 +1,153 @@
+"""The one dataset spec every loader returns, and the errors loaders raise."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .splits import check_splits, count_per_class, split_with_own_test, stratified_split
+
+SPLITS = ("train", "val", "test", "pool")
+
+
+class DataError(ValueError):
+    """A dataset could not be read; the message names the file and what was expected."""
+
+
+@dataclass
+class DatasetCard:
+    """What a person needs to know about a dataset before trusting a model trained on it."""
+
+    name: str
+    source: str
+    license: str
+    classes: list[str]
+    image_shape: tuple[int, int, int]
+    total: int
+    splits: dict[str, dict[str, int]]
+    notes: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "license": self.license,
+            "classes": list(self.classes),
+            "image_shape": list(self.image_shape),
+            "total": self.total,
+            "splits": self.splits,
+            "notes": list(self.notes),
+            "skipped": list(self.skipped),
+        }
+
+
+@dataclass
+class ImageDataset:
+    """Images in [0, 1] as a float32 tensor (N, C, H, W), int64 labels (N,), class names,
+    optional object masks (N, 1, H, W) in {0, 1}, and named splits as index arrays.
+
+    An example's id is its row in ``images``; ids are stable for a given source and seed,
+    so annotations can refer to them.
+    """
+
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    splits: dict[str, np.ndarray]
+    card: DatasetCard
+    masks: torch.Tensor | None = None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.images.shape[1:]
+        return int(c), int(h), int(w)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels of one split."""
+        idx = torch.as_tensor(self.splits[name], dtype=torch.long)
+        return self.images[idx], self.labels[idx]
+
+    def ids(self, name: str) -> np.ndarray:
+        """Example ids (rows of ``images``) in one split."""
+        return self.splits[name]
+
+
+@dataclass
+class RawImages:
+    """Decoded images before splitting: uint8 (N, C, H, W), int64 labels and class names.
+
+    ``is_test`` marks rows from the source's own test split (None when it has none);
+    ``notes`` and ``skipped`` go to the card.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    is_test: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def to_dataset(self, *, name: str, source: str, license: str, seed: int = 0) -> ImageDataset:
+        """Split (keeping an own test split as "test") and wrap as an ImageDataset."""
+        if self.is_test is not None and self.is_test.any():
+            splits = split_with_own_test(self.labels, self.is_test, seed)
+        else:
+            splits = stratified_split(self.labels, seed=seed)
+        return make_dataset(
+            name=name, source=source, license=license, images=images_from_uint8(self.images),
+            labels=self.labels, classes=self.classes, splits=splits, notes=self.notes,
+            skipped=self.skipped,
+        )
+
+
+def images_from_uint8(array: np.ndarray) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32 tensor in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(array)).to(torch.float32).div_(255.0)
+
+
+def make_dataset(
+    *,
+    name: str,
+    source: str,
+    license: str,
+    images: torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    classes: list[str],
+    splits: dict[str, np.ndarray],
+    notes: list[str] | None = None,
+    skipped: list[str] | None = None,
+    masks: torch.Tensor | None = None,
+) -> ImageDataset:
+    """Check arrays and splits, count examples per split and class, and attach the card."""
+    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    if images.dtype != torch.float32 or images.ndim != 4:
+        raise ValueError(f"images must be float32 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+    if len(labels_t) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels_t)} labels")
+    if masks is not None and (masks.ndim != 4 or masks.shape[1] != 1 or len(masks) != len(images)):
+        raise ValueError(f"masks must be (N, 1, H, W), got {tuple(masks.shape)}")
+    check_splits(splits, len(images))
+    labels_np = labels_t.numpy()
+    card = DatasetCard(
+        name=name,
+        source=source,
+        license=license,
+        classes=list(classes),
+        image_shape=tuple(int(s) for s in images.shape[1:]),  # type: ignore[arg-type]
+        total=int(len(images)),
+        splits=count_per_class(labels_np, classes, splits),
+        notes=list(notes or []),
+        skipped=list(skipped or []),
+    )
+    return ImageDataset(
+        name=name, images=images, labels=labels_t, classes=list(classes), splits=dict(splits),
+        card=card, masks=masks,
+    )

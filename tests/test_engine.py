@@ -1,0 +1,191 @@
+"""Training engine: learning, determinism, freezing, stop/pause, NaN roll-back, fine-tuning."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from core.engine import (
+    Callback,
+    TrainConfig,
+    TrainControl,
+    apply_freeze,
+    evaluate,
+    fine_tune,
+    fit,
+    frozen_groups,
+    pick_device,
+)
+from core.models import build_model
+
+
+def _model(data, arch="seed-cnn"):
+    c, h, _ = data.image_shape
+    return build_model(arch, c, h, data.num_classes, seed=0)
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_loss_goes_down_and_accuracy_up(tiny_data):
+    model = _model(tiny_data)
+    before = evaluate(model, *tiny_data.split("val"))
+    result = fit(model, tiny_data.split("train"), tiny_data.split("val"), config=TrainConfig(epochs=6, batch_size=16, lr=0.05))
+    assert result.history[-1].train_loss < result.history[0].train_loss
+    assert result.history[-1].val_acc > before.accuracy
+    assert result.history[-1].val_acc >= 0.9
+
+
+def test_deterministic_under_seed(tiny_data):
+    a, b = _model(tiny_data), _model(tiny_data)
+    cfg = TrainConfig(epochs=2, batch_size=16, seed=7)
+    fit(a, tiny_data.split("train"), None, config=cfg)
+    fit(b, tiny_data.split("train"), None, config=cfg)
+    assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+
+
+@pytest.mark.parametrize("arch", ["seed-cnn", "vgg6"])
+def test_frozen_groups_stay_bit_identical(tiny_data, arch):
+    model = _model(tiny_data, arch)
+    frozen = list(model.layer_groups)[:2]
+    apply_freeze(model, frozen)
+    before = _state(model)
+    fit(model, tiny_data.split("train"), None, config=TrainConfig(epochs=2, batch_size=16))
+    names = dict(model.named_modules())
+    for group in model.layer_groups:
+        for mod_name in model.layer_groups[group]:
+            keys = [k for k in before if k.startswith(mod_name + ".")]
+            same = all(torch.equal(before[k], model.state_dict()[k]) for k in keys)
+            if group in frozen:
+                assert same, f"{mod_name} changed although frozen"  # BatchNorm running stats too
+                assert all(not p.requires_grad for p in names[mod_name].parameters())
+            elif any(p.numel() for p in names[mod_name].parameters()):
+                assert not same, f"{mod_name} did not train"
+    assert frozen_groups(model) == tuple(frozen)
+
+
+def test_freezing_mid_run_leaves_parameters_identical_from_then_on(tiny_data):
+    model = _model(tiny_data)
+    control = TrainControl()
+    seen = {}
+
+    class FreezeAt(Callback):
+        def on_step(self, info):
+            if info.step == 3:
+                control.set_frozen(["conv1", "conv2"])
+                seen["at"] = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("conv1", "conv2"))}
+            if info.step == 4:
+                seen["frozen_in_step"] = info.frozen
+
+    fit(model, tiny_data.split("train"), None, config=TrainConfig(epochs=2, batch_size=8), callbacks=[FreezeAt()], control=control)
+    assert seen["frozen_in_step"] == ("conv1", "conv2")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in seen["at"].items())
+
+
+def test_non_finite_loss_restores_last_good_weights(tiny_data):
+    model = _model(tiny_data)
+    snapshots = {}
+
+    class Keep(Callback):
+        def on_step(self, info):
+            snapshots[info.step] = _state(model)
+
+    def poison(model, batch):
+        poison.calls += 1
+        return torch.tensor(float("nan")) if poison.calls == 5 else batch.logits.sum() * 0
+
+    poison.calls = 0
+    result = fit(model, tiny_data.split("train"), None, config=TrainConfig(epochs=3, batch_size=8),
+                 loss_terms={"poison": poison}, callbacks=[Keep()])
+    assert result.rolled_back and "restored" in result.message
+    assert result.steps == 4
+    last_good = snapshots[3]
+    assert all(torch.equal(last_good[k], v) for k, v in model.state_dict().items())
+
+
+def test_exploding_weights_roll_back_to_epoch_start(tiny_data):
+    model = _model(tiny_data)
+    start = _state(model)
+
+    class Explode(Callback):
+        def on_step(self, info):
+            if info.step == 1:  # corrupt the weights after a step, as a huge update would
+                with torch.no_grad():
+                    model.fc1.weight.fill_(float("inf"))
+
+    result = fit(model, tiny_data.split("train"), None, config=TrainConfig(epochs=1, batch_size=8), callbacks=[Explode()])
+    assert result.rolled_back
+    assert all(torch.equal(start[k], v) for k, v in model.state_dict().items())
+
+
+def test_stop_between_steps(tiny_data):
+    control = TrainControl()
+
+    class StopAt(Callback):
+        def on_step(self, info):
+            if info.step == 2:
+                control.request_stop()
+
+    result = fit(_model(tiny_data), tiny_data.split("train"), None, config=TrainConfig(epochs=5, batch_size=8),
+                 callbacks=[StopAt()], control=control)
+    assert result.stopped and result.steps == 3
+
+
+def test_pause_at_epoch_end_and_resume_continues_same_step(tiny_data):
+    control = TrainControl()
+    control.pause_at_epoch_end = True
+    steps = []
+
+    class Rec(Callback):
+        def on_step(self, info):
+            steps.append(info.step)
+
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", fit(
+        _model(tiny_data), tiny_data.split("train"), None, config=TrainConfig(epochs=2, batch_size=16),
+        callbacks=[Rec()], control=control)))
+    t.start()
+    for _ in range(200):
+        if control.waiting:
+            break
+        t.join(0.05)
+    assert control.waiting and control.paused
+    n_first = len(steps)
+    t.join(0.3)
+    assert len(steps) == n_first  # nothing runs while paused
+    control.resume()
+    t.join(30)
+    assert not t.is_alive()
+    assert steps == list(range(2 * n_first))
+    assert out["r"].steps == 2 * n_first
+
+
+def test_fine_tune_adds_weighted_terms_with_example_ids(tiny_data):
+    model = _model(tiny_data)
+    seen_ids = set()
+
+    def term(model, batch):
+        seen_ids.update(batch.ids.tolist())
+        return batch.features.pow(2).mean()
+
+    result = fine_tune(model, tiny_data, {"feat": term}, {"cls": 0.5, "feat": 0.1}, epochs=1)
+    assert len(result.history) == 1
+    assert seen_ids == set(tiny_data.ids("train").tolist())
+
+
+def test_device_choice():
+    assert pick_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            pick_device("cuda")
+        assert pick_device(None).type in ("cpu", "mps")
+
+
+def test_evaluate_confusion_matches_predictions(tiny_data):
+    model = _model(tiny_data)
+    ev = evaluate(model, *tiny_data.split("test"))
+    assert ev.confusion.sum() == len(tiny_data.ids("test"))
+    assert ev.accuracy == pytest.approx((ev.preds == ev.labels).mean())
+    assert ev.probs.shape == (len(ev.labels), tiny_data.num_classes)

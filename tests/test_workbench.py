@@ -1,0 +1,115 @@
+"""Store and workbench: versions survive a restart, restores are exact, jobs make versions."""
+from __future__ import annotations
+
+import gc
+import time
+
+import pytest
+import torch
+
+from core.engine import Callback, TrainConfig
+from core.models import build_model
+from core.store import Store, valid_workbench_id
+from core.workbench import Workbench
+
+
+def _make(store, data):
+    base = build_model("seed-cnn", 1, 16, data.num_classes, seed=0)
+    return Workbench.create(store, data, "tiny", base)
+
+
+def _loader(data):
+    return lambda source, seed=0: data
+
+
+def test_version_saved_and_restored_is_identical(workspace, tiny_data):
+    store = Store(workspace)
+    wb = _make(store, tiny_data)
+    job = wb.start_training(TrainConfig(epochs=1, batch_size=16), description="train")
+    assert job.wait(60) and job.status == "done", job.error
+    assert wb.current_version == 1
+    trained = {k: v.clone() for k, v in wb.model.state_dict().items()}
+    wb.reset()
+    assert wb.current_version == 0
+    assert not all(torch.equal(trained[k], v) for k, v in wb.model.state_dict().items())
+    wb.restore(1)
+    assert all(torch.equal(trained[k], v) for k, v in wb.model.state_dict().items())
+    assert [v.number for v in wb.versions()] == [0, 1]
+    assert 0.0 <= wb.versions()[1].metrics["test_acc"] <= 1.0
+
+
+def test_workbench_reopened_by_id_has_same_versions_and_annotations(workspace, tiny_data):
+    store = Store(workspace)
+    wb = _make(store, tiny_data)
+    job = wb.start_training(TrainConfig(epochs=1, batch_size=16), description="first")
+    job.wait(60)
+    wb.add_annotations("latent", [(3, {"xy": [0.5, 1.0]}), (7, {"xy": [0.0, -1.0]})])
+    wb_id, versions, state = wb.id, wb.versions(), {k: v.clone() for k, v in wb.model.state_dict().items()}
+    del wb, job
+    gc.collect()
+    again = Workbench.open(Store(workspace), wb_id, loader=_loader(tiny_data))
+    assert [(v.number, v.description, v.metrics) for v in again.versions()] == [(v.number, v.description, v.metrics) for v in versions]
+    assert again.current_version == 1
+    assert all(torch.equal(state[k], v) for k, v in again.model.state_dict().items())
+    assert [(a.example_id, a.payload) for a in again.annotations("latent")] == [(3, {"xy": [0.5, 1.0]}), (7, {"xy": [0.0, -1.0]})]
+
+
+def test_unknown_or_malformed_id(workspace, tiny_data):
+    store = Store(workspace)
+    assert not valid_workbench_id("../etc") and not valid_workbench_id(None)
+    with pytest.raises(KeyError):
+        Workbench.open(store, "0123456789ab", loader=_loader(tiny_data))
+    with pytest.raises(KeyError):
+        Workbench.open(store, "../../x", loader=_loader(tiny_data))
+
+
+def test_annotations_replace_and_clear(workspace, tiny_data):
+    wb = _make(Store(workspace), tiny_data)
+    wb.add_annotations("grid", [(1, {"w": 1})])
+    wb.replace_annotations("grid", [(2, {"w": 2}), (3, {"w": 3})])
+    wb.add_annotations("other", [(9, {})])
+    assert [a.example_id for a in wb.annotations("grid")] == [2, 3]
+    wb.clear_annotations("grid")
+    assert wb.annotations("grid") == [] and len(wb.annotations()) == 1
+
+
+def test_stopped_job_keeps_partial_version_and_isolated_copy(workspace, tiny_data):
+    wb = _make(Store(workspace), tiny_data)
+    base_state = {k: v.clone() for k, v in wb.model.state_dict().items()}
+    seen = []
+
+    class Slow(Callback):
+        def on_step(self, info):
+            seen.append(info.step)
+            # the current model is untouched while a copy trains
+            assert all(torch.equal(base_state[k], v) for k, v in wb.model.state_dict().items())
+            time.sleep(0.05)
+
+    job = wb.start_training(TrainConfig(epochs=50, batch_size=8), description="long", listeners=[Slow()])
+    while not seen:
+        time.sleep(0.01)
+    job.stop()
+    assert job.wait(30)
+    assert job.status == "stopped"
+    assert wb.current_version == 1 and "stopped after" in wb.versions()[1].description
+    assert len(seen) < 50 * 6
+
+
+def test_failed_job_reports_message_and_keeps_model(workspace, tiny_data):
+    wb = _make(Store(workspace), tiny_data)
+
+    def boom(model, batch):
+        raise ValueError("bad annotation")
+
+    job = wb.start_training(TrainConfig(epochs=1, batch_size=8), description="x", loss_terms={"boom": boom})
+    job.wait(30)
+    assert job.status == "failed" and "bad annotation" in job.error
+    assert wb.current_version == 0 and len(wb.versions()) == 1
+
+
+def test_evaluation_is_cached_per_version(workspace, tiny_data):
+    wb = _make(Store(workspace), tiny_data)
+    a = wb.evaluation("test")
+    assert wb.evaluation("test") is a
+    with_f = wb.evaluation("test", with_features=True)
+    assert with_f.features.shape == (len(tiny_data.ids("test")), wb.model.feature_dim)
