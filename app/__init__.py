@@ -1,0 +1,1 @@
+"""UI helpers shared by the pages: session state, cached resources, charts and image grids."""

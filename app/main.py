@@ -1,0 +1,56 @@
+"""steerboard entry: `streamlit run app/main.py`. Navigation, session bootstrap and sidebar."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `import core` / `import app` from any working directory
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app import sidebar  # noqa: E402
+from app.state import boot, show_notices  # noqa: E402
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+st.set_page_config(page_title="steerboard", page_icon=":material/explore:", layout="wide")
+
+PAGES = [
+    st.Page(str(ROOT / "pages" / "home.py"), title="Home", icon=":material/home:", default=True),
+]
+
+
+def waiting_for_base(job) -> None:
+    """First start on a fresh workspace: the default base model trains in the background."""
+    st.title("steerboard")
+    st.write("First start: training the default base model (seed-cnn on the bundled digits). "
+             "This happens once; later starts load it from the workspace.")
+
+    @st.fragment(run_every=0.5)
+    def progress() -> None:
+        view = job.view() if job is not None else None
+        with st.container(key="base-progress"):
+            if view is None:
+                st.info("Preparing…")
+                return
+            if view["status"] == "failed":
+                st.error(f"Training the base model failed: {view['error']}. Reload the page to try again.")
+                return
+            st.progress(view["progress"], text=f"step {view['done_steps']} / {view['total_steps']}"
+                        + (f", loss {view['steps'][-1][1]:.3f}" if view["steps"] else ""))
+            if view["status"] == "done":
+                st.rerun(scope="app")
+
+    progress()
+
+
+state = boot()
+if state.workbench is None:
+    waiting_for_base(state.base_job)
+else:
+    sidebar.draw(state.workbench)
+    nav = st.navigation(PAGES)
+    show_notices()
+    nav.run()

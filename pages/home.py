@@ -1,0 +1,61 @@
+"""Home: how the current model does, train it, and manage its versions."""
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from app.widgets import confusion_figure, image_grid, pct, per_class_figure, train_panel, versions_panel
+
+wb = st.session_state["workbench"]
+data = wb.data
+version = wb.version(wb.current_version)
+ev = wb.evaluation("test")
+
+st.title("Home")
+st.caption(f"{data.name}: {data.card.total} images of {'x'.join(map(str, data.image_shape))}, "
+           f"{data.num_classes} classes · model {wb.arch} · workbench {wb.id}")
+
+with st.container(key="home-metrics"):
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Test accuracy", pct(ev.accuracy))
+    c2.metric("Validation accuracy", pct(version.metrics.get("val_acc")))
+    c3.metric("Version", f"v{version.number}")
+    c4.metric("Mistakes on test", int((ev.preds != ev.labels).sum()))
+
+st.subheader("Train")
+train_panel(wb, key="train", default_epochs=5)
+
+tab_classes, tab_examples, tab_versions, tab_data = st.tabs(["Per class", "Examples", "Versions", "Dataset"])
+with tab_classes:
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(per_class_figure(ev.per_class_accuracy, data.classes, ev.accuracy), key="per-class", width="stretch")
+    c2.plotly_chart(confusion_figure(ev.confusion, data.classes), key="confusion", width="stretch")
+
+with tab_examples:
+    c1, c2, c3 = st.columns([1, 2, 1])
+    cls = c1.selectbox("True class", ["all"] + data.classes, key="ex-class")
+    only = c2.radio("Show", ["mistakes first", "mistakes only", "correct only"], horizontal=True, key="ex-show")
+    n = c3.number_input("How many", 8, 96, 24, step=8, key="ex-n")
+    ids = data.ids("test")
+    wrong = ev.preds != ev.labels
+    keep = np.ones(len(ids), bool) if cls == "all" else ev.labels == data.classes.index(cls)
+    if only == "mistakes only":
+        keep &= wrong
+    elif only == "correct only":
+        keep &= ~wrong
+    # mistakes first, most confident mistakes at the top
+    conf = ev.probs.max(1)
+    order = np.lexsort((-conf, ~wrong))
+    order = order[keep[order]][: int(n)]
+    if len(order) == 0:
+        st.info("No test examples match this filter.")
+    else:
+        caps = [f"{'✗' if wrong[i] else '✓'} {data.classes[ev.labels[i]]} → {data.classes[ev.preds[i]]}" for i in order]
+        image_grid(wb, ids[order], caps, key="examples-grid")
+        st.caption("Caption: true class → predicted class (✗ = mistake), on the test split.")
+
+with tab_versions:
+    versions_panel(wb)
+
+with tab_data:
+    st.json(data.card.to_dict(), expanded=False)
