@@ -1,0 +1,50 @@
+"""Allowed data roots, and the shared base-model registry."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from core.base_models import BaseModels
+from core.engine import TrainConfig
+from core.paths import PathNotAllowed, check_user_path, data_roots
+from core.store import Store
+
+
+def test_paths_inside_roots_only(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    (root / "data" / "qd").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "data" / "link").symlink_to(outside)
+    monkeypatch.chdir(root)
+    roots = [root.resolve()]
+    assert check_user_path("data/qd", roots) == (root / "data" / "qd").resolve()
+    assert check_user_path(str(root / "data" / "qd"), roots) == (root / "data" / "qd").resolve()
+    for bad in ("../outside", "data/../../outside", str(outside), "/etc/passwd", "data/link", "~"):
+        with pytest.raises(PathNotAllowed, match="outside the folders"):
+            check_user_path(bad, roots)
+    with pytest.raises(PathNotAllowed, match="Type the path"):
+        check_user_path("  ", roots)
+
+
+def test_data_roots_from_environment(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert data_roots(tmp_path / "ws", extra="") == [(tmp_path / "ws" / "data").resolve(), tmp_path.resolve()]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert data_roots(tmp_path, extra=f"{a}{os.pathsep}{b}") == [a.resolve(), b.resolve()]
+
+
+def test_base_model_trained_once_in_background_then_loaded_from_disk(tmp_path, tiny_data):
+    store = Store(tmp_path / "ws")
+    registry = BaseModels(store)
+    cfg = TrainConfig(epochs=1, batch_size=16, seed=0)
+    assert registry.status(tiny_data, "tiny", "seed-cnn", train=False, config=cfg).job is None
+    first = registry.status(tiny_data, "tiny", "seed-cnn", train=True, config=cfg)
+    assert first.model is None and first.job is not None
+    assert first.job.wait(60) and first.job.status == "done", first.job.error
+    again = registry.status(tiny_data, "tiny", "seed-cnn", train=True, config=cfg)
+    assert again.model is not None and again.job is None
+    fresh = BaseModels(Store(tmp_path / "ws")).status(tiny_data, "tiny", "seed-cnn", config=cfg)
+    assert fresh.model is not None
+    assert all((a == b).all() for a, b in zip(fresh.model.state_dict().values(), again.model.state_dict().values()))
