@@ -101,7 +101,7 @@ def boot() -> Boot:
     if status.model is None:
         return Boot(None, status.job)
     wb = Workbench.create(store, data, DEFAULT_SOURCE, status.model, base_checkpoint=status.path,
-                          settings={"device": "cpu"})
+                          settings={"device": "cpu"}, metrics=status.metrics)
     return _adopt(wb)
 
 
@@ -128,7 +128,8 @@ def switch_workbench(source_text: str, arch: str) -> bool:
             base, description = untrained_model(data, arch), "untrained initial weights"
         wb = Workbench.create(get_store(), data, source, base,
                               base_checkpoint=status.path if status.model is not None else None,
-                              settings={"device": "cpu"}, description=description)
+                              settings={"device": "cpu"}, description=description,
+                              metrics=status.metrics if status.model is not None else None)
     except (DataError, PathNotAllowed, CheckpointError, ValueError, OSError) as exc:
         notice(f"Could not open that dataset: {exc}", "error")
         return False

@@ -51,9 +51,11 @@ def training_figure(view: dict) -> go.Figure:
     if steps:
         s = np.array([x[0] for x in steps]) + 1
         loss = np.array([x[1] for x in steps])
-        fig.add_trace(go.Scatter(x=s, y=loss, mode="lines", name="loss", line=dict(color="#cbd5e1", width=1)), 1, 1)
         smooth = pd.Series(loss).ewm(alpha=0.1).mean().to_numpy()
-        fig.add_trace(go.Scatter(x=s, y=smooth, mode="lines", name="loss (smoothed)", line=dict(color="#2563eb")), 1, 1)
+        # at most ~400 points per trace: the browser redraws this chart every update
+        keep = np.unique(np.linspace(0, len(s) - 1, min(len(s), 400)).astype(int))
+        fig.add_trace(go.Scatter(x=s[keep], y=loss[keep], mode="lines", name="loss", line=dict(color="#cbd5e1", width=1)), 1, 1)
+        fig.add_trace(go.Scatter(x=s[keep], y=smooth[keep], mode="lines", name="loss (smoothed)", line=dict(color="#2563eb")), 1, 1)
     epochs = view["epochs"]
     if epochs:
         e = [x["epoch"] + 1 for x in epochs]
@@ -113,14 +115,18 @@ def train_panel(wb: Workbench, *, key: str = "train", default_epochs: int = 5,
             else:
                 st.session_state[f"{key}-watching"] = True
                 st.rerun()
-        _live(wb, key)
+        live_job(wb, key)
 
 
-def _live(wb: Workbench, key: str) -> None:
+def live_job(wb: Workbench, key: str) -> None:
+    """Progress, Stop and a live chart of the workbench's current job, polled twice a second
+    while it runs; one full rerun when it ends."""
     job = wb.jobs.current
     running = job is not None and job.running
 
-    @st.fragment(run_every=0.5 if running else None)
+    # 0.8 s: the chart updates more than once a second without keeping a 2-core machine busy
+    # redrawing it (the browser often shares the machine with the server in demos and tests)
+    @st.fragment(run_every=0.8 if running else None)
     def live() -> None:
         job = wb.jobs.current
         if job is None:
@@ -131,7 +137,7 @@ def _live(wb: Workbench, key: str) -> None:
             if still:
                 c1, c2 = st.columns([4, 1])
                 c1.progress(view["progress"], text=f"{view['description']}: step {view['done_steps']} / {view['total_steps']}"
-                            f", epoch {len(view['epochs']) + 1}" + (f", loss {view['steps'][-1][1]:.4f}" if view["steps"] else ""))
+                            f", epoch {min(len(view['epochs']) + 1, view.get('total_epochs') or 10**9)}" + (f", loss {view['steps'][-1][1]:.4f}" if view["steps"] else ""))
                 if c2.button("Stop", key=f"{key}-stop", width="stretch"):
                     job.stop()
             elif view["status"] == "failed":

@@ -23,6 +23,7 @@ class BaseStatus:
     model: SteerableModel | None
     job: Job | None
     path: str
+    metrics: dict | None = None
 
 
 class BaseModels:
@@ -36,6 +37,7 @@ class BaseModels:
         self.store = store
         self._lock = threading.Lock()
         self._models: dict[str, SteerableModel] = {}
+        self._metrics: dict[str, dict] = {}
         self._jobs: dict[str, Job] = {}
 
     def status(self, data: ImageDataset, source: str, arch: str, *, train: bool = False,
@@ -45,12 +47,12 @@ class BaseModels:
         path = base_checkpoint_path(self.store, source, arch, (config or DEFAULT_BASE_CONFIG).seed)
         key = str(path)
         with self._lock:
+            if key not in self._models and path.is_file():
+                self._models[key] = model_from_checkpoint(path).eval()
             if key in self._models:
-                return BaseStatus(self._models[key], None, key)
-            if path.is_file():
-                model = model_from_checkpoint(path).eval()
-                self._models[key] = model
-                return BaseStatus(model, None, key)
+                if key not in self._metrics:  # once per base model, not once per workbench
+                    self._metrics[key] = version_metrics(self._models[key], data)
+                return BaseStatus(self._models[key], None, key, self._metrics[key])
             job = self._jobs.get(key)
             if job is None or job.status in ("failed", "stopped"):
                 if not train:

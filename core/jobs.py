@@ -27,8 +27,9 @@ class Job(Callback):
     (dicts of :class:`EpochInfo`). All reads go through :meth:`view` for a consistent copy.
     """
 
-    def __init__(self, kind: str, total_steps: int, description: str = "") -> None:
+    def __init__(self, kind: str, total_steps: int, description: str = "", total_epochs: int | None = None) -> None:
         self.kind = kind
+        self.total_epochs = total_epochs
         self.description = description
         self.total_steps = max(int(total_steps), 1)
         self.control = TrainControl()
@@ -94,6 +95,7 @@ class Job(Callback):
                 "elapsed": (self.finished or time.time()) - self.started,
                 "done_steps": self.done_steps,
                 "total_steps": self.total_steps,
+                "total_epochs": self.total_epochs,
             }
 
     def wait(self, timeout: float | None = None) -> bool:

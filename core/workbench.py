@@ -102,7 +102,7 @@ class Workbench:
     @classmethod
     def create(cls, store: Store, data: ImageDataset, data_source: str, base_model: SteerableModel,
                *, base_checkpoint: str | Path | None = None, settings: dict[str, Any] | None = None,
-               description: str = "base model") -> "Workbench":
+               description: str = "base model", metrics: dict[str, Any] | None = None) -> "Workbench":
         """A new workbench whose version 0 is (a deep copy of) ``base_model``.
 
         ``base_checkpoint``: an existing read-only checkpoint of the base model to point
@@ -111,13 +111,14 @@ class Workbench:
         arch = base_model.info.arch
         settings = dict(settings or {})
         record = store.create_workbench(data_source, arch, settings)
-        model = copy.deepcopy(base_model).cpu()
+        model = copy.deepcopy(base_model).cpu().train()
         wb = cls(store, record.id, data, data_source, arch, model, settings, 0)
         if base_checkpoint is None:
             base_checkpoint = store.workbench_dir(wb.id) / "v0.pt"
             save_checkpoint(model, base_checkpoint, data.classes, {"description": description})
-        metrics = version_metrics(model, data)
-        store.add_version(wb.id, VersionRecord(0, None, time.time(), description, str(base_checkpoint), {}, metrics))
+        if metrics is None:  # a shared base model's metrics can be computed once and passed in
+            metrics = version_metrics(model, data)
+        store.add_version(wb.id, VersionRecord(0, None, time.time(), description, str(base_checkpoint), {}, dict(metrics)))
         return wb
 
     @classmethod
@@ -232,7 +233,7 @@ class Workbench:
         if train is None:
             train_ids = torch.as_tensor(self.data.ids("train"), dtype=torch.long)
         steps_per_epoch = -(-len(images) // config.batch_size)
-        job = Job("train", config.epochs * steps_per_epoch, description)
+        job = Job("train", config.epochs * steps_per_epoch, description, total_epochs=config.epochs)
         job.listeners = list(listeners)
         job.control.set_frozen(frozen)
         with self.lock:

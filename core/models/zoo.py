@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 
 from core.models.base import ModelInfo, SteerableModel
@@ -108,6 +107,8 @@ class ResNet18(SteerableModel):
 
     def __init__(self, in_channels: int, image_size: int, num_classes: int) -> None:
         super().__init__()
+        import torchvision  # imported here: it costs over a second at app start and only resnet18 needs it
+
         self.info = ModelInfo("resnet18", in_channels, image_size, num_classes)
         net = torchvision.models.resnet18(weights=None, num_classes=num_classes)
         net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)

@@ -1,0 +1,289 @@
+"""App latency: idle reruns of each page, and time from `streamlit run` to a rendered Home.
+
+Entries (times in seconds; ``target`` is the largest passing time):
+
+- ``idle_rerun_<page>``: median wall time of ``AppTest.run()`` on a page with nothing new to
+  compute (after a first run that loads everything), on a cached base model. Target 0.2 s.
+- ``cached_start``: from launching ``streamlit run app/main.py`` to Home rendered in Chromium
+  (``.st-key-home-metrics`` showing an accuracy), with the base model cached in the
+  workspace; median over fresh server processes. Target 5 s.
+- ``first_start`` (with ``--first-start``): the same on an EMPTY workspace, where the server
+  trains the default base model in the background first. Target 60 s.
+
+    python benchmarks/app_latency.py [--reruns 20] [--starts 3] [--first-start] [--quick] [--json PATH]
+
+The browser parts need Playwright and Debian's chromium (as the browser tests do); without
+them they are left out with a note.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from _common import ROOT, machine, print_table, write_json  # noqa: I001
+
+ENTRY = ROOT / "app" / "main.py"
+BASE_NAME = "digits__seed-cnn__s0.pt"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+ACCURACY = re.compile(r"\d+\.\d%")
+
+# Pages to time: (entry name, page file relative to the entry script as st.navigation sees it).
+# Add a page here when it is added to app/main.py's PAGES.
+PAGES = [
+    ("home", "../pages/home.py"),
+    ("latent", "../pages/latent.py"),
+]
+
+TARGETS = {"idle_rerun": 0.2, "cached_start": 5.0, "first_start": 60.0}
+
+
+# ----------------------------------------------------------------------------- helpers
+def pretrain_base(workspace: Path, epochs: int) -> Path:
+    """A cached base model in ``workspace/base`` via the CLI (as a user would pre-train one)."""
+    out = workspace / "base"
+    cmd = [sys.executable, "-m", "core.train", "--data", "digits", "--model", "seed-cnn",
+           "--epochs", str(epochs), "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
+    path = out / BASE_NAME
+    if not path.is_file():
+        raise SystemExit(f"core.train did not write {path}")
+    return path
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def load() -> dict:
+    """The 1/5/15-minute load averages: these machines are shared, say how busy it was."""
+    try:
+        return {"loadavg": [round(x, 2) for x in os.getloadavg()]}
+    except OSError:
+        return {}
+
+
+# ----------------------------------------------------------------------------- (a) AppTest
+def idle_reruns(workspace: Path, reruns: int) -> list[dict]:
+    """Median wall time of an idle rerun of each page in PAGES, through AppTest."""
+    os.environ["STEERBOARD_WORKSPACE"] = str(workspace)
+    from streamlit.testing.v1 import AppTest
+
+    rows = []
+    at = AppTest.from_file(str(ENTRY), default_timeout=60)  # relative paths resolve against this file
+    t0 = time.perf_counter()
+    at.run()
+    first_s = time.perf_counter() - t0
+    if len(at.exception) or not any(m.label == "Test accuracy" for m in at.metric):
+        raise SystemExit(f"the first run did not show Home (is the base model cached?): "
+                         f"{[e.value for e in at.exception]}")
+    for name, page in PAGES:
+        target = TARGETS["idle_rerun"]
+        params = {"page": page, "reruns": reruns, "first_app_run_s": first_s, "via": "streamlit.testing AppTest"}
+        try:
+            at.switch_page(page)
+            t0 = time.perf_counter()
+            at.run()  # warm-up: the page's own first run computes what it caches
+            params["first_page_run_s"] = time.perf_counter() - t0
+            _check(at, f"the first run of {page}")
+            times = []
+            for _ in range(reruns):
+                t0 = time.perf_counter()
+                at.run()
+                times.append(time.perf_counter() - t0)
+            _check(at, f"the reruns of {page}")
+            params["title"] = at.title[0].value if len(at.title) else None  # which page ran
+        except Exception as exc:  # one broken page must not hide the others' figures
+            print(f"error: idle_rerun_{name}: {exc}")
+            rows.append({"name": f"idle_rerun_{name}", "ours_s": None, "target": target, "pass": False,
+                         "params": {**params, "error": f"{exc.__class__.__name__}: {exc}", **machine(), **load()}})
+            continue
+        ours = median(times)
+        rows.append({
+            "name": f"idle_rerun_{name}", "ours_s": ours, "target": target, "pass": ours <= target,
+            "params": {**params, "all_s": times, "min_s": min(times), "max_s": max(times), **machine(), **load()},
+        })
+    return rows
+
+
+def _check(at, when: str) -> None:
+    if len(at.exception):
+        raise RuntimeError(f"the app raised on {when}: {[e.value for e in at.exception]}")
+
+
+# ----------------------------------------------------------------------------- (b, c) browser
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, workspace: Path, log: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log, "ab")
+        env = {**os.environ, "STEERBOARD_WORKSPACE": str(workspace), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(ENTRY.relative_to(ROOT)), "--server.headless", "true",
+             "--server.port", str(self.port), "--server.address", "127.0.0.1"],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.url}/_stcore/health not ok after {timeout}s; see {self.log.name}")
+
+    def stop(self) -> None:
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 30)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        try:  # anything left in the group
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.log.close()
+
+
+def time_to_home(browser, workspace: Path, log: Path, timeout_s: float) -> dict:
+    """Launch a fresh server on ``workspace`` and time it to Home rendered in a new context."""
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = ctx.new_page()
+    t0 = time.perf_counter()
+    server = Server(workspace, log)
+    try:
+        server.wait_healthy()
+        healthy = time.perf_counter() - t0
+        page.goto(server.url)
+        progress_seen = None
+        metrics = page.locator(".st-key-home-metrics")
+        deadline = time.perf_counter() + timeout_s
+        while True:  # poll: also note when the first-start progress page showed
+            if progress_seen is None and page.locator(".st-key-base-progress").count():
+                progress_seen = time.perf_counter() - t0
+            if metrics.count() and ACCURACY.search(metrics.first.inner_text()):
+                break
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"Home not rendered within {timeout_s}s; see {log}")
+            page.wait_for_timeout(50)
+        total = time.perf_counter() - t0
+        errors = page.locator('[data-testid="stException"]').count()
+        return {"total_s": total, "healthy_s": healthy, "render_s": total - healthy,
+                "progress_page_s": progress_seen, "exceptions": errors}
+    finally:
+        ctx.close()
+        server.stop()
+
+
+def browser_starts(base: Path, tmp: Path, starts: int, first_start: bool) -> list[dict]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        print(f"note: browser timings left out: playwright not importable ({exc})")
+        return []
+    exe = "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else shutil.which("chromium")
+    if exe is None:
+        print("note: browser timings left out: no chromium binary")
+        return []
+    rows = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
+        try:
+            runs = []
+            for i in range(starts):  # a fresh workspace with the cached base each time
+                ws = tmp / f"cached-{i}"
+                (ws / "base").mkdir(parents=True)
+                shutil.copy2(base, ws / "base" / BASE_NAME)
+                runs.append(time_to_home(browser, ws, tmp / f"cached-{i}.log", timeout_s=120))
+            ours = median([r["total_s"] for r in runs])
+            rows.append({
+                "name": "cached_start", "ours_s": ours, "target": TARGETS["cached_start"],
+                "pass": ours <= TARGETS["cached_start"] and all(r["exceptions"] == 0 for r in runs),
+                "params": {"starts": starts, "all_s": [r["total_s"] for r in runs],
+                           "healthy_s": median([r["healthy_s"] for r in runs]),
+                           "render_s": median([r["render_s"] for r in runs]),
+                           "exceptions": sum(r["exceptions"] for r in runs),
+                           "from": "Popen(streamlit run)", "to": ".st-key-home-metrics shows an accuracy",
+                           "browser": "chromium (headless, new context per start)", **machine(), **load()},
+            })
+            if first_start:
+                ws = tmp / "empty"
+                ws.mkdir()
+                r = time_to_home(browser, ws, tmp / "empty.log", timeout_s=300)
+                rows.append({
+                    "name": "first_start", "ours_s": r["total_s"], "target": TARGETS["first_start"],
+                    "pass": r["total_s"] <= TARGETS["first_start"] and r["exceptions"] == 0,
+                    "params": {"workspace": "empty (base model trained in the background)",
+                               "healthy_s": r["healthy_s"], "progress_page_s": r["progress_page_s"],
+                               "exceptions": r["exceptions"], **machine(), **load()},
+                })
+        finally:
+            browser.close()
+    return rows
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reruns", type=int, default=20, help="timed idle reruns per page")
+    ap.add_argument("--starts", type=int, default=3, help="server starts timed for cached_start")
+    ap.add_argument("--base-epochs", type=int, default=3, help="epochs of the pre-trained (cached) base model")
+    ap.add_argument("--first-start", action="store_true", help="also time a first start on an empty workspace")
+    ap.add_argument("--no-browser", action="store_true", help="only the AppTest reruns")
+    ap.add_argument("--quick", action="store_true", help="small run for CI")
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.reruns, args.starts = 5, 1
+
+    with tempfile.TemporaryDirectory(prefix="steerboard-latency-") as tmp_name:
+        tmp = Path(tmp_name)
+        base = pretrain_base(tmp / "pretrain", args.base_epochs)
+        ws = tmp / "apptest"
+        (ws / "base").mkdir(parents=True)
+        shutil.copy2(base, ws / "base" / BASE_NAME)
+        # The server runs in a separate process from here on: do the browser timings first,
+        # so the torch and Streamlit this process loads for AppTest do not compete with it.
+        browser_rows = [] if args.no_browser else browser_starts(base, tmp, args.starts, args.first_start)
+        rows = idle_reruns(ws, args.reruns) + browser_rows
+
+    print_table(rows, ["name", "ours_s", "target", "pass"])
+    write_json(args.json, rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,346 @@
+"""Real-browser harness: `streamlit run app/main.py` driven by Debian's Chromium through Playwright.
+
+Fixtures
+--------
+``base_checkpoint``  (session) a base model pre-trained once with ``python -m core.train``
+                     (3 epochs), so servers start on a cached base instead of training one.
+``make_workspace``   (session) factory: a fresh workspace folder holding a copy of that base.
+``streamlit_server`` (session) one server shared by the tests that need no restart.
+``app_url``          (session) its base URL, ``http://127.0.0.1:PORT``.
+``start_server``     (function) factory: ``start_server(workspace) -> StreamlitServer`` for a
+                     test that kills or restarts its own server; all stopped at the end.
+``chromium``         (session) the Playwright browser.
+``new_context``      (function) factory: a new, isolated browser context (own cookies and
+                     storage, so no ``?wb=`` is shared); all closed at the end.
+``page``             (function) a page in a new context.
+
+Without Playwright or a ``chromium`` binary every test here is skipped with the reason; with
+``CI=true`` in the environment that is a failure instead, so CI cannot skip them silently.
+Every test in this folder gets the ``browser`` marker (``-m "not browser"`` deselects them).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+BASE_NAME = "digits__seed-cnn__s0.pt"  # what the app looks for: base/<data>__<arch>__s<seed>.pt
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+HEALTH_TIMEOUT_S = 30.0
+# One torch/OpenMP thread in the processes the tests start. On a 2-core machine shared with
+# Chromium, torch's default of 2 OpenMP threads thrashes whenever another process runs:
+# measured here, the CLI pre-training took 27 s instead of 12 s, and a 2-epoch run in the app
+# with the page watching took 14-20 s instead of 9-11 s. Override with STEERBOARD_TEST_THREADS
+# (empty: leave torch's default).
+TEST_THREADS = os.environ.get("STEERBOARD_TEST_THREADS", "1")
+
+
+def thread_env() -> dict:
+    return {"OMP_NUM_THREADS": TEST_THREADS, "MKL_NUM_THREADS": TEST_THREADS} if TEST_THREADS else {}
+
+
+# ----------------------------------------------------------------------------- marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if HERE in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.browser)
+
+
+# ----------------------------------------------------------------------------- requirements
+def chromium_path() -> str | None:
+    """$STEERBOARD_CHROMIUM if set, else Debian's /usr/bin/chromium, else `chromium` on PATH."""
+    def runnable(path: str) -> bool:
+        return os.path.isfile(path) and os.access(path, os.X_OK)
+
+    wanted = os.environ.get("STEERBOARD_CHROMIUM")
+    if wanted:
+        return wanted if runnable(wanted) else None
+    if runnable("/usr/bin/chromium"):
+        return "/usr/bin/chromium"
+    return shutil.which("chromium")
+
+
+def _unavailable(reason: str):
+    if os.environ.get("CI", "").strip().lower() == "true":
+        pytest.fail(f"browser tests cannot run on CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def browser_requirements() -> str:
+    """The Chromium executable; skips (fails on CI) when Playwright or Chromium is missing."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as exc:
+        _unavailable(f"playwright is not importable ({exc}); pip install -r requirements-dev.txt")
+    exe = chromium_path()
+    if exe is None:
+        _unavailable("no chromium binary ($STEERBOARD_CHROMIUM, /usr/bin/chromium or on PATH); "
+                     "apt-get install chromium")
+    return exe
+
+
+# ----------------------------------------------------------------------------- base model
+@pytest.fixture(scope="session")
+def base_checkpoint(browser_requirements, tmp_path_factory) -> Path:
+    """Train the default base model once (3 epochs, a few seconds) with the CLI."""
+    out = tmp_path_factory.mktemp("browser-base") / "base"
+    cmd = [sys.executable, "-m", "core.train", "--data", "digits", "--model", "seed-cnn",
+           "--epochs", "3", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", **thread_env()})
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    path = out / BASE_NAME
+    assert path.is_file(), f"core.train wrote {sorted(p.name for p in out.iterdir())}, expected {BASE_NAME}"
+    return path
+
+
+@pytest.fixture(scope="session")
+def make_workspace(base_checkpoint, tmp_path_factory):
+    """Factory: a new workspace folder with the cached base model in ``base/``."""
+    def make(name: str = "ws") -> Path:
+        ws = tmp_path_factory.mktemp(name)
+        (ws / "base").mkdir()
+        shutil.copy2(base_checkpoint, ws / "base" / BASE_NAME)
+        return ws
+    return make
+
+
+# ----------------------------------------------------------------------------- server
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+class StreamlitServer:
+    """`streamlit run app/main.py` in its own process group on 127.0.0.1:PORT.
+
+    ``start()`` waits for ``GET /_stcore/health``; ``kill()`` sends SIGKILL to the whole group
+    (a crash: nothing gets to clean up); ``stop()`` is SIGTERM then SIGKILL; ``restart()``
+    starts again on the same workspace and port, so saved URLs stay valid.
+    """
+
+    def __init__(self, workspace: Path, port: int | None = None, *, extra_env: dict | None = None,
+                 entry: str = "app/main.py") -> None:
+        self.workspace = Path(workspace)
+        self.port = port or free_port()
+        self.extra_env = dict(extra_env or {})
+        self.entry = entry
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.workspace.parent / f"{self.workspace.name}-streamlit-{self.port}.log"
+        self._log = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "streamlit", "run", self.entry, "--server.headless", "true",
+                "--server.port", str(self.port), "--server.address", "127.0.0.1"]
+
+    def env(self) -> dict:
+        env = {**os.environ, "STEERBOARD_WORKSPACE": str(self.workspace), "PYTHONUNBUFFERED": "1", **thread_env()}
+        env.update(self.extra_env)
+        return env
+
+    def start(self, timeout: float = HEALTH_TIMEOUT_S) -> "StreamlitServer":
+        assert not self.running, "server already running"
+        deadline = time.monotonic() + 10
+        while not _port_free(self.port) and time.monotonic() < deadline:  # a killed predecessor
+            time.sleep(0.1)
+        self._log = open(self.log_path, "ab")
+        self._log.write(f"\n===== start {self.starts + 1}: {' '.join(self.command())}\n".encode())
+        self._log.flush()
+        self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=self.env(), stdin=subprocess.DEVNULL,
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.starts += 1
+        try:
+            self.wait_healthy(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_healthy(self, timeout: float = HEALTH_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {self.proc.returncode} before it was healthy:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+                    last = f"HTTP {r.status}"
+            except (urllib.error.URLError, OSError) as exc:
+                last = str(exc)
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.url}/_stcore/health not ok after {timeout:.0f}s ({last}):\n{self.log_tail()}")
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)  # start_new_session: the group id is the pid
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        """SIGKILL the server's process group, as a crash or `kill -9` would."""
+        if self.proc is None:
+            return
+        self._signal_group(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self._close_log()
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        self._signal_group(signal.SIGKILL)  # anything left in the group
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        self._close_log()
+
+    def restart(self, *, hard: bool = True, timeout: float = HEALTH_TIMEOUT_S) -> "StreamlitServer":
+        """Kill (``hard``) or stop the server and start it again on the same workspace and port."""
+        (self.kill if hard else self.stop)()
+        return self.start(timeout)
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+
+@pytest.fixture(scope="session")
+def streamlit_server(make_workspace):
+    """One server for the tests that do not kill it; each test's new browser context gets
+    its own workbench on it."""
+    server = StreamlitServer(make_workspace("ws-shared")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def app_url(streamlit_server) -> str:
+    return streamlit_server.url
+
+
+@pytest.fixture
+def start_server(make_workspace):
+    """Factory for a test's own server (one it may kill and restart); stopped at the end."""
+    servers: list[StreamlitServer] = []
+
+    def start(workspace: Path | None = None, **kwargs) -> StreamlitServer:
+        server = StreamlitServer(workspace or make_workspace("ws-own"), **kwargs)
+        servers.append(server)
+        return server.start()
+
+    start.servers = servers
+    yield start
+    for server in servers:
+        server.stop()
+
+
+# ----------------------------------------------------------------------------- browser
+@pytest.fixture(scope="session")
+def _playwright(browser_requirements):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def chromium(_playwright, browser_requirements):
+    browser = _playwright.chromium.launch(executable_path=browser_requirements, headless=True, args=CHROMIUM_ARGS)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture
+def new_context(chromium):
+    """Factory for isolated browser contexts (a new one shares no ``?wb=`` and no storage)."""
+    contexts = []
+
+    def make(**kwargs):
+        kwargs.setdefault("viewport", {"width": 1400, "height": 1000})
+        ctx = chromium.new_context(**kwargs)
+        ctx.set_default_timeout(30_000)
+        contexts.append(ctx)
+        return ctx
+
+    yield make
+    for ctx in contexts:
+        try:
+            ctx.close()
+        except Exception:  # the browser may already be gone after a failure
+            pass
+
+
+@pytest.fixture
+def page(new_context):
+    return new_context().new_page()
+
+
+@pytest.fixture(autouse=True)
+def _server_log_on_failure(request):
+    """On a failing test, print the tail of every server log it used (pytest shows it)."""
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        args = request.node.funcargs
+        servers = list(getattr(args.get("start_server"), "servers", []))
+        if "streamlit_server" in args:
+            servers.insert(0, args["streamlit_server"])
+        for server in servers:
+            print(f"\n--- log tail of {server.url} ({server.log_path}) ---\n{server.log_tail()}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    rep = yield
+    setattr(item, f"rep_{rep.when}", rep)
+    return rep
