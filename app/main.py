@@ -19,6 +19,7 @@ st.set_page_config(page_title="steerboard", page_icon=":material/explore:", layo
 
 PAGES = [
     st.Page(str(ROOT / "pages" / "home.py"), title="Home", icon=":material/home:", default=True),
+    st.Page(str(ROOT / "pages" / "latent.py"), title="Latent space", icon=":material/scatter_plot:", url_path="latent"),
 ]
 
 

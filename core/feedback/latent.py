@@ -1,0 +1,183 @@
+"""Latent moves (seed 000): a person moves points in the 2D workspace; the network is
+fine-tuned so that the projection branch puts each moved example at its target.
+
+Loss = w_cls * CE(training batch) + w_dis * mean ||branch(features(x_moved)) - target||_2
+(paper defaults w_cls 0.89, w_dis 0.11, SGD lr 0.04, momentum 0.9, 1-3 epochs). By default
+the moved examples' labels are not used. The "implied-label" variant adds CE toward the
+class whose region each point was moved into: the label the user implied by the move.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.engine import Batch
+from core.models.base import SteerableModel
+from core.projection import ProjectionBranch
+
+KIND = "latent"
+PAPER_WEIGHTS = {"cls": 0.89, "latent": 0.11}
+PAPER_LR = 0.04
+PAPER_MOMENTUM = 0.9
+
+
+@dataclass(frozen=True)
+class Move:
+    """Example ``example_id`` moved from ``source`` to ``target`` (workspace coordinates)."""
+
+    example_id: int
+    source: tuple[float, float]
+    target: tuple[float, float]
+
+    def __post_init__(self) -> None:  # plain floats: numpy scalars do not serialise to JSON
+        object.__setattr__(self, "example_id", int(self.example_id))
+        object.__setattr__(self, "source", (float(self.source[0]), float(self.source[1])))
+        object.__setattr__(self, "target", (float(self.target[0]), float(self.target[1])))
+
+    def payload(self) -> dict[str, Any]:
+        return {"source": list(self.source), "target": list(self.target)}
+
+    @classmethod
+    def from_payload(cls, example_id: int, payload: dict[str, Any]) -> "Move":
+        return cls(int(example_id), tuple(payload["source"]), tuple(payload["target"]))  # type: ignore[arg-type]
+
+
+@dataclass
+class MoveList:
+    """The moves of one editing session, with undo and redo.
+
+    Moving a point again replaces its target and keeps its original source. Every change
+    pushes the previous list on the undo stack and clears the redo stack.
+    """
+
+    moves: dict[int, Move] = field(default_factory=dict)
+    undo_stack: list[dict[int, Move]] = field(default_factory=list)
+    redo_stack: list[dict[int, Move]] = field(default_factory=list)
+
+    def _push(self) -> None:
+        self.undo_stack.append(dict(self.moves))
+        self.redo_stack.clear()
+
+    def add(self, moves: list[Move]) -> None:
+        """Record one gesture (one or several points moved together) as one undo step."""
+        if not moves:
+            return
+        self._push()
+        for m in moves:
+            old = self.moves.get(m.example_id)
+            source = old.source if old is not None else m.source
+            self.moves[m.example_id] = Move(m.example_id, source, m.target)
+
+    def remove(self, example_ids: list[int]) -> None:
+        if any(i in self.moves for i in example_ids):
+            self._push()
+            for i in example_ids:
+                self.moves.pop(i, None)
+
+    def clear(self) -> None:
+        if self.moves:
+            self._push()
+            self.moves = {}
+
+    def undo(self) -> bool:
+        if not self.undo_stack:
+            return False
+        self.redo_stack.append(dict(self.moves))
+        self.moves = self.undo_stack.pop()
+        return True
+
+    def redo(self) -> bool:
+        if not self.redo_stack:
+            return False
+        self.undo_stack.append(dict(self.moves))
+        self.moves = self.redo_stack.pop()
+        return True
+
+    def items(self) -> list[tuple[int, dict[str, Any]]]:
+        """(example id, payload) pairs for the store."""
+        return [(m.example_id, m.payload()) for m in self.moves.values()]
+
+    @classmethod
+    def from_items(cls, items: list[tuple[int, dict[str, Any]]]) -> "MoveList":
+        return cls({int(i): Move.from_payload(i, p) for i, p in items})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"moves": [asdict(m) for m in self.moves.values()]}
+
+    def __len__(self) -> int:
+        return len(self.moves)
+
+
+class LatentMoveLoss:
+    """Loss term: mean L2 distance between the branch's output for the moved examples and
+    their targets (plus, in the implied-label variant, CE toward the implied classes).
+
+    The moved examples are forwarded once per training step, in the model's current mode,
+    so the gradient reaches every unfrozen layer of the backbone.
+    """
+
+    def __init__(self, branch: ProjectionBranch, images: torch.Tensor, targets: torch.Tensor,
+                 implied_labels: torch.Tensor | None = None, implied_weight: float = 1.0) -> None:
+        if len(images) != len(targets) or len(images) == 0:
+            raise ValueError("LatentMoveLoss needs at least one moved example and one target per example.")
+        self.branch = copy.deepcopy(branch).requires_grad_(False)
+        self.images = images
+        self.targets = targets.float()
+        self.implied_labels = implied_labels
+        self.implied_weight = implied_weight
+
+    def __call__(self, model: SteerableModel, batch: Batch) -> torch.Tensor:
+        device = batch.x.device
+        self.branch.to(device)
+        feats = model.features(self.images.to(device))
+        out = self.branch(feats)
+        # sqrt of a sum of squares with a small epsilon: the L2 norm stays differentiable at 0
+        dist = ((out - self.targets.to(device)).pow(2).sum(1) + 1e-8).sqrt().mean()
+        if self.implied_labels is None:
+            return dist
+        ce = F.cross_entropy(model.head(feats), self.implied_labels.to(device))
+        return dist + self.implied_weight * ce
+
+
+def implied_labels(targets: np.ndarray, coords: np.ndarray, predicted: np.ndarray, k: int = 10) -> np.ndarray:
+    """The class whose region each target lies in: the majority predicted class among the
+    ``k`` workspace points nearest to it (the colour the user sees around the target)."""
+    targets = np.asarray(targets, dtype=np.float64)
+    d = ((targets[:, None, :] - np.asarray(coords)[None, :, :]) ** 2).sum(-1)
+    near = np.argsort(d, axis=1)[:, :k]
+    votes = np.asarray(predicted)[near]
+    return np.array([np.bincount(v).argmax() for v in votes], dtype=np.int64)
+
+
+def class_centroids(coords: np.ndarray, labels: np.ndarray, predicted: np.ndarray | None, num_classes: int) -> np.ndarray:
+    """Workspace centroid of each class, over the points of that class the model gets right
+    (all points of the class when it gets none right); NaN for absent classes."""
+    out = np.full((num_classes, 2), np.nan)
+    for c in range(num_classes):
+        mask = labels == c
+        if predicted is not None and (mask & (predicted == c)).any():
+            mask &= predicted == c
+        if mask.any():
+            out[c] = coords[mask].mean(0)
+    return out
+
+
+def candidates(coords: np.ndarray, probs: np.ndarray, labels: np.ndarray, *, k: int = 10, top: int = 20) -> dict[str, np.ndarray]:
+    """Indices (into ``coords``) worth a look: ``uncertain`` (smallest margin between the top
+    two class probabilities) and ``foreign`` (most of the ``k`` nearest workspace neighbours
+    have another true class), ``top`` of each."""
+    srt = np.sort(probs, axis=1)
+    margin = srt[:, -1] - srt[:, -2]
+    uncertain = np.argsort(margin)[:top]
+    d = ((coords[:, None, :] - coords[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    near = np.argsort(d, axis=1)[:, :k]
+    foreign_share = (labels[near] != labels[:, None]).mean(1)
+    foreign = np.argsort(-foreign_share, kind="stable")[:top]
+    foreign = foreign[foreign_share[foreign] > 0.5]
+    return {"uncertain": uncertain, "foreign": foreign}

@@ -1,0 +1,160 @@
+"""The latent-editing workflow on a workbench, without any UI: the fixed projection branch,
+the workspace view of the pool split, the move list on disk, Update and its summary."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.engine import TrainConfig, evaluate, predict
+from core.feedback.latent import KIND, PAPER_LR, PAPER_MOMENTUM, PAPER_WEIGHTS, LatentMoveLoss, MoveList, implied_labels
+from core.jobs import Job
+from core.models import atomic_torch_save
+from core.projection import ProjectionBranch, fit_projection, from_state, projection_r2, state
+from core.workbench import Workbench
+
+PROJECTION_FILE = "projection.pt"
+FIT_SAMPLE = 5000
+
+
+@dataclass
+class LatentView:
+    """The pool split in the workspace under one model version."""
+
+    version: int
+    ids: np.ndarray  # example ids of the pool split
+    coords: np.ndarray  # (N, 2)
+    labels: np.ndarray
+    preds: np.ndarray
+    probs: np.ndarray
+    r2: float
+
+    @property
+    def wrong(self) -> np.ndarray:
+        return self.preds != self.labels
+
+    def index_of(self) -> dict[int, int]:
+        return {int(e): i for i, e in enumerate(self.ids)}
+
+
+def load_or_fit_projection(wb: Workbench, *, refit: bool = False, seed: int = 0) -> ProjectionBranch:
+    """The workbench's projection branch: fitted once (PCA of the current version's training
+    features) and kept on disk, so the workspace axes stay put across updates and restarts."""
+    path = wb.store.workbench_dir(wb.id) / PROJECTION_FILE
+    if path.is_file() and not refit:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved["state"]["linear.weight"].shape[1] == wb.model.feature_dim:
+            return from_state(saved["state"])
+    with wb.lock:
+        model, version = wb.model, wb.current_version
+    images, _ = wb.data.split("train")
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(images), generator=g)[:FIT_SAMPLE]
+    _, feats = predict(model, images[pick], with_features=True)
+    branch = fit_projection(feats.numpy(), seed=seed)
+    atomic_torch_save({"state": state(branch), "fitted_on_version": version}, path)
+    return branch
+
+
+def latent_view(wb: Workbench, branch: ProjectionBranch) -> LatentView:
+    """Pool-split coordinates, predictions and probabilities under the current version."""
+    with wb.lock:
+        model, version = wb.model, wb.current_version
+    images, labels = wb.data.split("pool")
+    logits, feats = predict(model, images, with_features=True)
+    with torch.no_grad():
+        coords = branch(feats).numpy()
+    probs = torch.softmax(logits, 1).numpy()
+    return LatentView(version, wb.data.ids("pool"), coords, labels.numpy(), probs.argmax(1), probs,
+                      projection_r2(branch, feats.numpy()))
+
+
+def load_moves(wb: Workbench) -> MoveList:
+    """The move list as saved in the store."""
+    return MoveList.from_items([(a.example_id, a.payload) for a in wb.annotations(KIND)])
+
+
+def save_moves(wb: Workbench, moves: MoveList) -> None:
+    """Write the move list to the store (before the page shows it as moved)."""
+    wb.replace_annotations(KIND, moves.items())
+
+
+@dataclass
+class UpdateSettings:
+    """Fine-tuning settings of an Update, defaults from the paper."""
+
+    epochs: int = 2
+    lr: float = PAPER_LR
+    momentum: float = PAPER_MOMENTUM
+    w_cls: float = PAPER_WEIGHTS["cls"]
+    w_dis: float = PAPER_WEIGHTS["latent"]
+    variant: str = "paper"  # or "implied-label"
+    batch_size: int = 64
+    seed: int = 0
+    device: str | None = None
+
+
+def build_loss(wb: Workbench, branch: ProjectionBranch, moves: MoveList, view: LatentView,
+               variant: str = "paper") -> LatentMoveLoss:
+    """The latent loss term for ``moves``; the implied-label variant also uses the class whose
+    region each point was moved into (majority predicted class around the target)."""
+    ids = np.array(list(moves.moves), dtype=np.int64)
+    targets = np.array([moves.moves[int(i)].target for i in ids], dtype=np.float32)
+    implied = None
+    if variant == "implied-label":
+        implied = torch.as_tensor(implied_labels(targets, view.coords, view.preds))
+    elif variant != "paper":
+        raise ValueError(f"Unknown variant {variant!r}; use 'paper' or 'implied-label'.")
+    return LatentMoveLoss(branch, wb.data.images[torch.as_tensor(ids)], torch.as_tensor(targets), implied)
+
+
+def start_update(wb: Workbench, branch: ProjectionBranch, moves: MoveList, view: LatentView,
+                 settings: UpdateSettings) -> Job:
+    """Fine-tune a copy of the current model toward the moves, in the background; it becomes
+    a new version described by the moves."""
+    if len(moves) == 0:
+        raise ValueError("Move at least one point before pressing Update.")
+    loss = build_loss(wb, branch, moves, view, settings.variant)
+    config = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
+                         momentum=settings.momentum, seed=settings.seed, device=settings.device)
+    feedback = {"kind": KIND, "variant": settings.variant, "weights": {"cls": settings.w_cls, "latent": settings.w_dis},
+                **moves.to_json()}
+    return wb.start_training(config, description=f"latent edit: {len(moves)} moves ({settings.variant})",
+                             loss_terms={"latent": loss}, weights={"cls": settings.w_cls, "latent": settings.w_dis},
+                             feedback=feedback, keep_if_stopped=False)
+
+
+def update_summary(wb: Workbench, before: LatentView, after: LatentView, moves: MoveList,
+                   test_before: dict[str, Any], test_after: dict[str, Any]) -> dict[str, Any]:
+    """What an Update changed: test accuracy, per-class accuracy, each moved image's prediction
+    and distance to its target."""
+    idx_b, idx_a = before.index_of(), after.index_of()
+    rows = []
+    for e, m in moves.moves.items():
+        b, a = idx_b[e], idx_a[e]
+        rows.append({
+            "example_id": e,
+            "true": int(after.labels[a]),
+            "pred_before": int(before.preds[b]),
+            "pred_after": int(after.preds[a]),
+            "dist_before": float(np.linalg.norm(before.coords[b] - np.array(m.target))),
+            "dist_after": float(np.linalg.norm(after.coords[a] - np.array(m.target))),
+        })
+    fixed = sum(r["pred_after"] == r["true"] for r in rows)
+    pcb = np.array([np.nan if x is None else x for x in test_before.get("test_per_class_acc", [])], float)
+    pca = np.array([np.nan if x is None else x for x in test_after.get("test_per_class_acc", [])], float)
+    return {
+        "test_acc_before": test_before.get("test_acc"),
+        "test_acc_after": test_after.get("test_acc"),
+        "per_class_change": (pca - pcb).tolist() if len(pca) == len(pcb) else [],
+        "moved": rows,
+        "moved_fixed": fixed,
+        "moved_total": len(rows),
+    }
+
+
+def heldout_metrics(wb: Workbench) -> dict[str, Any]:
+    ev = evaluate(wb.model, *wb.data.split("test"))
+    return {"test_acc": ev.accuracy, "test_per_class_acc": [None if np.isnan(a) else float(a) for a in ev.per_class_accuracy]}

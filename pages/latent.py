@@ -1,0 +1,268 @@
+"""Latent space (seed 000): move points in a 2D projection of the features; Update fine-tunes
+the model toward the moves."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from streamlit_drawable_canvas import st_canvas
+
+from app.latent_plots import CanvasFrame, canvas_background, draggable_drawing, object_centre, result_figure, workspace_figure
+from app.state import notice
+from app.widgets import live_job, pct, to_pil
+from core.feedback.latent import Move, MoveList, candidates, class_centroids
+from core.jobs import JobBusy
+from core.latent_workspace import (
+    UpdateSettings,
+    heldout_metrics,
+    latent_view,
+    load_moves,
+    load_or_fit_projection,
+    save_moves,
+    start_update,
+    update_summary,
+)
+
+wb = st.session_state["workbench"]
+ss = st.session_state
+classes = wb.data.classes
+RESULT_FILE = wb.store.workbench_dir(wb.id) / "latent_result.json"
+
+# ---------------------------------------------------------------- state of this page
+if ss.get("lat-wb") != wb.id:  # first visit, or another workbench: load from disk
+    for k in [k for k in ss if str(k).startswith("lat-")]:
+        del ss[k]
+    ss["lat-wb"] = wb.id
+    ss["lat-start-version"] = wb.current_version
+    ss["lat-moves"] = load_moves(wb)
+    ss["lat-chart-n"] = 0
+    ss["lat-result"] = json.loads(RESULT_FILE.read_text()) if RESULT_FILE.is_file() else None
+if "lat-branch" not in ss:
+    with st.spinner("Fitting the projection branch (PCA of the features)…"):
+        ss["lat-branch"] = load_or_fit_projection(wb)
+branch = ss["lat-branch"]
+view = ss.get("lat-view")
+if view is None or view.version != wb.current_version:
+    view = ss["lat-view"] = latent_view(wb, branch)
+moves = ss["lat-moves"]
+job = wb.jobs.current
+busy = job is not None and job.running
+
+
+def persist(message: str | None = None) -> None:
+    """The move list goes to the store before the page shows it."""
+    save_moves(wb, moves)
+    if message:
+        notice(message, "success")
+
+
+def chart_key() -> str:
+    return f"lat-chart-{ss['lat-chart-n']}"
+
+
+def move_to(example_ids: list[int], targets: list[tuple[float, float]]) -> None:
+    idx = view.index_of()
+    moves.add([Move(int(e), tuple(map(float, view.coords[idx[int(e)]])), t) for e, t in zip(example_ids, targets)])
+    persist(f"Moved {len(example_ids)} point{'s' if len(example_ids) != 1 else ''}.")
+    ss["lat-chart-n"] += 1  # a fresh chart clears the selection
+
+
+def on_drag() -> None:
+    """Canvas callback: circles whose centre moved by more than 2 px become moves."""
+    raw = (ss.get("lat-canvas-" + ss.get("lat-canvas-tag", "")) or {}).get("drawing", {}).get("raw") or {}
+    objs = [o for o in raw.get("objects", []) if str(o.get("type", "")).lower() == "circle"]
+    frame, drag_idx, start_px = ss["lat-frame"], ss["lat-drag-idx"], ss["lat-drag-px"]
+    ids, targets = [], []
+    for obj, i, (sx, sy) in zip(objs, drag_idx, start_px):
+        cx, cy = object_centre(obj)
+        if abs(cx - sx) > 2 or abs(cy - sy) > 2:
+            ids.append(int(view.ids[i]))
+            targets.append(frame.to_xy(cx, cy))
+    if ids:
+        move_to(ids, targets)
+
+
+# ---------------------------------------------------------------- layout
+st.title("Latent space")
+st.caption("Pool examples in a 2D projection of the model's features (colour = predicted class, marker = true class, "
+           "outlined = misclassified). Move points to where they belong, then press **Update**: the model is fine-tuned "
+           "so that its projection follows (Wei et al., seed 000).")
+
+with st.expander("Update settings", expanded=False):
+    c1, c2, c3, c4, c5 = st.columns(5)
+    epochs = c1.number_input("Epochs", 1, 3, 2, key="lat-epochs", help="The paper fine-tunes for 1-3 epochs.")
+    lr = c2.number_input("Learning rate", 0.001, 0.5, 0.04, format="%.3f", key="lat-lr")
+    momentum = c3.number_input("Momentum", 0.0, 0.99, 0.9, key="lat-momentum")
+    w_cls = c4.number_input("w_cls", 0.0, 1.0, 0.89, key="lat-wcls", help="Weight of the classification loss.")
+    w_dis = c5.number_input("w_dis", 0.0, 10.0, 0.11, key="lat-wdis", help="Weight of the distance loss on moved points.")
+    variant = st.radio("Variant", ["paper", "implied-label"], horizontal=True, key="lat-variant",
+                       help="paper: moved examples' labels are not used. implied-label: also cross-entropy toward the "
+                            "class whose region each point was moved into.")
+    evr = branch.explained_variance_ratio.tolist()
+    st.caption(f"Projection branch fidelity on the pool split: R² = {view.r2:.3f} against its PCA targets. "
+               f"The two axes show {100 * sum(evr):.0f}% of the feature variance ({100 * evr[0]:.0f}% + {100 * evr[1]:.0f}%).")
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Modification window")
+    c1, c2, c3 = st.columns([1, 1, 1])
+    tool = c1.radio("Tool", ["lasso", "box"], horizontal=True, key="lat-tool")
+    n_show = c2.number_input("Points shown", 50, len(view.ids), min(800, len(view.ids)), step=50, key="lat-nshow")
+    show_cand = c3.toggle("Show candidates", key="lat-cand",
+                          help="Least sure (smallest top-2 margin) and points inside another class's region.")
+    rng = np.random.default_rng(0)
+    wrong_idx = np.where(view.wrong)[0]
+    others = np.setdiff1d(np.arange(len(view.ids)), wrong_idx)
+    shown = np.concatenate([wrong_idx, rng.permutation(others)[: max(0, int(n_show) - len(wrong_idx))]])
+    moved_idx = [view.index_of()[e] for e in moves.moves if e in view.index_of()]
+    shown = np.union1d(shown, moved_idx).astype(int)
+    cand = candidates(view.coords[shown], view.probs[shown], view.labels[shown]) if show_cand else None
+    highlight = shown[np.union1d(cand["uncertain"], cand["foreign"]).astype(int)] if cand else None
+
+    tab_select, tab_drag = st.tabs(["Select and move", "Drag a point"], key="lat-tabs")
+    with tab_select:
+        fig = workspace_figure(view, classes, moves, shown, highlight=highlight, dragmode="lasso" if tool == "lasso" else "select")
+        with st.container(key="lat-workspace"):
+            event = st.plotly_chart(fig, key=chart_key(), on_select="rerun", selection_mode=("points", "box", "lasso"),
+                                    width="stretch")
+        points = (event or {}).get("selection", {}).get("points", []) if event else []
+        selected = sorted({int(p["customdata"][0] if isinstance(p.get("customdata"), list) else p["customdata"])
+                           for p in points if p.get("customdata") is not None})
+        idx = view.index_of()
+        with st.container(key="lat-selection"):
+            if not selected:
+                st.caption("Box- or lasso-select points (switch the tool above), then move them to a class centroid "
+                           "or by an offset. Double-click the chart to clear the selection.")
+            else:
+                sel_i = [idx[e] for e in selected if e in idx]
+                n_wrong = int(view.wrong[sel_i].sum())
+                st.markdown(f"**{len(selected)} selected**, {n_wrong} misclassified.")
+                cols = st.columns(8)
+                for col, i in zip(cols * 2, sel_i[:16]):
+                    col.image(to_pil(wb.data.images[int(view.ids[i])]), caption=f"{classes[view.labels[i]]}→{classes[view.preds[i]]}")
+                c1, c2 = st.columns([2, 1])
+                target_cls = c1.selectbox("Target class", classes, key="lat-target-class",
+                                          index=int(np.bincount(view.labels[sel_i]).argmax()))
+                cent = class_centroids(view.coords, view.labels, view.preds, len(classes))
+                c2.write("")
+                if c2.button("Move to its centroid", key="lat-move-centroid", type="primary", disabled=busy, width="stretch"):
+                    t = tuple(map(float, cent[classes.index(target_cls)]))
+                    # a small deterministic spread keeps moved points from landing on one pixel
+                    jitter = np.random.default_rng(len(moves)).normal(0, 0.05, (len(selected), 2))
+                    move_to(selected, [(t[0] + dx, t[1] + dy) for dx, dy in jitter])
+                    st.rerun()
+                c1, c2, c3 = st.columns([1, 1, 1])
+                dx = c1.number_input("dx", value=0.0, step=0.25, key="lat-dx")
+                dy = c2.number_input("dy", value=0.0, step=0.25, key="lat-dy")
+                c3.write("")
+                if c3.button("Move by offset", key="lat-move-offset", disabled=busy or (dx == 0 and dy == 0), width="stretch"):
+                    move_to(selected, [(float(view.coords[idx[e], 0] + dx), float(view.coords[idx[e], 1] + dy)) for e in selected])
+                    st.rerun()
+
+    with tab_drag:
+        which = st.radio("Draggable points", ["misclassified", "candidates", "moved"], horizontal=True, key="lat-drag-set")
+        pool = {"misclassified": list(wrong_idx), "moved": moved_idx,
+                "candidates": list(highlight) if highlight is not None else list(shown[candidates(
+                    view.coords[shown], view.probs[shown], view.labels[shown])["uncertain"]])}[which]
+        drag_idx = [int(i) for i in pool][:40]
+        frame = CanvasFrame.around(view.coords[shown])
+        drawing = draggable_drawing(view, frame, moves, drag_idx)
+        ss["lat-frame"], ss["lat-drag-idx"] = frame, drag_idx
+        ss["lat-drag-px"] = [object_centre(o) for o in drawing["objects"]]
+        ss["lat-canvas-tag"] = f"{view.version}-{which}-{len(moves.undo_stack)}"
+        st.caption("Turn on **Edit** in the canvas toolbar, then drag a circle to where it belongs; each drop is recorded "
+                   "as a move. Dots are the other points (colour = predicted class).")
+        with st.container(key="lat-canvas"):
+            st_canvas(background_image=canvas_background(view, frame, moves, set(drag_idx)), initial_drawing=drawing,
+                      drawing_mode="point", width=frame.width, height=frame.height, point_display_radius=0,
+                      stroke_width=1, key="lat-canvas-" + ss["lat-canvas-tag"], on_change=on_drag, update_streamlit=True)
+
+    with st.container(key="lat-moves"):
+        st.markdown(f"**Moves: {len(moves)}**")
+        if moves.moves:
+            idx = view.index_of()
+            st.dataframe(pd.DataFrame([{
+                "image": e, "true": classes[view.labels[idx[e]]] if e in idx else "?",
+                "predicted": classes[view.preds[idx[e]]] if e in idx else "?",
+                "from": f"({m.source[0]:.2f}, {m.source[1]:.2f})", "to": f"({m.target[0]:.2f}, {m.target[1]:.2f})",
+            } for e, m in moves.moves.items()]), hide_index=True, width="stretch", height=min(35 * (len(moves) + 1) + 3, 250))
+        b1, b2, b3, b4, b5 = st.columns(5)
+        if b1.button("Undo", key="lat-undo", disabled=busy or not moves.undo_stack, width="stretch"):
+            moves.undo(); persist(); ss["lat-chart-n"] += 1; st.rerun()  # noqa: E702
+        if b2.button("Redo", key="lat-redo", disabled=busy or not moves.redo_stack, width="stretch"):
+            moves.redo(); persist(); ss["lat-chart-n"] += 1; st.rerun()  # noqa: E702
+        if b3.button("Clear", key="lat-clear", disabled=busy or not moves.moves, width="stretch"):
+            moves.clear(); persist(); ss["lat-chart-n"] += 1; st.rerun()  # noqa: E702
+        if b4.button("Update", key="lat-update", type="primary", disabled=busy or not moves.moves, width="stretch"):
+            settings = UpdateSettings(epochs=int(epochs), lr=float(lr), momentum=float(momentum), w_cls=float(w_cls),
+                                      w_dis=float(w_dis), variant=variant, device=wb.settings.get("device", "cpu"))
+            try:
+                ss["lat-pending"] = {"before": view, "moves": moves, "test_before": heldout_metrics(wb),
+                                     "version_before": wb.current_version}
+                start_update(wb, branch, moves, view, settings)
+            except (JobBusy, ValueError) as exc:
+                st.error(str(exc))
+            else:
+                ss["lat-watching"] = True
+                st.rerun()
+        if b5.button("Reset", key="lat-reset", disabled=busy, width="stretch",
+                     help="Back to the model version this page started from; clears the moves and the result."):
+            wb.restore(ss["lat-start-version"])
+            moves.clear(); persist(f"Reset to v{ss['lat-start-version']}.")  # noqa: E702
+            ss["lat-result"] = None
+            RESULT_FILE.unlink(missing_ok=True)
+            ss["lat-chart-n"] += 1
+            st.rerun()
+
+with right:
+    st.subheader("Result window")
+    live_job(wb, key="lat")
+    pending = ss.get("lat-pending")
+    if pending is not None and not busy and job is not None and job.result is not None \
+            and job.result.number != pending["version_before"]:
+        after = latent_view(wb, branch)
+        summary = update_summary(wb, pending["before"], after, pending["moves"], pending["test_before"], heldout_metrics(wb))
+        summary["version"] = wb.current_version
+        summary["before_coords"] = {int(e): pending["before"].coords[pending["before"].index_of()[e]].tolist() for e in pending["moves"].moves}
+        summary["targets"] = {int(e): list(m.target) for e, m in pending["moves"].moves.items()}
+        RESULT_FILE.write_text(json.dumps(summary))
+        ss["lat-result"] = summary
+        ss["lat-last-before"] = pending["before"]
+        del ss["lat-pending"]
+        moves.clear(); moves.undo_stack.clear(); persist()  # noqa: E702  the moves are now in the version's feedback
+        st.rerun()
+    elif pending is not None and not busy and job is not None and job.status == "failed":
+        del ss["lat-pending"]
+
+    result = ss.get("lat-result")
+    with st.container(key="lat-result"):
+        if not result:
+            st.info("Press **Update** after moving points: the fine-tuned model's projection appears here, with a line "
+                    "from each moved point's old to its new position.")
+        else:
+            shown_moves = MoveList({int(e): Move(int(e), tuple(result["before_coords"][e]), tuple(t))
+                                    for e, t in result["targets"].items()})
+            before_view = ss.get("lat-last-before")
+            if before_view is None:  # after a refresh: rebuild the old positions from the saved summary
+                before_view = view
+            fig = result_figure(before_view, view, classes, shown_moves) if before_view is not view else \
+                workspace_figure(view, classes, shown_moves, np.arange(len(view.ids)), dragmode="pan", uirevision="result")
+            st.plotly_chart(fig, key="lat-result-chart", width="stretch")
+            c1, c2, c3 = st.columns(3)
+            c1.metric("Test accuracy", pct(result["test_acc_after"]),
+                      f"{100 * (result['test_acc_after'] - result['test_acc_before']):+.2f} pts")
+            c2.metric("Moved images now right", f"{result['moved_fixed']} / {result['moved_total']}")
+            c3.metric("Version", f"v{result['version']}")
+            st.dataframe(pd.DataFrame([{
+                "image": r["example_id"], "true": classes[r["true"]], "before": classes[r["pred_before"]],
+                "after": classes[r["pred_after"]], "fixed": "✓" if r["pred_after"] == r["true"] else "✗",
+                "distance to target": f"{r['dist_before']:.2f} → {r['dist_after']:.2f}",
+            } for r in result["moved"]]), hide_index=True, width="stretch", height=220)
+            if result["per_class_change"]:
+                st.plotly_chart(go.Figure(go.Bar(x=classes, y=[100 * (v or 0) for v in result["per_class_change"]],
+                                                 marker_color="#2563eb")).update_layout(
+                    height=220, margin=dict(l=10, r=10, t=30, b=10), title="Per-class test accuracy change (points)",
+                    xaxis_type="category"), key="lat-per-class", width="stretch")

@@ -1,0 +1,53 @@
+"""Latent space in a real browser: drag a point on the canvas, press Update, see the new
+version and the summary."""
+from __future__ import annotations
+
+import re
+
+try:
+    from playwright.sync_api import Page, expect
+except ImportError:  # conftest's fixtures skip every test with the reason (fail on CI)
+    Page, expect = object, None
+
+LONG = 90_000
+UPDATE = 240_000
+MOVES = '.st-key-lat-moves:not([data-stale="true"])'
+RESULT = '.st-key-lat-result:not([data-stale="true"])'
+EXCEPTION = '[data-testid="stException"]'
+
+# The canvas draws its objects (the draggable circles) on their own layer; the first opaque
+# pixel found scanning from the top is the top of a circle's stroke, whose centre is below it.
+FIND_CIRCLE = """() => {
+  const host = document.querySelector('.st-key-lat-canvas [data-testid=stBidiComponentIsolated]');
+  if (!host || !host.shadowRoot) return null;
+  const c = host.shadowRoot.querySelector('canvas.dc-canvas.lower-canvas');
+  if (!c) return null;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  for (let y = 0; y < c.height; y++) for (let x = 0; x < c.width; x++) {
+    if (d[4 * (y * c.width + x) + 3] > 200) {
+      const r = c.getBoundingClientRect();
+      return {x: r.left + x * r.width / c.width, y: r.top + (y + 8) * r.height / c.height};
+    }
+  }
+  return null;
+}"""
+
+
+def test_drag_a_point_then_update_makes_version_and_summary(page: Page, app_url: str):
+    page.goto(app_url.rstrip("/") + "/latent")
+    expect(page.locator(".st-key-lat-workspace .js-plotly-plot")).to_be_visible(timeout=LONG)
+    expect(page.locator(MOVES)).to_contain_text("Moves: 0", timeout=LONG)
+    page.get_by_role("tab", name="Drag a point").click()
+    page.wait_for_function(f"({FIND_CIRCLE})() !== null", timeout=LONG)
+    point = page.evaluate(FIND_CIRCLE)
+    page.locator(".st-key-lat-canvas button[aria-label=Edit]").click()
+    page.mouse.move(point["x"], point["y"])
+    page.mouse.down()
+    page.mouse.move(point["x"] + 60, point["y"] + 70, steps=12)
+    page.mouse.up()
+    expect(page.locator(MOVES)).to_contain_text("Moves: 1", timeout=LONG)
+    page.get_by_role("button", name="Update", exact=True).click()
+    expect(page.locator(RESULT)).to_contain_text("Moved images now right", timeout=UPDATE)
+    expect(page.locator(RESULT)).to_contain_text(re.compile(r"\d+ / 1"))
+    expect(page.locator(".st-key-sb-version")).to_contain_text(re.compile(r"Model version:\s*v1\b"), timeout=LONG)
+    assert page.locator(EXCEPTION).count() == 0

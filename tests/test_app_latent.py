@@ -1,0 +1,82 @@
+"""AppTest tests of the Latent space page: selection, moves, undo/redo, update and reset."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from apptest_helpers import ROOT, app_workspace, new_app, no_exceptions  # noqa: F401  (fixture)
+
+from core.latent_workspace import load_moves
+
+PAGE = str(Path(ROOT) / "pages" / "latent.py")
+
+
+def _open(ws):
+    at = new_app(ws).run()
+    at.switch_page(PAGE).run()
+    no_exceptions(at)
+    return at
+
+
+def _select(at, example_ids):
+    """What the plotly component returns for a box selection of these points."""
+    key = f"lat-chart-{at.session_state['lat-chart-n']}"
+    at.session_state[key] = {"selection": {"points": [{"customdata": int(e), "curve_number": 0, "point_index": 0}
+                                                      for e in example_ids], "point_indices": [], "box": [], "lasso": []}}
+    return at.run()
+
+
+def test_box_selection_and_move_to_centroid_is_saved_before_shown(app_workspace):
+    at = _open(app_workspace)
+    wb = at.session_state["workbench"]
+    view = at.session_state["lat-view"]
+    wrong = view.ids[view.wrong][:3].tolist() or view.ids[:3].tolist()
+    _select(at, wrong)
+    no_exceptions(at)
+    assert any(f"{len(wrong)} selected" in m.value for m in at.markdown)
+    at.selectbox(key="lat-target-class").set_value(wb.data.classes[1])
+    at.button(key="lat-move-centroid").click().run()
+    no_exceptions(at)
+    saved = load_moves(wb)
+    assert sorted(saved.moves) == sorted(wrong)
+    assert any(f"Moves: {len(wrong)}" in m.value for m in at.markdown)
+
+    at.button(key="lat-undo").click().run()
+    assert len(load_moves(wb)) == 0
+    at.button(key="lat-redo").click().run()
+    assert sorted(load_moves(wb).moves) == sorted(wrong)
+    at.button(key="lat-clear").click().run()
+    assert len(load_moves(wb)) == 0
+    no_exceptions(at)
+
+
+def test_update_makes_a_version_and_a_summary_then_reset(app_workspace):
+    at = _open(app_workspace)
+    wb = at.session_state["workbench"]
+    start = wb.current_version
+    view = at.session_state["lat-view"]
+    _select(at, view.ids[:2].tolist())
+    at.number_input(key="lat-dx").set_value(1.0).run()  # the offset button is enabled once dx != 0
+    at.button(key="lat-move-offset").click().run()
+    assert len(load_moves(wb)) == 2
+    at.number_input(key="lat-epochs").set_value(1)
+    at.button(key="lat-update").click().run()
+    no_exceptions(at)
+    job = wb.jobs.current
+    deadline = time.time() + 180
+    while job.running and time.time() < deadline:
+        time.sleep(0.2)
+    assert job.status == "done", job.error
+    at.run()
+    at.run()
+    no_exceptions(at)
+    result = at.session_state["lat-result"]
+    assert result["moved_total"] == 2 and result["version"] == wb.current_version == start + 1
+    labels = {m.label: m.value for m in at.metric}
+    assert "Moved images now right" in labels and labels["Version"] == f"v{start + 1}"
+    assert len(load_moves(wb)) == 0  # the moves went into the version's feedback
+    assert wb.versions()[-1].feedback["kind"] == "latent"
+
+    at.button(key="lat-reset").click().run()
+    no_exceptions(at)
+    assert wb.current_version == start and at.session_state["lat-result"] is None
