@@ -12,9 +12,10 @@ if str(ROOT) not in sys.path:  # `import core` / `import app` from any working d
 import streamlit as st  # noqa: E402
 
 from app import sidebar  # noqa: E402
-from app.state import boot, show_notices  # noqa: E402
+from app.state import boot, configure_threads, show_notices  # noqa: E402
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+configure_threads()
 st.set_page_config(page_title="steerboard", page_icon=":material/explore:", layout="wide")
 
 PAGES = [

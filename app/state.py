@@ -28,6 +28,21 @@ QUERY_KEY = "wb"
 
 
 @st.cache_resource(show_spinner=False)
+def configure_threads() -> int:
+    """Torch threads for background jobs in the server: one core is left for the server and
+    (often on the same machine in demos) the browser redrawing live charts; with every core
+    busy, training slowed 5-10x while a page watched it. Override with STEERBOARD_TORCH_THREADS."""
+    import os
+
+    import torch
+
+    wanted = os.environ.get("STEERBOARD_TORCH_THREADS")
+    n = int(wanted) if wanted else max(1, (os.cpu_count() or 2) - 1)
+    torch.set_num_threads(n)
+    return n
+
+
+@st.cache_resource(show_spinner=False)
 def get_store() -> Store:
     return Store()
 
