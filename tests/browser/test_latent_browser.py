@@ -46,7 +46,8 @@ def test_drag_a_point_then_update_makes_version_and_summary(page: Page, app_url:
     page.mouse.move(point["x"] + 60, point["y"] + 70, steps=12)
     page.mouse.up()
     expect(page.locator(MOVES)).to_contain_text("Moves: 1", timeout=LONG)
-    page.get_by_role("button", name="Update", exact=True).click()
+    # right after a rerun Streamlit may briefly keep a stale copy of the button: click the live one
+    page.locator('.st-key-lat-update:not([data-stale="true"]) button').last.click()
     expect(page.locator(RESULT)).to_contain_text("Moved images now right", timeout=UPDATE)
     expect(page.locator(RESULT)).to_contain_text(re.compile(r"\d+ / 1"))
     expect(page.locator(".st-key-sb-version")).to_contain_text(re.compile(r"Model version:\s*v1\b"), timeout=LONG)
