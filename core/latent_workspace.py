@@ -9,7 +9,17 @@ import numpy as np
 import torch
 
 from core.engine import TrainConfig, evaluate, predict
-from core.feedback.latent import KIND, PAPER_LR, PAPER_MOMENTUM, PAPER_WEIGHTS, LatentMoveLoss, MoveList, implied_labels
+from core.feedback.latent import (
+    KIND,
+    PAPER_LR,
+    PAPER_MOMENTUM,
+    PAPER_WEIGHTS,
+    VARIANTS,
+    LatentMoveLoss,
+    MoveList,
+    implied_labels,
+    lift_targets,
+)
 from core.jobs import Job
 from core.models import atomic_torch_save
 from core.projection import ProjectionBranch, fit_projection, from_state, projection_r2, state
@@ -30,6 +40,7 @@ class LatentView:
     preds: np.ndarray
     probs: np.ndarray
     r2: float
+    features: np.ndarray | None = None  # pool features, for the "lifted" variant
 
     @property
     def wrong(self) -> np.ndarray:
@@ -68,7 +79,7 @@ def latent_view(wb: Workbench, branch: ProjectionBranch) -> LatentView:
         coords = branch(feats).numpy()
     probs = torch.softmax(logits, 1).numpy()
     return LatentView(version, wb.data.ids("pool"), coords, labels.numpy(), probs.argmax(1), probs,
-                      projection_r2(branch, feats.numpy()))
+                      projection_r2(branch, feats.numpy()), feats.numpy())
 
 
 def load_moves(wb: Workbench) -> MoveList:
@@ -90,7 +101,7 @@ class UpdateSettings:
     momentum: float = PAPER_MOMENTUM
     w_cls: float = PAPER_WEIGHTS["cls"]
     w_dis: float = PAPER_WEIGHTS["latent"]
-    variant: str = "paper"  # or "implied-label"
+    variant: str = "paper"  # or "implied-label", "lifted"
     batch_size: int = 64
     seed: int = 0
     device: str | None = None
@@ -99,15 +110,21 @@ class UpdateSettings:
 def build_loss(wb: Workbench, branch: ProjectionBranch, moves: MoveList, view: LatentView,
                variant: str = "paper") -> LatentMoveLoss:
     """The latent loss term for ``moves``; the implied-label variant also uses the class whose
-    region each point was moved into (majority predicted class around the target)."""
+    region each point was moved into (majority predicted class around the target), the
+    lifted variant the mean features of the points around the target."""
+    if variant not in VARIANTS:
+        raise ValueError(f"Unknown variant {variant!r}; use one of {', '.join(VARIANTS)}.")
     ids = np.array(list(moves.moves), dtype=np.int64)
     targets = np.array([moves.moves[int(i)].target for i in ids], dtype=np.float32)
-    implied = None
+    implied = lifted = None
     if variant == "implied-label":
         implied = torch.as_tensor(implied_labels(targets, view.coords, view.preds))
-    elif variant != "paper":
-        raise ValueError(f"Unknown variant {variant!r}; use 'paper' or 'implied-label'.")
-    return LatentMoveLoss(branch, wb.data.images[torch.as_tensor(ids)], torch.as_tensor(targets), implied)
+    elif variant == "lifted":
+        if view.features is None:
+            raise ValueError("The lifted variant needs the pool features of the current view.")
+        lifted = torch.as_tensor(lift_targets(targets, view.coords, view.features))
+    return LatentMoveLoss(branch, wb.data.images[torch.as_tensor(ids)], torch.as_tensor(targets), implied,
+                          feature_targets=lifted)
 
 
 def start_update(wb: Workbench, branch: ProjectionBranch, moves: MoveList, view: LatentView,

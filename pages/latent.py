@@ -98,9 +98,10 @@ with st.expander("Update settings", expanded=False):
     momentum = c3.number_input("Momentum", 0.0, 0.99, 0.9, key="lat-momentum")
     w_cls = c4.number_input("w_cls", 0.0, 1.0, 0.89, key="lat-wcls", help="Weight of the classification loss.")
     w_dis = c5.number_input("w_dis", 0.0, 10.0, 0.11, key="lat-wdis", help="Weight of the distance loss on moved points.")
-    variant = st.radio("Variant", ["paper", "implied-label"], horizontal=True, key="lat-variant",
-                       help="paper: moved examples' labels are not used. implied-label: also cross-entropy toward the "
-                            "class whose region each point was moved into.")
+    variant = st.radio("Variant", ["paper", "implied-label", "lifted"], horizontal=True, key="lat-variant",
+                       help="paper: only the 2D distance to the target; labels are not used. implied-label: also "
+                            "cross-entropy toward the class whose region each point was moved into. lifted: no labels; "
+                            "also pulls the features toward the mean features of the points around the target.")
     evr = branch.explained_variance_ratio.tolist()
     st.caption(f"Projection branch fidelity on the pool split: R² = {view.r2:.3f} against its PCA targets. "
                f"The two axes show {100 * sum(evr):.0f}% of the feature variance ({100 * evr[0]:.0f}% + {100 * evr[1]:.0f}%).")

@@ -142,3 +142,47 @@ def test_workflow_on_a_workbench_persists_projection_moves_and_version(workspace
     with pytest.raises(ValueError, match="Move at least one point"):
         start_update(wb, branch, MoveList(), view, UpdateSettings())
     assert PAPER_WEIGHTS == {"cls": 0.89, "latent": 0.11}
+
+
+def test_lift_targets_is_mean_of_nearest_features():
+    from core.feedback.latent import lift_targets
+
+    coords = np.array([[0, 0], [0, 1], [10, 10], [10, 11]], float)
+    feats = np.array([[1, 0], [3, 0], [0, 5], [0, 7]], float)
+    lifted = lift_targets(np.array([[0, 0.4], [10, 10.6]]), coords, feats, k=2)
+    assert np.allclose(lifted, [[2, 0], [0, 6]])
+
+
+def test_lifted_variant_pulls_features_toward_lifted_target(tiny_data):
+    model = _trained(tiny_data)
+    pool_x, _ = tiny_data.split("pool")
+    _, f = predict(model, tiny_data.split("train")[0], with_features=True)
+    branch = fit_projection(f.numpy())
+    _, pool_f = predict(model, pool_x, with_features=True)
+    moved = np.arange(3)
+    target_feats = pool_f[-3:].clone()  # features of other examples
+    targets = torch.tensor(branch.project(model, pool_x)[-3:], dtype=torch.float32)
+    before = float((pool_f[moved] - target_feats).norm(dim=1).mean())
+    tuned = copy.deepcopy(model)
+    term = LatentMoveLoss(branch, pool_x[moved], targets, feature_targets=target_feats)
+    fine_tune(tuned, tiny_data, {"latent": term}, {"cls": 0.89, "latent": 0.5}, epochs=3,
+              config=TrainConfig(lr=0.04, batch_size=16))
+    _, after_f = predict(tuned, pool_x[moved], with_features=True)
+    assert float((after_f - target_feats).norm(dim=1).mean()) < before
+
+
+def test_every_variant_builds_a_loss(workspace, tiny_data):
+    from core.feedback.latent import VARIANTS
+    from core.latent_workspace import build_loss
+
+    wb = Workbench.create(Store(workspace), tiny_data, "tiny", _trained(tiny_data, epochs=1))
+    branch = load_or_fit_projection(wb)
+    view = latent_view(wb, branch)
+    ml = MoveList()
+    ml.add([Move(int(view.ids[0]), tuple(view.coords[0]), (1.0, 1.0))])
+    for variant in VARIANTS:
+        term = build_loss(wb, branch, ml, view, variant)
+        assert (term.implied_labels is not None) == (variant == "implied-label")
+        assert (term.feature_targets is not None) == (variant == "lifted")
+    with pytest.raises(ValueError, match="Unknown variant"):
+        build_loss(wb, branch, ml, view, "magic")

@@ -3,8 +3,15 @@ fine-tuned so that the projection branch puts each moved example at its target.
 
 Loss = w_cls * CE(training batch) + w_dis * mean ||branch(features(x_moved)) - target||_2
 (paper defaults w_cls 0.89, w_dis 0.11, SGD lr 0.04, momentum 0.9, 1-3 epochs). By default
-the moved examples' labels are not used. The "implied-label" variant adds CE toward the
-class whose region each point was moved into: the label the user implied by the move.
+the moved examples' labels are not used. Two variants beyond the paper:
+
+- "implied-label" adds CE toward the class whose region each point was moved into: the
+  label the user implied by the move;
+- "lifted" uses no label either: it lifts each 2D target into feature space (the mean
+  features of the workspace points nearest to it) and adds a normalised L2 toward that.
+  On Quick Draw the 2D axes hold about half of the feature variance, so a point can reach
+  its 2D target while the classifier, which reads every feature, still says the old class;
+  the lifted target moves the rest of the features too.
 """
 from __future__ import annotations
 
@@ -24,6 +31,10 @@ KIND = "latent"
 PAPER_WEIGHTS = {"cls": 0.89, "latent": 0.11}
 PAPER_LR = 0.04
 PAPER_MOMENTUM = 0.9
+# Weight of the implied-label CE inside the latent term. At 1.0 it fixed every moved Quick Draw
+# example but cost 0.33 test points against the CE-only baseline; 0.25 fixed them all too.
+IMPLIED_WEIGHT = 0.25
+VARIANTS = ("paper", "implied-label", "lifted")
 
 
 @dataclass(frozen=True)
@@ -122,7 +133,8 @@ class LatentMoveLoss:
     """
 
     def __init__(self, branch: ProjectionBranch, images: torch.Tensor, targets: torch.Tensor,
-                 implied_labels: torch.Tensor | None = None, implied_weight: float = 1.0) -> None:
+                 implied_labels: torch.Tensor | None = None, implied_weight: float = IMPLIED_WEIGHT,
+                 feature_targets: torch.Tensor | None = None) -> None:
         if len(images) != len(targets) or len(images) == 0:
             raise ValueError("LatentMoveLoss needs at least one moved example and one target per example.")
         self.branch = copy.deepcopy(branch).requires_grad_(False)
@@ -130,6 +142,7 @@ class LatentMoveLoss:
         self.targets = targets.float()
         self.implied_labels = implied_labels
         self.implied_weight = implied_weight
+        self.feature_targets = None if feature_targets is None else feature_targets.float()
 
     def __call__(self, model: SteerableModel, batch: Batch) -> torch.Tensor:
         device = batch.x.device
@@ -138,6 +151,10 @@ class LatentMoveLoss:
         out = self.branch(feats)
         # sqrt of a sum of squares with a small epsilon: the L2 norm stays differentiable at 0
         dist = ((out - self.targets.to(device)).pow(2).sum(1) + 1e-8).sqrt().mean()
+        if self.feature_targets is not None:
+            ft = self.feature_targets.to(device)
+            # normalised by the targets' mean norm, so it weighs like the 2D distance
+            dist = dist + ((feats - ft).pow(2).sum(1) + 1e-8).sqrt().mean() / ft.norm(dim=1).mean().clamp_min(1e-8)
         if self.implied_labels is None:
             return dist
         ce = F.cross_entropy(model.head(feats), self.implied_labels.to(device))
@@ -152,6 +169,14 @@ def implied_labels(targets: np.ndarray, coords: np.ndarray, predicted: np.ndarra
     near = np.argsort(d, axis=1)[:, :k]
     votes = np.asarray(predicted)[near]
     return np.array([np.bincount(v).argmax() for v in votes], dtype=np.int64)
+
+
+def lift_targets(targets: np.ndarray, coords: np.ndarray, features: np.ndarray, k: int = 20) -> np.ndarray:
+    """Each 2D target lifted into feature space: the mean features of the ``k`` workspace
+    points nearest to it."""
+    d = ((np.asarray(targets, np.float64)[:, None, :] - np.asarray(coords)[None, :, :]) ** 2).sum(-1)
+    near = np.argsort(d, axis=1)[:, :k]
+    return np.asarray(features)[near].mean(1).astype(np.float32)
 
 
 def class_centroids(coords: np.ndarray, labels: np.ndarray, predicted: np.ndarray | None, num_classes: int) -> np.ndarray:
