@@ -59,6 +59,14 @@ def persist(message: str | None = None) -> None:
         notice(message, "success")
 
 
+def edit_moves(operation) -> None:
+    """Undo, redo or clear: change the list, save it, clear the chart's selection, redraw."""
+    operation()
+    persist()
+    ss["lat-chart-n"] += 1
+    st.rerun()
+
+
 def chart_key() -> str:
     return f"lat-chart-{ss['lat-chart-n']}"
 
@@ -192,11 +200,11 @@ with left:
             } for e, m in moves.moves.items()]), hide_index=True, width="stretch", height=min(35 * (len(moves) + 1) + 3, 250))
         b1, b2, b3, b4, b5 = st.columns(5)
         if b1.button("Undo", key="lat-undo", disabled=busy or not moves.undo_stack, width="stretch"):
-            moves.undo(); persist(); ss["lat-chart-n"] += 1; st.rerun()  # noqa: E702
+            edit_moves(moves.undo)
         if b2.button("Redo", key="lat-redo", disabled=busy or not moves.redo_stack, width="stretch"):
-            moves.redo(); persist(); ss["lat-chart-n"] += 1; st.rerun()  # noqa: E702
+            edit_moves(moves.redo)
         if b3.button("Clear", key="lat-clear", disabled=busy or not moves.moves, width="stretch"):
-            moves.clear(); persist(); ss["lat-chart-n"] += 1; st.rerun()  # noqa: E702
+            edit_moves(moves.clear)
         if b4.button("Update", key="lat-update", type="primary", disabled=busy or not moves.moves, width="stretch"):
             settings = UpdateSettings(epochs=int(epochs), lr=float(lr), momentum=float(momentum), w_cls=float(w_cls),
                                       w_dis=float(w_dis), variant=variant, device=wb.settings.get("device", "cpu"))
@@ -212,7 +220,8 @@ with left:
         if b5.button("Reset", key="lat-reset", disabled=busy, width="stretch",
                      help="Back to the model version this page started from; clears the moves and the result."):
             wb.restore(ss["lat-start-version"])
-            moves.clear(); persist(f"Reset to v{ss['lat-start-version']}.")  # noqa: E702
+            moves.clear()
+            persist(f"Reset to v{ss['lat-start-version']}.")
             ss["lat-result"] = None
             RESULT_FILE.unlink(missing_ok=True)
             ss["lat-chart-n"] += 1
@@ -233,7 +242,10 @@ with right:
         ss["lat-result"] = summary
         ss["lat-last-before"] = pending["before"]
         del ss["lat-pending"]
-        moves.clear(); moves.undo_stack.clear(); persist()  # noqa: E702  the moves are now in the version's feedback
+        # the moves are now in the new version's feedback: start the next round empty
+        moves.clear()
+        moves.undo_stack.clear()
+        persist()
         st.rerun()
     elif pending is not None and not busy and job is not None and job.status == "failed":
         del ss["lat-pending"]
