@@ -45,8 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if result.rolled_back:
         print(f"warning: {result.message}", file=sys.stderr)
-    out = Path(args.out)
-    path = out / f"{base_key(args.data, args.model, args.seed)}.pt"
+    out = Path(args.out).expanduser()
+    # the app names a folder source by its resolved path; use the same key so it finds this model
+    source = str(Path(args.data).expanduser().resolve()) if Path(args.data).expanduser().exists() else args.data
+    path = out / f"{base_key(source, args.model, args.seed)}.pt"
     metrics = version_metrics(model, data)
     save_checkpoint(model, path, data.classes, {"data": args.data, "epochs": args.epochs, "metrics": metrics})
     (out / "metrics.json").write_text(json.dumps({"checkpoint": str(path), **metrics}, indent=2))
