@@ -3,6 +3,7 @@ the workspace view of the pool split, the move list on disk, Update and its summ
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -46,8 +47,13 @@ class LatentView:
     def wrong(self) -> np.ndarray:
         return self.preds != self.labels
 
-    def index_of(self) -> dict[int, int]:
+    @cached_property
+    def _index(self) -> dict[int, int]:
         return {int(e): i for i, e in enumerate(self.ids)}
+
+    def index_of(self) -> dict[int, int]:
+        """Example id -> row in this view (built once per view; pages call it on every rerun)."""
+        return self._index
 
 
 def load_or_fit_projection(wb: Workbench, *, refit: bool = False, seed: int = 0) -> ProjectionBranch:
