@@ -10,6 +10,8 @@ try:
 except ImportError:  # conftest's fixtures skip every test with the reason (fail on CI)
     Page, expect = object, None
 
+from browser_helpers import expect_text
+
 LONG = 60_000  # ms: generous, the CI machine has 2 cores shared with Chromium and the server
 TRAIN = 120_000  # ms: a short training run under load
 ACCURACY = re.compile(r"\d+\.\d%")
@@ -30,8 +32,8 @@ EXCEPTION = '[data-testid="stException"]'
 def open_home(page: Page, url: str) -> str:
     """Go to ``url`` and wait for Home's metrics with an accuracy; returns the ``?wb=`` id."""
     page.goto(url)
-    expect(page.locator(METRICS)).to_contain_text("Test accuracy", timeout=LONG)
-    expect(page.locator(METRICS)).to_contain_text(ACCURACY, timeout=LONG)
+    expect_text(page, METRICS, "Test accuracy", LONG)
+    expect_text(page, METRICS, ACCURACY, LONG)
     page.wait_for_url(re.compile(r"[?&]wb=[0-9a-f]{12}"), timeout=LONG)
     return workbench_id(page)
 
@@ -48,7 +50,7 @@ def assert_no_exception(page: Page) -> None:
 
 
 def expect_version(page: Page, number: int, timeout: int = LONG) -> None:
-    expect(page.locator(SIDEBAR_VERSION)).to_contain_text(re.compile(rf"Model version:\s*v{number}\b"), timeout=timeout)
+    expect_text(page, SIDEBAR_VERSION, re.compile(rf"Model version:\s*v{number}\b"), timeout)
 
 
 def current_step(page: Page) -> int | None:
@@ -89,8 +91,8 @@ def start_training(page: Page, epochs: int, batch: int | None = None) -> None:
     expect(button).to_be_enabled()
     button.click()
     # running: the status shows "<description>: step N / M ..." and a Stop button
-    expect(page.locator(STATUS)).to_contain_text(STEP, timeout=LONG)
-    expect(page.locator(STATUS).get_by_role("button", name="Stop")).to_be_visible()
+    expect_text(page, STATUS, STEP, LONG)
+    expect(page.locator(STATUS).get_by_role("button", name="Stop").first).to_be_visible()
     m = STEP.search(page.locator(STATUS).inner_text())
     if m:  # the job got the typed epochs: total steps = epochs x steps per epoch
         assert int(m.group(2)) % epochs == 0, f"{m.group(0)} is not a whole number of {epochs} epochs"
@@ -99,7 +101,7 @@ def start_training(page: Page, epochs: int, batch: int | None = None) -> None:
 def train_version(page: Page, number: int, epochs: int = 1, batch: int | None = 256) -> None:
     """Train to completion (few large steps: quick) and wait until the page shows version ``number``."""
     start_training(page, epochs, batch)
-    expect(page.locator(STATUS)).to_contain_text(f"Finished: version v{number}", timeout=TRAIN)
+    expect_text(page, STATUS, f"Finished: version v{number}", TRAIN)
     expect_version(page, number)
 
 
@@ -133,16 +135,16 @@ def test_training_shows_live_progress_and_new_version(page: Page, app_url: str):
     first = current_step(page)
     if first is None:
         first = wait_step_above(page, -1)
-    chart = page.locator(CHART)
+    chart = page.locator(CHART).last
     expect(chart).to_be_visible(timeout=LONG)  # drawn once the first step is recorded
     second = wait_step_above(page, first)  # the fragment redraws while the job runs
     third = wait_step_above(page, second)
     assert first < second < third
-    expect(chart).to_contain_text("Batch loss")  # the plotly figure's subplot title
-    expect(page.locator(STATUS)).to_contain_text("Finished: version v1", timeout=TRAIN)
-    expect(page.locator(STATUS)).to_contain_text(re.compile(r"test accuracy \d+\.\d%"))
+    expect_text(page, CHART, "Batch loss", LONG)  # the plotly figure's subplot title
+    expect_text(page, STATUS, "Finished: version v1", TRAIN)
+    expect_text(page, STATUS, re.compile(r"test accuracy \d+\.\d%"), LONG)
     expect_version(page, 1)
-    expect(page.locator(METRICS)).to_contain_text("v1", timeout=LONG)
+    expect_text(page, METRICS, "v1", LONG)
     assert_no_exception(page)
 
 
@@ -150,7 +152,7 @@ def test_refresh_keeps_versions(page: Page, app_url: str):
     wb = open_home(page, app_url)
     train_version(page, 1)
     page.reload()
-    expect(page.locator(METRICS)).to_contain_text(ACCURACY, timeout=LONG)
+    expect_text(page, METRICS, ACCURACY, LONG)
     assert workbench_id(page) == wb
     expect_version(page, 1)
     assert listed_versions(page) == ["v0", "v1"]
@@ -165,7 +167,7 @@ def test_two_browsers_get_separate_workbenches(new_context, app_url: str):
     train_version(one, 1)
     # the other browser neither sees v1 now nor after a refresh
     two.reload()
-    expect(two.locator(METRICS)).to_contain_text(ACCURACY, timeout=LONG)
+    expect_text(two, METRICS, ACCURACY, LONG)
     assert workbench_id(two) == wb_two
     expect_version(two, 0)
     assert listed_versions(two) == ["v0"]
@@ -183,7 +185,7 @@ def test_server_killed_mid_training_loses_no_finished_version(start_server, page
     server.kill()  # SIGKILL, mid-run
     server.start()  # same workspace, same port
     page.goto(f"{server.url}/?wb={wb}")
-    expect(page.locator(METRICS)).to_contain_text(ACCURACY, timeout=LONG)
+    expect_text(page, METRICS, ACCURACY, LONG)
     assert workbench_id(page) == wb, "the saved link did not reopen the same workbench"
     expect_version(page, 1)
     assert listed_versions(page) == ["v0", "v1"]  # v1 kept, no half-trained v2

@@ -9,10 +9,12 @@ try:
 except ImportError:  # conftest's fixtures skip every test with the reason (fail on CI)
     Page, expect = object, None
 
+from browser_helpers import expect_text
+
 LONG = 90_000
 UPDATE = 240_000
-MOVES = '.st-key-lat-moves:not([data-stale="true"])'
-RESULT = '.st-key-lat-result:not([data-stale="true"])'
+MOVES = ".st-key-lat-moves"
+RESULT = ".st-key-lat-result"
 EXCEPTION = '[data-testid="stException"]'
 
 # The canvas draws its objects (the draggable circles) on their own layer; the first opaque
@@ -36,7 +38,7 @@ FIND_CIRCLE = """() => {
 def test_drag_a_point_then_update_makes_version_and_summary(page: Page, app_url: str):
     page.goto(app_url.rstrip("/") + "/latent")
     expect(page.locator(".st-key-lat-workspace .js-plotly-plot")).to_be_visible(timeout=LONG)
-    expect(page.locator(MOVES)).to_contain_text("Moves: 0", timeout=LONG)
+    expect_text(page, MOVES, "Moves: 0", LONG)
     page.get_by_role("tab", name="Drag a point").click()
     page.wait_for_function(f"({FIND_CIRCLE})() !== null", timeout=LONG)
     point = page.evaluate(FIND_CIRCLE)
@@ -45,10 +47,10 @@ def test_drag_a_point_then_update_makes_version_and_summary(page: Page, app_url:
     page.mouse.down()
     page.mouse.move(point["x"] + 60, point["y"] + 70, steps=12)
     page.mouse.up()
-    expect(page.locator(MOVES)).to_contain_text("Moves: 1", timeout=LONG)
+    expect_text(page, MOVES, "Moves: 1", LONG)
     # right after a rerun Streamlit may briefly keep a stale copy of the button: click the live one
     page.locator('.st-key-lat-update:not([data-stale="true"]) button').last.click()
-    expect(page.locator(RESULT)).to_contain_text("Moved images now right", timeout=UPDATE)
-    expect(page.locator(RESULT)).to_contain_text(re.compile(r"\d+ / 1"))
-    expect(page.locator(".st-key-sb-version")).to_contain_text(re.compile(r"Model version:\s*v1\b"), timeout=LONG)
+    expect_text(page, RESULT, "Moved images now right", UPDATE)
+    expect_text(page, RESULT, re.compile(r"\d+ / 1"), LONG)
+    expect_text(page, ".st-key-sb-version", re.compile(r"Model version:\s*v1\b"), LONG)
     assert page.locator(EXCEPTION).count() == 0

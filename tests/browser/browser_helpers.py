@@ -1,0 +1,31 @@
+"""Locator helpers shared by the browser tests.
+
+While Streamlit reruns, it can keep two copies of a keyed container in the DOM for a moment:
+the previous one marked ``data-stale="true"``, or (seen in CI) two live-looking copies while
+an element moves in the tree. A plain ``expect(page.locator(sel)).to_contain_text(...)`` then
+fails in strict mode. These helpers wait until *some* copy shows the text instead.
+"""
+from __future__ import annotations
+
+import re
+
+try:
+    from playwright.sync_api import Locator, Page, expect
+except ImportError:  # the conftest fixtures skip the tests (and fail on CI)
+    Locator = Page = object
+    expect = None
+
+
+def live(selector: str) -> str:
+    """``selector`` restricted to copies that Streamlit has not marked stale."""
+    return f'{selector}:not([data-stale="true"])'
+
+
+def with_text(page: Page, selector: str, text: str | re.Pattern) -> Locator:
+    """The first live element matching ``selector`` whose text contains ``text``."""
+    return page.locator(live(selector)).filter(has_text=text).first
+
+
+def expect_text(page: Page, selector: str, text: str | re.Pattern, timeout: int) -> None:
+    """Wait until a live element matching ``selector`` contains ``text``."""
+    expect(with_text(page, selector, text)).to_be_visible(timeout=timeout)
