@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     main_key = KEYS[variants[0]]
     result = {
         "name": "latent_editing",
+        "headline_variant": variants[0],  # the top-level moved_fixed_fraction / test_acc_after are this variant's
         "moved_fixed_fraction": mean(f"{main_key}_moved_fixed_fraction"),
         "test_acc_before": mean("test_acc_before"),
         "test_acc_after": mean(f"{main_key}_test_acc_after"),

@@ -15,6 +15,7 @@ from core.feedback.latent import (
     PAPER_LR,
     PAPER_MOMENTUM,
     PAPER_WEIGHTS,
+    DEFAULT_VARIANT,
     VARIANTS,
     LatentMoveLoss,
     MoveList,
@@ -107,14 +108,14 @@ class UpdateSettings:
     momentum: float = PAPER_MOMENTUM
     w_cls: float = PAPER_WEIGHTS["cls"]
     w_dis: float = PAPER_WEIGHTS["latent"]
-    variant: str = "paper"  # or "implied-label", "lifted"
+    variant: str = DEFAULT_VARIANT  # or "paper", "implied-label"
     batch_size: int = 64
     seed: int = 0
     device: str | None = None
 
 
 def build_loss(wb: Workbench, branch: ProjectionBranch, moves: MoveList, view: LatentView,
-               variant: str = "paper") -> LatentMoveLoss:
+               variant: str = DEFAULT_VARIANT) -> LatentMoveLoss:
     """The latent loss term for ``moves``; the implied-label variant also uses the class whose
     region each point was moved into (majority predicted class around the target), the
     lifted variant the mean features of the points around the target."""

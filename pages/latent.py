@@ -13,7 +13,7 @@ from streamlit_drawable_canvas import st_canvas
 from app.latent_plots import CanvasFrame, canvas_background, draggable_drawing, object_centre, result_figure, workspace_figure
 from app.state import notice
 from app.widgets import live_job, pct, to_pil
-from core.feedback.latent import Move, MoveList, candidates, class_centroids
+from core.feedback.latent import VARIANTS, Move, MoveList, candidates, class_centroids
 from core.jobs import JobBusy
 from core.latent_workspace import (
     UpdateSettings,
@@ -106,10 +106,11 @@ with st.expander("Update settings", expanded=False):
     momentum = c3.number_input("Momentum", 0.0, 0.99, 0.9, key="lat-momentum")
     w_cls = c4.number_input("w_cls", 0.0, 1.0, 0.89, key="lat-wcls", help="Weight of the classification loss.")
     w_dis = c5.number_input("w_dis", 0.0, 10.0, 0.11, key="lat-wdis", help="Weight of the distance loss on moved points.")
-    variant = st.radio("Variant", ["paper", "implied-label", "lifted"], horizontal=True, key="lat-variant",
-                       help="paper: only the 2D distance to the target; labels are not used. implied-label: also "
-                            "cross-entropy toward the class whose region each point was moved into. lifted: no labels; "
-                            "also pulls the features toward the mean features of the points around the target.")
+    variant = st.radio("Variant", list(VARIANTS), horizontal=True, key="lat-variant",
+                       help="lifted (default): no labels; the 2D distance to the target plus a pull of the features "
+                            "toward the mean features of the points around the target. paper: only the 2D distance; "
+                            "labels are not used. implied-label: also cross-entropy toward the class whose region "
+                            "each point was moved into.")
     evr = branch.explained_variance_ratio.tolist()
     st.caption(f"Projection branch fidelity on the pool split: R² = {view.r2:.3f} against its PCA targets. "
                f"The two axes show {100 * sum(evr):.0f}% of the feature variance ({100 * evr[0]:.0f}% + {100 * evr[1]:.0f}%).")
