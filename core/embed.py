@@ -1,0 +1,407 @@
+"""2D layouts of feature vectors: PCA, t-SNE, and a warm-started stream of t-SNE layouts
+with trails, plus the two readers the training monitor lays out (filter weights and
+per-channel layer activations).
+
+t-SNE is openTSNE's (Barnes-Hut below 10,000 points, FFT above, one thread). A stream keeps
+the last layout: the next update starts every point that was in it where it was and runs a
+short optimisation without early exaggeration, so a point moves on screen only as far as its
+neighbourhood in feature space changed. Layouts are deterministic under ``seed``.
+"""
+from __future__ import annotations
+
+import warnings
+from collections import deque
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from sklearn.decomposition import PCA
+from sklearn.neighbors import NearestNeighbors
+from torch import nn
+
+__all__ = [
+    "EmbeddingStream",
+    "filter_vectors",
+    "layer_activations",
+    "pca_layout",
+    "tsne_layout",
+]
+
+MIN_TSNE_POINTS = 5  # below this, t-SNE has no meaningful neighbourhoods: layouts fall back to PCA
+_METHODS = ("tsne", "pca")
+
+
+# ---------------------------------------------------------------------------------------------
+# input checks and small helpers
+
+
+def _check_x(x: np.ndarray, name: str = "x") -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (n_points, n_features), got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64, copy=False)
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).any(axis=1).sum())
+        raise ValueError(f"{name} has non-finite values (NaN or inf) in {bad} of {len(arr)} rows")
+    return arr
+
+
+def _check_ids(ids: Sequence[int], n: int) -> np.ndarray:
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise ValueError(f"ids must be a 1-D sequence of integers, got shape {arr.shape}")
+    if len(arr) != n:
+        raise ValueError(f"len(ids) = {len(arr)} but x has {n} rows; give one id per row")
+    if len(arr) and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"ids must be integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64, copy=False)
+    if len(np.unique(arr)) != len(arr):
+        raise ValueError("ids must be unique: each id names one point")
+    return arr
+
+
+def _clip_perplexity(perplexity: float, n: int) -> float:
+    if not perplexity > 0:
+        raise ValueError(f"perplexity must be positive, got {perplexity}")
+    return float(min(perplexity, max((n - 1) / 3.0, 1.0)))
+
+
+def _rms_radius(p: np.ndarray) -> float:
+    """Root mean squared distance of the points to their centroid."""
+    if len(p) == 0:
+        return 0.0
+    return float(np.sqrt(np.mean(np.sum((p - p.mean(axis=0)) ** 2, axis=1))))
+
+
+def _safe_radius(p: np.ndarray) -> float:
+    r = _rms_radius(p)
+    return r if r > 1e-12 else 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# one-shot layouts
+
+
+def pca_layout(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(n, 2) PCA of the rows of x (sklearn PCA), deterministic sign.
+
+    Each axis is flipped so that the largest-magnitude coefficient of its principal component
+    is positive. Fewer than 2 rows, or 1 feature, give zero columns where no component exists.
+    Returns float32.
+    """
+    arr = _check_x(x)
+    n, d = arr.shape
+    out = np.zeros((n, 2), dtype=np.float64)
+    k = min(2, n - 1, d)  # n - 1: n points span at most n - 1 directions
+    if k >= 1:
+        with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)  # 0/0 explained variance of constant data
+            pca = PCA(n_components=k, random_state=seed).fit(arr)
+            proj = pca.transform(arr)
+        comps = pca.components_
+        signs = np.sign(comps[np.arange(k), np.argmax(np.abs(comps), axis=1)])
+        signs[signs == 0] = 1.0
+        out[:, :k] = proj * signs
+    return out.astype(np.float32)
+
+
+def _affinities(x: np.ndarray, perplexity: float, seed: int):
+    from openTSNE.affinity import PerplexityBasedNN
+
+    return PerplexityBasedNN(x, perplexity=perplexity, method="auto", n_jobs=1, random_state=seed, verbose=False)
+
+
+def tsne_layout(x: np.ndarray, *, perplexity: float = 30.0, seed: int = 0, n_iter: int = 500,
+                init: np.ndarray | None = None) -> np.ndarray:
+    """One cold (or init-given) openTSNE layout, (n, 2) float32. Perplexity is clipped to what n allows.
+
+    The full schedule runs: 250 iterations of early exaggeration, then ``n_iter``. Without
+    ``init`` it starts from openTSNE's PCA initialisation; a given ``init`` (n, 2) sets the
+    starting arrangement and is rescaled to openTSNE's recommended small spread (std 1e-4)
+    first, so it is a seed shape, not positions to keep (see :class:`EmbeddingStream` for
+    that); an ``init`` with no spread is ignored. Data whose rows are all equal start from a
+    seeded random initialisation. Fewer than 5 points get :func:`pca_layout` instead.
+    """
+    from openTSNE import TSNE
+    from openTSNE.initialization import random as random_init
+
+    arr = _check_x(x)
+    n = len(arr)
+    if n_iter < 0:
+        raise ValueError(f"n_iter must be >= 0, got {n_iter}")
+    if init is not None:
+        init = np.asarray(init, dtype=np.float64)
+        if init.shape != (n, 2):
+            raise ValueError(f"init must have shape ({n}, 2) for {n} points, got {init.shape}")
+        if not np.isfinite(init).all():
+            raise ValueError("init has non-finite values (NaN or inf)")
+    perp = _clip_perplexity(perplexity, n)
+    if n < MIN_TSNE_POINTS:
+        return pca_layout(arr, seed)
+    spread = 0.0
+    if init is not None:
+        init = init - init.mean(axis=0)
+        spread = float(init.std(axis=0).max())
+    if spread > 0:
+        initialization: np.ndarray | str = init * (1e-4 / spread)  # openTSNE's recommended std
+    elif np.ptp(arr, axis=0).max() > 0:
+        initialization = "pca"
+    else:  # all rows equal: PCA has no direction to give (openTSNE would divide by 0)
+        initialization = random_init(n, 2, random_state=seed)
+    tsne = TSNE(n_components=2, perplexity=perp, n_iter=n_iter, initialization=initialization,
+                n_jobs=1, random_state=seed, verbose=False)
+    emb = tsne.fit(arr)
+    return np.asarray(emb, dtype=np.float32)
+
+
+def _tsne_warm(x: np.ndarray, init: np.ndarray, *, perplexity: float, seed: int, n_iter: int) -> np.ndarray:
+    """``n_iter`` iterations of t-SNE from ``init`` as-is: no rescaling, no early exaggeration."""
+    from openTSNE import TSNEEmbedding
+
+    emb = TSNEEmbedding(np.ascontiguousarray(init, dtype=np.float64), _affinities(x, perplexity, seed),
+                        negative_gradient_method="auto", random_state=seed, n_jobs=1, verbose=False)
+    # learning rate "auto" is n / exaggeration (Belkina et al. 2019), as in openTSNE's own
+    # non-exaggerated phase; momentum 0.8 is its final-phase momentum.
+    emb = emb.optimize(n_iter=n_iter, exaggeration=None, momentum=0.8, learning_rate="auto",
+                       inplace=True, propagate_exception=True)
+    return np.asarray(emb, dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# a stream of layouts
+
+
+class EmbeddingStream:
+    """Warm-started 2D layouts of a changing set of points keyed by example/filter ids, with trails.
+
+    ``method="tsne"``: the first update is a cold :func:`tsne_layout` (``cold_iter``
+    iterations after early exaggeration); later ones start from the previous layout as-is and
+    run ``warm_iter`` iterations, after which the layout is scaled and shifted so the points
+    shared with the previous layout keep their centroid and RMS radius (t-SNE's slow inflation
+    is not motion). An update is cold again when fewer than half of its points (or fewer than
+    5) were in the previous layout, since new points piled onto a few old ones untangle badly
+    in a short run, and after a PCA fallback (fewer than 5 points).
+
+    ``method="pca"``: each update is a :func:`pca_layout` whose axes are sign-aligned to the
+    previous layout, so points do not flip.
+
+    A point's history (and so its trail) continues while it stays in consecutive updates; an
+    id missing from an update loses its history and is placed as a new id when it returns.
+    """
+
+    def __init__(self, method: str = "tsne", *, perplexity: float = 30.0, seed: int = 0,
+                 trail: int = 5, warm_iter: int = 100, cold_iter: int = 500) -> None:
+        if method not in _METHODS:
+            raise ValueError(f"Unknown method {method!r}; choose one of: {', '.join(_METHODS)}")
+        if not perplexity > 0:
+            raise ValueError(f"perplexity must be positive, got {perplexity}")
+        if trail < 1:
+            raise ValueError(f"trail must be >= 1 position, got {trail}")
+        if warm_iter < 1 or cold_iter < 0:
+            raise ValueError(f"warm_iter must be >= 1 and cold_iter >= 0, got {warm_iter} and {cold_iter}")
+        self.method = method
+        self.perplexity = float(perplexity)
+        self.seed = int(seed)
+        self.trail = int(trail)
+        self.warm_iter = int(warm_iter)
+        self.cold_iter = int(cold_iter)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every layout and history; the next update is cold."""
+        self._layout: np.ndarray | None = None
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._history: dict[int, deque[np.ndarray]] = {}
+        self._updates = 0
+        self._prev_tsne = False  # whether the last layout was a t-SNE one (not a PCA fallback)
+        self.last_displacement: float | None = None
+
+    @property
+    def layout(self) -> np.ndarray | None:
+        """Last layout (n, 2) float32, rows in the order of :attr:`ids`; None before the first update."""
+        return None if self._layout is None else self._layout.copy()
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Ids of the last update."""
+        return self._ids.copy()
+
+    @property
+    def updates(self) -> int:
+        """Number of update() calls so far (since the last reset)."""
+        return self._updates
+
+    def update(self, x: np.ndarray, ids: Sequence[int]) -> np.ndarray:
+        """Lay out rows of x (one per id). First call: cold. Later calls: warm start from the previous
+        layout for ids seen before (new ids start at the position of their nearest already-placed
+        neighbour in x-space, plus tiny seeded jitter), optimised for warm_iter iterations with no early
+        exaggeration. Appends each id's new position to its history. Returns (n, 2) in the order of ids."""
+        arr = _check_x(x)
+        id_arr = _check_ids(ids, len(arr))
+        prev, prev_ids = self._layout, self._ids
+        prev_row = {int(i): r for r, i in enumerate(prev_ids)}
+        # rows of this update that were in the previous layout, and their previous rows
+        known = np.array([int(i) in prev_row for i in id_arr], dtype=bool)
+        old_rows = np.array([prev_row[int(i)] for i in id_arr[known]], dtype=np.int64)
+
+        if self.method == "pca" or len(arr) < MIN_TSNE_POINTS:
+            new = pca_layout(arr, self.seed).astype(np.float64)
+            if prev is not None and known.any():
+                new = self._align_signs(new, known, prev[old_rows])
+        elif (not self._prev_tsne or known.sum() < max(MIN_TSNE_POINTS, len(arr) / 2)
+              or _rms_radius(prev[old_rows]) <= 1e-12):
+            new = tsne_layout(arr, perplexity=self.perplexity, seed=self.seed, n_iter=self.cold_iter)
+            new = new.astype(np.float64)
+        else:
+            old = prev[old_rows].astype(np.float64)
+            init = self._warm_init(arr, known, old)
+            new = _tsne_warm(arr, init, perplexity=_clip_perplexity(self.perplexity, len(arr)),
+                             seed=self.seed, n_iter=self.warm_iter)
+            new = self._match_spread(new, known, old)
+
+        if prev is not None and known.any():
+            moved = np.linalg.norm(new[known] - prev[old_rows], axis=1)
+            self.last_displacement = float(moved.mean() / _safe_radius(new))
+        else:
+            self.last_displacement = None
+
+        history: dict[int, deque[np.ndarray]] = {}
+        for r, i in enumerate(id_arr.tolist()):
+            h = self._history.get(i) if known[r] else None
+            if h is None:
+                h = deque(maxlen=self.trail)
+            h.append(new[r].astype(np.float32))
+            history[i] = h
+        self._history = history
+        self._layout = new.astype(np.float32)
+        self._prev_tsne = self.method == "tsne" and len(arr) >= MIN_TSNE_POINTS
+        self._ids = id_arr.copy()
+        self._updates += 1
+        return self._layout.copy()
+
+    def _warm_init(self, x: np.ndarray, known: np.ndarray, known_pos: np.ndarray) -> np.ndarray:
+        """Previous positions for known rows; new rows at their nearest known neighbour in
+        x-space plus jitter of 1e-3 of the layout's RMS radius (seeded by seed and update count)."""
+        init = np.empty((len(x), 2), dtype=np.float64)
+        init[known] = known_pos
+        new = ~known
+        if new.any():
+            nn_index = NearestNeighbors(n_neighbors=1).fit(x[known])
+            nearest = nn_index.kneighbors(x[new], return_distance=False)[:, 0]
+            rng = np.random.default_rng([self.seed, self._updates])
+            jitter = rng.normal(scale=1e-3 * _safe_radius(known_pos), size=(int(new.sum()), 2))
+            init[new] = known_pos[nearest] + jitter
+        return init
+
+    @staticmethod
+    def _match_spread(new: np.ndarray, known: np.ndarray, old: np.ndarray) -> np.ndarray:
+        """Scale and shift ``new`` so its shared points have the centroid and RMS radius they had in
+        the previous layout. t-SNE keeps inflating slowly however long it runs (a few percent per
+        100 iterations); without this, unchanged data would drift outwards on every update."""
+        shared = new[known]
+        c_new, c_old = shared.mean(axis=0), old.mean(axis=0)
+        r_new, r_old = _rms_radius(shared), _rms_radius(old)
+        scale = r_old / r_new if r_new > 1e-12 and r_old > 1e-12 else 1.0
+        return (new - c_new) * scale + c_old
+
+    @staticmethod
+    def _align_signs(new: np.ndarray, known: np.ndarray, old: np.ndarray) -> np.ndarray:
+        """Flip each axis of ``new`` whose centred coordinates disagree with ``old`` on the shared points."""
+        a = new[known] - new[known].mean(axis=0)
+        b = old - old.mean(axis=0)
+        signs = np.where(np.sum(a * b, axis=0) < 0, -1.0, 1.0)
+        return new * signs
+
+    def trails(self) -> np.ndarray:
+        """(n, k, 2) last k <= trail positions of each id of the last update, oldest first; ids with a
+        shorter history are padded by repeating their oldest position."""
+        if self._layout is None or len(self._ids) == 0:
+            return np.zeros((len(self._ids), 0, 2), dtype=np.float32)
+        hists = [self._history[int(i)] for i in self._ids]
+        k = max(len(h) for h in hists)
+        out = np.empty((len(hists), k, 2), dtype=np.float32)
+        for r, h in enumerate(hists):
+            pos = np.asarray(h, dtype=np.float32)
+            out[r, : k - len(pos)] = pos[0]
+            out[r, k - len(pos):] = pos
+        return out
+
+    def trail_lengths(self) -> np.ndarray:
+        """(n,) path length of each point's trail, divided by the layout's RMS radius (scale-free)."""
+        tr = self.trails()
+        if tr.shape[1] < 2:
+            return np.zeros(len(tr), dtype=np.float64)
+        steps = np.linalg.norm(np.diff(tr.astype(np.float64), axis=1), axis=2).sum(axis=1)
+        return steps / _safe_radius(self._layout.astype(np.float64))
+
+
+# ---------------------------------------------------------------------------------------------
+# what the training monitor lays out
+
+
+def _module(model: nn.Module, layer: str) -> nn.Module:
+    named = dict(model.named_modules())
+    if layer not in named or layer == "":
+        names = [n for n, m in named.items() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        raise ValueError(f"Unknown layer {layer!r}; layers with weights: {', '.join(names)}")
+    return named[layer]
+
+
+def filter_vectors(model: torch.nn.Module, layer: str) -> np.ndarray:
+    """(out_channels, fan_in) weights of a Conv2d/Linear layer (name as in dict(model.named_modules())), flattened, float32 CPU."""
+    module = _module(model, layer)
+    if not isinstance(module, (nn.Conv2d, nn.Linear)):
+        raise ValueError(f"Layer {layer!r} is a {type(module).__name__}; filter vectors need a Conv2d or Linear layer")
+    w = module.weight.detach()
+    return w.reshape(w.shape[0], -1).to(device="cpu", dtype=torch.float32).numpy().copy()
+
+
+class _StopForward(Exception):
+    """Raised by the hook once the wanted layer has run: nothing after it is needed."""
+
+
+def layer_activations(model: torch.nn.Module, layer: str, images: torch.Tensor, *, batch_size: int = 256) -> np.ndarray:
+    """(n, C) activations of `layer` for `images`: conv outputs averaged over space per channel, linear outputs as-is.
+    Runs under torch.no_grad() with the model in eval mode, and restores each module's previous training flag
+    afterwards (the page may call it between training steps of the same model). Uses a forward hook removed afterwards.
+
+    The forward pass of each batch stops right after ``layer`` (later layers are not run).
+    Images are moved to the device of the model's parameters.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not isinstance(images, torch.Tensor) or images.dim() < 2:
+        raise ValueError("images must be a tensor (N, C, H, W)")
+    module = _module(model, layer)
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    captured: list[torch.Tensor] = []
+
+    def hook(_module: nn.Module, _inputs, output) -> None:
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        out = out.detach()
+        if out.dim() > 2:
+            out = out.flatten(2).mean(dim=2)  # per channel, averaged over space
+        captured.append(out.to(device="cpu", dtype=torch.float32))
+        raise _StopForward
+
+    flags = [(m, m.training) for m in model.modules()]
+    handle = module.register_forward_hook(hook)
+    try:
+        model.eval()
+        with torch.no_grad():
+            batches = images.split(batch_size) if len(images) else [images]
+            for batch in batches:
+                try:
+                    model(batch.to(device))
+                except _StopForward:
+                    pass
+                else:  # pragma: no cover - the layer is not on the model's forward path
+                    raise ValueError(f"Layer {layer!r} did not run in the model's forward pass")
+    finally:
+        handle.remove()
+        for m, flag in flags:
+            m.training = flag
+    return torch.cat(captured).numpy()
