@@ -21,6 +21,8 @@ st.set_page_config(page_title="steerboard", page_icon=":material/explore:", layo
 PAGES = [
     st.Page(str(ROOT / "pages" / "home.py"), title="Home", icon=":material/home:", default=True),
     st.Page(str(ROOT / "pages" / "latent.py"), title="Latent space", icon=":material/scatter_plot:", url_path="latent"),
+    st.Page(str(ROOT / "pages" / "monitor.py"), title="Training monitor", icon=":material/monitoring:", url_path="monitor"),
+    st.Page(str(ROOT / "pages" / "freezing.py"), title="Layer freezing", icon=":material/ac_unit:", url_path="freezing"),
 ]
 
 

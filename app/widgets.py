@@ -16,6 +16,7 @@ from core.engine import TrainConfig
 from core.jobs import JobBusy
 from core.workbench import Workbench
 
+from app.monitor_plots import add_loss_and_accuracy
 from app.state import notice
 
 
@@ -47,21 +48,7 @@ def image_grid(wb: Workbench, ids: np.ndarray, captions: list[str], *, columns: 
 def training_figure(view: dict) -> go.Figure:
     """Batch loss (raw and smoothed) per step, and train / validation accuracy per epoch."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Batch loss", "Accuracy per epoch"))
-    steps = view["steps"]
-    if steps:
-        s = np.array([x[0] for x in steps]) + 1
-        loss = np.array([x[1] for x in steps])
-        smooth = pd.Series(loss).ewm(alpha=0.1).mean().to_numpy()
-        # at most ~400 points per trace: the browser redraws this chart every update
-        keep = np.unique(np.linspace(0, len(s) - 1, min(len(s), 400)).astype(int))
-        fig.add_trace(go.Scatter(x=s[keep], y=loss[keep], mode="lines", name="loss", line=dict(color="#cbd5e1", width=1)), 1, 1)
-        fig.add_trace(go.Scatter(x=s[keep], y=smooth[keep], mode="lines", name="loss (smoothed)", line=dict(color="#2563eb")), 1, 1)
-    epochs = view["epochs"]
-    if epochs:
-        e = [x["epoch"] + 1 for x in epochs]
-        fig.add_trace(go.Scatter(x=e, y=[100 * x["train_acc"] for x in epochs], mode="lines+markers", name="train acc"), 1, 2)
-        if epochs[0]["val_acc"] is not None:
-            fig.add_trace(go.Scatter(x=e, y=[100 * x["val_acc"] for x in epochs], mode="lines+markers", name="val acc"), 1, 2)
+    add_loss_and_accuracy(fig, view, loss_at=(1, 1), acc_at=(1, 2))
     fig.update_xaxes(title_text="step", row=1, col=1)
     fig.update_xaxes(title_text="epoch", row=1, col=2)
     fig.update_yaxes(title_text="%", row=1, col=2)

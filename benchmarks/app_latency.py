@@ -47,6 +47,8 @@ ACCURACY = re.compile(r"\d+\.\d%")
 PAGES = [
     ("home", "../pages/home.py"),
     ("latent", "../pages/latent.py"),
+    ("monitor", "../pages/monitor.py"),
+    ("freezing", "../pages/freezing.py"),
 ]
 
 TARGETS = {"idle_rerun": 0.2, "cached_start": 5.0, "first_start": 60.0}

@@ -44,6 +44,8 @@ class Job(Callback):
         self.freeze_events: list[tuple[int, tuple[str, ...]]] = []  # (step, frozen groups from then on)
         self.done_steps = 0
         self.listeners: list[Callback] = []
+        self.model: Any = None  # the training copy, when the job trains one (read-only for pages)
+        self.attached: list[Callback] = []  # callbacks bound to that copy (statistics, probes)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._last_frozen: tuple[str, ...] | None = None

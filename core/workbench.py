@@ -209,6 +209,12 @@ class Workbench:
     def replace_annotations(self, kind: str, items: list[tuple[int, dict[str, Any]]]) -> None:
         self.store.replace_annotations(self.id, kind, items)
 
+    def update_settings(self, **values: Any) -> None:
+        """Merge ``values`` into the workbench's settings and write them to the store at once."""
+        with self.lock:
+            self.settings = {**self.settings, **values}
+            self.store.update_workbench(self.id, settings=self.settings)
+
     def clear_annotations(self, kind: str) -> None:
         self.store.delete_annotations(self.id, kind=kind)
 
@@ -226,9 +232,15 @@ class Workbench:
         listeners: Sequence[Callback] = (),
         keep_if_stopped: bool = True,
         frozen: Sequence[str] = (),
+        attach: Callable[[SteerableModel], Sequence[Callback]] | None = None,
+        pause_at_epoch_end: bool = False,
     ) -> Job:
         """Train a copy of the current model in the background; when it ends (or is stopped
-        with ``keep_if_stopped``), it becomes a new version. Returns the job to poll."""
+        with ``keep_if_stopped``), it becomes a new version. Returns the job to poll.
+
+        ``attach(model)`` builds callbacks bound to the training copy (statistics hooks, probes);
+        they are kept in ``job.attached`` and the copy in ``job.model`` for the pages to read.
+        """
         images, labels = train if train is not None else self.data.split("train")
         if train is None:
             train_ids = torch.as_tensor(self.data.ids("train"), dtype=torch.long)
@@ -236,11 +248,24 @@ class Workbench:
         job = Job("train", config.epochs * steps_per_epoch, description, total_epochs=config.epochs)
         job.listeners = list(listeners)
         job.control.set_frozen(frozen)
+        job.control.pause_at_epoch_end = pause_at_epoch_end
         with self.lock:
             model = copy.deepcopy(self.model)
         pick_device(config.device)  # fails now, in the page, if the device is not there
+        job.model = model
+        job.attached = list(attach(model)) if attach is not None else []
+        job.listeners.extend(job.attached)
 
         def work(job: Job) -> VersionRecord | None:
+            try:
+                return run(job)
+            finally:
+                for cb in job.attached:  # remove statistics hooks from the (now finished) copy
+                    close = getattr(cb, "close", None)
+                    if callable(close):
+                        close()
+
+        def run(job: Job) -> VersionRecord | None:
             result = fit(model, (images, labels), self.data.split("val"), config=config, train_ids=train_ids,
                          loss_terms=loss_terms, weights=weights, callbacks=[job], control=job.control)
             job.message = result.message

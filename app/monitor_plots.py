@@ -1,0 +1,157 @@
+"""Figures of the training-monitor and layer-freezing pages (plotly, no Streamlit)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from core.live_monitor import freeze_changes
+
+PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d"]
+MAX_POINTS = 400  # per trace: the browser redraws these charts on every poll
+
+
+def _thin(n: int) -> np.ndarray:
+    return np.unique(np.linspace(0, n - 1, min(n, MAX_POINTS)).astype(int))
+
+
+def _change_label(before: tuple[str, ...], after: tuple[str, ...]) -> str:
+    froze = [g for g in after if g not in before]
+    thawed = [g for g in before if g not in after]
+    parts = ([f"froze {', '.join(froze)}"] if froze else []) + ([f"unfroze {', '.join(thawed)}"] if thawed else [])
+    return "; ".join(parts) or "freezing changed"
+
+
+def step_freeze_markers(view: dict) -> list[tuple[int, str]]:
+    """(step, label) of each freezing change during the job (the initial set is no change)."""
+    events = view.get("freeze_events", [])
+    return [(step + 1, _change_label(tuple(a), tuple(b))) for (_, a), (step, b) in zip(events, events[1:])]
+
+
+def add_loss_and_accuracy(fig: go.Figure, view: dict, *, loss_at: tuple[int, int], acc_at: tuple[int, int]) -> None:
+    """Batch loss per step (raw and smoothed, thinned) and train / val accuracy per epoch of a
+    job's view, into the given subplot cells."""
+    steps = view["steps"]
+    if steps:
+        s = np.array([x[0] for x in steps]) + 1
+        loss = np.array([x[1] for x in steps])
+        smooth = pd.Series(loss).ewm(alpha=0.1).mean().to_numpy()
+        keep = _thin(len(s))
+        fig.add_trace(go.Scatter(x=s[keep], y=loss[keep], mode="lines", name="loss", line=dict(color="#cbd5e1", width=1)), *loss_at)
+        fig.add_trace(go.Scatter(x=s[keep], y=smooth[keep], mode="lines", name="loss (smoothed)", line=dict(color="#2563eb")), *loss_at)
+    epochs = view["epochs"]
+    if epochs:
+        e = [x["epoch"] + 1 for x in epochs]
+        fig.add_trace(go.Scatter(x=e, y=[100 * x["train_acc"] for x in epochs], mode="lines+markers", name="train acc"), *acc_at)
+        if epochs[0]["val_acc"] is not None:
+            fig.add_trace(go.Scatter(x=e, y=[100 * x["val_acc"] for x in epochs], mode="lines+markers", name="val acc"), *acc_at)
+
+
+def live_figure(view: dict) -> go.Figure:
+    """Batch loss (raw and smoothed) per step, train/val accuracy, time and learning rate per
+    epoch; dotted lines where freezing changed."""
+    fig = make_subplots(rows=2, cols=2, subplot_titles=("Batch loss", "Accuracy per epoch", "Time per epoch",
+                                                         "Learning rate"), vertical_spacing=0.18)
+    add_loss_and_accuracy(fig, view, loss_at=(1, 1), acc_at=(1, 2))
+    for step, label in step_freeze_markers(view):
+        fig.add_vline(x=step, line_dash="dot", line_color="#dc2626", row=1, col=1)
+        fig.add_annotation(x=step, y=1, yref="y domain", text=label, showarrow=False, font=dict(color="#dc2626", size=10),
+                           xanchor="left", row=1, col=1)
+    epochs = view["epochs"]
+    if epochs:
+        e = [x["epoch"] + 1 for x in epochs]
+        fig.add_trace(go.Bar(x=e, y=[x["epoch_time"] for x in epochs], name="s / epoch", marker_color="#94a3b8"), 2, 1)
+        fig.add_trace(go.Scatter(x=e, y=[x["lr"] for x in epochs], mode="lines+markers", name="lr"), 2, 2)
+        for epoch, before, after in freeze_changes(epochs):
+            fig.add_vline(x=epoch + 0.5, line_dash="dot", line_color="#dc2626", row=2, col=1)
+    fig.update_xaxes(title_text="step", row=1, col=1)
+    for col in (1, 2):
+        fig.update_xaxes(title_text="epoch", row=2, col=col)
+    fig.update_xaxes(title_text="epoch", row=1, col=2)
+    fig.update_yaxes(title_text="%", row=1, col=2)
+    fig.update_yaxes(title_text="s", row=2, col=1)
+    fig.update_layout(height=520, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.12))
+    return fig
+
+
+def epoch_time_figure(epochs: list[dict]) -> go.Figure:
+    """Time per epoch (bars) with validation accuracy (line, right axis) and a marker with a
+    label at each epoch where the frozen layers changed."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    if epochs:
+        e = [x["epoch"] + 1 for x in epochs]
+        colors = ["#60a5fa" if not x.get("frozen") else "#1e40af" for x in epochs]
+        fig.add_trace(go.Bar(x=e, y=[x["epoch_time"] for x in epochs], name="time per epoch (s)", marker_color=colors,
+                             hovertemplate="epoch %{x}: %{y:.2f}s<extra></extra>"), secondary_y=False)
+        if epochs[0]["val_acc"] is not None:
+            fig.add_trace(go.Scatter(x=e, y=[100 * x["val_acc"] for x in epochs], mode="lines+markers",
+                                     name="validation accuracy (%)", line=dict(color="#16a34a")), secondary_y=True)
+        for epoch, before, after in freeze_changes(epochs):
+            fig.add_vline(x=epoch + 0.5, line_dash="dot", line_color="#dc2626")
+            fig.add_annotation(x=epoch + 0.5, y=1.0, yref="paper", text=_change_label(before, after), showarrow=False,
+                               font=dict(color="#dc2626"), xanchor="left")
+    fig.update_xaxes(title_text="epoch (dark bars: some layers frozen)")
+    fig.update_yaxes(title_text="seconds", secondary_y=False, rangemode="tozero")
+    fig.update_yaxes(title_text="val accuracy (%)", secondary_y=True)
+    fig.update_layout(height=340, margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def layer_bars_figure(activation: dict[str, np.ndarray], grad_norm: dict[str, np.ndarray]) -> go.Figure:
+    """One row per layer: per-filter mean |activation| (left) and gradient norm (right)."""
+    names = list(activation)
+    fig = make_subplots(rows=len(names), cols=2, column_titles=["mean |activation| per filter", "gradient norm per filter"],
+                        row_titles=names, vertical_spacing=max(0.01, 0.25 / max(len(names), 1)), horizontal_spacing=0.06)
+    for r, name in enumerate(names, start=1):
+        a, g = activation[name], grad_norm.get(name, np.zeros_like(activation[name]))
+        fig.add_trace(go.Bar(y=a, marker_color="#2563eb", hovertemplate=f"{name} filter %{{x}}: %{{y:.3g}}<extra></extra>"), r, 1)
+        fig.add_trace(go.Bar(y=g, marker_color="#ea580c", hovertemplate=f"{name} filter %{{x}}: %{{y:.3g}}<extra></extra>"), r, 2)
+    fig.update_layout(height=max(260, 95 * len(names)), showlegend=False, margin=dict(l=10, r=60, t=30, b=10), bargap=0.05)
+    fig.update_xaxes(showticklabels=False)
+    fig.for_each_annotation(lambda a: a.update(font=dict(size=11)))
+    return fig
+
+
+def grad_heatmap_figure(steps: list[int], names: list[str], values: np.ndarray) -> go.Figure:
+    """Layer-by-step heatmap of gradient norms (log10), thinned to at most MAX_POINTS steps."""
+    fig = go.Figure()
+    if values.size:
+        keep = _thin(values.shape[1])
+        z = np.log10(np.maximum(values[:, keep], 1e-12))
+        fig.add_trace(go.Heatmap(z=z, x=np.asarray(steps)[keep] + 1, y=names, colorscale="Viridis",
+                                 colorbar=dict(title="log10 |g|"),
+                                 hovertemplate="%{y}, step %{x}: 10^%{z:.2f}<extra></extra>"))
+    fig.update_layout(height=60 + 28 * len(names), margin=dict(l=10, r=10, t=10, b=10), xaxis_title="step",
+                      yaxis=dict(autorange="reversed"))
+    return fig
+
+
+def embedding_figure(coords: np.ndarray, trails: np.ndarray | None, labels: np.ndarray | None, preds: np.ndarray | None,
+                     classes: list[str] | None, ids: np.ndarray, *, title: str, dragmode: str = "lasso") -> go.Figure:
+    """Points coloured by label (mistakes drawn as x), each with a grey trail over its last
+    positions; example/filter ids ride in customdata for the selection."""
+    fig = go.Figure()
+    if trails is not None and trails.shape[1] > 1:
+        xs = np.concatenate([np.append(t[:, 0], np.nan) for t in trails])
+        ys = np.concatenate([np.append(t[:, 1], np.nan) for t in trails])
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="rgba(100,116,139,0.35)", width=1),
+                                 hoverinfo="skip", showlegend=False, name="trails"))
+    groups = np.zeros(len(coords), int) if labels is None else labels
+    for c in np.unique(groups):
+        m = groups == c
+        name = classes[int(c)] if classes is not None else "filters"
+        wrong = (preds[m] != labels[m]) if (preds is not None and labels is not None) else np.zeros(m.sum(), bool)
+        text = ([f"id {int(i)}<br>label {classes[int(l)]}<br>predicted {classes[int(p)]}"
+                 for i, l, p in zip(ids[m], labels[m], preds[m])] if preds is not None and classes is not None
+                else [f"filter {int(i)}" for i in ids[m]])
+        fig.add_trace(go.Scatter(
+            x=coords[m, 0], y=coords[m, 1], mode="markers", name=name, customdata=ids[m].tolist(), text=text,
+            hovertemplate="%{text}<extra></extra>",
+            marker=dict(color=PALETTE[int(c) % len(PALETTE)], size=[9 if w else 6 for w in wrong],
+                        symbol=["x" if w else "circle" for w in wrong], line=dict(width=0)),
+        ))
+    fig.update_layout(title=title, height=520, margin=dict(l=10, r=10, t=40, b=10), dragmode=dragmode,
+                      legend=dict(title="true class" if classes is not None else None),
+                      xaxis=dict(showticklabels=False), yaxis=dict(showticklabels=False, scaleanchor="x"))
+    return fig

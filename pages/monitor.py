@@ -1,0 +1,280 @@
+"""Training monitor (seed 003, ReVACNN): watch the model train live, look inside its layers,
+embed its filters or activations with trails, and retrain on a selection of confused points."""
+from __future__ import annotations
+
+import copy
+import json
+import time
+
+import numpy as np
+import streamlit as st
+import torch
+
+from app.monitor_plots import embedding_figure, grad_heatmap_figure, layer_bars_figure, live_figure
+from app.monitor_widgets import PROBE_N, current_monitors, live, probe_sample, training_controls
+from app.state import notice
+from app.widgets import pct, to_pil
+from core.embed import EmbeddingStream, filter_vectors, layer_activations
+from core.engine import predict
+from core.feedback.selection import KIND as SELECTION, RetrainSettings, plan_retrain, selection_report
+from core.jobs import Job, JobBusy
+from core.monitor import activation_maps, watched_layers
+
+wb = st.session_state["workbench"]
+ss = st.session_state
+data = wb.data
+classes = data.classes
+REPORT_FILE = wb.store.workbench_dir(wb.id) / "selection_retrain.json"
+LAYERS = list(watched_layers(wb.model))
+
+if ss.get("mon-wb") != wb.id:  # first visit, or another workbench: start clean, load from disk
+    for k in [k for k in ss if str(k).startswith("mon-")]:
+        del ss[k]
+    ss["mon-wb"] = wb.id
+    ss["mon-retrain"] = json.loads(REPORT_FILE.read_text()) if REPORT_FILE.is_file() else None
+    ss["mon-selected"] = [a.example_id for a in wb.annotations(SELECTION)]
+
+st.title("Training monitor")
+st.caption("Train the current model in the background and watch it: loss and accuracy, per-layer statistics, "
+           "and embeddings of filters or activations that move as it learns (Chung et al., ReVACNN, seed 003). "
+           "Select confused points in the activation embedding and retrain on them.")
+
+training_controls(wb, "mon", probe_layer=ss.get("mon-emb-layer"))
+view_name = st.segmented_control("View", ["Curves", "Network", "Embedding"], default="Curves", key="mon-view",
+                                 label_visibility="collapsed") or "Curves"
+
+sample_ids, sample_x, sample_y = probe_sample(wb, PROBE_N)
+
+
+# ---------------------------------------------------------------- network view
+def live_model(job: Job | None) -> torch.nn.Module:
+    """A copy of the model as it is now: the training copy's weights while a job runs (read
+    between steps without touching its train/eval mode), else the current version."""
+    if job is None or not job.running or job.model is None:
+        return wb.model
+    scratch = copy.deepcopy(wb.model)
+    scratch.load_state_dict(job.model.state_dict())
+    return scratch
+
+
+def draw_network(job: Job | None, mons) -> None:
+    snap = mons.stats.snapshot() if mons.stats is not None else None
+    with st.container(key="mon-network"):
+        if snap is None:
+            st.info("Per-layer statistics appear here once training runs (they are taken on every training step).")
+        else:
+            st.caption(f"Step {snap.step + 1}: per-filter mean |activation| and gradient norm of each layer.")
+            st.plotly_chart(layer_bars_figure(snap.activation, snap.grad_norm), key="mon-bars", width="stretch")
+            steps, names, values = mons.stats.grad_history()
+            st.markdown("**Gradient norm per layer and step**")
+            st.plotly_chart(grad_heatmap_figure(steps, names, values), key="mon-heat", width="stretch")
+
+
+def draw_maps() -> None:
+    st.markdown("**Activation maps**")
+    c1, c2, c3 = st.columns([1, 1, 1])
+    layer = c1.selectbox("Layer", LAYERS, key="mon-maps-layer")
+    i = int(c2.number_input("Example (pool sample)", 0, len(sample_ids) - 1, 0, key="mon-maps-i"))
+    n_maps = int(c3.number_input("Filters shown", 4, 128, 16, step=4, key="mon-maps-n"))
+    job, _ = current_monitors(wb)
+    maps = activation_maps(live_model(job), layer, sample_x[i])
+    order = np.argsort(-maps.reshape(len(maps), -1).mean(1))[:n_maps]
+    cols = st.columns([1, 5])
+    cols[0].image(to_pil(sample_x[i], 112), caption=f"{classes[int(sample_y[i])]} (id {int(sample_ids[i])})")
+    with cols[1], st.container(key="mon-maps"):
+        lo, hi = float(maps.min()), float(maps.max())
+        per_row = 8
+        for start in range(0, len(order), per_row):
+            row = st.columns(per_row)
+            for col, f in zip(row, order[start:start + per_row]):
+                m = (maps[f] - lo) / (hi - lo + 1e-12)
+                col.image(to_pil(torch.as_tensor(m)[None].float(), 72), caption=f"filter {int(f)}")
+        st.caption("Filters sorted by mean activation; one colour scale for the layer (white = strongest).")
+
+
+# ---------------------------------------------------------------- embedding view
+def embedding_controls() -> dict:
+    c1, c2, c3 = st.columns(3)
+    what = c1.radio("Embed", ["activations", "filters"], horizontal=True, key="mon-emb-what",
+                    help="activations: one point per pool image (its layer output); filters: one point per filter "
+                         "(its weights).")
+    default_layer = wb.model.feature_layer if wb.model.feature_layer in LAYERS else LAYERS[-1]
+    layer = c2.selectbox("Layer", LAYERS, index=LAYERS.index(default_layer), key="mon-emb-layer")
+    method = c3.radio("Layout", ["t-SNE", "PCA"], horizontal=True, key="mon-emb-method")
+    c4, c5, c6 = st.columns(3)
+    perplexity = c4.slider("Perplexity", 5, 50, 30, key="mon-emb-perp", disabled=method != "t-SNE")
+    n = c5.number_input("Points", 20, len(sample_ids), min(300, len(sample_ids)), step=20, key="mon-emb-n",
+                        disabled=what == "filters")
+    interval = c6.number_input("Update every (s)", 1.0, 60.0, 3.0, step=1.0, key="mon-emb-every")
+    return {"what": what, "layer": layer, "method": method, "perplexity": float(perplexity), "n": int(n),
+            "interval": float(interval)}
+
+
+def embedding_input(job: Job | None, mons, opts: dict) -> tuple[str, np.ndarray, np.ndarray | None]:
+    """(tag of the data's state, rows to embed, predictions or None) for the chosen view."""
+    n, layer = opts["n"], opts["layer"]
+    if opts["what"] == "filters":
+        model = job.model if job is not None and job.running and job.model is not None else wb.model
+        tag = f"step {job.done_steps}" if job is not None and job.running else f"v{wb.current_version}"
+        return tag, filter_vectors(model, layer), None
+    if job is not None and job.running and mons.probe is not None:
+        if mons.probe.layer != layer:
+            mons.probe.set_layer(layer)
+        snap = mons.probe.latest()
+        if snap is not None and snap.layer == layer:
+            return f"step {snap.step}", snap.activations[:n], snap.preds[:n]
+    key = ("mon-acts", wb.current_version, layer, n)
+    if ss.get("mon-acts-key") != key:
+        acts = layer_activations(wb.model, layer, sample_x[:n])
+        preds = predict(wb.model, sample_x[:n])[0].argmax(1).numpy()
+        ss["mon-acts-key"], ss["mon-acts"] = key, (acts, preds)
+    acts, preds = ss["mon-acts"]
+    return f"v{wb.current_version}", acts, preds
+
+
+def draw_embedding(job: Job | None, mons, opts: dict) -> None:
+    stream_key = (opts["what"], opts["layer"], opts["method"], opts["perplexity"], opts["n"])
+    if ss.get("mon-stream-key") != stream_key:
+        ss["mon-stream-key"] = stream_key
+        ss["mon-stream"] = EmbeddingStream("tsne" if opts["method"] == "t-SNE" else "pca", perplexity=opts["perplexity"])
+        ss["mon-stream-tag"], ss["mon-stream-time"] = None, 0.0
+    stream: EmbeddingStream = ss["mon-stream"]
+    tag, x, preds = embedding_input(job, mons, opts)
+    due = time.time() - ss["mon-stream-time"] >= opts["interval"]
+    if stream.layout is None or (tag != ss["mon-stream-tag"] and due):
+        try:
+            stream.update(x, np.arange(len(x)))
+        except ValueError as exc:
+            st.warning(f"Cannot embed this layer: {exc}")
+            return
+        ss["mon-stream-tag"], ss["mon-stream-time"] = tag, time.time()
+    coords, trails = stream.layout, stream.trails()
+    activations = opts["what"] == "activations"
+    ids = sample_ids[: len(coords)].numpy() if activations else np.arange(len(coords))
+    labels = sample_y[: len(coords)].numpy() if activations else None
+    title = (f"{opts['method']} of {opts['layer']} {'activations' if activations else 'filters'} ({ss['mon-stream-tag']}, "
+             f"update {stream.updates})")
+    fig = embedding_figure(coords, trails, labels, preds if activations else None, classes if activations else None, ids,
+                           title=title, dragmode="lasso" if ss.get("mon-emb-tool", "lasso") == "lasso" else "select")
+    shift = stream.last_displacement
+    with st.container(key="mon-embedding"):
+        event = st.plotly_chart(fig, key="mon-emb-chart", width="stretch", on_select="rerun" if activations else "ignore",
+                                selection_mode=("box", "lasso"))
+        st.caption("Grey lines: each point's last 5 positions. x = misclassified. "
+                   + (f"Mean move at the last update: {shift:.3f} of the layout radius." if shift is not None else ""))
+    if activations:
+        points = (event or {}).get("selection", {}).get("points", []) if event else []
+        picked = sorted({int(p["customdata"]) for p in points if "customdata" in p})
+        if picked and picked != ss.get("mon-selected"):
+            ss["mon-selected"] = picked
+            wb.replace_annotations(SELECTION, [(i, {"label": int(data.labels[i])}) for i in picked])
+        draw_selection(job, preds, ids)
+    else:
+        st.caption("Filters that settle stop moving; their trails shrink. The Layer freezing page uses this cue.")
+
+
+def draw_selection(job: Job | None, preds: np.ndarray | None, ids: np.ndarray) -> None:
+    busy = job is not None and job.running
+    selected = [int(i) for i in ss.get("mon-selected", [])]
+    pred_of = dict(zip(ids.tolist(), preds.tolist())) if preds is not None else {}
+    with st.container(key="mon-selection"):
+        if not selected:
+            st.info("Box- or lasso-select points in the embedding to retrain on them.")
+            return
+        wrong = [i for i in selected if i in pred_of and pred_of[i] != int(data.labels[i])]
+        st.markdown(f"**Selected: {len(selected)} examples, {len(wrong)} misclassified**")
+        show = (wrong + [i for i in selected if i not in wrong])[:16]
+        cols = st.columns(8)
+        for k, i in enumerate(show):
+            p = pred_of.get(i)
+            cols[k % 8].image(to_pil(data.images[i], 56),
+                              caption=f"{classes[int(data.labels[i])]}" + (f" → {classes[p]}" if p is not None else ""))
+        with st.expander("Retrain settings"):
+            d = RetrainSettings()
+            c1, c2, c3 = st.columns(3)
+            iterations = c1.number_input("Iterations", 10, 2000, d.iterations, step=10, key="mon-rt-iter")
+            per_batch = c2.number_input("Selected per batch", 1, 63, d.selected_per_batch, key="mon-rt-per")
+            lr = c3.number_input("Learning rate", 0.0001, 0.5, d.lr, format="%.4f", key="mon-rt-lr")
+        b1, b2 = st.columns(2)
+        if b1.button("Retrain on selection", type="primary", key="mon-retrain-go", disabled=busy, width="stretch"):
+            settings = RetrainSettings(iterations=int(iterations), selected_per_batch=int(per_batch), lr=float(lr),
+                                       batch_size=d.batch_size, seed=int(time.time()) % 10_000)
+            start_retrain(selected, settings)
+        if b2.button("Clear selection", key="mon-clear", width="stretch"):
+            ss["mon-selected"] = []
+            wb.clear_annotations(SELECTION)
+            st.rerun()
+
+
+def start_retrain(selected: list[int], settings: RetrainSettings) -> None:
+    try:
+        plan = plan_retrain(data, selected, settings)
+    except ValueError as exc:
+        st.error(f"Cannot retrain on this selection: {exc}")
+        return
+    x = data.images[torch.as_tensor(selected)]
+    before = predict(wb.model, x)[0].argmax(1).numpy()
+    pending = {"ids": selected, "labels": [int(data.labels[i]) for i in selected], "preds_before": before.tolist(),
+               "version_before": wb.current_version, "val_before": wb.version(wb.current_version).metrics.get("val_acc"),
+               "settings": settings.__dict__, "report": None}
+    try:
+        wb.start_training(plan.config, description=f"retrain on selection: {len(selected)} examples, {settings.iterations} iterations",
+                          train=plan.train, train_ids=plan.train_ids, loss_terms=plan.loss_terms, weights=plan.weights,
+                          feedback={"kind": SELECTION, "ids": selected, "settings": settings.__dict__}, keep_if_stopped=False)
+    except (JobBusy, ValueError) as exc:
+        st.error(f"Could not start: {exc}")
+        return
+    REPORT_FILE.write_text(json.dumps(pending))  # on disk before the page says it started
+    ss["mon-retrain"] = pending
+    ss["mon-watching"] = True
+    notice(f"Retraining on {len(selected)} selected examples…")
+    st.rerun()
+
+
+def draw_report(job: Job | None) -> None:
+    pending = ss.get("mon-retrain")
+    if not pending:
+        return
+    if pending.get("report") is None and job is not None and not job.running and job.result is not None \
+            and job.description.startswith("retrain on selection") and wb.current_version != pending["version_before"]:
+        ids = pending["ids"]
+        after = predict(wb.model, data.images[torch.as_tensor(ids)])[0].argmax(1).numpy()
+        report = selection_report(np.array(pending["labels"]), np.array(pending["preds_before"]), after)
+        report.update(version=wb.current_version, val_before=pending["val_before"],
+                      val_after=wb.version(wb.current_version).metrics.get("val_acc"))
+        pending["report"] = report
+        REPORT_FILE.write_text(json.dumps(pending))
+    report = pending.get("report")
+    with st.container(key="mon-report"):
+        if report is None:
+            st.caption(f"Retraining on {len(pending['ids'])} selected examples…")
+            return
+        st.success(f"Retrained on selection → v{report['version']}: {report['right_after']} / {report['n']} selected "
+                   f"examples now right; {report['fixed']} of {report['wrong_before']} misclassified ones fixed, "
+                   f"{report['broken']} broken. Validation accuracy {pct(report['val_before'])} → {pct(report['val_after'])}.")
+
+
+# ---------------------------------------------------------------- the live part
+opts = embedding_controls() if view_name == "Embedding" else None
+if view_name == "Embedding":
+    st.radio("Selection tool", ["lasso", "box"], horizontal=True, key="mon-emb-tool")
+
+
+def draw(job: Job | None, view: dict | None) -> None:
+    _, mons = current_monitors(wb)
+    if view_name == "Curves":
+        with st.container(key="mon-curves"):
+            if view is not None and view["steps"]:
+                st.plotly_chart(live_figure(view), key="mon-chart", width="stretch")
+            else:
+                st.caption("Loss, accuracy, time per epoch and learning rate appear here as the model trains.")
+    elif view_name == "Network":
+        draw_network(job, mons)
+    else:
+        draw_embedding(job, mons, opts)
+        draw_report(job)
+
+
+live(wb, "mon", draw)
+if view_name == "Network":
+    draw_maps()

@@ -1,0 +1,56 @@
+"""Training monitor and layer freezing in a real browser: start training, see the loss chart
+update at least twice, freeze a layer while training runs, and see the freeze marker."""
+from __future__ import annotations
+
+import re
+
+try:
+    from playwright.sync_api import Page, expect
+except ImportError:  # conftest's fixtures skip every test with the reason (fail on CI)
+    Page, expect = object, None
+
+from browser_helpers import expect_text, live
+
+LONG = 90_000
+CHART = ".st-key-frz-chart"
+# the number of loss points plotted: plotly keeps the decoded traces on the graph div as
+# _fullData (its .data holds the still-encoded arrays that plotly 7 sends as bdata)
+# (the chart is scrolled into view: plotly draws a chart only once it is on screen)
+LOSS_POINTS = f"""() => {{
+  const charts = [...document.querySelectorAll('{live(CHART)}')];
+  const chart = charts[charts.length - 1];
+  if (!chart) return 0;
+  chart.scrollIntoView({{block: "center"}});
+  const gd = chart.querySelector('.js-plotly-plot');
+  return gd && gd._fullData && gd._fullData.length ? gd._fullData[0].x.length : 0;
+}}"""
+
+
+def wait_more_points(page: Page, than: int) -> int:
+    page.wait_for_function(f"({LOSS_POINTS})() > {than}", timeout=LONG)
+    return page.evaluate(LOSS_POINTS)
+
+
+def test_live_training_then_freeze_a_layer_shows_the_marker(page: Page, app_url: str):
+    page.goto(app_url.rstrip("/") + "/freezing")
+    expect(page.locator(".st-key-frz-panel")).to_be_visible(timeout=LONG)
+    expect_text(page, ".st-key-frz-groups", "conv1", LONG)
+    epochs = page.locator(".st-key-frz-epochs input")
+    epochs.fill("200")  # long enough to act while it runs; stopped below
+    epochs.press("Tab")
+    page.locator(".st-key-frz-start button").click()
+    expect_text(page, ".st-key-frz-status", re.compile(r"Training: step \d+"), LONG)
+
+    first = wait_more_points(page, 0)
+    second = wait_more_points(page, first)  # the chart was redrawn with more steps
+    third = wait_more_points(page, second)  # and again
+    assert first < second < third
+
+    page.locator(live(".st-key-frz-g-conv1") + " label").last.click()  # freeze conv1 while it trains
+    expect_text(page, ".st-key-frz-live", "froze conv1", LONG)  # "Step N: froze conv1."
+    expect_text(page, CHART, "froze conv1", LONG)  # the marker's label on the loss chart
+    assert page.locator(live(CHART) + " .js-plotly-plot .shapelayer path").count() >= 1  # the dotted line
+
+    page.locator(live(".st-key-frz-status") + " button").filter(has_text="Stop").last.click()
+    expect_text(page, ".st-key-frz-status", re.compile(r"Stopped: version v1\b"), LONG)
+    assert page.locator('[data-testid="stException"]').count() == 0
