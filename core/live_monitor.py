@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.embed import layer_activations
 from core.engine import Callback, EpochInfo, StepInfo, predict
 from core.models.base import SteerableModel
 from core.monitor import LayerStats, SettleTracker, watched_layers
@@ -64,6 +63,10 @@ class ActivationProbe(Callback):
 
     def probe(self, step: int) -> ProbeSnapshot:
         """Compute a snapshot now (call from the thread that owns the model)."""
+        # imported here: core.embed pulls in scikit-learn (~0.9 s), and Home imports this
+        # module's freeze bookkeeping through app.widgets on every cold start
+        from core.embed import layer_activations
+
         with self._lock:
             layer = self._layer
             self._requested = False
