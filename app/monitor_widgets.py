@@ -1,9 +1,9 @@
 """Training controls shared by the training-monitor and layer-freezing pages: start a
-monitored job, pause/resume/stop it, pause after each epoch, and poll it live."""
+monitored job and pause after each epoch (the live status with Pause/Resume/Stop is
+``app.widgets.live_job(..., pausable=True)``)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import streamlit as st
 import torch
@@ -12,11 +12,6 @@ from core.engine import TrainConfig
 from core.jobs import Job, JobBusy
 from core.live_monitor import Monitors, monitors_for
 from core.workbench import Workbench
-
-from app.state import notice
-from app.widgets import pct
-
-POLL_S = 0.8  # same rate as Home's live panel: live, without keeping 2 cores busy redrawing
 
 
 def probe_sample(wb: Workbench, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -82,54 +77,3 @@ def _set_pause_at_epoch_end(wb: Workbench, key: str) -> None:
     job = wb.jobs.current
     if job is not None and job.running:
         job.control.pause_at_epoch_end = value
-
-
-def job_status(wb: Workbench, job: Job | None, view: dict | None, key: str) -> None:
-    """Progress line with Pause/Resume and Stop while a job runs; the outcome when it ended."""
-    with st.container(key=f"{key}-status"):
-        if job is None or view is None:
-            st.info("No training yet in this session: press Start training.")
-            return
-        if view["status"] in ("running", "paused"):
-            paused = view["status"] == "paused" or job.control.paused
-            epoch = min(len(view["epochs"]) + 1, view.get("total_epochs") or 10**9)
-            text = (f"{'Paused' if paused else 'Training'}: step {view['done_steps']} / {view['total_steps']}, epoch {epoch}"
-                    + (f", loss {view['steps'][-1][1]:.4f}" if view["steps"] else ""))
-            c1, c2, c3 = st.columns([4, 1, 1])
-            c1.progress(view["progress"], text=text)
-            if paused:
-                if c2.button("Resume", key=f"{key}-resume", width="stretch"):
-                    job.control.resume()
-            elif c2.button("Pause", key=f"{key}-pause", width="stretch"):
-                job.control.pause()
-            if c3.button("Stop", key=f"{key}-stop", width="stretch"):
-                job.stop()
-                job.control.resume()  # a paused job must wake up to stop
-        elif view["status"] == "failed":
-            st.error(f"Training failed: {view['error']}. The model is unchanged.")
-        elif job.result is not None:
-            v = job.result
-            st.success(f"{'Stopped' if view['status'] == 'stopped' else 'Finished'}: version v{v.number}, "
-                       f"test accuracy {pct(v.metrics.get('test_acc'))} ({view['done_steps']} steps, {view['elapsed']:.1f}s).")
-
-
-def live(wb: Workbench, key: str, draw: Callable[[Job | None, dict | None], None]) -> None:
-    """A fragment that polls the workbench's job every POLL_S seconds while it runs, shows its
-    status and calls ``draw(job, view)``; one full rerun when the job ends."""
-    job = wb.jobs.current
-    running = job is not None and job.running
-
-    @st.fragment(run_every=POLL_S if running else None)
-    def fragment() -> None:
-        job = wb.jobs.current
-        view = job.view() if job is not None else None
-        job_status(wb, job, view, key)
-        draw(job, view)
-        still = view is not None and view["status"] in ("running", "paused")
-        if not still and st.session_state.get(f"{key}-watching"):
-            st.session_state[f"{key}-watching"] = False
-            if job is not None and job.result is not None:
-                notice(f"Training finished: version v{job.result.number}.", "success")
-            st.rerun(scope="app")
-
-    fragment()

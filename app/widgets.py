@@ -13,7 +13,7 @@ from PIL import Image
 from plotly.subplots import make_subplots
 
 from core.engine import TrainConfig
-from core.jobs import JobBusy
+from core.jobs import Job, JobBusy
 from core.workbench import Workbench
 
 from app.monitor_plots import add_loss_and_accuracy
@@ -105,36 +105,57 @@ def train_panel(wb: Workbench, *, key: str = "train", default_epochs: int = 5,
         live_job(wb, key)
 
 
-def live_job(wb: Workbench, key: str) -> None:
-    """Progress, Stop and a live chart of the workbench's current job, polled twice a second
-    while it runs; one full rerun when it ends."""
+POLL_S = 0.8  # the chart updates more than once a second without keeping a 2-core machine busy
+# redrawing it (the browser often shares the machine with the server in demos and tests)
+
+
+def job_status(job: Job, view: dict, key: str, *, pausable: bool = False) -> None:
+    """Progress line with Stop (and Pause/Resume when ``pausable``) while a job runs; the
+    outcome when it ended."""
+    with st.container(key=f"{key}-status"):
+        if view["status"] in ("running", "paused"):
+            paused = view["status"] == "paused" or job.control.paused
+            epoch = min(len(view["epochs"]) + 1, view.get("total_epochs") or 10**9)
+            text = (f"{'Paused' if paused else 'Training'}: step {view['done_steps']} / {view['total_steps']}, epoch {epoch}"
+                    + (f", loss {view['steps'][-1][1]:.4f}" if view["steps"] else "") + f" ({view['description']})")
+            cols = st.columns([4, 1, 1] if pausable else [4, 1])
+            cols[0].progress(view["progress"], text=text)
+            if pausable:
+                if paused:
+                    if cols[1].button("Resume", key=f"{key}-resume", width="stretch"):
+                        job.control.resume()
+                elif cols[1].button("Pause", key=f"{key}-pause", width="stretch"):
+                    job.control.pause()
+            if cols[-1].button("Stop", key=f"{key}-stop", width="stretch"):
+                job.stop()
+                job.control.resume()  # a paused job must wake up to stop
+        elif view["status"] == "failed":
+            st.error(f"Training failed: {view['error']}. The model is unchanged.")
+        elif job.result is not None:
+            v = job.result
+            st.success(f"{'Stopped' if view['status'] == 'stopped' else 'Finished'}: version v{v.number}, "
+                       f"test accuracy {pct(v.metrics.get('test_acc'))} ({view['done_steps']} steps, {view['elapsed']:.1f}s).")
+
+
+def live_job(wb: Workbench, key: str, draw: Callable[[Job | None, dict | None], None] | None = None, *,
+             pausable: bool = False) -> None:
+    """A fragment that polls the workbench's current job every POLL_S seconds while it runs:
+    its status, then ``draw(job, view)`` (default: the loss and accuracy chart); one full
+    rerun when a job this session watches ends."""
     job = wb.jobs.current
     running = job is not None and job.running
 
-    # 0.8 s: the chart updates more than once a second without keeping a 2-core machine busy
-    # redrawing it (the browser often shares the machine with the server in demos and tests)
-    @st.fragment(run_every=0.8 if running else None)
+    @st.fragment(run_every=POLL_S if running else None)
     def live() -> None:
         job = wb.jobs.current
-        if job is None:
-            return
-        view = job.view()
-        still = view["status"] in ("running", "paused")
-        with st.container(key=f"{key}-status"):
-            if still:
-                c1, c2 = st.columns([4, 1])
-                c1.progress(view["progress"], text=f"{view['description']}: step {view['done_steps']} / {view['total_steps']}"
-                            f", epoch {min(len(view['epochs']) + 1, view.get('total_epochs') or 10**9)}" + (f", loss {view['steps'][-1][1]:.4f}" if view["steps"] else ""))
-                if c2.button("Stop", key=f"{key}-stop", width="stretch"):
-                    job.stop()
-            elif view["status"] == "failed":
-                st.error(f"Training failed: {view['error']}")
-            elif view["status"] in ("done", "stopped") and job.result is not None:
-                v = job.result
-                st.success(f"{'Stopped' if view['status'] == 'stopped' else 'Finished'}: version v{v.number}, "
-                           f"test accuracy {pct(v.metrics.get('test_acc'))} ({view['done_steps']} steps, {view['elapsed']:.1f}s).")
-        if view["steps"]:
+        view = job.view() if job is not None else None
+        if view is not None:
+            job_status(job, view, key, pausable=pausable)
+        if draw is not None:
+            draw(job, view)
+        elif view is not None and view["steps"]:
             st.plotly_chart(training_figure(view), key=f"{key}-chart", width="stretch")
+        still = view is not None and view["status"] in ("running", "paused")
         if not still and st.session_state.get(f"{key}-watching"):
             st.session_state[f"{key}-watching"] = False
             st.rerun(scope="app")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from app.monitor_plots import epoch_time_figure, live_figure, step_freeze_markers
-from app.monitor_widgets import current_monitors, live, training_controls
+from app.monitor_widgets import current_monitors, training_controls
+from app.widgets import live_job
 from core.jobs import Job
 from core.live_monitor import freeze_saving
 
@@ -83,4 +84,4 @@ def draw(job: Job | None, view: dict | None) -> None:
         st.plotly_chart(live_figure(view), key="frz-chart", width="stretch")
 
 
-live(wb, "frz", draw)
+live_job(wb, "frz", draw, pausable=True)

@@ -11,9 +11,9 @@ import streamlit as st
 import torch
 
 from app.monitor_plots import embedding_figure, grad_heatmap_figure, layer_bars_figure, live_figure
-from app.monitor_widgets import PROBE_N, current_monitors, live, probe_sample, training_controls
+from app.monitor_widgets import PROBE_N, current_monitors, probe_sample, training_controls
 from app.state import notice
-from app.widgets import pct, to_pil
+from app.widgets import live_job, pct, to_pil
 from core.embed import EmbeddingStream, filter_vectors, layer_activations
 from core.engine import predict
 from core.feedback.selection import KIND as SELECTION, RetrainSettings, plan_retrain, selection_report
@@ -275,6 +275,6 @@ def draw(job: Job | None, view: dict | None) -> None:
         draw_report(job)
 
 
-live(wb, "mon", draw)
+live_job(wb, "mon", draw, pausable=True)
 if view_name == "Network":
     draw_maps()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-try:
+try:  # the test modules import Page and expect from here, so they load without playwright
     from playwright.sync_api import Locator, Page, expect
 except ImportError:  # the conftest fixtures skip the tests (and fail on CI)
     Locator = Page = object

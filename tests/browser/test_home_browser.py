@@ -5,12 +5,7 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qs, urlparse
 
-try:
-    from playwright.sync_api import Page, expect
-except ImportError:  # conftest's fixtures skip every test with the reason (fail on CI)
-    Page, expect = object, None
-
-from browser_helpers import expect_text
+from browser_helpers import Page, expect, expect_text
 
 LONG = 60_000  # ms: generous, the CI machine has 2 cores shared with Chromium and the server
 TRAIN = 120_000  # ms: a short training run under load

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import re
 
-try:
-    from playwright.sync_api import Page, expect
-except ImportError:  # conftest's fixtures skip every test with the reason (fail on CI)
-    Page, expect = object, None
-
-from browser_helpers import expect_text, live
+from browser_helpers import Page, expect, expect_text, live
 
 LONG = 90_000
 RETRAIN = 240_000
