@@ -11,12 +11,21 @@ class PathNotAllowed(ValueError):
 
 
 def data_roots(workspace: Path, extra: str | None = None) -> list[Path]:
-    """The allowed data roots: ``$STEERBOARD_DATA_ROOTS`` (``os.pathsep``-separated) if set,
-    else the workspace's ``data/`` folder and the current directory."""
-    raw = extra if extra is not None else os.environ.get("STEERBOARD_DATA_ROOTS")
-    if raw:
-        return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
-    return [(workspace / "data").resolve(), Path.cwd().resolve()]
+    """The allowed data roots: always the workspace's ``data/`` folder, then each folder in
+    ``extra`` (default ``$STEERBOARD_DATA_ROOTS``, ``os.pathsep``-separated), in order,
+    without repeats.
+
+    The current directory is a root only when it is listed: a server started from ``$HOME``
+    or ``/`` must not let users read whatever lies there.
+    """
+    raw = extra if extra is not None else os.environ.get("STEERBOARD_DATA_ROOTS", "")
+    roots = [(workspace / "data").resolve()]
+    for part in raw.split(os.pathsep):
+        if part.strip():
+            root = Path(part.strip()).expanduser().resolve()
+            if root not in roots:
+                roots.append(root)
+    return roots
 
 
 def check_user_path(text: str, roots: Sequence[Path]) -> Path:
@@ -28,7 +37,10 @@ def check_user_path(text: str, roots: Sequence[Path]) -> Path:
         raise PathNotAllowed("Type the path of a data folder or archive.")
     if "\x00" in text:
         raise PathNotAllowed("That path contains a NUL character.")
-    path = Path(text).expanduser()
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError as e:  # "~someone" for a user that does not exist
+        raise PathNotAllowed(f"{text}: {e}; type a full path inside a data folder.") from e
     if not path.is_absolute():
         path = Path.cwd() / path
     resolved = path.resolve()
@@ -37,5 +49,5 @@ def check_user_path(text: str, roots: Sequence[Path]) -> Path:
             return resolved
     allowed = ", ".join(str(r) for r in roots)
     raise PathNotAllowed(f"{text} is outside the folders this server reads data from ({allowed}). "
-                         "Copy or link your data into one of them, or ask the admin to add a root "
-                         "with STEERBOARD_DATA_ROOTS.")
+                         "Copy your data into one of them, or ask the admin to add a root to "
+                         f"STEERBOARD_DATA_ROOTS ({os.pathsep}-separated) and restart the server.")

@@ -39,7 +39,8 @@ def test_dataset_switch_opens_new_workbench(app_workspace):
 
 
 def test_bad_folder_path_keeps_dataset_and_says_why(app_workspace, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the current directory is an allowed root
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STEERBOARD_DATA_ROOTS", str(tmp_path))  # the current directory is a root only when listed
     at = new_app(app_workspace).run()
     before = at.session_state["workbench"].id
     at.selectbox(key="sb-dataset").set_value("Folder or archive…")
@@ -48,18 +49,20 @@ def test_bad_folder_path_keeps_dataset_and_says_why(app_workspace, tmp_path, mon
     no_exceptions(at)
     assert at.session_state["workbench"].id == before
     errors = " ".join(e.value for e in at.error)
-    assert "Could not open that dataset" in errors and "no-such-folder" in errors
+    assert "Could not open that dataset" in errors and "no-such-folder" in errors and "no such file" in errors
 
 
 def test_empty_folder_inside_root_is_a_readable_error(app_workspace, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STEERBOARD_DATA_ROOTS", str(tmp_path))
     (tmp_path / "empty").mkdir()
     at = new_app(app_workspace).run()
     at.selectbox(key="sb-dataset").set_value("Folder or archive…")
     at.text_input(key="sb-folder").set_value("empty")
     at.button(key="sb-open").click().run()
     no_exceptions(at)
-    assert "Could not open that dataset" in " ".join(e.value for e in at.error)
+    errors = " ".join(e.value for e in at.error)
+    assert "Could not open that dataset" in errors and "no images" in errors
 
 
 def test_outside_root_path_is_refused(app_workspace, tmp_path, monkeypatch):

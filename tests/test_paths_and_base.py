@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -28,11 +29,32 @@ def test_paths_inside_roots_only(tmp_path, monkeypatch):
         check_user_path("  ", roots)
 
 
-def test_data_roots_from_environment(tmp_path, monkeypatch):
+def test_data_roots_are_the_workspace_data_folder_plus_the_environment(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert data_roots(tmp_path / "ws", extra="") == [(tmp_path / "ws" / "data").resolve(), tmp_path.resolve()]
+    ws_data = (tmp_path / "ws" / "data").resolve()
+    # The current directory is not a root unless it is listed.
+    monkeypatch.delenv("STEERBOARD_DATA_ROOTS", raising=False)
+    assert data_roots(tmp_path / "ws") == [ws_data]
+    assert data_roots(tmp_path / "ws", extra="") == [ws_data]
     a, b = tmp_path / "a", tmp_path / "b"
-    assert data_roots(tmp_path, extra=f"{a}{os.pathsep}{b}") == [a.resolve(), b.resolve()]
+    listed = f"{a}{os.pathsep} {os.pathsep}{b}{os.pathsep}{a}"
+    assert data_roots(tmp_path / "ws", extra=listed) == [ws_data, a.resolve(), b.resolve()]
+    monkeypatch.setenv("STEERBOARD_DATA_ROOTS", f".{os.pathsep}~")
+    assert data_roots(tmp_path / "ws") == [ws_data, tmp_path.resolve(), Path.home().resolve()]
+    # An explicit ``extra`` replaces the environment's list, never the workspace folder.
+    assert data_roots(tmp_path / "ws", extra=str(a)) == [ws_data, a.resolve()]
+
+
+def test_refusal_says_how_to_add_a_root(tmp_path):
+    roots = data_roots(tmp_path / "ws", extra="")
+    with pytest.raises(PathNotAllowed) as err:
+        check_user_path(str(tmp_path), roots)
+    msg = str(err.value)
+    assert "\n" not in msg and str(roots[0]) in msg and "STEERBOARD_DATA_ROOTS" in msg
+    with pytest.raises(PathNotAllowed, match="NUL"):
+        check_user_path("data/a\x00b", roots)
+    with pytest.raises(PathNotAllowed, match="full path"):
+        check_user_path("~no-such-user-xyz/data", roots)
 
 
 def test_base_model_trained_once_in_background_then_loaded_from_disk(tmp_path, tiny_data):
