@@ -18,7 +18,9 @@ from PIL import Image
 
 from core.data import DataError, ImageDataset, list_builtin, load_dataset
 from core.data.biased import background_colours
+from core.data.folders import model_side
 from core.data.splits import allocate, check_splits
+from core.models import build_model, list_models
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -40,7 +42,7 @@ def _png(arr: np.ndarray, fmt: str = "PNG") -> bytes:
     return buf.getvalue()
 
 
-def _image_tree(root: Path, classes=("cat", "dog", "fox"), n: int = 4, size=(12, 12)) -> dict[str, np.ndarray]:
+def _image_tree(root: Path, classes=("cat", "dog", "fox"), n: int = 4, size=(16, 16)) -> dict[str, np.ndarray]:
     """Write ``root/<class>/<i>.png`` grayscale images; returns relative path -> pixels."""
     rng = np.random.default_rng(0)
     written = {}
@@ -204,7 +206,7 @@ def test_image_folder_skips_corrupt_and_truncated(tmp_path):
     (tmp_path / "fox" / "cut.png").write_bytes(good[: len(good) // 2])
     ds = load_dataset(str(tmp_path))
     _check_spec(ds)
-    assert ds.classes == ["cat", "dog", "fox"] and ds.images.shape == (12, 1, 12, 12)
+    assert ds.classes == ["cat", "dog", "fox"] and ds.images.shape == (12, 1, 16, 16)
     assert len(ds.card.skipped) == 2
     assert any("dog/bad.png" in s for s in ds.card.skipped) and any("fox/cut.png" in s for s in ds.card.skipped)
     np.testing.assert_allclose(ds.images[4, 0].numpy(), written["dog/000.png"] / 255.0, atol=1e-6)
@@ -214,18 +216,48 @@ def test_image_folder_mixed_sizes_are_resized_and_noted(tmp_path):
     _image_tree(tmp_path)
     Image.fromarray(np.full((20, 16), 200, np.uint8)).save(tmp_path / "cat" / "big.png")
     ds = load_dataset(str(tmp_path))
-    assert ds.image_shape == (1, 12, 12)
-    assert any("resized 1 images" in n and "12x12" in n for n in ds.card.notes)
+    assert ds.image_shape == (1, 16, 16)
+    assert "resized 1 image to 16x16 (from 16x20 x1; models take square images" in " ".join(ds.card.notes)
 
 
 def test_image_folder_mixed_modes_become_rgb(tmp_path):
     _image_tree(tmp_path)
-    Image.fromarray(np.full((12, 12, 3), (255, 0, 0), np.uint8)).save(tmp_path / "dog" / "red.jpg", quality=95)
+    Image.fromarray(np.full((16, 16, 3), (255, 0, 0), np.uint8)).save(tmp_path / "dog" / "red.jpg", quality=95)
     ds = load_dataset(str(tmp_path))
-    assert ds.image_shape == (3, 12, 12)
+    assert ds.image_shape == (3, 16, 16)
     assert any("converted 12 grayscale images to RGB" in n for n in ds.card.notes)
     # A grey image stays grey after conversion: its three channels are equal.
     assert torch.equal(ds.images[0, 0], ds.images[0, 2])
+
+
+@pytest.mark.parametrize("h,w,side", [
+    (28, 28, 28), (32, 32, 32), (24, 48, 48), (27, 27, 28), (12, 12, 16), (1, 3, 16), (30, 17, 32), (64, 64, 64),
+])
+def test_model_side_is_square_multiple_of_4_at_least_16(h, w, side):
+    assert model_side(h, w) == side
+
+
+@pytest.mark.parametrize("size,side", [((24, 48), 48), ((27, 27), 28), ((10, 14), 16)])
+def test_non_square_and_odd_images_fit_every_model(tmp_path, size, side):
+    """(h, w) images become side x side, the card says so, and all three zoo models run on them."""
+    _image_tree(tmp_path, classes=("a", "b"), n=3, size=size)
+    ds = load_dataset(str(tmp_path))
+    assert ds.image_shape == (1, side, side)
+    h, w = size
+    assert f"resized 6 images to {side}x{side} (from {w}x{h} x6;" in " ".join(ds.card.notes)
+    for arch in list_models():
+        model = build_model(arch, 1, side, ds.num_classes).eval()
+        with torch.no_grad():
+            assert model(ds.images[:2]).shape == (2, 2), arch
+
+
+def test_mixed_sizes_note_lists_the_sizes(tmp_path):
+    _image_tree(tmp_path, classes=("a", "b"), n=3, size=(28, 28))
+    for i, (h, w) in enumerate([(20, 20), (20, 20), (30, 10), (5, 5), (7, 9)]):
+        Image.fromarray(np.zeros((h, w), np.uint8)).save(tmp_path / "a" / f"x{i}.png")
+    ds = load_dataset(str(tmp_path))
+    assert ds.image_shape == (1, 28, 28)
+    assert "resized 5 images to 28x28 (from 20x20 x2, 10x30 x1, 5x5 x1 and 1 other sizes;" in " ".join(ds.card.notes)
 
 
 def test_tar_gz_equals_folder(tmp_path):

@@ -26,6 +26,7 @@ QUICKDRAW_SHAPES = "(N, 784), (N, 1, 784) or (N, 28, 28)"
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 _ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
 _GREY_MODES = ("1", "L", "LA", "La", "I", "F")
+MIN_SIDE = 16  # smallest square side images are resized to (see model_side)
 
 
 @dataclass(frozen=True)
@@ -266,7 +267,8 @@ def decode_image(data: bytes) -> np.ndarray:
 
 
 def _assemble(records: list[_Record], skipped: list[str], notes: list[str], where: Path) -> RawImages:
-    """Order records (part, class, name), unify channels and sizes, and stack them."""
+    """Order records (part, class, name), unify channels, resize every image to one square
+    side the models take (see :func:`model_side`), and stack them."""
     if not records:
         raise DataError(f"{where}: no readable images ({len(skipped)} skipped as corrupt)")
     classes = sort_class_names({r.cls for r in records})
@@ -281,27 +283,49 @@ def _assemble(records: list[_Record], skipped: list[str], notes: list[str], wher
     colour = n_grey < len(pixels)
     if colour and n_grey:
         notes.append(f"converted {n_grey} grayscale images to RGB (the source mixes grayscale and colour)")
-    size_counts = Counter(p.shape[:2] for p in pixels)
-    (h, w), _ = size_counts.most_common(1)[0]
-    resized = len(pixels) - size_counts[(h, w)]
-    if resized:
-        notes.append(f"resized {resized} images of mixed size to {h}x{w} (the most common size)")
-    pixels = [_conform(p, colour, h, w) for p in pixels]
+    side = model_side(*Counter(p.shape[:2] for p in pixels).most_common(1)[0][0])
+    note = _resize_note(pixels, side)
+    if note:
+        notes.append(note)
+    pixels = [_conform(p, colour, side) for p in pixels]
     images = np.stack(pixels)
     images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
     labels = np.fromiter((index[r.cls] for r in records), dtype=np.int64, count=len(records))
     is_test = np.fromiter((r.part == "test" for r in records), dtype=bool, count=len(records))
     if skipped:
-        notes.append(f"skipped {len(skipped)} unreadable images")
+        notes.append(f"skipped {len(skipped)} unreadable image{'s' if len(skipped) != 1 else ''}")
     return RawImages(
         images=np.ascontiguousarray(images), labels=labels, classes=classes,
         is_test=is_test if is_test.any() else None, notes=notes, skipped=skipped,
     )
 
 
-def _conform(p: np.ndarray, colour: bool, h: int, w: int) -> np.ndarray:
-    if p.shape[:2] != (h, w):
-        p = np.asarray(Image.fromarray(p).resize((w, h), Image.BILINEAR))
+def model_side(h: int, w: int) -> int:
+    """The square side every image is resized to, from the most common size ``h`` x ``w``:
+    the larger side rounded up to a multiple of 4, at least 16.
+
+    Every model in the zoo takes square images; a side that is a multiple of 4 pools evenly
+    through seed-cnn's two max-pools, and 16 keeps vgg6's three pools above 1 pixel.
+    """
+    return max(MIN_SIDE, -(-max(h, w) // 4) * 4)
+
+
+def _resize_note(pixels: list[np.ndarray], side: int) -> str | None:
+    """Say on the card how many images were resized to ``side`` x ``side`` and from which sizes."""
+    sizes = Counter((p.shape[1], p.shape[0]) for p in pixels if p.shape[:2] != (side, side))
+    n = sum(sizes.values())
+    if not n:
+        return None
+    shown = ", ".join(f"{w}x{h} x{k}" for (w, h), k in sizes.most_common(3))
+    if len(sizes) > 3:
+        shown += f" and {len(sizes) - 3} other sizes"
+    return (f"resized {n} image{'s' if n != 1 else ''} to {side}x{side} (from {shown}; "
+            "models take square images with a side that is a multiple of 4)")
+
+
+def _conform(p: np.ndarray, colour: bool, side: int) -> np.ndarray:
+    if p.shape[:2] != (side, side):
+        p = np.asarray(Image.fromarray(p).resize((side, side), Image.BILINEAR))
     if colour and p.ndim == 2:
         p = np.repeat(p[..., None], 3, axis=2)
     return p
