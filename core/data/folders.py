@@ -98,6 +98,13 @@ def read_quickdraw(folder: Path, *, limit_per_class: int | None = None) -> RawIm
 
 def _read_bitmap_npy(f: Path, limit: int | None) -> np.ndarray:
     """The first ``limit`` rows of one Quick Draw file as uint8 (n, 784)."""
+    if _npy_holds_objects(f):
+        # np.load(allow_pickle=False) would refuse too, but with numpy's words; say what to do.
+        raise DataError(
+            f"{f}: holds pickled Python objects (an object array), which could run code when "
+            f"loaded; refusing to load it. Only uint8 bitmaps of shape {QUICKDRAW_SHAPES} are accepted: "
+            "save them with np.save(path, images.astype(np.uint8))"
+        )
     try:
         # mmap: with a limit only the rows taken are read from disk.
         arr = np.load(f, mmap_mode="r", allow_pickle=False)
@@ -112,6 +119,25 @@ def _read_bitmap_npy(f: Path, limit: int | None) -> np.ndarray:
     if arr.shape[0] == 0:
         raise DataError(f"{f}: has no rows; expected uint8 of shape {QUICKDRAW_SHAPES} with N > 0")
     return np.array(arr[:limit]).reshape(-1, 784)
+
+
+def _npy_holds_objects(f: Path) -> bool:
+    """True when an .npy file's header declares a dtype with Python objects (stored pickled).
+
+    Only the header is read; a file too broken to have one is left to np.load to report.
+    """
+    try:
+        with open(f, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                _, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                _, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                return False
+    except (ValueError, OSError, EOFError, SyntaxError):
+        return False
+    return bool(dtype.hasobject)
 
 
 # --- ImageFolder trees and archives ---------------------------------------------------------
@@ -164,7 +190,9 @@ def _archive_records(
     """Decode the chosen members of one archive, in archive order (one pass over the stream)."""
     try:
         with tarfile.open(path, "r:*") as tf:
-            members = [m for m in tf.getmembers() if m.isfile() and _is_image_name(m.name)]
+            all_members = tf.getmembers()
+            check_archive_members(all_members, path)
+            members = [m for m in all_members if m.isfile() and _is_image_name(m.name)]
             if not members:
                 raise DataError(
                     f"{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in the archive; "
@@ -177,6 +205,30 @@ def _archive_records(
     except _ARCHIVE_ERRORS as e:
         raise DataError(f"{path}: not a readable tar archive ({e}); expected a .tar.gz of class folders") from e
     return records, skipped, notes
+
+
+def check_archive_members(members: Iterable[tarfile.TarInfo], archive: Path, action: str = "read") -> None:
+    """Refuse an archive with a member that could reach outside it when unpacked: an absolute
+    path, a ``..`` component, a symbolic or hard link, or a device file.
+
+    Reading images from the stream would not follow these, but an archive of images never
+    needs them, and one that has them was made to escape its folder; refusing the whole
+    archive (rather than skipping the member) makes that visible.
+    """
+    for m in members:
+        name = m.name
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        drive = len(name) > 1 and name[0].isalpha() and name[1] == ":"  # C:\... on Windows
+        if name.startswith(("/", "\\")) or drive or ".." in parts:
+            why = "points outside the archive"
+        elif m.issym() or m.islnk():
+            why = f"is a {'symbolic' if m.issym() else 'hard'} link (to {m.linkname!r})"
+        elif m.isdev():
+            why = "is a device file or pipe"
+        else:
+            continue
+        raise DataError(f"archive member {name!r} {why}; refusing to {action} {archive} "
+                        "(an archive of images should hold only folders and regular files)")
 
 
 def _member_reader(tf: tarfile.TarFile, member: tarfile.TarInfo) -> Callable[[], bytes]:
