@@ -398,6 +398,51 @@ def test_cifar10_python_batches_are_read(tmp_path):
     assert len(ds.images) == 40 and len(ds.splits["test"]) == 10
 
 
+@pytest.mark.parametrize("protocol", [2, pickle.DEFAULT_PROTOCOL, pickle.HIGHEST_PROTOCOL])
+@pytest.mark.parametrize("key_type", [str, bytes])
+def test_cifar10_batches_of_any_protocol_pass_the_restricted_unpickler(tmp_path, protocol, key_type):
+    """Batches as Python 2 wrote them (str keys) or as Python 3 does (bytes keys), in the
+    protocols a real batch may come in, load; their arrays and bytes come back intact."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    key = (lambda k: k.encode()) if key_type is bytes else (lambda k: k)
+    first = None
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (10, 3072), dtype=np.uint8)
+        first = data if first is None else first
+        batch = {key("batch_label"): b"training batch", key("data"): data, key("labels"): list(range(10)),
+                 key("filenames"): [b"a.png", b""] * 5}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=protocol))
+    (folder / "batches.meta").write_bytes(pickle.dumps({key("label_names"): [c.encode() for c in "abcdefghij"]},
+                                                       protocol=protocol))
+    ds = load_dataset("cifar10", root=str(tmp_path))
+    assert ds.classes == list("abcdefghij") and len(ds.images) == 60
+    np.testing.assert_allclose(ds.images[:10].reshape(10, -1).numpy(), first / 255.0, atol=1e-6)
+
+
+def test_cifar10_batch_in_python2_layout_loads(tmp_path):
+    """The official batches were pickled by Python 2: numpy.core module names and the array
+    bytes as a latin-1 string. Built here by hand, since no real batch is at hand."""
+    data = np.arange(10 * 3072, dtype=np.uint8).reshape(10, 3072)
+
+    class Py2Array:
+        def __reduce__(self):
+            state = (1, data.shape, np.dtype("u1"), False, data.tobytes().decode("latin1"))
+            return np.ndarray.__reduce__(np.zeros(0))[0], (np.ndarray, (0,), "b"), state
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    raw = pickle.dumps({"data": Py2Array(), "labels": list(range(10))}, protocol=2)
+    raw = raw.replace(b"numpy._core.multiarray\n_reconstruct", b"numpy.core.multiarray\n_reconstruct")
+    assert b"numpy.core.multiarray\n_reconstruct" in raw
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(raw)
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": list("abcdefghij")}, protocol=2))
+    ds = load_dataset("cifar10", root=str(tmp_path))
+    np.testing.assert_allclose(ds.images[:10].reshape(10, -1).numpy(), data / 255.0, atol=1e-6)
+
+
 # --- bad input ----------------------------------------------------------------------------
 
 

@@ -1,17 +1,24 @@
 """MNIST, Fashion-MNIST and CIFAR-10 in torchvision's on-disk formats, downloaded only when allowed."""
 from __future__ import annotations
 
+import _codecs
 import gzip
+import importlib
 import logging
+import os
 import pickle
 import shutil
 import tarfile
+import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 from urllib.error import URLError
 
 import numpy as np
 
+from .folders import check_archive_members
 from .spec import DataError, ImageDataset, RawImages
 
 log = logging.getLogger(__name__)
@@ -105,18 +112,72 @@ def _missing_message(ds: TorchvisionSet, folder: Path, why: str) -> str:
 
 
 def _unpack_local_archives(ds: TorchvisionSet, root: Path, folder: Path) -> None:
-    """Unpack archives a user put in place by hand (MNIST .gz files, cifar-10-python.tar.gz)."""
+    """Unpack archives a user put in place by hand (MNIST .gz files, cifar-10-python.tar.gz).
+
+    Each file appears under its final name only once it is complete (unpacked to a temporary
+    name, then renamed), so an archive cut short never leaves a half file that a later load
+    would take as whole.
+    """
     if ds.name == "cifar10":
         archive = root / "cifar-10-python.tar.gz"
         if _missing(ds, folder) and archive.is_file():
-            with tarfile.open(archive) as tf:
-                tf.extractall(root, filter="data")
+            _unpack_cifar_archive(archive, root, folder)
         return
     for f in _missing(ds, folder):
         packed = folder / f"{f}.gz"
         if packed.is_file():
-            with gzip.open(packed, "rb") as src, open(folder / f, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+            _gunzip(packed, folder / f)
+
+
+# What reading a cut-short or damaged .gz raises; other OSErrors (a full disk, no permission)
+# are not the file's fault and go to load_torchvision_set's "could not unpack".
+_BROKEN_ARCHIVE = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
+def _truncated(path: Path, e: BaseException) -> DataError:
+    return DataError(
+        f"{path}: truncated or corrupt ({type(e).__name__}: {e}); delete it and download it again, "
+        "or put a complete copy there"
+    )
+
+
+def _gunzip(packed: Path, dest: Path) -> None:
+    """Decompress ``packed`` to ``dest`` through a temporary file in the same folder."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
+    try:
+        with gzip.open(packed, "rb") as src, os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.replace(tmp, dest)
+    except _BROKEN_ARCHIVE as e:
+        raise _truncated(packed, e) from e
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # gone already after a successful rename
+
+
+def _unpack_cifar_archive(archive: Path, root: Path, folder: Path) -> None:
+    """Unpack cifar-10-python.tar.gz into a temporary folder under ``root``, then move the
+    batch files into ``folder``."""
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".cifar-10-python.", suffix=".partial"))
+    try:
+        try:
+            with tarfile.open(archive, "r:*") as tf:
+                members = tf.getmembers()
+                check_archive_members(members, archive, action="unpack")
+                # filter="data" refuses what the check above already did; kept as a second guard.
+                tf.extractall(staging, members=members, filter="data")
+        except tarfile.FilterError as e:
+            raise DataError(f"archive member {getattr(e.tarinfo, 'name', '?')!r} would be unpacked outside "
+                            f"{root} ({e}); refusing to unpack {archive}") from e
+        except (tarfile.TarError, *_BROKEN_ARCHIVE) as e:
+            raise _truncated(archive, e) from e
+        unpacked = staging / TORCHVISION_SETS["cifar10"].subfolder
+        if unpacked.is_dir():
+            folder.mkdir(parents=True, exist_ok=True)
+            for f in unpacked.iterdir():
+                if f.is_file():
+                    os.replace(f, folder / f.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _download(ds: TorchvisionSet, root: Path, folder: Path) -> None:
@@ -158,8 +219,9 @@ def _read_cifar(ds: TorchvisionSet, folder: Path, limit: int | None) -> RawImage
     """Read CIFAR-10's pickled batches (the python version), the format torchvision uses.
 
     Read directly rather than through torchvision.datasets.CIFAR10, which rejects any file
-    whose MD5 differs from the official one. Like torchvision, this unpickles the files:
-    only use batches from a trusted source.
+    whose MD5 differs from the official one and calls ``pickle.load`` on it. The batches are
+    pickles; :class:`_CifarUnpickler` admits only the numpy and bytes reconstruction a real
+    batch uses, so a file that would call anything else is refused, not run.
     """
     classes = _cifar_classes(folder / "batches.meta")
     parts = []
@@ -178,20 +240,81 @@ def _read_cifar(ds: TorchvisionSet, folder: Path, limit: int | None) -> RawImage
     return _join_parts(ds, folder, parts, limit, classes)
 
 
+def _numpy_global(module: str, name: str) -> object:
+    """A numpy function by its current module; numpy 2 moved numpy.core to numpy._core."""
+    try:
+        return getattr(importlib.import_module(f"numpy._core.{module}"), name)
+    except ImportError:  # numpy 1.x
+        return getattr(importlib.import_module(f"numpy.core.{module}"), name)
+
+
+def _allowed_globals() -> dict[tuple[str, str], object]:
+    """The only globals a CIFAR-10 python batch refers to: numpy's array and dtype
+    reconstruction (by its numpy 1 and numpy 2 module names), ``_codecs.encode`` and
+    ``bytes`` / ``bytearray`` (how protocol 2 stores bytes)."""
+    reconstruct = _numpy_global("multiarray", "_reconstruct")
+    frombuffer = _numpy_global("numeric", "_frombuffer")  # arrays pickled with protocol 5
+    allowed: dict[tuple[str, str], object] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _codecs.encode,
+    }
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
+    for builtins in ("builtins", "__builtin__"):  # Python 3 and Python 2 pickles
+        allowed[(builtins, "bytes")] = bytes
+        allowed[(builtins, "bytearray")] = bytearray
+    return allowed
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only the globals in :func:`_allowed_globals`.
+
+    A pickle can call any global it names (``os.system`` and the like); a CIFAR-10 batch
+    needs only numpy arrays, dicts, lists, strings, bytes and numbers, so every other global
+    is refused before anything is called.
+    """
+
+    def __init__(self, file: BinaryIO, path: Path) -> None:
+        super().__init__(file, encoding="latin1")  # the official batches were pickled by Python 2
+        self._path = path
+        self._allowed = _allowed_globals()
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            module = "builtins" if module == "__builtin__" else module  # protocol 2 writes Python 2's name
+            raise DataError(
+                f"{self._path}: holds a pickled reference to {module}.{name}, which a CIFAR-10 batch never "
+                "contains; refusing to load it (use the batches from "
+                "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz)"
+            ) from None
+
+
 def _unpickle(path: Path) -> dict:
+    """Load one CIFAR-10 python batch with :class:`_CifarUnpickler`; keys become str."""
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="latin1")
-    except (pickle.UnpicklingError, EOFError, OSError, ValueError, AttributeError) as e:
-        raise DataError(f"{path}: not a readable CIFAR-10 python batch ({e})") from e
+            obj = _CifarUnpickler(f, path).load()
+    except DataError:
+        raise
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError, AttributeError, TypeError,
+            IndexError, KeyError, MemoryError) as e:
+        raise DataError(f"{path}: not a readable CIFAR-10 python batch ({type(e).__name__}: {e}); "
+                        "delete it and unpack cifar-10-python.tar.gz again") from e
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a pickled dict with 'data' and 'labels', got {type(obj).__name__}")
-    return obj
+    # Batches pickled by Python 3 with bytes keys (b"data") read the same as the official ones.
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
 def _cifar_classes(meta: Path) -> list[str]:
     names = _unpickle(meta).get("label_names")
-    return [str(n) for n in names] if names else list(CIFAR_CLASSES)
+    if not names:
+        return list(CIFAR_CLASSES)
+    return [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names]
 
 
 def _join_parts(
