@@ -1,0 +1,384 @@
+"""Bad input, one table: each case does one bad thing inside ``tmp_path`` and expects a clear
+one-line message (or, for input that is fixed up, a note saying what was done), with the
+current work untouched and nothing half-written left behind.
+
+To add a case, append a :class:`Case` to ``CASES`` in the section it belongs to (``CASES +=
+[...]`` in a new, titled section above "the test"). ``run`` builds its own tiny input in
+``tmp_path`` (also the current directory while it runs) and does the bad thing; ``after``
+checks what must still hold afterwards and gets ``run``'s return value (None when it raised).
+Every message, and the text of a case that succeeds (see :func:`as_text`), must be one line.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import re
+import struct
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.data import DataError, ImageDataset, load_dataset
+from core.models import build_model
+from core.paths import PathNotAllowed, check_user_path, data_roots
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    run: Callable[[Path], object]  # does the bad thing inside tmp_path; may return a value
+    error: type[BaseException] | None  # expected exception type, or None when it must succeed
+    says: str  # regex the exception message (or, for error=None, the returned text) must match
+    after: Callable[[Path, object], None] | None = None  # extra check: the current work is untouched, etc.
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def as_text(value: object) -> str:
+    """What a successful case says: a dataset's card notes and skipped files, else str()."""
+    if isinstance(value, ImageDataset):
+        return "; ".join(value.card.notes + value.card.skipped)
+    return str(value)
+
+
+def png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def image_tree(root: Path, classes: tuple[str, ...] = ("a", "b"), n: int = 3, hw: tuple[int, int] = (16, 16)) -> Path:
+    """``root/<class>/<i>.png``: ``n`` grey images of height x width ``hw`` per class."""
+    rng = np.random.default_rng(0)
+    for cls in classes:
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            (root / cls / f"{i}.png").write_bytes(png(rng.integers(0, 256, hw, dtype=np.uint8)))
+    return root
+
+
+def tar_with(path: Path, members: list[tuple[tarfile.TarInfo, bytes]], mode: str = "w:gz") -> Path:
+    """A tar archive holding exactly ``members`` (TarInfo, content), names as given."""
+    with tarfile.open(path, mode) as tf:
+        for info, data in members:
+            info.size = len(data) if info.isfile() else 0
+            tf.addfile(info, io.BytesIO(data) if info.isfile() else None)
+    return path
+
+
+def file_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    return tarfile.TarInfo(name), data
+
+
+def link_member(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info, b""
+
+
+def images_archive_with(tmp: Path, bad: tuple[tarfile.TarInfo, bytes]) -> Path:
+    """pets.tar.gz of two good class folders plus one ``bad`` member."""
+    good = [file_member(f"pets/{c}/{i}.png", png(np.full((16, 16), 40 * i, np.uint8))) for c in "ab" for i in range(3)]
+    return tar_with(tmp / "pets.tar.gz", [*good, bad])
+
+
+def cifar_batches(folder: Path, n: int = 10) -> None:
+    """The seven files of cifar-10-batches-py, each a small valid batch."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": list(range(n))}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}, protocol=2))
+
+
+class Payload:
+    """Pickles as a call of ``func(*args)``: what a malicious batch file holds."""
+
+    def __init__(self, func: Callable, *args: object) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def idx(arr: np.ndarray) -> bytes:
+    """An MNIST idx file (big-endian header: 0, 0, 0x08 = ubyte, ndim; then the dims)."""
+    return struct.pack(">BBBB", 0, 0, 8, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+
+
+def mnist_gz(raw: Path, n: int = 30) -> None:
+    """The four MNIST files, gzipped, in ``raw`` (torchvision's <root>/MNIST/raw)."""
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    for prefix in ("train", "t10k"):
+        files = {"images-idx3-ubyte": rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+                 "labels-idx1-ubyte": (np.arange(n) % 10).astype(np.uint8)}
+        for suffix, arr in files.items():
+            (raw / f"{prefix}-{suffix}.gz").write_bytes(gzip.compress(idx(arr)))
+
+
+def cut_in_half(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def no_partial_files(folder: Path) -> None:
+    """Nothing left over from an unpack that failed (temporary names end in .partial)."""
+    left = [p.name for p in folder.rglob("*") if ".partial" in p.name]
+    assert not left, f"half-written files left in {folder}: {left}"
+
+
+def forward_pass(ds: ImageDataset, arch: str = "seed-cnn") -> None:
+    c, h, w = ds.image_shape
+    assert h == w, ds.image_shape
+    model = build_model(arch, c, h, ds.num_classes).eval()
+    with torch.no_grad():
+        assert model(ds.images[:2]).shape == (2, ds.num_classes)
+
+
+def roots_of(tmp: Path) -> list[Path]:
+    """The roots a server with workspace ``tmp/ws`` and no STEERBOARD_DATA_ROOTS allows."""
+    (tmp / "ws" / "data").mkdir(parents=True, exist_ok=True)
+    return data_roots(tmp / "ws", extra="")
+
+
+# --- data: images, archives and files a user points the app at ------------------------------
+
+
+def _non_square(tmp: Path) -> ImageDataset:
+    return load_dataset(str(image_tree(tmp / "wide", hw=(24, 48))))
+
+
+def _non_square_after(tmp: Path, ds: object) -> None:
+    assert isinstance(ds, ImageDataset) and ds.image_shape == (1, 48, 48)
+    for arch in ("seed-cnn", "vgg6"):
+        forward_pass(ds, arch)
+
+
+def _odd_size(tmp: Path) -> ImageDataset:
+    return load_dataset(str(image_tree(tmp / "odd", hw=(27, 27))))
+
+
+def _odd_size_after(tmp: Path, ds: object) -> None:
+    assert isinstance(ds, ImageDataset) and ds.image_shape == (1, 28, 28)
+    forward_pass(ds)
+
+
+def _corrupt_among_good(tmp: Path) -> ImageDataset:
+    folder = image_tree(tmp / "pets")
+    (folder / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return load_dataset(str(folder))
+
+
+def _corrupt_after(tmp: Path, ds: object) -> None:
+    assert isinstance(ds, ImageDataset) and len(ds.images) == 6
+    assert len(ds.card.skipped) == 1 and "b/broken.png" in ds.card.skipped[0]
+
+
+def _empty_folder(tmp: Path) -> object:
+    (tmp / "empty").mkdir()
+    return load_dataset(str(tmp / "empty"))
+
+
+def _dotdot_member(tmp: Path) -> object:
+    return load_dataset(str(images_archive_with(tmp, file_member("../x/evil.png", png(np.zeros((16, 16), np.uint8))))))
+
+
+def _nothing_outside(tmp: Path, _: object) -> None:
+    assert not (tmp.parent / "x").exists() and not (tmp / "x").exists()
+
+
+def _absolute_member(tmp: Path) -> object:
+    bad = file_member(f"{tmp}/abs/evil.png", png(np.zeros((16, 16), np.uint8)))
+    return load_dataset(str(images_archive_with(tmp, bad)))
+
+
+def _symlink_member(tmp: Path) -> object:
+    return load_dataset(str(images_archive_with(tmp, link_member("pets/a/passwd.png", "/etc/passwd"))))
+
+
+def _hardlink_member(tmp: Path) -> object:
+    return load_dataset(str(images_archive_with(tmp, link_member("pets/a/copy.png", "pets/a/0.png", tarfile.LNKTYPE))))
+
+
+def _cifar_archive_dotdot(tmp: Path) -> object:
+    root = tmp / "root"
+    cifar_batches(tmp / "src")
+    members = [file_member(f"cifar-10-batches-py/{f.name}", f.read_bytes()) for f in sorted((tmp / "src").iterdir())]
+    root.mkdir()
+    tar_with(root / "cifar-10-python.tar.gz", [*members, file_member("../escaped", b"x")])
+    return load_dataset("cifar10", root=str(root))
+
+
+def _cifar_archive_after(tmp: Path, _: object) -> None:
+    assert not (tmp / "escaped").exists()
+    assert not (tmp / "root" / "cifar-10-batches-py").exists()  # refused before anything was unpacked
+    no_partial_files(tmp / "root")
+
+
+def _cifar_payload(call: Callable, *args: object) -> Callable[[Path], object]:
+    def run(tmp: Path) -> object:
+        folder = tmp / "cifar-10-batches-py"
+        cifar_batches(folder)
+        evil = {"data": Payload(call, *args), "labels": [0]}
+        (folder / "data_batch_2").write_bytes(pickle.dumps(evil, protocol=2))
+        return load_dataset("cifar10", root=str(tmp))
+
+    return run
+
+
+def _not_pwned(tmp: Path, _: object) -> None:
+    assert not (tmp / "pwned").exists(), "the pickle payload ran"
+
+
+def _truncated_cifar(tmp: Path) -> object:
+    root = tmp / "root"
+    cifar_batches(tmp / "src", n=20)  # random pixels: ~60 kB per batch, so half the archive is mid-file
+    root.mkdir()
+    with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tf:
+        tf.add(tmp / "src", arcname="cifar-10-batches-py")
+    cut_in_half(root / "cifar-10-python.tar.gz")
+    return load_dataset("cifar10", root=str(root))
+
+
+def _truncated_cifar_after(tmp: Path, _: object) -> None:
+    folder = tmp / "root" / "cifar-10-batches-py"
+    assert not folder.exists() or not any(folder.iterdir()), "a half-unpacked batch would pass for a whole one"
+    no_partial_files(tmp / "root")
+    assert (tmp / "root" / "cifar-10-python.tar.gz").is_file()  # the user's file is left for them to replace
+
+
+def _truncated_mnist(tmp: Path) -> object:
+    raw = tmp / "MNIST" / "raw"
+    mnist_gz(raw)
+    cut_in_half(raw / "t10k-images-idx3-ubyte.gz")
+    return load_dataset("mnist", root=str(tmp))
+
+
+def _truncated_mnist_after(tmp: Path, _: object) -> None:
+    raw = tmp / "MNIST" / "raw"
+    assert not (raw / "t10k-images-idx3-ubyte").exists()
+    # Files unpacked before the broken one are whole and stay, so a fixed copy only redoes that one.
+    assert (raw / "train-images-idx3-ubyte").stat().st_size == 16 + 30 * 28 * 28
+    no_partial_files(raw)
+
+
+def _npy(tmp: Path, bad: np.ndarray) -> object:
+    folder = tmp / "doodles"
+    folder.mkdir()
+    np.save(folder / "circle.npy", np.zeros((3, 784), np.uint8))
+    np.save(folder / "square.npy", bad, allow_pickle=True)
+    return load_dataset(str(folder))
+
+
+def _outside_roots(tmp: Path) -> object:
+    (tmp / "outside").mkdir()
+    return check_user_path(str(tmp / "outside"), roots_of(tmp))
+
+
+def _symlink_escape(tmp: Path) -> object:
+    roots = roots_of(tmp)
+    (tmp / "outside").mkdir()
+    (tmp / "ws" / "data" / "shortcut").symlink_to(tmp / "outside")
+    return check_user_path(str(tmp / "ws" / "data" / "shortcut"), roots)
+
+
+def _dotdot_escape(tmp: Path) -> object:
+    roots = roots_of(tmp)
+    return check_user_path(str(tmp / "ws" / "data" / ".." / ".." / "outside"), roots)
+
+
+def _cwd_is_not_a_root(tmp: Path) -> object:
+    return check_user_path(".", roots_of(tmp))
+
+
+def _inside_root(tmp: Path) -> object:
+    roots = roots_of(tmp)
+    image_tree(tmp / "ws" / "data" / "pets")
+    return check_user_path(str(tmp / "ws" / "data" / "pets"), roots)
+
+
+CASES: list[Case] = [
+    Case("non-square-images-are-resized", _non_square, None,
+         r"resized 6 images to 48x48 \(from 48x24 x6; models take square images with a side that is a multiple of 4\)",
+         _non_square_after),
+    Case("odd-sized-images-27-become-28", _odd_size, None, r"resized 6 images to 28x28 \(from 27x27 x6;",
+         _odd_size_after),
+    Case("one-class-folder", lambda t: load_dataset(str(image_tree(t / "one", classes=("only",)))), DataError,
+         r"found a single class \('only'\); need at least two class folders"),
+    Case("empty-folder", _empty_folder, DataError, r"empty: no images .*expected one subfolder of images per class"),
+    Case("corrupt-image-among-good-is-skipped", _corrupt_among_good, None,
+         r"skipped 1 unreadable image;.*b/broken\.png", _corrupt_after),
+    Case("tar-member-with-dotdot", _dotdot_member, DataError,
+         r"archive member '\.\./x/evil\.png' points outside the archive; refusing to read .*pets\.tar\.gz",
+         _nothing_outside),
+    Case("tar-member-with-absolute-path", _absolute_member, DataError,
+         r"archive member '/.*/abs/evil\.png' points outside the archive; refusing to read .*pets\.tar\.gz"),
+    Case("tar-symlink-member", _symlink_member, DataError,
+         r"archive member 'pets/a/passwd\.png' is a symbolic link \(to '/etc/passwd'\); refusing to read"),
+    Case("tar-hardlink-member", _hardlink_member, DataError, r"'pets/a/copy\.png' is a hard link .*refusing to read"),
+    Case("cifar-archive-member-with-dotdot", _cifar_archive_dotdot, DataError,
+         r"archive member '\.\./escaped' points outside the archive; refusing to unpack .*cifar-10-python\.tar\.gz",
+         _cifar_archive_after),
+    Case("cifar-batch-pickle-payload-os-system", _cifar_payload(os.system, "touch pwned"), DataError,
+         r"data_batch_2: holds a pickled reference to (posix|nt|os)\.system, which a CIFAR-10 batch never contains; "
+         r"refusing to load it", _not_pwned),
+    Case("cifar-batch-pickle-payload-builtins-exec", _cifar_payload(exec, "open('pwned', 'w')"), DataError,
+         r"holds a pickled reference to builtins\.exec, which a CIFAR-10 batch never contains", _not_pwned),
+    Case("truncated-cifar-10-python-tar-gz", _truncated_cifar, DataError,
+         r"cifar-10-python\.tar\.gz: truncated or corrupt .*delete it and download it again, or put a complete copy",
+         _truncated_cifar_after),
+    Case("truncated-mnist-gz", _truncated_mnist, DataError,
+         r"t10k-images-idx3-ubyte\.gz: truncated or corrupt .*delete it and download it again",
+         _truncated_mnist_after),
+    Case("npy-with-pickled-objects", lambda t: _npy(t, np.array([{"a": 1}, "x"], dtype=object)), DataError,
+         r"square\.npy: holds pickled Python objects .*refusing to load it\. Only uint8 bitmaps"),
+    Case("npy-of-wrong-dtype", lambda t: _npy(t, np.zeros((3, 784), np.float64)), DataError,
+         r"square\.npy: got float64 of shape \(3, 784\); expected uint8"),
+    Case("path-outside-the-data-roots", _outside_roots, PathNotAllowed,
+         r"outside the folders this server reads data from \(.*ws/data\).*STEERBOARD_DATA_ROOTS"),
+    Case("symlink-escaping-a-root", _symlink_escape, PathNotAllowed, r"shortcut is outside the folders"),
+    Case("dotdot-escaping-a-root", _dotdot_escape, PathNotAllowed, r"outside is outside the folders"),
+    Case("current-directory-is-not-a-root", _cwd_is_not_a_root, PathNotAllowed, r"^\. is outside the folders"),
+    Case("nul-in-a-path", lambda t: check_user_path("data/a\x00b", roots_of(t)), PathNotAllowed, r"NUL character"),
+    Case("path-inside-a-root-is-accepted", _inside_root, None, r"ws/data/pets$"),
+]
+
+
+# --- store, workbench and app: append with CASES += [...] -------------------------------------
+
+
+# --- the test ---------------------------------------------------------------------------------
+
+
+def test_case_ids_are_unique():
+    ids = [c.id for c in CASES]
+    assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_bad_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Cases write relative files (a payload's "touch pwned") into tmp_path, never the repository.
+    monkeypatch.chdir(tmp_path)
+    value = None
+    if case.error is None:
+        value = case.run(tmp_path)
+        text = as_text(value)
+    else:
+        with pytest.raises(case.error) as err:
+            case.run(tmp_path)
+        text = str(err.value)
+    assert "\n" not in text.strip(), f"not one line: {text!r}"
+    assert re.search(case.says, text), f"{case.says!r} does not match {text!r}"
+    if case.after is not None:
+        case.after(tmp_path, value)
