@@ -3,20 +3,31 @@
 A job trains a copy of the workbench's model in a background thread. The page cannot put
 that copy in eval mode to read activations (BatchNorm would then run in eval mode during
 training steps), so :class:`ActivationProbe` does it inside the training thread, between
-steps, every ``every`` steps and at each epoch end; the page only reads its latest snapshot.
+steps; the page only reads its latest snapshot. The probe keeps its own cost in check: it
+measures how long a probe takes and how long training steps take, and probes only as often
+as keeps its share of the training time under a budget (``PROBE_BUDGET``, 3%).
 """
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from core.engine import Callback, EpochInfo, StepInfo, predict
+from core.engine import Callback, EpochInfo, StepInfo
 from core.models.base import SteerableModel
 from core.monitor import LayerStats, SettleTracker, watched_layers
+
+PROBE_SAMPLE = 1000  # pool examples the monitor pages follow during training
+PROBE_EVERY = 25  # fewest training steps between two probes
+# Most of the training time the probe may take (its seconds / the training steps' seconds).
+# monitor_overhead.py measures the whole monitor against a bare loop, target <= 1.10; the
+# per-step statistics and the reader thread take about 4% of it, so the probe gets 3%.
+PROBE_BUDGET = 0.03
 
 
 @dataclass(frozen=True)
@@ -31,22 +42,42 @@ class ProbeSnapshot:
 
 class ActivationProbe(Callback):
     """Activations of one layer, and predictions, for a fixed sample of images, computed in
-    the training thread. ``set_layer`` switches the layer from another thread; the next step
-    recomputes."""
+    the training thread with one forward pass per batch of the sample. ``set_layer`` switches
+    the layer from another thread; the next step recomputes.
+
+    When to probe: at the first step, after a layer switch, and then at least ``every`` steps
+    apart (and at an epoch end) whenever the probe's total time, with one more probe, stays
+    within ``budget`` times the total time of the training steps so far. So the interval
+    adapts: a probe that takes 3 steps' worth of time runs every 100 steps or so at a 3%
+    budget (the first one, at step 0, is not waited for: the page needs a snapshot).
+    ``budget=None`` is the fixed schedule: every ``every`` steps and at each epoch end.
+    ``clock`` (seconds) is for tests.
+    """
 
     def __init__(self, model: SteerableModel, images: torch.Tensor, *, layer: str | None = None,
-                 every: int = 25) -> None:
+                 every: int = PROBE_EVERY, budget: float | None = PROBE_BUDGET,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1 step, got {every}")
+        if budget is not None and not budget > 0:
+            raise ValueError(f"budget must be a positive share of the training time, or None; got {budget}")
         layers = list(watched_layers(model))
         self.model = model
         self.images = images
         self.every = int(every)
+        self.budget = None if budget is None else float(budget)
+        self._clock = clock
         self._layers = layers
         self._layer = layer or model.feature_layer
         self._lock = threading.Lock()
         self._requested = True
         self._latest: ProbeSnapshot | None = None
+        self._train_s = 0.0  # total seconds of the training steps seen
+        self._steps = 0
+        self._probe_s = 0.0  # total seconds spent probing
+        self._last_cost: float | None = None  # seconds of the last probe
+        self._last_step: int | None = None
+        self.probes = 0
 
     @property
     def layer(self) -> str:
@@ -61,34 +92,103 @@ class ActivationProbe(Callback):
                 self._layer = layer
                 self._requested = True
 
+    def _forward(self, layer: str, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """(activations of ``layer``, predicted classes) for the sample in one eval-mode pass
+        per batch: conv outputs averaged over space per channel, linear outputs as-is. Every
+        module's training flag is restored afterwards."""
+        module = dict(self.model.named_modules())[layer]
+        param = next(self.model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        captured: list[torch.Tensor] = []
+
+        def hook(_module, _inputs, output) -> None:
+            out = (output[0] if isinstance(output, (tuple, list)) else output).detach()
+            if out.dim() > 2:
+                out = out.flatten(2).mean(dim=2)
+            captured.append(out.to(device="cpu", dtype=torch.float32))
+
+        flags = [(m, m.training) for m in self.model.modules()]
+        handle = module.register_forward_hook(hook)
+        preds: list[torch.Tensor] = []
+        batches = self.images.split(batch_size) if len(self.images) else []
+        try:
+            self.model.eval()
+            with torch.no_grad():
+                for batch in batches:
+                    logits = self.model.head(self.model.features(batch.to(device)))
+                    preds.append(logits.argmax(1).cpu())
+        finally:
+            handle.remove()
+            for m, flag in flags:
+                m.training = flag
+        if len(captured) != len(batches):  # the layer is not on the features -> head path
+            from core.embed import layer_activations  # scikit-learn import (~0.9 s): only here
+
+            return layer_activations(self.model, layer, self.images), torch.cat(preds).numpy()
+        if not batches:
+            return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+        return torch.cat(captured).numpy(), torch.cat(preds).numpy()
+
     def probe(self, step: int) -> ProbeSnapshot:
         """Compute a snapshot now (call from the thread that owns the model)."""
-        # imported here: core.embed pulls in scikit-learn (~0.9 s), and Home imports this
-        # module's freeze bookkeeping through app.widgets on every cold start
-        from core.embed import layer_activations
-
+        t0 = self._clock()
         with self._lock:
             layer = self._layer
             self._requested = False
-        acts = layer_activations(self.model, layer, self.images)
-        logits, _ = predict(self.model, self.images)
-        snap = ProbeSnapshot(step, layer, acts, logits.argmax(1).numpy())
+        acts, preds = self._forward(layer)
+        snap = ProbeSnapshot(step, layer, acts, preds)
+        cost = max(self._clock() - t0, 0.0)
         with self._lock:
             self._latest = snap
+            self._probe_s += cost
+            self._last_cost = cost
+            self._last_step = step
+            self.probes += 1
         return snap
 
+    def _affordable(self) -> bool:
+        """Whether one more probe keeps the probing time within the budget."""
+        if self.budget is None or self._last_cost is None:
+            return True
+        return self._probe_s + self._last_cost <= self.budget * self._train_s
+
     def on_step(self, info: StepInfo) -> None:
-        if self._requested or info.step % self.every == 0:
+        self._train_s += max(float(info.step_time), 0.0)
+        self._steps += 1
+        if self._requested:
+            self.probe(info.step)
+        elif self.budget is None:
+            if info.step % self.every == 0:
+                self.probe(info.step)
+        elif (self._last_step is None or info.step - self._last_step >= self.every) and self._affordable():
             self.probe(info.step)
 
     def on_epoch(self, info: EpochInfo) -> None:
-        latest = self.latest()
-        self.probe(latest.step if latest is not None else 0)
+        if self.budget is None or self._affordable():
+            latest = self.latest()
+            self.probe(latest.step if latest is not None else 0)
 
     def latest(self) -> ProbeSnapshot | None:
         """The most recent snapshot, or None before the first step."""
         with self._lock:
             return self._latest
+
+    def pace(self) -> dict | None:
+        """How often the probe runs at the rates measured so far, for the page: ``interval``
+        (steps between probes), ``interval_s`` (seconds of training between them),
+        ``probe_s`` (seconds of the last probe), ``share`` (probing time / training-step time
+        so far), ``budget``, ``probes`` and ``images``. None before the first probe."""
+        with self._lock:
+            if self._last_cost is None or self._steps == 0:
+                return None
+            step_s = self._train_s / self._steps
+            if self.budget is None:
+                interval = self.every
+            else:
+                interval = max(self.every, math.ceil(self._last_cost / max(self.budget * step_s, 1e-12)))
+            return {"interval": int(interval), "interval_s": interval * step_s, "probe_s": self._last_cost,
+                    "share": self._probe_s / self._train_s if self._train_s > 0 else None,
+                    "budget": self.budget, "probes": self.probes, "images": int(len(self.images))}
 
 
 @dataclass
@@ -114,14 +214,14 @@ class Monitors:
 
 
 def monitors_for(model: SteerableModel, sample: torch.Tensor | None = None, *, layer: str | None = None,
-                 every: int = 25) -> list[Callback]:
+                 every: int = PROBE_EVERY, budget: float | None = PROBE_BUDGET) -> list[Callback]:
     """Statistics, settle tracking and (given a sample of images) an activation probe, bound
     to ``model``: what ``Workbench.start_training(attach=...)`` takes."""
     settle = SettleTracker(model)
     settle.record(-1)  # the weights before the first epoch, so epoch 1 has a relative change
     out: list[Callback] = [LayerStats(model), settle]
     if sample is not None and len(sample):
-        out.append(ActivationProbe(model, sample, layer=layer, every=every))
+        out.append(ActivationProbe(model, sample, layer=layer, every=every, budget=budget))
     return out
 
 

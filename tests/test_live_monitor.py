@@ -2,13 +2,15 @@
 freezing-change bookkeeping of the layer-freezing page."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
 from core.embed import layer_activations
-from core.engine import TrainConfig, fit, predict
-from core.live_monitor import ActivationProbe, Monitors, freeze_changes, freeze_saving, monitors_for
+from core.engine import EpochInfo, StepInfo, TrainConfig, fit, predict
+from core.live_monitor import PROBE_BUDGET, ActivationProbe, Monitors, freeze_changes, freeze_saving, monitors_for
 from core.models import build_model
 from core.monitor import LayerStats, SettleTracker
 from core.store import Store
@@ -41,7 +43,7 @@ def test_probe_matches_direct_computation_and_follows_layer_switch(tiny_data):
     model = _model(tiny_data)
     x, y = tiny_data.split("train")
     sample = tiny_data.split("pool")[0]
-    probe = ActivationProbe(model, sample, layer="conv2", every=3)
+    probe = ActivationProbe(model, sample, layer="conv2", every=3, budget=None)  # fixed schedule: probes at epoch end
     fit(model, (x, y), config=TrainConfig(epochs=1, batch_size=8, lr=0.05), callbacks=[probe])
     snap = probe.latest()
     assert snap is not None and snap.layer == "conv2"
@@ -56,15 +58,72 @@ def test_probe_matches_direct_computation_and_follows_layer_switch(tiny_data):
     assert model.training  # the probe put the model back in train mode
 
 
-def test_probe_does_not_change_training(tiny_data):
-    """Probing between steps (eval mode, no grad) leaves the run bit-identical."""
+@pytest.mark.parametrize("budget", [None, PROBE_BUDGET, 10.0])
+def test_probe_does_not_change_training(tiny_data, budget):
+    """Probing between steps (eval mode, no grad) leaves the run bit-identical, whatever the
+    schedule (a budget of 10 lets it probe at every step)."""
     x, y = tiny_data.split("train")
     cfg = TrainConfig(epochs=2, batch_size=8, lr=0.05, seed=3)
     a, b = _model(tiny_data), _model(tiny_data)
     fit(a, (x, y), config=cfg)
-    fit(b, (x, y), config=cfg, callbacks=[ActivationProbe(b, tiny_data.split("pool")[0], every=1)])
+    probe = ActivationProbe(b, tiny_data.split("pool")[0], every=1, budget=budget)
+    fit(b, (x, y), config=cfg, callbacks=[probe])
+    assert probe.probes >= 1
     for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(pa, pb)
+
+
+def _steps(probe, n, step_time, start=0):
+    for s in range(start, start + n):
+        probe.on_step(StepInfo(epoch=0, step=s, loss=1.0, accuracy=0.5, lr=0.1, step_time=step_time))
+
+
+def test_probe_interval_adapts_to_keep_its_share_within_the_budget(tiny_data):
+    """Each probe costs 0.05 s on a fake clock and a step 0.01 s: at a 5% budget the probe
+    may take 1 s of 20 s of training, so it runs about every 100 steps, not every 25."""
+    probe = ActivationProbe(_model(tiny_data), tiny_data.split("pool")[0], every=25, budget=0.05,
+                            clock=itertools.count(0.0, 0.05).__next__)
+    assert probe.pace() is None
+    _steps(probe, 2000, 0.01)
+    pace = probe.pace()
+    assert pace["probe_s"] == pytest.approx(0.05)
+    assert pace["interval"] == 100 and pace["interval_s"] == pytest.approx(1.0)
+    assert pace["share"] <= 0.05 + 1e-9
+    assert 18 <= probe.probes <= 20  # adaptive, not starved: the budget allows 20
+    assert probe.latest().step >= 1900
+    # slower steps (a bigger model, another machine): the probe runs more often, never below `every`
+    fast = ActivationProbe(_model(tiny_data), tiny_data.split("pool")[0], every=25, budget=0.05,
+                           clock=itertools.count(0.0, 0.05).__next__)
+    _steps(fast, 1000, 1.0)
+    assert fast.pace()["interval"] == 25 and fast.probes == 40
+
+
+def test_probe_epoch_end_and_layer_switch_under_a_budget(tiny_data):
+    probe = ActivationProbe(_model(tiny_data), tiny_data.split("pool")[0], every=25, budget=0.05,
+                            clock=itertools.count(0.0, 0.05).__next__)
+    _steps(probe, 10, 0.01)
+    assert probe.probes == 1  # the first step only: 0.1 s of training cannot pay for another
+    epoch = EpochInfo(epoch=0, train_loss=1.0, train_acc=0.5, val_loss=None, val_acc=None, epoch_time=0.1,
+                      lr=0.1, steps=10)
+    probe.on_epoch(epoch)
+    assert probe.probes == 1  # the epoch end is budgeted too
+    probe.set_layer("conv2")
+    _steps(probe, 1, 0.01, start=10)
+    assert probe.probes == 2 and probe.latest().layer == "conv2"  # a switch asked for by the page: at once
+    _steps(probe, 400, 0.01, start=11)
+    probe.on_epoch(epoch)
+    assert probe.pace()["share"] <= 0.05 + 1e-9
+    fixed = ActivationProbe(_model(tiny_data), tiny_data.split("pool")[0], every=5, budget=None)
+    _steps(fixed, 20, 0.01)
+    fixed.on_epoch(epoch)
+    assert fixed.probes == 5 and fixed.pace()["interval"] == 5  # steps 0, 5, 10, 15 and the epoch end
+
+
+def test_probe_rejects_bad_settings(tiny_data):
+    with pytest.raises(ValueError, match="every"):
+        ActivationProbe(_model(tiny_data), tiny_data.split("pool")[0], every=0)
+    with pytest.raises(ValueError, match="budget"):
+        ActivationProbe(_model(tiny_data), tiny_data.split("pool")[0], budget=0)
 
 
 def test_workbench_job_carries_monitors_bound_to_the_training_copy(workspace, tiny_data):
