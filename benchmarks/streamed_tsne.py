@@ -1,21 +1,30 @@
-"""Streamed t-SNE: a warm update of core.embed.EmbeddingStream against a cold scikit-learn TSNE.
+"""Streamed t-SNE: a warm update of core.embed.EmbeddingStream against a cold openTSNE layout
+with the page's settings (the work it replaces) and a cold scikit-learn TSNE.
 
 The points are real activations: a seed-cnn is trained for one epoch on the data, and the
 128-D outputs of its ``fc1`` layer (``--layer``) for ``--points`` images drawn from all splits
 are snapshot A. Snapshot B is the same images after one more SGD step of the model (what the
 training monitor sees between two refreshes). The stream was updated once on A (cold,
 untimed); what is timed is its update on B (warm start, ``warm_iter`` = 100 iterations, no
-early exaggeration). The reference is what a user would otherwise run on B: a cold
-``sklearn.manifold.TSNE`` with the same perplexity (30), PCA initialisation and seed.
-Both run on one thread (openTSNE ``n_jobs=1``; scikit-learn's OpenMP and BLAS pools limited
+early exaggeration). Two references, timed in the same run, interleaved (rotating order):
+
+- ``opentsne_cold`` (headline, same work otherwise done): what the page computes for a first
+  layout, :func:`core.embed.tsne_layout` on B with the same perplexity (30), seed and
+  iteration count (the stream's ``cold_iter`` = 500 after 250 of early exaggeration);
+- ``sklearn``: ``sklearn.manifold.TSNE`` on B with the same perplexity, PCA initialisation and
+  seed (its default 1,000 iterations): what a user would otherwise reach for.
+
+All run on one thread (openTSNE ``n_jobs=1``; scikit-learn's OpenMP and BLAS pools limited
 to 1 with threadpoolctl). Default data: ``../shared/data/quickdraw`` (7 classes, 600 drawings
 each) when present, else the bundled ``digits`` (about 1,800 images, so fewer points).
 
-Also reported: how far a warm update of unchanged data (A again) moves the points, against a
-cold layout of A with another seed (mean distance / RMS radius of the new layout), and the
-trustworthiness (10 neighbours) of both timed layouts of B, so speed is not bought with quality.
+Quality, per layout of B: trustworthiness (10 neighbours), and displacement from the layout
+of A the page showed before (mean distance / RMS radius): raw, and after the best
+similarity transform (Procrustes: shift, rotation or reflection, scale), which is fair to a
+cold layout whose frame is arbitrary. Also: how far a warm update of unchanged data (A again)
+moves the points, against a cold layout of A with another seed.
 
-    python benchmarks/streamed_tsne.py [--data PATH|NAME] [--points 2000] [--pairs 5] [--seed 0] [--quick] [--json PATH]
+    python benchmarks/streamed_tsne.py [--data PATH|NAME] [--points 2000] [--pairs 5] [--seed 100] [--quick] [--json PATH]
 """
 from __future__ import annotations
 
@@ -29,7 +38,7 @@ import torch.nn.functional as F
 from sklearn.manifold import TSNE, trustworthiness
 from threadpoolctl import threadpool_limits
 
-from _common import ROOT, interleaved, machine, print_table, write_json  # noqa: I001
+from _common import ROOT, interleaved_many, machine, print_table, seeds_record, write_json  # noqa: I001
 from core.data import load_dataset
 from core.embed import EmbeddingStream, layer_activations, tsne_layout
 from core.engine import TrainConfig, fit
@@ -42,6 +51,23 @@ PERPLEXITY = 30.0
 
 def rms_radius(p: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.sum((p - p.mean(0)) ** 2, axis=1))))
+
+
+def displacement(prev: np.ndarray, new: np.ndarray) -> float:
+    """Mean distance of each point from its previous position / RMS radius of the new layout."""
+    return float(np.linalg.norm(new - prev, axis=1).mean() / rms_radius(new))
+
+
+def aligned_displacement(prev: np.ndarray, new: np.ndarray) -> float:
+    """:func:`displacement` after moving ``new`` onto ``prev`` by the best similarity transform
+    (shift, rotation or reflection, uniform scale; orthogonal Procrustes)."""
+    a = np.asarray(prev, np.float64) - np.mean(prev, 0)
+    b = np.asarray(new, np.float64) - np.mean(new, 0)
+    u, sv, vt = np.linalg.svd(b.T @ a)
+    rot = u @ vt
+    scale = sv.sum() / max(float((b ** 2).sum()), 1e-300)
+    fitted = scale * b @ rot
+    return float(np.linalg.norm(fitted - a, axis=1).mean() / rms_radius(a))
 
 
 def snapshots(data, layer: str, points: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -71,6 +97,10 @@ def snapshots(data, layer: str, points: int, seed: int) -> tuple[np.ndarray, np.
     return a, b, info
 
 
+TUNED_ON = [0]
+TUNED = "EmbeddingStream's warm_iter (100) and cold_iter (500) defaults, set with runs on seed 0"
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=None,
@@ -78,16 +108,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--limit-per-class", type=int, default=600, help="images per class read from folder sources")
     ap.add_argument("--layer", default="fc1", help="seed-cnn layer whose activations are laid out")
     ap.add_argument("--points", type=int, default=2000)
-    ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--pairs", type=int, default=5, help="timed rounds (each runs ours and both references)")
     ap.add_argument("--warm-iter", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="small run for CI (500 points, 3 pairs)")
+    ap.add_argument("--seed", type=int, default=100)
+    ap.add_argument("--quick", action="store_true", help="small run for CI (300 points, 2 rounds)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     if args.quick:
-        args.points, args.pairs, args.limit_per_class = 500, 3, 100
+        args.points, args.pairs, args.limit_per_class = 300, 2, 60
     source = args.data or (str(DEFAULT_DATA) if DEFAULT_DATA.exists() else "digits")
     limit = None if source == "digits" else args.limit_per_class
+    prov = machine("cpu")
 
     data = load_dataset(source, seed=args.seed, limit_per_class=limit)
     x_a, x_b, info = snapshots(data, args.layer, args.points, args.seed)
@@ -96,56 +127,74 @@ def main(argv: list[str] | None = None) -> dict:
 
     with threadpool_limits(limits=1):
         primed = EmbeddingStream("tsne", perplexity=PERPLEXITY, seed=args.seed, warm_iter=args.warm_iter)
-        first = primed.update(x_a, ids)  # the previous snapshot's layout (cold, untimed)
+        first = primed.update(x_a, ids)  # the layout of A the page shows (cold, untimed)
 
         # how far points move: warm update of unchanged data vs a cold layout with another seed
         again = copy.deepcopy(primed)
         again.update(x_a, ids)
         disp_warm = float(again.last_displacement)
         cold = tsne_layout(x_a, perplexity=PERPLEXITY, seed=args.seed + 1, n_iter=primed.cold_iter)
-        disp_cold = float(np.linalg.norm(cold - first, axis=1).mean() / rms_radius(cold))
+        disp_cold = displacement(first, cold)
 
         warmup = 1
         streams = [copy.deepcopy(primed) for _ in range(args.pairs + warmup)]
         out: dict[str, np.ndarray] = {}
-        step_disp: list[float] = []
 
         def ours() -> None:
-            s = streams.pop()
-            out["ours"] = s.update(x_b, ids)
-            step_disp.append(float(s.last_displacement))
+            out["ours"] = streams.pop().update(x_b, ids)
 
-        def reference() -> None:
-            out["reference"] = TSNE(n_components=2, perplexity=PERPLEXITY, init="pca", learning_rate="auto",
-                                    random_state=args.seed, n_jobs=1).fit_transform(x_b)
+        def opentsne_cold() -> None:
+            out["opentsne_cold"] = tsne_layout(x_b, perplexity=PERPLEXITY, seed=args.seed, n_iter=primed.cold_iter)
 
-        r = interleaved(ours, reference, pairs=args.pairs, warmup=warmup)
-        trust_ours = float(trustworthiness(x_b, out["ours"], n_neighbors=10))
-        trust_ref = float(trustworthiness(x_b, out["reference"], n_neighbors=10))
+        def sklearn() -> None:
+            out["sklearn"] = TSNE(n_components=2, perplexity=PERPLEXITY, init="pca", learning_rate="auto",
+                                  random_state=args.seed, n_jobs=1).fit_transform(x_b)
 
+        r = interleaved_many({"ours": ours, "opentsne_cold": opentsne_cold, "sklearn": sklearn},
+                             rounds=args.pairs, warmup=warmup)
+        quality = {k: {"trustworthiness": float(trustworthiness(x_b, v, n_neighbors=10)),
+                       "displacement": displacement(first, v), "displacement_aligned": aligned_displacement(first, v)}
+                   for k, v in out.items()}
+
+    ratio = r["ratio"]["ours"]
     result = {
         "name": "streamed_tsne",
-        "ours_s": r["ours_s"],
-        "reference_s": r["reference_s"],
-        "ratio": r["ratio"],
+        "ours_s": r["median_s"]["ours"],
+        "reference_s": r["median_s"]["opentsne_cold"],
+        "reference": "opentsne_cold",
+        "ratio": ratio["opentsne_cold"],
         "target": TARGET,
-        "pass": r["ratio"] <= TARGET,
-        "mean_displacement_warm": disp_warm,
-        "mean_displacement_cold": disp_cold,
-        "mean_displacement_warm_step": float(np.median(step_disp)),
-        "trustworthiness_ours": trust_ours,
-        "trustworthiness_reference": trust_ref,
-        "ours_all": r["ours_all"],
-        "reference_all": r["reference_all"],
+        "pass": ratio["opentsne_cold"] <= TARGET,
+        "references": {
+            "opentsne_cold": {"s": r["median_s"]["opentsne_cold"], "ratio": ratio["opentsne_cold"],
+                              "what": f"core.embed.tsne_layout, perplexity {PERPLEXITY:g}, 250 exaggerated + "
+                                      f"{primed.cold_iter} iterations, same seed (the page's first layout)"},
+            "sklearn": {"s": r["median_s"]["sklearn"], "ratio": ratio["sklearn"],
+                        "what": f"sklearn.manifold.TSNE(init='pca', learning_rate='auto', perplexity {PERPLEXITY:g}), "
+                                "1,000 iterations, same seed"},
+        },
+        "quality": quality,
+        "mean_displacement_warm_unchanged": disp_warm,
+        "mean_displacement_cold_other_seed": disp_cold,
+        "all_s": r["all_s"],
+        "quick": args.quick,
+        "seeds": seeds_record([args.seed], TUNED_ON, TUNED),
         "params": {"data": source, "limit_per_class": limit, "model": "seed-cnn", "layer": args.layer,
-                   "points": n, "perplexity": PERPLEXITY, "warm_iter": args.warm_iter,
-                   "reference": "sklearn.manifold.TSNE(init='pca', learning_rate='auto') cold",
-                   "threads": 1, "pairs": args.pairs, "seed": args.seed, **info, **machine()},
+                   "points": n, "perplexity": PERPLEXITY, "warm_iter": args.warm_iter, "cold_iter": primed.cold_iter,
+                   "threads": 1, "rounds": args.pairs, "seed": args.seed, **info},
+        "provenance": prov,
     }
-    print_table([result], ["name", "ours_s", "reference_s", "mean_displacement_warm", "mean_displacement_cold",
-                           "trustworthiness_ours", "trustworthiness_reference", "target", "pass", "ratio"])
+    rows = [{"layout of B": k, "median s": r["median_s"][k],
+             "ours / this": (ratio[k] if k != "ours" else 1.0),
+             "trustworthiness": quality[k]["trustworthiness"], "displacement": quality[k]["displacement"],
+             "displacement aligned": quality[k]["displacement_aligned"]} for k in ("ours", "opentsne_cold", "sklearn")]
+    print_table(rows, ["layout of B", "median s", "ours / this", "trustworthiness", "displacement",
+                       "displacement aligned"])
+    print(f"unchanged data: warm update moves points {disp_warm:.4f} of the radius; a cold layout with another seed "
+          f"{disp_cold:.4f}")
+    print(f"ours / sklearn TSNE: {ratio['sklearn']:.3f}")
     write_json(args.json, result)
-    print(f"ratio {result['ratio']:.3f} (target <= {TARGET})")
+    print(f"ratio ours / cold openTSNE (the page's first layout) {result['ratio']:.3f} (target <= {TARGET})")
     return result
 
 
