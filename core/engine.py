@@ -13,7 +13,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -306,29 +306,101 @@ class TrainConfig:
     device: str | None = None
     cosine: bool = False  # cosine learning-rate decay over the run
     eval_batch_size: int = 512
+    # Divergence rule (see DivergenceGuard): the run diverged when a step's loss is not finite,
+    # or when the loss, smoothed over about 5 steps, exceeds
+    # max(diverge_factor * L0, L0 + diverge_margin), L0 being the loss of the first step.
+    # None switches the second test off.
+    diverge_factor: float | None = 10.0
+    diverge_margin: float = 5.0
+
+
+LR_RANGE = (1e-5, 1.0)  # learning rates the pages accept (SGD; above 1 every zoo model diverges)
+EPOCHS_RANGE = (1, 500)
+
+
+def check_train_settings(epochs: int, lr: float) -> None:
+    """Raise ``ValueError`` with a one-line message when typed settings are out of range."""
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and LR_RANGE[0] <= lr <= LR_RANGE[1]):
+        raise ValueError(f"The learning rate must be between {LR_RANGE[0]:g} and {LR_RANGE[1]:g}; got {lr:g}. "
+                         "Type a value in that range (0.02 suits the zoo's models).")
+    if not (EPOCHS_RANGE[0] <= int(epochs) <= EPOCHS_RANGE[1]) or int(epochs) != epochs:
+        raise ValueError(f"Epochs must be a whole number from {EPOCHS_RANGE[0]} to {EPOCHS_RANGE[1]}; got {epochs:g}.")
 
 
 @dataclass
 class FitResult:
-    """How a run ended."""
+    """How a run ended.
+
+    ``status`` is "done", "stopped" or "diverged". After a divergence the model holds the
+    weights of its last epoch whose validation accuracy was not worse than at the start
+    (``kept_epochs`` of them), or the weights it had before the run (``kept_epochs == 0``).
+    """
 
     history: list[EpochInfo]
     steps: int
     stopped: bool = False
     rolled_back: bool = False
     message: str = ""
+    diverged: bool = False
+    kept_epochs: int = 0
 
     @property
     def ok(self) -> bool:
         return not self.rolled_back
 
+    @property
+    def status(self) -> str:
+        return "diverged" if self.diverged else ("stopped" if self.stopped else "done")
+
 
 class NonFiniteLoss(RuntimeError):
-    """Raised inside a step when the loss is NaN or infinite; ``step`` is the global step."""
+    """Raised inside a step when the loss is NaN or infinite, or runs away (see
+    :class:`DivergenceGuard`); ``step`` is the global step."""
 
     def __init__(self, message: str, step: int) -> None:
         super().__init__(message)
         self.step = step
+
+
+class DivergenceGuard:
+    """The documented divergence rule, checked on every step before the optimiser step.
+
+    Diverged: the loss is NaN or infinite; or its exponential moving average (weight 0.2 on
+    the newest step, about 5 steps of memory) exceeds ``max(factor * L0, L0 + margin)``, L0
+    being the first step's loss (the only one this run's updates have not touched). For a
+    fresh 10-class network L0 is about 2.3 (limit 23); for a fine-tune from a good model it is
+    small (limit about L0 + 5, a loss no useful classifier has). Noise in single batches does
+    not trip it; a learning rate that blows the weights up does within a few steps.
+    """
+
+    ALPHA = 0.2
+
+    def __init__(self, factor: float | None = 10.0, margin: float = 5.0) -> None:
+        self.factor = factor
+        self.margin = float(margin)
+        self.first: float | None = None
+        self.smoothed: float | None = None
+
+    @property
+    def limit(self) -> float | None:
+        if self.factor is None or self.first is None:
+            return None
+        return max(self.factor * self.first, self.first + self.margin)
+
+    def check(self, loss: float, *, epoch: int, step: int) -> None:
+        """Raise :class:`NonFiniteLoss` if ``loss`` shows the run diverged."""
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}", step)
+        if self.first is None:
+            self.first = self.smoothed = loss
+            return
+        self.smoothed = self.ALPHA * loss + (1 - self.ALPHA) * self.smoothed
+        limit = self.limit
+        if limit is not None and self.smoothed > limit:
+            raise NonFiniteLoss(
+                f"the loss ran away at epoch {epoch + 1}, step {step + 1} (smoothed {self.smoothed:.3g}, "
+                f"limit {limit:.3g} = max({self.factor:g} x the first step's {self.first:.3g}, "
+                f"{self.first:.3g} + {self.margin:g}))", step)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -355,11 +427,13 @@ def train_one_epoch(
     control: TrainControl | None = None,
     step0: int = 0,
     schedule: Callable[[int], float] | None = None,
+    guard: DivergenceGuard | None = None,
 ) -> tuple[float, float, int, bool]:
     """One pass over ``images``. Returns (mean loss, accuracy, steps done, stopped).
 
     Loss = weights["cls"] * CE + sum(weights[name] * term(model, batch)). Raises
-    :class:`NonFiniteLoss` before the optimiser step when the loss is not finite.
+    :class:`NonFiniteLoss` before the optimiser step when the loss is not finite or, given a
+    ``guard``, when it runs away.
     """
     loss_terms = dict(loss_terms or {})
     weights = dict(weights or {})
@@ -399,8 +473,10 @@ def train_one_epoch(
                 term_values[name] = float(value.detach())
                 loss = loss + float(weights.get(name, 1.0)) * value
         loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise NonFiniteLoss(f"loss became {loss_value} at epoch {epoch + 1}, step {step + 1}", step)
+        if guard is not None:
+            guard.check(loss_value, epoch=epoch, step=step)
+        elif not math.isfinite(loss_value):
+            raise NonFiniteLoss(f"the loss became {loss_value} at epoch {epoch + 1}, step {step + 1}", step)
         loss.backward()
         optimizer.step()
         correct = int((logits.detach().argmax(1) == y).sum())
@@ -426,10 +502,6 @@ def train_one_epoch(
     return mean_loss, acc, steps, stopped
 
 
-def _weights_finite(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
-
-
 def fit(
     model: SteerableModel,
     train: tuple[torch.Tensor, torch.Tensor],
@@ -442,14 +514,17 @@ def fit(
     callbacks: Sequence[Callback] = (),
     control: TrainControl | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    start_val_acc: float | None = None,
 ) -> FitResult:
     """Train ``model`` for ``config.epochs`` epochs on ``train`` = (images, labels), with an
     evaluation on ``val`` after each epoch.
 
     Deterministic under ``config.seed``. Stops between steps when ``control`` asks. When the
-    loss becomes NaN or infinite, the run stops and the model is put back to the last weights
-    that gave a finite loss (the start of the failing epoch at the latest), and
-    ``FitResult.message`` says so.
+    run diverges (:class:`DivergenceGuard`: a non-finite loss, or one far above the first
+    step's), it stops and the model is put back to the weights of its last epoch whose
+    validation accuracy was not worse than at the start, or to the weights it had before the
+    run; ``FitResult.diverged`` is set and ``message`` says which. ``start_val_acc`` (the
+    model's validation accuracy before the run) saves one evaluation when the caller knows it.
     """
     config = config or TrainConfig()
     device = pick_device(config.device)
@@ -461,27 +536,27 @@ def fit(
     schedule = None
     if config.cosine:
         schedule = lambda s: 0.5 * config.lr * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))  # noqa: E731
+    guard = DivergenceGuard(config.diverge_factor, config.diverge_margin)
     history: list[EpochInfo] = []
     steps = 0
-    last_good = copy.deepcopy(model.state_dict())
-    last_good_opt = copy.deepcopy(optimizer.state_dict())
+    start_state = copy.deepcopy(model.state_dict())
+    fallback, fallback_epochs = start_state, 0  # what a divergence rolls back to
     for epoch in range(config.epochs):
         t0 = time.perf_counter()
         try:
             loss, acc, n, stopped = train_one_epoch(
                 model, optimizer, images, labels, epoch=epoch, config=config, generator=generator,
                 device=device, ids=train_ids, loss_terms=loss_terms, weights=weights,
-                callbacks=callbacks, control=control, step0=steps, schedule=schedule,
+                callbacks=callbacks, control=control, step0=steps, schedule=schedule, guard=guard,
             )
         except NonFiniteLoss as exc:
-            # The weights before the failing step may already be broken (a huge update the
-            # step before); keep them only if they are all finite.
-            if not _weights_finite(model):
-                model.load_state_dict(last_good)
-                optimizer.load_state_dict(last_good_opt)
-            msg = f"Training stopped: {exc}. The model was restored to its last good weights."
+            model.load_state_dict(fallback)
+            where = ("the weights it had before the run" if fallback_epochs == 0 else
+                     f"its weights after epoch {fallback_epochs} (validation accuracy not worse than at the start)")
+            msg = f"Training diverged: {exc}. The model was put back to {where}."
             log.warning(msg)
-            return FitResult(history, exc.step, stopped=True, rolled_back=True, message=msg)
+            return FitResult(history, exc.step, stopped=True, rolled_back=True, message=msg, diverged=True,
+                             kept_epochs=fallback_epochs)
         steps += n
         epoch_time = time.perf_counter() - t0
         if stopped and n == 0:
@@ -500,8 +575,10 @@ def fit(
             cb.on_epoch(info)
         if stopped:
             break
-        last_good = copy.deepcopy(model.state_dict())
-        last_good_opt = copy.deepcopy(optimizer.state_dict())
+        if val_acc is not None and start_val_acc is None:
+            start_val_acc = _accuracy_of(model, start_state, val, config, device)
+        if val_acc is None or val_acc >= start_val_acc:
+            fallback, fallback_epochs = copy.deepcopy(model.state_dict()), epoch + 1
         if control is not None and control.pause_at_epoch_end and epoch + 1 < config.epochs:
             control.pause()
             control.wait_while_paused()
@@ -509,6 +586,14 @@ def fit(
                 return FitResult(history, steps, stopped=True, message="Stopped after a pause.")
     stopped = bool(control and control.stop_requested)
     return FitResult(history, steps, stopped=stopped, message="Stopped by request." if stopped else "")
+
+
+def _accuracy_of(model: SteerableModel, state: dict, val: tuple[torch.Tensor, torch.Tensor], config: TrainConfig,
+                 device: torch.device) -> float:
+    """Validation accuracy of ``model``'s architecture with the weights ``state`` (a scratch copy)."""
+    scratch = copy.deepcopy(model)
+    scratch.load_state_dict(state)
+    return evaluate(scratch, val[0], val[1], batch_size=config.eval_batch_size, device=device).accuracy
 
 
 def fine_tune(

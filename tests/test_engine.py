@@ -84,7 +84,8 @@ def test_freezing_mid_run_leaves_parameters_identical_from_then_on(tiny_data):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in seen["at"].items())
 
 
-def test_non_finite_loss_restores_last_good_weights(tiny_data):
+def test_non_finite_loss_rolls_back_to_last_epoch_not_worse_than_start(tiny_data):
+    """NaN in epoch 2: the weights after epoch 1 (no val set: any finished epoch counts)."""
     model = _model(tiny_data)
     snapshots = {}
 
@@ -94,18 +95,19 @@ def test_non_finite_loss_restores_last_good_weights(tiny_data):
 
     def poison(model, batch):
         poison.calls += 1
-        return torch.tensor(float("nan")) if poison.calls == 5 else batch.logits.sum() * 0
+        return torch.tensor(float("nan")) if poison.calls == 8 else batch.logits.sum() * 0
 
-    poison.calls = 0
+    poison.calls = 0  # 48 train examples / batch 8 = 6 steps per epoch: call 8 is in epoch 2
     result = fit(model, tiny_data.split("train"), None, config=TrainConfig(epochs=3, batch_size=8),
                  loss_terms={"poison": poison}, callbacks=[Keep()])
-    assert result.rolled_back and "restored" in result.message
-    assert result.steps == 4
-    last_good = snapshots[3]
-    assert all(torch.equal(last_good[k], v) for k, v in model.state_dict().items())
+    assert result.diverged and result.status == "diverged" and result.rolled_back
+    assert result.kept_epochs == 1 and "after epoch 1" in result.message
+    assert result.steps == 7
+    after_epoch_1 = snapshots[5]
+    assert all(torch.equal(after_epoch_1[k], v) for k, v in model.state_dict().items())
 
 
-def test_exploding_weights_roll_back_to_epoch_start(tiny_data):
+def test_exploding_weights_roll_back_to_the_start(tiny_data):
     model = _model(tiny_data)
     start = _state(model)
 
@@ -116,8 +118,69 @@ def test_exploding_weights_roll_back_to_epoch_start(tiny_data):
                     model.fc1.weight.fill_(float("inf"))
 
     result = fit(model, tiny_data.split("train"), None, config=TrainConfig(epochs=1, batch_size=8), callbacks=[Explode()])
-    assert result.rolled_back
+    assert result.diverged and result.kept_epochs == 0 and "before the run" in result.message
     assert all(torch.equal(start[k], v) for k, v in model.state_dict().items())
+
+
+def test_learning_rate_1_on_seed_cnn_diverges_and_restores_the_start():
+    """The reported bug: lr 1.0 on Home drove the loss to ~6e25 and the run was saved."""
+    from core.data import load_dataset
+
+    data = load_dataset("digits")
+    model = _model(data)
+    start = _state(model)
+    result = fit(model, data.split("train"), data.split("val"), config=TrainConfig(epochs=2, lr=1.0))
+    assert result.diverged and result.status == "diverged"
+    assert result.kept_epochs == 0
+    assert all(torch.equal(start[k], v) for k, v in model.state_dict().items())
+
+
+def test_runaway_loss_after_a_good_epoch_keeps_that_epoch(tiny_data):
+    """A finite loss far above the first step's (the guard's second test) ends the run; the
+    epoch before it kept the validation accuracy, so its weights are kept."""
+    model = _model(tiny_data)
+
+    def runaway(model, batch):
+        runaway.calls += 1
+        return (batch.logits.sum() * 0 + 1e4) if runaway.calls > 12 else batch.logits.sum() * 0
+
+    runaway.calls = 0  # 48 train examples / batch 8 = 6 steps per epoch: epochs 1-2 are clean
+    result = fit(model, tiny_data.split("train"), tiny_data.split("val"),
+                 config=TrainConfig(epochs=4, batch_size=8, lr=0.05), loss_terms={"runaway": runaway})
+    assert result.diverged and "ran away" in result.message
+    assert result.kept_epochs == 2
+    assert len(result.history) == 2
+
+
+def test_divergence_guard_rule():
+    from core.engine import DivergenceGuard, NonFiniteLoss
+
+    guard = DivergenceGuard(factor=10, margin=5)
+    guard.check(2.3, epoch=0, step=0)
+    assert guard.limit == pytest.approx(23.0)
+    for step, loss in enumerate([2.2, 3.5, 1.9, 40.0, 2.0], start=1):  # one noisy batch is absorbed
+        guard.check(loss, epoch=0, step=step)
+    with pytest.raises(NonFiniteLoss, match="ran away"):
+        for step in range(6, 20):
+            guard.check(60.0, epoch=0, step=step)
+    small = DivergenceGuard(factor=10, margin=5)
+    small.check(0.05, epoch=0, step=0)
+    assert small.limit == pytest.approx(5.05)
+    with pytest.raises(NonFiniteLoss, match="nan"):
+        small.check(float("nan"), epoch=0, step=1)
+
+
+def test_check_train_settings_messages():
+    from core.engine import check_train_settings
+
+    check_train_settings(5, 0.02)
+    check_train_settings(1, 1.0)
+    with pytest.raises(ValueError, match="learning rate must be between"):
+        check_train_settings(5, 5.0)
+    with pytest.raises(ValueError, match="learning rate"):
+        check_train_settings(5, float("nan"))
+    with pytest.raises(ValueError, match="Epochs must be a whole number"):
+        check_train_settings(0, 0.02)
 
 
 def test_stop_between_steps(tiny_data):
