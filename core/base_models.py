@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from core.data import ImageDataset
 from core.engine import TrainConfig
-from core.jobs import Job, JobRunner
+from core.jobs import ComputeBudget, Job, JobRunner
 from core.models import SteerableModel, build_model, model_from_checkpoint, save_checkpoint
 from core.store import Store
 from core.workbench import base_checkpoint_path, train_base_model, version_metrics
@@ -33,8 +33,9 @@ class BaseModels:
     workbench does).
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, budget: ComputeBudget | None = None) -> None:
         self.store = store
+        self.budget = budget
         self._lock = threading.Lock()
         self._models: dict[str, SteerableModel] = {}
         self._metrics: dict[str, dict] = {}
@@ -54,7 +55,7 @@ class BaseModels:
                     self._metrics[key] = version_metrics(self._models[key], data)
                 return BaseStatus(self._models[key], None, key, self._metrics[key])
             job = self._jobs.get(key)
-            if job is None or job.status in ("failed", "stopped"):
+            if job is None or job.status in ("failed", "stopped", "diverged"):
                 if not train:
                     return BaseStatus(None, job, key)
                 job = self._start(data, source, arch, config or DEFAULT_BASE_CONFIG, key)
@@ -64,9 +65,12 @@ class BaseModels:
         steps = config.epochs * -(-len(data.ids("train")) // config.batch_size)
         job = Job("base", steps, f"base model: {arch} on {source}")
 
-        def work(job: Job) -> str:
+        def work(job: Job) -> str | None:
             model, result = train_base_model(data, arch, config=config, callbacks=[job], control=job.control)
-            if result.stopped or result.rolled_back:
+            if result.diverged:
+                job.declare("diverged", result.message)
+                return None
+            if result.stopped:
                 raise RuntimeError(result.message or "base training was stopped")
             save_checkpoint(model, key, data.classes, {"data": source, "metrics": version_metrics(model, data)})
             with self._lock:
@@ -74,7 +78,7 @@ class BaseModels:
             return key
 
         self._jobs[key] = job
-        JobRunner().start(job, work)
+        JobRunner(self.budget).start(job, work)
         return job
 
 

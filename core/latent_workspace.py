@@ -18,6 +18,7 @@ from core.feedback.latent import (
     DEFAULT_VARIANT,
     VARIANTS,
     LatentMoveLoss,
+    Move,
     MoveList,
     implied_labels,
     lift_targets,
@@ -89,14 +90,80 @@ def latent_view(wb: Workbench, branch: ProjectionBranch) -> LatentView:
                       projection_r2(branch, feats.numpy()), feats.numpy())
 
 
+HISTORY_KEY = "latent.history"
+PENDING_KEY = "latent.pending"
+RESULT_KEY = "latent.result"
+
+
+def _stack_json(stack: list[dict[int, Move]]) -> list[list[dict[str, Any]]]:
+    return [[{"example_id": int(e), **m.payload()} for e, m in state.items()] for state in stack]
+
+
+def _stack_from_json(raw: list) -> list[dict[int, Move]]:
+    return [{int(p["example_id"]): Move.from_payload(int(p["example_id"]), p) for p in state} for state in raw]
+
+
 def load_moves(wb: Workbench) -> MoveList:
-    """The move list as saved in the store."""
-    return MoveList.from_items([(a.example_id, a.payload) for a in wb.annotations(KIND)])
+    """The move list as saved in the store, with its undo and redo history."""
+    moves = MoveList.from_items([(a.example_id, a.payload) for a in wb.annotations(KIND)])
+    history = wb.store.get_state(wb.id, HISTORY_KEY) or {}
+    try:
+        moves.undo_stack = _stack_from_json(history.get("undo", []))
+        moves.redo_stack = _stack_from_json(history.get("redo", []))
+    except (KeyError, TypeError, ValueError):  # a history from another release: keep the moves
+        moves.undo_stack, moves.redo_stack = [], []
+    return moves
 
 
-def save_moves(wb: Workbench, moves: MoveList) -> None:
-    """Write the move list to the store (before the page shows it as moved)."""
-    wb.replace_annotations(KIND, moves.items())
+def save_moves(wb: Workbench, moves: MoveList, **state: Any) -> None:
+    """Write the move list and its undo/redo history to the store in one transaction (before
+    the page shows the move); ``state`` adds page-state keys to the same transaction."""
+    history = {"undo": _stack_json(moves.undo_stack[-MAX_HISTORY:]), "redo": _stack_json(moves.redo_stack[-MAX_HISTORY:])}
+    wb.replace_annotations(KIND, moves.items(), state={HISTORY_KEY: history, **state})
+
+
+MAX_HISTORY = 50  # undo steps kept on disk
+
+
+class SavedBefore:
+    """The moved points' positions and predictions before an Update, as saved in the store
+    (duck-types the parts of :class:`LatentView` that :func:`update_summary` reads)."""
+
+    def __init__(self, rows: dict[str, Any]) -> None:
+        self.ids = np.array([int(e) for e in rows], dtype=np.int64)
+        self.coords = np.array([rows[e]["xy"] for e in rows], dtype=np.float64).reshape(-1, 2)
+        self.preds = np.array([rows[e]["pred"] for e in rows], dtype=np.int64)
+
+    def index_of(self) -> dict[int, int]:
+        return {int(e): i for i, e in enumerate(self.ids)}
+
+
+def pending_update(view: LatentView, moves: MoveList, test_before: dict[str, Any], version_before: int) -> dict[str, Any]:
+    """What the page saves when Update starts, so any tab (or the same tab after a refresh)
+    can write the result once the job has made its version."""
+    idx = view.index_of()
+    return {
+        "version_before": int(version_before),
+        "test_before": test_before,
+        "moves": [{"example_id": int(e), **m.payload()} for e, m in moves.moves.items()],
+        "before": {str(e): {"xy": view.coords[idx[e]].tolist(), "pred": int(view.preds[idx[e]])}
+                   for e in moves.moves if e in idx},
+    }
+
+
+def finish_update(wb: Workbench, pending: dict[str, Any], after: LatentView) -> dict[str, Any]:
+    """The result of an Update whose version exists: the summary, saved in the store together
+    with the cleared move list (the clearing is one undo step, so Undo brings the moves back)."""
+    moves = MoveList({int(p["example_id"]): Move.from_payload(int(p["example_id"]), p) for p in pending["moves"]})
+    before = SavedBefore(pending["before"])
+    summary = update_summary(wb, before, after, moves, pending["test_before"], heldout_metrics(wb))
+    summary["version"] = wb.current_version
+    summary["before_coords"] = {str(e): row["xy"] for e, row in pending["before"].items()}
+    summary["targets"] = {str(e): list(m.target) for e, m in moves.moves.items()}
+    current = load_moves(wb)
+    current.clear()
+    save_moves(wb, current, **{RESULT_KEY: summary, PENDING_KEY: None})
+    return summary
 
 
 @dataclass

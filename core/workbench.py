@@ -25,7 +25,7 @@ from core.engine import (
     fit,
     pick_device,
 )
-from core.jobs import Job, JobRunner
+from core.jobs import ComputeBudget, Job, JobRunner
 from core.models import (
     SteerableModel,
     build_model,
@@ -34,9 +34,13 @@ from core.models import (
     read_checkpoint,
     save_checkpoint,
 )
-from core.store import Annotation, Store, VersionRecord
+from core.store import Annotation, Store, VersionRecord, new_workbench_id
 
 log = logging.getLogger(__name__)
+
+
+class WorkbenchError(RuntimeError):
+    """A workbench in the store cannot be opened (no versions, unreadable)."""
 
 
 def base_key(data_source: str, arch: str, seed: int = 0) -> str:
@@ -85,7 +89,8 @@ class Workbench:
     """
 
     def __init__(self, store: Store, wb_id: str, data: ImageDataset, data_source: str, arch: str,
-                 model: SteerableModel, settings: dict[str, Any], current_version: int) -> None:
+                 model: SteerableModel, settings: dict[str, Any], current_version: int,
+                 budget: ComputeBudget | None = None) -> None:
         self.store = store
         self.id = wb_id
         self.data = data
@@ -95,48 +100,55 @@ class Workbench:
         self.model = model
         self.current_version = current_version
         self.lock = threading.RLock()
-        self.jobs = JobRunner()
+        self.jobs = JobRunner(budget)
         self._cache: dict[tuple[int, str, bool], EvalResult] = {}
 
     # ------------------------------------------------------------------ creation
     @classmethod
     def create(cls, store: Store, data: ImageDataset, data_source: str, base_model: SteerableModel,
                *, base_checkpoint: str | Path | None = None, settings: dict[str, Any] | None = None,
-               description: str = "base model", metrics: dict[str, Any] | None = None) -> "Workbench":
+               description: str = "base model", metrics: dict[str, Any] | None = None,
+               budget: ComputeBudget | None = None) -> "Workbench":
         """A new workbench whose version 0 is (a deep copy of) ``base_model``.
 
         ``base_checkpoint``: an existing read-only checkpoint of the base model to point
-        version 0 at instead of writing a copy.
+        version 0 at instead of writing a copy. Everything that can fail (metrics, the
+        checkpoint) happens before the workbench row and its version 0 are written together,
+        so a failure leaves no workbench without versions behind.
         """
         arch = base_model.info.arch
         settings = dict(settings or {})
-        record = store.create_workbench(data_source, arch, settings)
         model = copy.deepcopy(base_model).cpu().train()
-        wb = cls(store, record.id, data, data_source, arch, model, settings, 0)
-        if base_checkpoint is None:
-            base_checkpoint = store.workbench_dir(wb.id) / "v0.pt"
-            save_checkpoint(model, base_checkpoint, data.classes, {"description": description})
         if metrics is None:  # a shared base model's metrics can be computed once and passed in
             metrics = version_metrics(model, data)
-        store.add_version(wb.id, VersionRecord(0, None, time.time(), description, str(base_checkpoint), {}, dict(metrics)))
-        return wb
+        wb_id = new_workbench_id()
+        if base_checkpoint is None:
+            base_checkpoint = store.workbench_dir(wb_id) / "v0.pt"
+            save_checkpoint(model, base_checkpoint, data.classes, {"description": description})
+        base = VersionRecord(0, None, time.time(), description, str(base_checkpoint), {}, dict(metrics))
+        store.create_workbench(data_source, arch, settings, wb_id, base=base)
+        return cls(store, wb_id, data, data_source, arch, model, settings, 0, budget)
 
     @classmethod
-    def open(cls, store: Store, wb_id: str, *, loader: Callable[..., ImageDataset] | None = None) -> "Workbench":
+    def open(cls, store: Store, wb_id: str, *, loader: Callable[..., ImageDataset] | None = None,
+             budget: ComputeBudget | None = None) -> "Workbench":
         """Reopen a workbench by id with its current version loaded.
 
-        Raises ``KeyError`` for an unknown id. ``loader(source, seed=...)`` loads the dataset
-        (defaults to :func:`core.data.load_dataset`; the app passes a cached one).
+        Raises ``KeyError`` for an unknown id and :class:`WorkbenchError` for one that has no
+        versions. ``loader(source, seed=...)`` loads the dataset (defaults to
+        :func:`core.data.load_dataset`; the app passes a cached one).
         """
         record = store.get_workbench(wb_id)
         if record is None:
             raise KeyError(f"No workbench with id {wb_id!r} in {store.root}")
+        versions = {v.number: v for v in store.versions(wb_id)}
+        if not versions:
+            raise WorkbenchError(f"workbench {wb_id} has no model versions (it was left half-created)")
         loader = loader or load_dataset
         data = loader(record.data_source, seed=int(record.settings.get("data_seed", 0)))
-        versions = {v.number: v for v in store.versions(wb_id)}
         current = record.current_version if record.current_version in versions else max(versions)
         model = model_from_checkpoint(versions[current].checkpoint)
-        return cls(store, wb_id, data, record.data_source, record.arch, model, record.settings, current)
+        return cls(store, wb_id, data, record.data_source, record.arch, model, record.settings, current, budget)
 
     # ------------------------------------------------------------------ versions
     def versions(self) -> list[VersionRecord]:
@@ -149,20 +161,22 @@ class Workbench:
         raise KeyError(f"Workbench {self.id} has no version {number}")
 
     def commit_version(self, model: SteerableModel, description: str, feedback: Mapping[str, Any] | None = None,
-                       extra_metrics: Mapping[str, Any] | None = None) -> VersionRecord:
-        """Save ``model`` as a new version (checkpoint first, then the database row) and make
-        it the current model."""
+                       extra_metrics: Mapping[str, Any] | None = None, *, parent: int | None = None) -> VersionRecord:
+        """Save ``model`` as a new version and make it the current model. The number, the
+        checkpoint file and the row are allocated together (:meth:`Store.commit_version`), so
+        concurrent commits never cross. ``parent`` defaults to the current version."""
         model = model.cpu()
         metrics = version_metrics(model, self.data)
         metrics.update(extra_metrics or {})
+        fb = dict(feedback or {})
         with self.lock:
-            number = self.store.next_version_number(self.id)
-            path = self.store.workbench_dir(self.id) / f"v{number}.pt"
-            save_checkpoint(model, path, self.data.classes, {"description": description, "feedback": dict(feedback or {})})
-            record = VersionRecord(number, self.current_version, time.time(), description, str(path), dict(feedback or {}), metrics)
-            self.store.add_version(self.id, record)
+            parent = self.current_version if parent is None else parent
+            record = self.store.commit_version(
+                self.id, lambda path: save_checkpoint(model, path, self.data.classes,
+                                                      {"description": description, "feedback": fb}),
+                parent=parent, description=description, feedback=fb, metrics=metrics)
             self.model = model
-            self.current_version = number
+            self.current_version = record.number
         return record
 
     def restore(self, number: int) -> None:
@@ -194,9 +208,11 @@ class Workbench:
         if hit is not None:
             return hit
         result = evaluate(model, *self.data.split(split), with_features=with_features)
-        # keep the caches of the current version only: memory stays bounded
-        self._cache = {k: v for k, v in self._cache.items() if k[0] == version}
-        self._cache[key] = result
+        with self.lock:  # tabs of one workbench share this cache
+            # keep the caches of the current version only: memory stays bounded
+            self._cache = {k: v for k, v in self._cache.items() if k[0] == self.current_version}
+            if version == self.current_version:
+                self._cache[key] = result
         return result
 
     # ------------------------------------------------------------------ annotations
@@ -206,8 +222,19 @@ class Workbench:
     def annotations(self, kind: str | None = None) -> list[Annotation]:
         return self.store.annotations(self.id, kind)
 
-    def replace_annotations(self, kind: str, items: list[tuple[int, dict[str, Any]]]) -> None:
-        self.store.replace_annotations(self.id, kind, items)
+    def replace_annotations(self, kind: str, items: list[tuple[int, dict[str, Any]]],
+                            state: dict[str, Any] | None = None) -> None:
+        """Make the annotations of ``kind`` exactly ``items``; ``state`` (page-state values)
+        is written in the same transaction."""
+        self.store.replace_annotations(self.id, kind, items, state)
+
+    def get_state(self, key: str, default: Any = None) -> Any:
+        """A value a page saved for this workbench (see :meth:`Store.put_state`)."""
+        return self.store.get_state(self.id, key, default)
+
+    def put_state(self, key: str, value: Any) -> None:
+        """Save a JSON-able value for this workbench's pages (None deletes it)."""
+        self.store.put_state(self.id, key, value)
 
     def update_settings(self, **values: Any) -> None:
         """Merge ``values`` into the workbench's settings and write them to the store at once."""
@@ -230,29 +257,38 @@ class Workbench:
         train: tuple[torch.Tensor, torch.Tensor] | None = None,
         train_ids: torch.Tensor | None = None,
         listeners: Sequence[Callback] = (),
-        keep_if_stopped: bool = True,
+        keep_if_stopped: bool = False,
         frozen: Sequence[str] = (),
         attach: Callable[[SteerableModel], Sequence[Callback]] | None = None,
         pause_at_epoch_end: bool = False,
+        kind: str = "train",
     ) -> Job:
-        """Train a copy of the current model in the background; when it ends (or is stopped
-        with ``keep_if_stopped``), it becomes a new version. Returns the job to poll.
+        """Train a copy of the current model in the background; returns the job to poll.
 
-        ``attach(model)`` builds callbacks bound to the training copy (statistics hooks, probes);
-        they are kept in ``job.attached`` and the copy in ``job.model`` for the pages to read.
+        How it ends: ``done`` makes a new version. ``stopped`` makes one only with
+        ``keep_if_stopped``; otherwise the partly trained copy waits in ``job.partial`` for
+        :meth:`keep_partial`. ``diverged`` (see :class:`core.engine.DivergenceGuard`) never
+        makes a version; if an epoch before the divergence kept the validation accuracy, its
+        weights wait in ``job.partial``. ``failed``: an error, nothing changed.
+
+        ``attach(model)`` builds callbacks bound to the training copy (statistics hooks,
+        probes), kept in ``job.attached``. Pages read the copy's weights only through
+        ``job.weights()`` (snapshots taken in the training thread).
         """
         images, labels = train if train is not None else self.data.split("train")
         if train is None:
             train_ids = torch.as_tensor(self.data.ids("train"), dtype=torch.long)
         steps_per_epoch = -(-len(images) // config.batch_size)
-        job = Job("train", config.epochs * steps_per_epoch, description, total_epochs=config.epochs)
+        job = Job(kind, config.epochs * steps_per_epoch, description, total_epochs=config.epochs)
         job.listeners = list(listeners)
         job.control.set_frozen(frozen)
         job.control.pause_at_epoch_end = pause_at_epoch_end
         with self.lock:
             model = copy.deepcopy(self.model)
+            base_version = self.current_version
+        start_val_acc = self.version(base_version).metrics.get("val_acc") if train is None else None
         pick_device(config.device)  # fails now, in the page, if the device is not there
-        job.model = model
+        job.publish_weights_of(model)
         job.attached = list(attach(model)) if attach is not None else []
         job.listeners.extend(job.attached)
 
@@ -267,20 +303,67 @@ class Workbench:
 
         def run(job: Job) -> VersionRecord | None:
             result = fit(model, (images, labels), self.data.split("val"), config=config, train_ids=train_ids,
-                         loss_terms=loss_terms, weights=weights, callbacks=[job], control=job.control)
-            job.message = result.message
-            if result.rolled_back:
-                job.status = "failed"
-                job.error = result.message
-                if result.steps == 0:
-                    return None
-            if result.steps == 0 or (result.stopped and not keep_if_stopped):
-                return None
-            note = description if not result.stopped else f"{description} (stopped after {result.steps} steps)"
+                         loss_terms=loss_terms, weights=weights, callbacks=[job], control=job.control,
+                         start_val_acc=start_val_acc)
             fb = dict(feedback or {})
             fb.update({"epochs": len(result.history), "steps": result.steps, "lr": config.lr,
                        "frozen": sorted(job.control.frozen())})
-            return self.commit_version(model, note, fb, {"history": [
-                {k: e[k] for k in ("epoch", "train_loss", "train_acc", "val_acc", "epoch_time")} for e in job.epochs]})
+            history = {"history": [{k: e[k] for k in ("epoch", "train_loss", "train_acc", "val_acc", "epoch_time")}
+                                   for e in job.epochs]}
+            job.commit_args = (fb, history, base_version)
+            if result.diverged:
+                if result.kept_epochs:
+                    job.partial = model
+                    job.partial_note = f"weights after epoch {result.kept_epochs}, before the divergence"
+                job.declare("diverged", result.message)
+                return None
+            if result.stopped:
+                if result.steps == 0:
+                    job.declare("stopped", "Stopped before the first step; nothing changed.")
+                    return None
+                if not keep_if_stopped:
+                    job.partial = model
+                    job.partial_note = f"stopped after {result.steps} of {job.total_steps} steps"
+                    job.declare("stopped", result.message)
+                    return None
+                job.declare("stopped", result.message)
+                return self.commit_version(model, f"{description} (stopped after {result.steps} steps)", fb, history,
+                                           parent=base_version)
+            return self.commit_version(model, description, fb, history, parent=base_version)
 
-        return self.jobs.start(job, work)
+        return self.jobs.start(job, work, recorder=StoreJobRecorder(self.store, self.id, base_version))
+
+    def keep_partial(self, job: Job) -> VersionRecord:
+        """Make the partly trained model of a stopped or diverged ``job`` a new version (the
+        user chose to keep it). Raises ``ValueError`` when there is nothing to keep."""
+        if job.running or job.partial is None or job.kept is not None:
+            raise ValueError("This job left no partial result to keep.")
+        fb, history, base_version = job.commit_args or ({}, {}, None)
+        record = self.commit_version(job.partial, f"{job.description} ({job.partial_note}, kept by the user)",
+                                     {**fb, "kept_partial": True, "ended_as": job.status}, history, parent=base_version)
+        job.kept, job.partial = record, None
+        return record
+
+
+class StoreJobRecorder:
+    """Writes a workbench job's life to the store: started, progress every few seconds,
+    and how it ended, so a restart can say which job was interrupted."""
+
+    def __init__(self, store: Store, wb_id: str, base_version: int) -> None:
+        self.store = store
+        self.wb_id = wb_id
+        self.base_version = base_version
+
+    def started(self, job: Job) -> None:
+        job.record_id = self.store.start_job(self.wb_id, job.kind, job.description, job.total_steps,
+                                             status=job.status, base_version=self.base_version)
+
+    def progress(self, job: Job) -> None:
+        if job.record_id is not None:
+            self.store.update_job(job.record_id, status=job._status_now(), done_steps=job.done_steps)
+
+    def ended(self, job: Job) -> None:
+        if job.record_id is not None:
+            version = job.result.number if isinstance(job.result, VersionRecord) else None
+            self.store.end_job(job.record_id, job.status, done_steps=job.done_steps,
+                               message=job.error or job.message, result_version=version)

@@ -135,8 +135,8 @@ def test_workbench_job_carries_monitors_bound_to_the_training_copy(workspace, ti
     assert job.wait(60) and job.status == "done", job.error
     mons = Monitors.of(job.attached)
     assert isinstance(mons.stats, LayerStats) and isinstance(mons.settle, SettleTracker) and mons.probe is not None
-    assert mons.stats.model is job.model and job.model is not shown  # bound to the copy, not the shown model
-    assert wb.model is job.model  # which became the new version
+    assert mons.stats.model is not shown  # bound to the training copy, not the shown model
+    assert wb.model is mons.stats.model  # which became the new version
     assert mons.stats.snapshot().step == job.view()["done_steps"] - 1
     rows = mons.settle.table()
     assert [r["group"] for r in rows] == list(wb.model.layer_groups)

@@ -73,7 +73,7 @@ def test_annotations_replace_and_clear(workspace, tiny_data):
     assert wb.annotations("grid") == [] and len(wb.annotations()) == 1
 
 
-def test_stopped_job_keeps_partial_version_and_isolated_copy(workspace, tiny_data):
+def test_stopped_job_makes_no_version_until_the_user_keeps_it(workspace, tiny_data):
     wb = _make(Store(workspace), tiny_data)
     base_state = {k: v.clone() for k, v in wb.model.state_dict().items()}
     seen = []
@@ -90,9 +90,82 @@ def test_stopped_job_keeps_partial_version_and_isolated_copy(workspace, tiny_dat
         time.sleep(0.01)
     job.stop()
     assert job.wait(30)
-    assert job.status == "stopped"
-    assert wb.current_version == 1 and "stopped after" in wb.versions()[1].description
+    assert job.status == "stopped" and job.result is None
+    assert wb.current_version == 0 and len(wb.versions()) == 1
+    assert job.view()["has_partial"] and "stopped after" in job.partial_note
     assert len(seen) < 50 * 6
+    kept = wb.keep_partial(job)
+    assert kept.number == 1 and wb.current_version == 1 and "kept by the user" in kept.description
+    assert kept.feedback["ended_as"] == "stopped" and not job.view()["has_partial"]
+    with pytest.raises(ValueError):
+        wb.keep_partial(job)
+    assert [j.status for j in wb.store.jobs(wb.id)] == ["stopped"]
+
+
+def test_stopped_job_with_keep_if_stopped_commits_at_once(workspace, tiny_data):
+    wb = _make(Store(workspace), tiny_data)
+
+    class StopAt(Callback):
+        def on_step(self, info):
+            if info.step == 2:
+                job.stop()
+
+    job = wb.start_training(TrainConfig(epochs=5, batch_size=8), description="partial", listeners=[StopAt()],
+                            keep_if_stopped=True)
+    assert job.wait(30) and job.status == "stopped"
+    assert wb.current_version == 1 and "stopped after" in wb.versions()[1].description
+
+
+def test_diverged_run_makes_no_version_and_says_so(workspace):
+    """lr 1.0 on seed-cnn (the bug: it was saved as the current version and called a success)."""
+    from core.data import load_dataset
+
+    data = load_dataset("digits")
+    store = Store(workspace)
+    wb = Workbench.create(store, data, "digits", build_model("seed-cnn", 1, 28, 10, seed=0))
+    before = {k: v.clone() for k, v in wb.model.state_dict().items()}
+    job = wb.start_training(TrainConfig(epochs=2, lr=1.0), description="lr 1.0")
+    assert job.wait(120)
+    assert job.status == "diverged" and "diverged" in job.message
+    assert job.result is None and job.partial is None
+    assert wb.current_version == 0 and [v.number for v in wb.versions()] == [0]
+    assert all(torch.equal(before[k], v) for k, v in wb.model.state_dict().items())
+    (record,) = store.jobs(wb.id)
+    assert record.status == "diverged" and record.result_version is None and "diverged" in record.message
+
+
+def test_diverged_after_a_good_epoch_offers_that_epoch(workspace, tiny_data):
+    wb = _make(Store(workspace), tiny_data)
+
+    def runaway(model, batch):
+        runaway.calls += 1
+        return batch.logits.sum() * 0 + (1e4 if runaway.calls > 6 else 0.0)
+
+    runaway.calls = 0
+    job = wb.start_training(TrainConfig(epochs=3, batch_size=8, lr=0.05), description="x", loss_terms={"r": runaway})
+    assert job.wait(60) and job.status == "diverged"
+    assert wb.current_version == 0
+    assert job.view()["has_partial"] and "after epoch 1" in job.partial_note
+    kept = wb.keep_partial(job)
+    assert kept.feedback["ended_as"] == "diverged" and wb.current_version == 1
+
+
+def test_create_leaves_no_orphan_when_it_fails(workspace, tiny_data):
+    store = Store(workspace)
+    wrong = build_model("seed-cnn", 3, 16, tiny_data.num_classes, seed=0)  # 3 channels for 1-channel data
+    with pytest.raises(RuntimeError):
+        Workbench.create(store, tiny_data, "tiny", wrong)
+    assert store.list_workbenches() == []
+
+
+def test_jobs_are_recorded_with_progress(workspace, tiny_data):
+    store = Store(workspace)
+    wb = _make(store, tiny_data)
+    job = wb.start_training(TrainConfig(epochs=2, batch_size=8), description="recorded")
+    assert job.wait(60) and job.status == "done"
+    (record,) = store.jobs(wb.id)
+    assert (record.status, record.done_steps, record.total_steps) == ("done", job.total_steps, job.total_steps)
+    assert record.base_version == 0 and record.result_version == 1 and record.ended is not None
 
 
 def test_failed_job_reports_message_and_keeps_model(workspace, tiny_data):

@@ -1,0 +1,95 @@
+"""One live :class:`~core.workbench.Workbench` per id per server: every tab and every refresh
+of a workbench gets the same object, hence the same job runner and current version. Idle
+workbenches are dropped from memory and reopen from the store when asked for again."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from core.data import ImageDataset
+from core.jobs import ComputeBudget
+from core.store import Store
+from core.workbench import Workbench
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IDLE_S = 1800.0
+
+
+class WorkbenchRegistry:
+    """Server-wide map id -> live workbench, guarded by a lock.
+
+    ``loader(source, seed=...)`` loads datasets (the app passes a cached one); ``budget`` is
+    the server's :class:`ComputeBudget`, shared by every workbench's jobs. A workbench that
+    nobody asked for in ``idle_s`` seconds and that runs no job is dropped from memory (its
+    state is all in the store).
+    """
+
+    def __init__(self, store: Store, *, loader: Callable[..., ImageDataset] | None = None,
+                 budget: ComputeBudget | None = None, idle_s: float = DEFAULT_IDLE_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.loader = loader
+        self.budget = budget or ComputeBudget(1)
+        self.idle_s = float(idle_s)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._open_lock = threading.Lock()  # one open at a time: two tabs never open one id twice
+        self._live: dict[str, Workbench] = {}
+        self._seen: dict[str, float] = {}
+        self._generation = store.generation
+
+    def get(self, wb_id: str) -> Workbench:
+        """The live workbench ``wb_id``, opened from the store if it is not in memory.
+
+        Raises ``KeyError`` (unknown id), :class:`core.workbench.WorkbenchError` (no versions),
+        and what opening its data or checkpoint raises.
+        """
+        self.store.check_present()
+        self._forget_if_workspace_recreated()
+        self.evict_idle()
+        with self._lock:
+            wb = self._live.get(wb_id)
+            if wb is not None:
+                self._seen[wb_id] = self._clock()
+                return wb
+        with self._open_lock:
+            with self._lock:  # another thread may have opened it while we waited
+                wb = self._live.get(wb_id)
+            if wb is None:
+                wb = Workbench.open(self.store, wb_id, loader=self.loader, budget=self.budget)
+            return self.add(wb)
+
+    def add(self, wb: Workbench) -> Workbench:
+        """Register a workbench just created; returns the live one for its id."""
+        with self._lock:
+            live = self._live.setdefault(wb.id, wb)
+            self._seen[wb.id] = self._clock()
+            return live
+
+    def live_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._live)
+
+    def evict_idle(self) -> list[str]:
+        """Drop workbenches idle for more than ``idle_s`` that run no job; returns their ids."""
+        now = self._clock()
+        with self._lock:
+            idle = [i for i, t in self._seen.items() if now - t > self.idle_s
+                    and not (self._live[i].jobs.current is not None and self._live[i].jobs.current.running)]
+            for i in idle:
+                del self._live[i], self._seen[i]
+        if idle:
+            log.info("dropped %d idle workbenches from memory", len(idle))
+        return idle
+
+    def _forget_if_workspace_recreated(self) -> None:
+        """The workspace folder was deleted under the server: the live objects point at
+        versions that no longer exist, so forget them (the app then starts afresh)."""
+        if self.store.generation != self._generation:
+            with self._lock:
+                self._live.clear()
+                self._seen.clear()
+                self._generation = self.store.generation
