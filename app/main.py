@@ -13,6 +13,7 @@ import streamlit as st  # noqa: E402
 
 from app import sidebar  # noqa: E402
 from app.state import boot, configure_threads, show_notices  # noqa: E402
+from app.widgets import remember_job  # noqa: E402
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 configure_threads()
@@ -39,8 +40,9 @@ def waiting_for_base(job) -> None:
             if view is None:
                 st.info("Preparing…")
                 return
-            if view["status"] == "failed":
-                st.error(f"Training the base model failed: {view['error']}. Reload the page to try again.")
+            if view["status"] in ("failed", "diverged", "stopped"):
+                why = view["error"] or view["message"] or view["status"]
+                st.error(f"Training the base model did not finish ({why}). Reload the page to try again.")
                 return
             st.progress(view["progress"], text=f"step {view['done_steps']} / {view['total_steps']}"
                         + (f", loss {view['steps'][-1][1]:.3f}" if view["steps"] else ""))
@@ -54,6 +56,7 @@ state = boot()
 if state.workbench is None:
     waiting_for_base(state.base_job)
 else:
+    remember_job(state.workbench)
     sidebar.draw(state.workbench)
     nav = st.navigation(PAGES)
     show_notices()

@@ -8,8 +8,9 @@ import time
 import streamlit as st
 import torch
 
-from core.engine import TrainConfig
-from core.jobs import Job, JobBusy
+from app.widgets import start_job
+from core.engine import EPOCHS_RANGE, LR_RANGE, TrainConfig
+from core.jobs import Job
 from core.live_monitor import Monitors, monitors_for
 from core.workbench import Workbench
 
@@ -43,8 +44,10 @@ def training_controls(wb: Workbench, key: str, *, probe_layer: str | None = None
     with st.container(key=f"{key}-panel"):
         with st.form(f"{key}-form", border=False):
             c1, c2, c3, c4 = st.columns(4)
-            epochs = c1.number_input("Epochs", 1, 500, default_epochs, key=f"{key}-epochs")
-            lr = c2.number_input("Learning rate", 0.0001, 1.0, 0.02, format="%.4f", key=f"{key}-lr")
+            epochs = c1.number_input("Epochs", value=default_epochs, step=1, key=f"{key}-epochs",
+                                     help=f"{EPOCHS_RANGE[0]} to {EPOCHS_RANGE[1]}.")
+            lr = c2.number_input("Learning rate", value=0.02, step=0.005, format="%.4f", key=f"{key}-lr",
+                                 help=f"{LR_RANGE[0]:g} to {LR_RANGE[1]:g}.")
             batch = c3.selectbox("Batch size", [16, 32, 64, 128, 256], index=2, key=f"{key}-batch")
             c4.write("")
             start = c4.form_submit_button("Start training", type="primary", disabled=running, width="stretch",
@@ -60,15 +63,10 @@ def training_controls(wb: Workbench, key: str, *, probe_layer: str | None = None
         cfg = TrainConfig(epochs=int(epochs), lr=float(lr), batch_size=int(batch), seed=int(time.time()) % 10_000,
                           device=wb.settings.get("device", "cpu"))
         _, sample, _ = probe_sample(wb, probe_n)
-        try:
-            wb.start_training(cfg, description=f"trained {cfg.epochs} epochs (lr {cfg.lr:g}, monitored)",
-                              attach=lambda m: monitors_for(m, sample, layer=probe_layer),
-                              frozen=frozen, pause_at_epoch_end=bool(st.session_state.get(f"{key}-pae")))
-        except (JobBusy, ValueError, KeyError) as exc:
-            st.error(f"Could not start training: {exc}")
-        else:
-            st.session_state[f"{key}-watching"] = True
-            st.rerun()
+        start_job(lambda: wb.start_training(cfg, description=f"trained {cfg.epochs} epochs (lr {cfg.lr:g}, monitored)",
+                                            attach=lambda m: monitors_for(m, sample, layer=probe_layer), frozen=frozen,
+                                            pause_at_epoch_end=bool(st.session_state.get(f"{key}-pae"))),
+                  key=key, settings=(float(epochs), float(lr)))
 
 
 def _set_pause_at_epoch_end(wb: Workbench, key: str) -> None:

@@ -7,7 +7,7 @@ from core.models import list_models
 from core.workbench import Workbench
 
 from app.state import BUILTIN_CHOICES, devices, notice, switch_workbench
-from app.widgets import pct
+from app.widgets import pct, sidebar_job
 
 OWN_FOLDER = "Folder or archive…"
 
@@ -39,10 +39,11 @@ def draw(wb: Workbench) -> None:
         picked = st.selectbox("Device", devs, index=devs.index(device) if device in devs else 0, key="sb-device",
                               help="Where training runs. Only devices this server has are listed.")
         if picked != device:
-            wb.settings["device"] = picked
-            wb.store.update_workbench(wb.id, settings=wb.settings)
+            wb.update_settings(device=picked)
         version = wb.version(wb.current_version)
         with st.container(key="sb-version"):
             st.markdown(f"**Model version:** v{version.number}  \n{version.description}  \n"
                         f"test accuracy **{pct(version.metrics.get('test_acc'))}**")
-        st.caption(f"Workbench `{wb.id}` · {wb.data.name} · {wb.arch}. Bookmark this page's URL to come back to it.")
+        sidebar_job(wb)
+        st.caption(f"Workbench `{wb.id}` · {wb.data.name} · {wb.arch}. Bookmark this page's URL to come back to it; "
+                   "every tab on it shares its model, versions and running job.")

@@ -1,12 +1,15 @@
 """Session bootstrap and server-wide cached resources.
 
-Read-only objects (the store, datasets, base models) are cached once per server process and
-shared; everything a user changes lives in that user's workbench, kept in
-``st.session_state`` and, on disk, in the store under the id in the URL (``?wb=<id>``).
+Read-only objects (the store, datasets, base models) and the server-wide registry of live
+workbenches are cached once per server process and shared. A tab's ``st.session_state`` holds
+only which workbench it shows (``wb_id``) and view state; the workbench object itself, its
+job runner and its current version are the same for every tab and every refresh of that id
+(``?wb=<id>`` in the URL), and everything that must survive a restart is in the store.
 """
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import streamlit as st
@@ -14,10 +17,12 @@ import streamlit as st
 from core.base_models import BaseModels, untrained_model
 from core.data import DataError, ImageDataset, load_dataset
 from core.engine import available_devices
+from core.jobs import ComputeBudget
 from core.models import CheckpointError
 from core.paths import PathNotAllowed, check_user_path, data_roots
-from core.store import Store, valid_workbench_id
-from core.workbench import Workbench
+from core.registry import DEFAULT_IDLE_S, WorkbenchRegistry
+from core.store import Store, WorkspaceError, valid_workbench_id
+from core.workbench import Workbench, WorkbenchError
 
 log = logging.getLogger(__name__)
 
@@ -25,21 +30,31 @@ DEFAULT_SOURCE = "digits"
 DEFAULT_ARCH = "seed-cnn"
 BUILTIN_CHOICES = ["digits", "biased-digits"]
 QUERY_KEY = "wb"
+SESSION_KEY = "wb_id"
+
+
+def compute_plan(cpus: int | None = None) -> tuple[int, int]:
+    """(training jobs at once, torch threads per job) for this machine.
+
+    Small CNNs stop scaling beyond about 3 threads, and one core is left for the server
+    (and, in demos, the browser drawing live charts: with every core busy, training slowed
+    5-10x while a page watched it). 2 cores: 1 job x 1 thread; 4: 1 x 3; 8: 2 x 3; 16: 4 x 3.
+    Override with STEERBOARD_MAX_JOBS and STEERBOARD_TORCH_THREADS.
+    """
+    cpus = cpus or os.cpu_count() or 2
+    jobs = int(os.environ.get("STEERBOARD_MAX_JOBS") or max(1, cpus // 4))
+    threads = int(os.environ.get("STEERBOARD_TORCH_THREADS") or max(1, min(3, (cpus - 1) // max(jobs, 1))))
+    return max(1, jobs), max(1, threads)
 
 
 @st.cache_resource(show_spinner=False)
 def configure_threads() -> int:
-    """Torch threads for background jobs in the server: one core is left for the server and
-    (often on the same machine in demos) the browser redrawing live charts; with every core
-    busy, training slowed 5-10x while a page watched it. Override with STEERBOARD_TORCH_THREADS."""
-    import os
-
+    """Set torch's thread count once per server from :func:`compute_plan`."""
     import torch
 
-    wanted = os.environ.get("STEERBOARD_TORCH_THREADS")
-    n = int(wanted) if wanted else max(1, (os.cpu_count() or 2) - 1)
-    torch.set_num_threads(n)
-    return n
+    _, threads = compute_plan()
+    torch.set_num_threads(threads)
+    return threads
 
 
 @st.cache_resource(show_spinner=False)
@@ -48,14 +63,31 @@ def get_store() -> Store:
 
 
 @st.cache_resource(show_spinner=False)
+def get_budget() -> ComputeBudget:
+    """The server-wide limit on training jobs that compute at once (others queue)."""
+    return ComputeBudget(compute_plan()[0])
+
+
+@st.cache_resource(show_spinner=False)
 def get_base_models() -> BaseModels:
-    return BaseModels(get_store())
+    return BaseModels(get_store(), get_budget())
 
 
 @st.cache_resource(show_spinner="Loading the dataset…", max_entries=6)
 def get_dataset(source: str, seed: int = 0) -> ImageDataset:
     """Datasets are read-only and shared by every session."""
     return load_dataset(source, seed=seed)
+
+
+@st.cache_resource(show_spinner=False)
+def get_registry() -> WorkbenchRegistry:
+    """One live workbench per id for the whole server. Jobs a dead server left running are
+    marked interrupted now, so their workbenches can say so."""
+    store = get_store()
+    store.mark_interrupted()
+    idle_minutes = os.environ.get("STEERBOARD_IDLE_MINUTES")
+    idle_s = float(idle_minutes) * 60 if idle_minutes else DEFAULT_IDLE_S
+    return WorkbenchRegistry(store, loader=get_dataset, budget=get_budget(), idle_s=idle_s)
 
 
 def data_roots_now():
@@ -88,48 +120,71 @@ def show_notices() -> None:
         getattr(st, kind)(text)
 
 
+def current_workbench() -> Workbench:
+    """The live workbench this tab shows (the entry script's :func:`boot` chose it)."""
+    return get_registry().get(st.session_state[SESSION_KEY])
+
+
+def _open(wb_id: str, why_fresh: str) -> Workbench | None:
+    """The live workbench ``wb_id``, or None with a notice saying why a fresh one starts."""
+    if not valid_workbench_id(wb_id):
+        notice(f"The link's workbench id {wb_id[:40]!r} is malformed; {why_fresh}.", "warning")
+        return None
+    try:
+        return get_registry().get(wb_id)
+    except KeyError:
+        notice(f"No workbench {wb_id} on this server; {why_fresh}.", "warning")
+    except WorkbenchError as exc:
+        notice(f"Workbench {wb_id} cannot be opened: {exc}; {why_fresh}.", "warning")
+    except (DataError, CheckpointError, OSError, ValueError) as exc:
+        notice(f"Workbench {wb_id} could not be reopened ({exc}); {why_fresh}.", "warning")
+    return None
+
+
 def boot() -> Boot:
-    """This session's workbench: from session state, else reopened from the URL's id, else a
-    fresh one on the default data (training the shared default base model if needed)."""
+    """This tab's workbench: the one it shows, else the URL's, else a fresh one on the
+    default data (training the shared default base model if needed)."""
     ss = st.session_state
-    wb = ss.get("workbench")
-    if wb is not None:
-        if st.query_params.get(QUERY_KEY) != wb.id:
-            st.query_params[QUERY_KEY] = wb.id
-        return Boot(wb)
-    store = get_store()
-    wanted = st.query_params.get(QUERY_KEY)
+    try:
+        store = get_store()
+    except WorkspaceError as exc:
+        st.error(f"The workspace cannot be used: {exc}")
+        st.stop()
+    wanted = ss.get(SESSION_KEY) or st.query_params.get(QUERY_KEY)
     if wanted:
-        if not valid_workbench_id(wanted):
-            notice(f"The link's workbench id {wanted[:40]!r} is malformed; started a fresh workbench.", "warning")
-        elif store.get_workbench(wanted) is None:
-            notice(f"No workbench {wanted} on this server; started a fresh workbench.", "warning")
-        else:
-            try:
-                wb = Workbench.open(store, wanted, loader=get_dataset)
-            except (DataError, CheckpointError, OSError, KeyError) as exc:
-                notice(f"Workbench {wanted} could not be reopened ({exc}); started a fresh workbench.", "warning")
-            else:
-                return _adopt(wb)
+        gone = ss.get(SESSION_KEY) == wanted
+        wb = _open(wanted, "started a fresh workbench" if not gone else
+                   "it is gone from this server (was the workspace folder deleted?); started a fresh workbench")
+        if wb is not None:
+            return _adopt(wb)
+        ss.pop(SESSION_KEY, None)
     data = get_dataset(DEFAULT_SOURCE)
     status = get_base_models().status(data, DEFAULT_SOURCE, DEFAULT_ARCH, train=True)
     if status.model is None:
         return Boot(None, status.job)
     wb = Workbench.create(store, data, DEFAULT_SOURCE, status.model, base_checkpoint=status.path,
-                          settings={"device": "cpu"}, metrics=status.metrics)
-    return _adopt(wb)
+                          settings={"device": "cpu"}, metrics=status.metrics, budget=get_budget())
+    return _adopt(get_registry().add(wb))
 
 
 def _adopt(wb: Workbench) -> Boot:
-    st.session_state["workbench"] = wb
-    st.query_params[QUERY_KEY] = wb.id
+    ss = st.session_state
+    ss[SESSION_KEY] = wb.id
+    if st.query_params.get(QUERY_KEY) != wb.id:
+        st.query_params[QUERY_KEY] = wb.id
+    checked = ss.setdefault("interrupted-checked", set())
+    if wb.id not in checked:  # once per tab and workbench; each notice is shown once overall
+        checked.add(wb.id)
+        for text in wb.store.take_interrupted_notices(wb.id):
+            notice(text, "warning")
     return Boot(wb)
 
 
 def switch_workbench(source_text: str, arch: str) -> bool:
     """Start a new workbench for another dataset or model. On any error the current
     workbench stays and a message says what was wrong. Returns True on success."""
-    old: Workbench | None = st.session_state.get("workbench")
+    ss = st.session_state
+    old = get_registry().get(ss[SESSION_KEY]) if ss.get(SESSION_KEY) else None
     if old is not None and old.jobs.current is not None and old.jobs.current.running:
         notice("A training job is running; stop it before switching dataset or model.", "warning")
         return False
@@ -144,13 +199,13 @@ def switch_workbench(source_text: str, arch: str) -> bool:
         wb = Workbench.create(get_store(), data, source, base,
                               base_checkpoint=status.path if status.model is not None else None,
                               settings={"device": "cpu"}, description=description,
-                              metrics=status.metrics if status.model is not None else None)
-    except (DataError, PathNotAllowed, CheckpointError, ValueError, OSError) as exc:
+                              metrics=status.metrics if status.model is not None else None, budget=get_budget())
+    except (DataError, PathNotAllowed, CheckpointError, ValueError, OSError, RuntimeError) as exc:
         notice(f"Could not open that dataset: {exc}", "error")
         return False
     if old is not None:
-        st.session_state.setdefault("previous_workbenches", []).append(old.id)
-    _adopt(wb)
+        ss.setdefault("previous_workbenches", []).append(old.id)
+    _adopt(get_registry().add(wb))
     notice(f"Started workbench {wb.id} on {data.name} with {arch}"
            + ("" if status.model is not None else " (untrained: train it on Home)") + ".", "success")
     return True

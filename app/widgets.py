@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from plotly.subplots import make_subplots
 
-from core.engine import TrainConfig
+from core.engine import EPOCHS_RANGE, LR_RANGE, TrainConfig, check_train_settings
 from core.jobs import Job, JobBusy
 from core.workbench import Workbench
 
@@ -78,16 +78,19 @@ def train_panel(wb: Workbench, *, key: str = "train", default_epochs: int = 5,
                 start_label: str = "Train", describe: Callable[[TrainConfig], str] | None = None) -> None:
     """Settings, Start/Stop and a live chart of the workbench's training job.
 
-    Training runs in the workbench's background job; a fragment polls it twice a second, and
-    one full rerun follows when it ends, so the page shows the new version.
+    Training runs in the workbench's background job (shared by every tab of the workbench);
+    a fragment polls it while it runs, and one full rerun follows when it ends, so the page
+    shows the new version.
     """
     job = wb.jobs.current
     running = job is not None and job.running
     with st.container(key=f"{key}-panel"):
         with st.form(f"{key}-form", border=False):
             c1, c2, c3, c4 = st.columns([1, 1, 1, 1])
-            epochs = c1.number_input("Epochs", 1, 200, default_epochs, key=f"{key}-epochs")
-            lr = c2.number_input("Learning rate", 0.0001, 1.0, 0.02, format="%.4f", key=f"{key}-lr")
+            epochs = c1.number_input("Epochs", value=default_epochs, step=1, key=f"{key}-epochs",
+                                     help=f"{EPOCHS_RANGE[0]} to {EPOCHS_RANGE[1]}.")
+            lr = c2.number_input("Learning rate", value=0.02, step=0.005, format="%.4f", key=f"{key}-lr",
+                                 help=f"{LR_RANGE[0]:g} to {LR_RANGE[1]:g}; 0.02 suits the zoo's models.")
             batch = c3.selectbox("Batch size", [16, 32, 64, 128, 256], index=2, key=f"{key}-batch")
             c4.write("")
             go_clicked = c4.form_submit_button(start_label, type="primary", disabled=running, width="stretch",
@@ -95,29 +98,74 @@ def train_panel(wb: Workbench, *, key: str = "train", default_epochs: int = 5,
         if go_clicked:
             cfg = TrainConfig(epochs=int(epochs), lr=float(lr), batch_size=int(batch), seed=int(time.time()) % 10_000,
                               device=wb.settings.get("device", "cpu"))
-            try:
-                wb.start_training(cfg, description=describe(cfg) if describe else f"trained {cfg.epochs} epochs (lr {cfg.lr:g})")
-            except (JobBusy, ValueError) as exc:
-                st.error(str(exc))
-            else:
-                st.session_state[f"{key}-watching"] = True
-                st.rerun()
+            start_job(lambda: wb.start_training(cfg, description=describe(cfg) if describe else
+                                                f"trained {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} (lr {cfg.lr:g})"),
+                      settings=(float(epochs), float(lr)), key=key)
         live_job(wb, key)
+
+
+def start_job(start: Callable[[], Job], *, key: str, settings: tuple[int, float] | None = None) -> bool:
+    """Check the typed settings, start a job, and rerun; on a bad value or a busy workbench
+    show a one-line message and change nothing. Returns False when nothing started."""
+    try:
+        if settings is not None:
+            check_train_settings(*settings)
+        start()
+    except JobBusy as exc:
+        st.error(f"Not started: {exc} It may have been started from another tab; its progress is shown here.",
+                 icon=":material/block:")
+        return False
+    except (ValueError, KeyError) as exc:
+        st.error(f"Not started: {exc}", icon=":material/error:")
+        return False
+    st.rerun()
+    return True
 
 
 POLL_S = 0.8  # the chart updates more than once a second without keeping a 2-core machine busy
 # redrawing it (the browser often shares the machine with the server in demos and tests)
+IDLE_POLL_S = 2.0  # how often an idle tab looks for a job started elsewhere (another tab)
 
 
-def job_status(job: Job, view: dict, key: str, *, pausable: bool = False) -> None:
-    """Progress line with Stop (and Pause/Resume when ``pausable``) while a job runs; the
-    outcome when it ended."""
+def job_signature(job: Job | None) -> tuple:
+    """What, when it changes, needs a full rerun of the page: another job, or one that
+    started or ended, or whose partial result was kept."""
+    if job is None:
+        return (None,)
+    return (job.uid, "active" if job.running else job.status, job.partial is not None, job.kept is not None)
+
+
+def remember_job(wb: Workbench) -> None:
+    """Called by the entry script on every full run: the job state this run drew."""
+    st.session_state["job-sig"] = job_signature(wb.jobs.current)
+
+
+def rerun_if_job_changed(wb: Workbench) -> None:
+    """From a polling fragment: a full rerun when the job changed since the page was drawn."""
+    if job_signature(wb.jobs.current) != st.session_state.get("job-sig"):
+        st.session_state["job-sig"] = job_signature(wb.jobs.current)
+        st.rerun(scope="app")
+
+
+def job_status(wb: Workbench, job: Job, view: dict, key: str, *, pausable: bool = False) -> None:
+    """One status line per job state: progress with Stop (and Pause/Resume when
+    ``pausable``) while it runs, its place in the queue with Cancel while it waits, and an
+    honest outcome when it ended, with Keep for a partial result."""
+    status = view["status"]
+    what = view["description"]
     with st.container(key=f"{key}-status"):
-        if view["status"] in ("running", "paused"):
-            paused = view["status"] == "paused" or job.control.paused
+        if status == "queued":
+            c1, c2 = st.columns([5, 1])
+            c1.info(f"Queued: place {view['queue_position'] or 1} in line for a free training slot "
+                    f"({what}). It starts by itself.", icon=":material/hourglass_top:")
+            if c2.button("Cancel", key=f"{key}-cancel", width="stretch"):
+                job.stop()
+        elif status in ("running", "paused"):
+            paused = status == "paused" or job.control.paused
             epoch = min(len(view["epochs"]) + 1, view.get("total_epochs") or 10**9)
-            text = (f"{'Paused' if paused else 'Training'}: step {view['done_steps']} / {view['total_steps']}, epoch {epoch}"
-                    + (f", loss {view['steps'][-1][1]:.4f}" if view["steps"] else "") + f" ({view['description']})")
+            loss = f", loss {view['steps'][-1][1]:.4f}" if view["steps"] else ""
+            text = (f"{'Paused' if paused else 'Training'}: step {view['done_steps']} / {view['total_steps']}, "
+                    f"epoch {epoch}{loss} ({what})")
             cols = st.columns([4, 1, 1] if pausable else [4, 1])
             cols[0].progress(view["progress"], text=text)
             if pausable:
@@ -128,39 +176,96 @@ def job_status(job: Job, view: dict, key: str, *, pausable: bool = False) -> Non
                     job.control.pause()
             if cols[-1].button("Stop", key=f"{key}-stop", width="stretch"):
                 job.stop()
-                job.control.resume()  # a paused job must wake up to stop
-        elif view["status"] == "failed":
-            st.error(f"Training failed: {view['error']}. The model is unchanged.")
+        elif status == "failed":
+            st.error(f"Training failed: {view['error']}. The model is unchanged (still v{wb.current_version}).",
+                     icon=":material/error:")
+        elif status == "diverged":
+            st.error(f"Diverged after {view['done_steps']} steps: {view['message']} No version was made; the current "
+                     f"version is still v{wb.current_version}. Try a smaller learning rate.", icon=":material/trending_up:")
+        elif job.kept is not None:
+            st.success(f"Kept the partial result as version v{job.kept.number}, test accuracy "
+                       f"{pct(job.kept.metrics.get('test_acc'))}.", icon=":material/check_circle:")
         elif job.result is not None:
             v = job.result
-            st.success(f"{'Stopped' if view['status'] == 'stopped' else 'Finished'}: version v{v.number}, "
-                       f"test accuracy {pct(v.metrics.get('test_acc'))} ({view['done_steps']} steps, {view['elapsed']:.1f}s).")
+            st.success(f"{'Stopped' if status == 'stopped' else 'Finished'}: version v{v.number}, test accuracy "
+                       f"{pct(v.metrics.get('test_acc'))} ({view['done_steps']} steps, {view['elapsed']:.1f}s).",
+                       icon=":material/check_circle:")
+        elif status == "stopped":
+            st.info(f"Stopped: {view['message'] or 'no version was made.'} The current version is still "
+                    f"v{wb.current_version}.", icon=":material/stop_circle:")
+        if view["has_partial"]:
+            c1, c2 = st.columns([3, 1])
+            c1.caption(f"The partly trained model ({view['partial_note']}) was not saved. Keep it as a new version?")
+            if c2.button("Keep as new version", key=f"{key}-keep", width="stretch"):
+                try:
+                    v = wb.keep_partial(job)
+                except ValueError as exc:
+                    st.error(str(exc))
+                else:
+                    notice(f"Kept as version v{v.number}.", "success")
+                    st.rerun(scope="app")
 
 
 def live_job(wb: Workbench, key: str, draw: Callable[[Job | None, dict | None], None] | None = None, *,
              pausable: bool = False) -> None:
-    """A fragment that polls the workbench's current job every POLL_S seconds while it runs:
-    its status, then ``draw(job, view)`` (default: the loss and accuracy chart); one full
-    rerun when a job this session watches ends."""
+    """A fragment that polls the workbench's current job every POLL_S seconds while it is
+    active: its status, then ``draw(job, view)`` (default: the loss and accuracy chart). Any
+    tab of the workbench sees it; a full rerun follows when the job starts or ends."""
     job = wb.jobs.current
     running = job is not None and job.running
 
     @st.fragment(run_every=POLL_S if running else None)
     def live() -> None:
         job = wb.jobs.current
-        view = job.view() if job is not None else None
+        view = job_view(job, key) if job is not None else None
         if view is not None:
-            job_status(job, view, key, pausable=pausable)
+            job_status(wb, job, view, key, pausable=pausable)
         if draw is not None:
             draw(job, view)
         elif view is not None and view["steps"]:
             st.plotly_chart(training_figure(view), key=f"{key}-chart", width="stretch")
-        still = view is not None and view["status"] in ("running", "paused")
-        if not still and st.session_state.get(f"{key}-watching"):
-            st.session_state[f"{key}-watching"] = False
-            st.rerun(scope="app")
+        rerun_if_job_changed(wb)
 
     live()
+
+
+def job_view(job: Job, key: str) -> dict:
+    """``job.view()`` with the step history read incrementally: this tab keeps what it read
+    and asks the job only for newer steps (the training thread holds the same lock)."""
+    ss = st.session_state
+    view = job.view(steps=False)
+    uid, cursor, steps = ss.get(f"{key}-steps-cache", (None, None, []))
+    if uid != job.uid:
+        cursor, steps = None, []
+    cursor, new, reset = job.steps_since(cursor)
+    steps = list(new) if reset else steps + new
+    ss[f"{key}-steps-cache"] = (job.uid, cursor, steps)
+    view["steps"] = steps
+    return view
+
+
+def sidebar_job(wb: Workbench) -> None:
+    """A compact status of the workbench's job on every page, polling slowly while idle so a
+    job started from another tab appears here too."""
+    job = wb.jobs.current
+    running = job is not None and job.running
+
+    @st.fragment(run_every=POLL_S if running else IDLE_POLL_S)
+    def watch() -> None:
+        job = wb.jobs.current
+        with st.container(key="sb-job"):
+            if job is not None and job.running:
+                view = job.view(steps=False)
+                if view["status"] == "queued":
+                    st.caption(f"Queued (place {view['queue_position'] or 1}): {view['description']}")
+                else:
+                    st.progress(view["progress"], text=f"{view['status'].capitalize()}: step {view['done_steps']} / "
+                                                       f"{view['total_steps']}")
+                if st.button("Stop" if view["status"] != "queued" else "Cancel", key="sb-job-stop", width="stretch"):
+                    job.stop()
+        rerun_if_job_changed(wb)
+
+    watch()
 
 
 # ----------------------------------------------------------------------------- versions

@@ -6,11 +6,12 @@ import streamlit as st
 
 from app.monitor_plots import epoch_time_figure, live_figure, step_freeze_markers
 from app.monitor_widgets import current_monitors, training_controls
+from app.state import current_workbench
 from app.widgets import live_job
 from core.jobs import Job
 from core.live_monitor import freeze_saving
 
-wb = st.session_state["workbench"]
+wb = current_workbench()
 ss = st.session_state
 GROUPS = list(wb.model.layer_groups)
 

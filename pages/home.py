@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from app.state import current_workbench
 from app.widgets import confusion_figure, image_grid, pct, per_class_figure, train_panel, versions_panel
 
-wb = st.session_state["workbench"]
+wb = current_workbench()
 data = wb.data
 version = wb.version(wb.current_version)
 ev = wb.evaluation("test")

@@ -2,8 +2,6 @@
 the model toward the moves."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -11,25 +9,29 @@ import streamlit as st
 from streamlit_drawable_canvas import st_canvas
 
 from app.latent_plots import CanvasFrame, canvas_background, draggable_drawing, object_centre, result_figure, workspace_figure
-from app.state import notice
+from app.state import current_workbench, notice
 from app.widgets import live_job, pct, to_pil
 from core.feedback.latent import VARIANTS, Move, MoveList, candidates, class_centroids
 from core.jobs import JobBusy
+from core.store import VersionRecord
 from core.latent_workspace import (
+    PENDING_KEY,
+    RESULT_KEY,
     UpdateSettings,
+    finish_update,
     heldout_metrics,
     latent_view,
     load_moves,
     load_or_fit_projection,
+    pending_update,
     save_moves,
     start_update,
-    update_summary,
 )
+from core.models import CheckpointError
 
-wb = st.session_state["workbench"]
+wb = current_workbench()
 ss = st.session_state
 classes = wb.data.classes
-RESULT_FILE = wb.store.workbench_dir(wb.id) / "latent_result.json"
 
 # ---------------------------------------------------------------- state of this page
 if ss.get("lat-wb") != wb.id:  # first visit, or another workbench: load from disk
@@ -37,9 +39,7 @@ if ss.get("lat-wb") != wb.id:  # first visit, or another workbench: load from di
         del ss[k]
     ss["lat-wb"] = wb.id
     ss["lat-start-version"] = wb.current_version
-    ss["lat-moves"] = load_moves(wb)
     ss["lat-chart-n"] = 0
-    ss["lat-result"] = json.loads(RESULT_FILE.read_text()) if RESULT_FILE.is_file() else None
 if "lat-branch" not in ss:
     with st.spinner("Fitting the projection branch (PCA of the features)…"):
         ss["lat-branch"] = load_or_fit_projection(wb)
@@ -47,13 +47,17 @@ branch = ss["lat-branch"]
 view = ss.get("lat-view")
 if view is None or view.version != wb.current_version:
     view = ss["lat-view"] = latent_view(wb, branch)
-moves = ss["lat-moves"]
+if len(view.ids) == 0:
+    st.title("Latent space")
+    st.warning(f"The dataset {wb.data.name} has no pool split to show (it is too small); open a larger dataset.")
+    st.stop()
+moves = ss["lat-moves"] = load_moves(wb)  # from the store on every run: other tabs may have moved points
 job = wb.jobs.current
 busy = job is not None and job.running
 
 
 def persist(message: str | None = None) -> None:
-    """The move list goes to the store before the page shows it."""
+    """The move list and its undo history go to the store before the page shows them."""
     save_moves(wb, moves)
     if message:
         notice(message, "success")
@@ -120,7 +124,8 @@ with left:
     st.subheader("Modification window")
     c1, c2, c3 = st.columns([1, 1, 1])
     tool = c1.radio("Tool", ["lasso", "box"], horizontal=True, key="lat-tool")
-    n_show = c2.number_input("Points shown", 50, len(view.ids), min(800, len(view.ids)), step=50, key="lat-nshow")
+    n_pool = len(view.ids)
+    n_show = c2.number_input("Points shown", min(50, n_pool), n_pool, min(800, n_pool), step=50, key="lat-nshow")
     show_cand = c3.toggle("Show candidates", key="lat-cand",
                           help="Least sure (smallest top-2 margin) and points inside another class's region.")
     rng = np.random.default_rng(0)
@@ -209,55 +214,50 @@ with left:
         if b4.button("Update", key="lat-update", type="primary", disabled=busy or not moves.moves, width="stretch"):
             settings = UpdateSettings(epochs=int(epochs), lr=float(lr), momentum=float(momentum), w_cls=float(w_cls),
                                       w_dis=float(w_dis), variant=variant, device=wb.settings.get("device", "cpu"))
+            ss["lat-last-before"] = view
+            pending = pending_update(view, moves, heldout_metrics(wb), wb.current_version)
             try:
-                ss["lat-pending"] = {"before": view, "moves": moves, "test_before": heldout_metrics(wb),
-                                     "version_before": wb.current_version}
+                wb.put_state(PENDING_KEY, pending)  # on disk first: any tab can write the result
                 start_update(wb, branch, moves, view, settings)
             except (JobBusy, ValueError) as exc:
-                st.error(str(exc))
+                wb.put_state(PENDING_KEY, None)
+                st.error(f"Not started: {exc}")
             else:
-                ss["lat-watching"] = True
                 st.rerun()
         if b5.button("Reset", key="lat-reset", disabled=busy, width="stretch",
                      help="Back to the model version this page started from; clears the moves and the result."):
-            wb.restore(ss["lat-start-version"])
-            moves.clear()
-            persist(f"Reset to v{ss['lat-start-version']}.")
-            ss["lat-result"] = None
-            RESULT_FILE.unlink(missing_ok=True)
-            ss["lat-chart-n"] += 1
-            st.rerun()
+            try:
+                wb.restore(ss["lat-start-version"])
+            except (CheckpointError, KeyError, OSError) as exc:
+                st.error(f"Could not go back to v{ss['lat-start-version']}: {exc}. The current model and the moves are "
+                         "unchanged.")
+            else:
+                moves.clear()
+                save_moves(wb, moves, **{RESULT_KEY: None})
+                notice(f"Reset to v{ss['lat-start-version']}.", "success")
+                ss["lat-chart-n"] += 1
+                st.rerun()
 
 with right:
     st.subheader("Result window")
     live_job(wb, key="lat")
-    pending = ss.get("lat-pending")
-    if pending is not None and not busy and job is not None and job.result is not None \
-            and job.result.number != pending["version_before"]:
-        after = latent_view(wb, branch)
-        summary = update_summary(wb, pending["before"], after, pending["moves"], pending["test_before"], heldout_metrics(wb))
-        summary["version"] = wb.current_version
-        summary["before_coords"] = {int(e): pending["before"].coords[pending["before"].index_of()[e]].tolist() for e in pending["moves"].moves}
-        summary["targets"] = {int(e): list(m.target) for e, m in pending["moves"].moves.items()}
-        RESULT_FILE.write_text(json.dumps(summary))
-        ss["lat-result"] = summary
-        ss["lat-last-before"] = pending["before"]
-        del ss["lat-pending"]
-        # the moves are now in the new version's feedback: start the next round empty
-        moves.clear()
-        moves.undo_stack.clear()
-        persist()
-        st.rerun()
-    elif pending is not None and not busy and job is not None and job.status == "failed":
-        del ss["lat-pending"]
+    pending = wb.get_state(PENDING_KEY)
+    if pending is not None and not busy and job is not None:
+        if isinstance(job.result, VersionRecord) and job.result.number == wb.current_version \
+                and wb.current_version != pending["version_before"]:
+            finish_update(wb, pending, latent_view(wb, branch))
+            ss["lat-chart-n"] += 1
+            st.rerun()
+        elif job.status in ("failed", "diverged", "stopped"):
+            wb.put_state(PENDING_KEY, None)  # no version: the moves stay for another try
 
-    result = ss.get("lat-result")
+    result = wb.get_state(RESULT_KEY)
     with st.container(key="lat-result"):
         if not result:
             st.info("Press **Update** after moving points: the fine-tuned model's projection appears here, with a line "
                     "from each moved point's old to its new position.")
         else:
-            shown_moves = MoveList({int(e): Move(int(e), tuple(result["before_coords"][e]), tuple(t))
+            shown_moves = MoveList({int(e): Move(int(e), tuple(result["before_coords"][str(e)]), tuple(t))
                                     for e, t in result["targets"].items()})
             before_view = ss.get("lat-last-before")
             if before_view is None:  # after a refresh: rebuild the old positions from the saved summary

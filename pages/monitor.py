@@ -3,7 +3,6 @@ embed its filters or activations with trails, and retrain on a selection of conf
 from __future__ import annotations
 
 import copy
-import json
 import time
 
 import numpy as np
@@ -12,7 +11,7 @@ import torch
 
 from app.monitor_plots import embedding_figure, grad_heatmap_figure, layer_bars_figure, live_figure
 from app.monitor_widgets import PROBE_N, current_monitors, probe_sample, training_controls
-from app.state import notice
+from app.state import current_workbench, notice
 from app.widgets import live_job, pct, to_pil
 from core.embed import EmbeddingStream, filter_vectors, layer_activations
 from core.engine import predict
@@ -20,18 +19,17 @@ from core.feedback.selection import KIND as SELECTION, RetrainSettings, plan_ret
 from core.jobs import Job, JobBusy
 from core.monitor import activation_maps, watched_layers
 
-wb = st.session_state["workbench"]
+wb = current_workbench()
 ss = st.session_state
 data = wb.data
 classes = data.classes
-REPORT_FILE = wb.store.workbench_dir(wb.id) / "selection_retrain.json"
+REPORT_KEY = "monitor.retrain"
 LAYERS = list(watched_layers(wb.model))
 
 if ss.get("mon-wb") != wb.id:  # first visit, or another workbench: start clean, load from disk
     for k in [k for k in ss if str(k).startswith("mon-")]:
         del ss[k]
     ss["mon-wb"] = wb.id
-    ss["mon-retrain"] = json.loads(REPORT_FILE.read_text()) if REPORT_FILE.is_file() else None
     ss["mon-selected"] = [a.example_id for a in wb.annotations(SELECTION)]
 
 st.title("Training monitor")
@@ -48,12 +46,18 @@ sample_ids, sample_x, sample_y = probe_sample(wb, PROBE_N)
 
 # ---------------------------------------------------------------- network view
 def live_model(job: Job | None) -> torch.nn.Module:
-    """A copy of the model as it is now: the training copy's weights while a job runs (read
-    between steps without touching its train/eval mode), else the current version."""
-    if job is None or not job.running or job.model is None:
+    """The model as it is now: a scratch copy with the latest weights the training thread
+    published while a job runs (never the training copy itself), else the current version."""
+    snap = job.weights() if job is not None and job.running else None
+    if snap is None:
         return wb.model
+    step, state = snap
+    cached = ss.get("mon-live-model")
+    if cached is not None and cached[0] == (job.uid, step):
+        return cached[1]
     scratch = copy.deepcopy(wb.model)
-    scratch.load_state_dict(job.model.state_dict())
+    scratch.load_state_dict(state)
+    ss["mon-live-model"] = ((job.uid, step), scratch)
     return scratch
 
 
@@ -74,6 +78,9 @@ def draw_maps() -> None:
     st.markdown("**Activation maps**")
     c1, c2, c3 = st.columns([1, 1, 1])
     layer = c1.selectbox("Layer", LAYERS, key="mon-maps-layer")
+    if len(sample_ids) == 0:
+        st.info("The dataset has no pool examples to show activation maps for.")
+        return
     i = int(c2.number_input("Example (pool sample)", 0, len(sample_ids) - 1, 0, key="mon-maps-i"))
     n_maps = int(c3.number_input("Filters shown", 4, 128, 16, step=4, key="mon-maps-n"))
     job, _ = current_monitors(wb)
@@ -103,7 +110,7 @@ def embedding_controls() -> dict:
     method = c3.radio("Layout", ["t-SNE", "PCA"], horizontal=True, key="mon-emb-method")
     c4, c5, c6 = st.columns(3)
     perplexity = c4.slider("Perplexity", 5, 50, 30, key="mon-emb-perp", disabled=method != "t-SNE")
-    n = c5.number_input("Points", 20, len(sample_ids), min(300, len(sample_ids)), step=20, key="mon-emb-n",
+    n = c5.number_input("Points", min(20, len(sample_ids)), len(sample_ids), min(300, len(sample_ids)), step=20, key="mon-emb-n",
                         disabled=what == "filters")
     interval = c6.number_input("Update every (s)", 1.0, 60.0, 3.0, step=1.0, key="mon-emb-every")
     return {"what": what, "layer": layer, "method": method, "perplexity": float(perplexity), "n": int(n),
@@ -114,8 +121,8 @@ def embedding_input(job: Job | None, mons, opts: dict) -> tuple[str, np.ndarray,
     """(tag of the data's state, rows to embed, predictions or None) for the chosen view."""
     n, layer = opts["n"], opts["layer"]
     if opts["what"] == "filters":
-        model = job.model if job is not None and job.running and job.model is not None else wb.model
-        tag = f"step {job.done_steps}" if job is not None and job.running else f"v{wb.current_version}"
+        model = live_model(job)
+        tag = f"step {ss['mon-live-model'][0][1]}" if model is not wb.model else f"v{wb.current_version}"
         return tag, filter_vectors(model, layer), None
     if job is not None and job.running and mons.probe is not None:
         if mons.probe.layer != layer:
@@ -217,33 +224,38 @@ def start_retrain(selected: list[int], settings: RetrainSettings) -> None:
     pending = {"ids": selected, "labels": [int(data.labels[i]) for i in selected], "preds_before": before.tolist(),
                "version_before": wb.current_version, "val_before": wb.version(wb.current_version).metrics.get("val_acc"),
                "settings": settings.__dict__, "report": None}
+    previous = wb.get_state(REPORT_KEY)
+    wb.put_state(REPORT_KEY, pending)  # on disk before the page says it started
     try:
         wb.start_training(plan.config, description=f"retrain on selection: {len(selected)} examples, {settings.iterations} iterations",
                           train=plan.train, train_ids=plan.train_ids, loss_terms=plan.loss_terms, weights=plan.weights,
-                          feedback={"kind": SELECTION, "ids": selected, "settings": settings.__dict__}, keep_if_stopped=False)
+                          feedback={"kind": SELECTION, "ids": selected, "settings": settings.__dict__}, keep_if_stopped=False,
+                          kind="retrain")
     except (JobBusy, ValueError) as exc:
+        wb.put_state(REPORT_KEY, previous)
         st.error(f"Could not start: {exc}")
         return
-    REPORT_FILE.write_text(json.dumps(pending))  # on disk before the page says it started
-    ss["mon-retrain"] = pending
-    ss["mon-watching"] = True
     notice(f"Retraining on {len(selected)} selected examples…")
     st.rerun()
 
 
 def draw_report(job: Job | None) -> None:
-    pending = ss.get("mon-retrain")
+    pending = wb.get_state(REPORT_KEY)
     if not pending:
         return
+    if pending.get("report") is None and job is not None and not job.running and job.kind == "retrain" \
+            and job.result is None:  # it ended without a version (stopped, failed, diverged)
+        wb.put_state(REPORT_KEY, None)
+        return
     if pending.get("report") is None and job is not None and not job.running and job.result is not None \
-            and job.description.startswith("retrain on selection") and wb.current_version != pending["version_before"]:
+            and job.kind == "retrain" and wb.current_version != pending["version_before"]:
         ids = pending["ids"]
         after = predict(wb.model, data.images[torch.as_tensor(ids)])[0].argmax(1).numpy()
         report = selection_report(np.array(pending["labels"]), np.array(pending["preds_before"]), after)
         report.update(version=wb.current_version, val_before=pending["val_before"],
                       val_after=wb.version(wb.current_version).metrics.get("val_acc"))
         pending["report"] = report
-        REPORT_FILE.write_text(json.dumps(pending))
+        wb.put_state(REPORT_KEY, pending)
     report = pending.get("report")
     with st.container(key="mon-report"):
         if report is None:

@@ -38,6 +38,13 @@ def new_app(workspace: Path, query: dict | None = None, timeout: float = 60):
     return at
 
 
+def workbench_of(at):
+    """The live workbench the AppTest's session shows (from the server-wide registry)."""
+    from app.state import SESSION_KEY, get_registry
+
+    return get_registry().get(at.session_state[SESSION_KEY])
+
+
 def no_exceptions(at) -> None:
     assert len(at.exception) == 0, [e.message for e in at.exception]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from apptest_helpers import app_workspace, new_app, no_exceptions  # noqa: F401  (fixture)
+from apptest_helpers import app_workspace, new_app, no_exceptions, workbench_of  # noqa: F401  (fixture)
 
 from core.engine import TrainConfig
 
@@ -21,18 +21,18 @@ def test_default_start_shows_accuracy_and_puts_id_in_url(app_workspace):
     labels = {m.label: m.value for m in at.metric}
     assert labels["Test accuracy"].endswith("%") and float(labels["Test accuracy"][:-1]) > 10
     assert labels["Version"] == "v0"
-    wb = at.session_state["workbench"]
+    wb = workbench_of(at)
     assert at.query_params["wb"] == [wb.id] or at.query_params["wb"] == wb.id
     assert "Model version:** v0" in _texts(at)
 
 
 def test_dataset_switch_opens_new_workbench(app_workspace):
     at = new_app(app_workspace).run()
-    first = at.session_state["workbench"].id
+    first = workbench_of(at).id
     at.selectbox(key="sb-dataset").set_value("biased-digits")
     at.button(key="sb-open").click().run()
     no_exceptions(at)
-    wb = at.session_state["workbench"]
+    wb = workbench_of(at)
     assert wb.id != first and wb.data.name.startswith("biased-digits")
     assert wb.data.image_shape[0] == 3
     assert "untrained" in _texts(at)
@@ -42,12 +42,12 @@ def test_bad_folder_path_keeps_dataset_and_says_why(app_workspace, tmp_path, mon
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("STEERBOARD_DATA_ROOTS", str(tmp_path))  # the current directory is a root only when listed
     at = new_app(app_workspace).run()
-    before = at.session_state["workbench"].id
+    before = workbench_of(at).id
     at.selectbox(key="sb-dataset").set_value("Folder or archive…")
     at.text_input(key="sb-folder").set_value("no-such-folder")
     at.button(key="sb-open").click().run()
     no_exceptions(at)
-    assert at.session_state["workbench"].id == before
+    assert workbench_of(at).id == before
     errors = " ".join(e.value for e in at.error)
     assert "Could not open that dataset" in errors and "no-such-folder" in errors and "no such file" in errors
 
@@ -68,19 +68,19 @@ def test_empty_folder_inside_root_is_a_readable_error(app_workspace, tmp_path, m
 def test_outside_root_path_is_refused(app_workspace, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     at = new_app(app_workspace).run()
-    before = at.session_state["workbench"].id
+    before = workbench_of(at).id
     for path in ("/etc", "../../../../etc", str(tmp_path / ".." / "x")):
         at.selectbox(key="sb-dataset").set_value("Folder or archive…")
         at.text_input(key="sb-folder").set_value(path)
         at.button(key="sb-open").click().run()
         no_exceptions(at)
-        assert at.session_state["workbench"].id == before
+        assert workbench_of(at).id == before
         assert "outside the folders" in " ".join(e.value for e in at.error), path
 
 
 def test_restore_a_version_and_reopen_by_url(app_workspace):
     at = new_app(app_workspace).run()
-    wb = at.session_state["workbench"]
+    wb = workbench_of(at)
     job = wb.start_training(TrainConfig(epochs=1, lr=0.02), description="one more epoch")
     assert job.wait(120) and job.status == "done", job.error
     at.run()
@@ -95,7 +95,7 @@ def test_restore_a_version_and_reopen_by_url(app_workspace):
     # a new session (a refresh, or after a restart) with the id in the URL finds the same workbench
     again = new_app(app_workspace, {"wb": wb.id}).run()
     no_exceptions(again)
-    reopened = again.session_state["workbench"]
+    reopened = workbench_of(again)
     assert reopened.id == wb.id and reopened.current_version == 0
     assert [v.number for v in reopened.versions()] == [0, 1]
 
@@ -105,7 +105,7 @@ def test_unknown_and_malformed_ids_start_fresh_and_say_so(app_workspace):
         at = new_app(app_workspace, {"wb": bad}).run()
         no_exceptions(at)
         assert words in " ".join(w.value for w in at.warning)
-        assert at.session_state["workbench"].id != bad
+        assert workbench_of(at).id != bad
 
 
 def test_training_from_the_page_runs_in_background(app_workspace):
@@ -113,7 +113,7 @@ def test_training_from_the_page_runs_in_background(app_workspace):
     at.number_input(key="train-epochs").set_value(1)
     at.button(key="train-start").click().run()
     no_exceptions(at)
-    wb = at.session_state["workbench"]
+    wb = workbench_of(at)
     job = wb.jobs.current
     assert job is not None and job.kind == "train"
     deadline = time.time() + 120

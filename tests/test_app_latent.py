@@ -4,9 +4,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from apptest_helpers import ROOT, app_workspace, new_app, no_exceptions  # noqa: F401  (fixture)
+from apptest_helpers import ROOT, app_workspace, new_app, no_exceptions, workbench_of  # noqa: F401  (fixture)
 
-from core.latent_workspace import load_moves
+from core.latent_workspace import RESULT_KEY, load_moves
 
 PAGE = str(Path(ROOT) / "pages" / "latent.py")
 
@@ -26,9 +26,21 @@ def _select(at, example_ids):
     return at.run()
 
 
+def _open_again(at):
+    """A refresh: a new session on the same ?wb= (same server, same registry)."""
+    from streamlit.testing.v1 import AppTest
+
+    again = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=60)
+    again.query_params["wb"] = workbench_of(at).id
+    again.run()
+    again.switch_page(PAGE).run()
+    no_exceptions(again)
+    return again
+
+
 def test_box_selection_and_move_to_centroid_is_saved_before_shown(app_workspace):
     at = _open(app_workspace)
-    wb = at.session_state["workbench"]
+    wb = workbench_of(at)
     view = at.session_state["lat-view"]
     wrong = view.ids[view.wrong][:3].tolist() or view.ids[:3].tolist()
     _select(at, wrong)
@@ -52,7 +64,7 @@ def test_box_selection_and_move_to_centroid_is_saved_before_shown(app_workspace)
 
 def test_update_makes_a_version_and_a_summary_then_reset(app_workspace):
     at = _open(app_workspace)
-    wb = at.session_state["workbench"]
+    wb = workbench_of(at)
     start = wb.current_version
     view = at.session_state["lat-view"]
     _select(at, view.ids[:2].tolist())
@@ -70,13 +82,20 @@ def test_update_makes_a_version_and_a_summary_then_reset(app_workspace):
     at.run()
     at.run()
     no_exceptions(at)
-    result = at.session_state["lat-result"]
+    result = wb.get_state(RESULT_KEY)  # in the store, not a JSON side file
+    assert not list(wb.store.workbench_dir(wb.id).glob("*.json"))
     assert result["moved_total"] == 2 and result["version"] == wb.current_version == start + 1
     labels = {m.label: m.value for m in at.metric}
     assert "Moved images now right" in labels and labels["Version"] == f"v{start + 1}"
     assert len(load_moves(wb)) == 0  # the moves went into the version's feedback
     assert wb.versions()[-1].feedback["kind"] == "latent"
+    # clearing them was one undo step, kept in the store: Undo brings them back after a refresh
+    fresh = _open_again(at)
+    fresh.button(key="lat-undo").click().run()
+    assert len(load_moves(wb)) == 2
+    fresh.button(key="lat-clear").click().run()
+    at.run()
 
     at.button(key="lat-reset").click().run()
     no_exceptions(at)
-    assert wb.current_version == start and at.session_state["lat-result"] is None
+    assert wb.current_version == start and wb.get_state(RESULT_KEY) is None

@@ -1,12 +1,11 @@
 """AppTest tests of the Training monitor and Layer freezing pages."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
-from apptest_helpers import ROOT, app_workspace, new_app, no_exceptions  # noqa: F401  (fixture)
+from apptest_helpers import ROOT, app_workspace, new_app, no_exceptions, workbench_of  # noqa: F401  (fixture)
 
 from core.feedback.selection import KIND as SELECTION
 from core.live_monitor import Monitors
@@ -36,7 +35,7 @@ def _texts(at) -> str:
 
 def test_monitor_trains_in_background_with_live_statistics(app_workspace):
     at = _open(app_workspace, MONITOR)
-    wb = at.session_state["workbench"]
+    wb = workbench_of(at)
     start = wb.current_version
     at.number_input(key="mon-epochs").set_value(2)
     at.button(key="mon-start").click().run()
@@ -63,7 +62,7 @@ def test_monitor_trains_in_background_with_live_statistics(app_workspace):
 
 def test_pause_at_epoch_end_then_resume_and_stop(app_workspace):
     at = _open(app_workspace, MONITOR)
-    wb = at.session_state["workbench"]
+    wb = workbench_of(at)
     at.toggle(key="mon-pae").set_value(True).run()
     assert wb.settings["pause_at_epoch_end"] is True  # saved at once
     at.number_input(key="mon-epochs").set_value(3)
@@ -90,7 +89,7 @@ def test_pause_at_epoch_end_then_resume_and_stop(app_workspace):
 
 def test_select_in_embedding_and_retrain_reports_fixed_examples(app_workspace):
     at = _open(app_workspace, MONITOR)
-    wb = at.session_state["workbench"]
+    wb = workbench_of(at)
     at.session_state["mon-view"] = "Embedding"
     at.run()
     no_exceptions(at)
@@ -114,24 +113,24 @@ def test_select_in_embedding_and_retrain_reports_fixed_examples(app_workspace):
     at.button(key="mon-retrain-go").click().run()
     no_exceptions(at)
     job = wb.jobs.current
-    report_file = wb.store.workbench_dir(wb.id) / "selection_retrain.json"
-    assert json.loads(report_file.read_text())["ids"] == chosen  # saved before the page says it started
+    assert wb.get_state("monitor.retrain")["ids"] == chosen  # saved (in the store) before the page says it started
     _wait(job)
     assert job.status == "done", job.error
     at.run()
     at.run()
     no_exceptions(at)
     assert wb.current_version == start + 1
-    report = at.session_state["mon-retrain"]["report"]
+    report = wb.get_state("monitor.retrain")["report"]
     assert report["n"] == len(chosen) and report["wrong_before"] == len(wrong[:6])
     assert "now right" in _texts(at)
-    assert json.loads(report_file.read_text())["report"] == report
+    assert wb.get_state("monitor.retrain")["report"] == report
+    assert not list(wb.store.workbench_dir(wb.id).glob("*.json"))
     assert wb.versions()[-1].feedback["kind"] == SELECTION
 
 
 def test_freeze_switches_save_and_reach_a_running_job(app_workspace):
     at = _open(app_workspace, FREEZING)
-    wb = at.session_state["workbench"]
+    wb = workbench_of(at)
     groups = list(wb.model.layer_groups)
     at.toggle(key=f"frz-g-{groups[0]}").set_value(True).run()
     no_exceptions(at)
