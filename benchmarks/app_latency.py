@@ -282,6 +282,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         browser_rows = [] if args.no_browser else browser_starts(base, tmp, args.starts, args.first_start)
         rows = idle_reruns(ws, args.reruns) + browser_rows
 
+    for row in rows:
+        row["quick"] = args.quick
     print_table(rows, ["name", "ours_s", "target", "pass"])
     write_json(args.json, rows)
     return rows
