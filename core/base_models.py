@@ -51,6 +51,8 @@ class BaseModels:
             if key not in self._models and path.is_file():
                 self._models[key] = model_from_checkpoint(path).eval()
             if key in self._models:
+                if not path.is_file():  # the workspace was deleted under the server: write it again
+                    save_checkpoint(self._models[key], key, data.classes, {"data": source})
                 if key not in self._metrics:  # once per base model, not once per workbench
                     self._metrics[key] = version_metrics(self._models[key], data)
                 return BaseStatus(self._models[key], None, key, self._metrics[key])

@@ -27,7 +27,9 @@ import torch
 from PIL import Image
 
 from core.data import DataError, ImageDataset, load_dataset
-from core.models import build_model
+from core.models import CheckpointError, build_model
+from core.store import WorkspaceError
+from core.workbench import WorkbenchError
 from core.paths import PathNotAllowed, check_user_path, data_roots
 
 
@@ -356,6 +358,217 @@ CASES: list[Case] = [
 
 
 # --- store, workbench and app: append with CASES += [...] -------------------------------------
+
+class _Payload:
+    """Runs a shell command when unpickled (what a malicious checkpoint would carry)."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def _workbench(tmp: Path):
+    """A workbench on tiny generated data with versions 0 and 1 (v1 trained one epoch)."""
+    from conftest import make_tiny_dataset
+
+    from core.engine import TrainConfig
+    from core.store import Store
+    from core.workbench import Workbench
+
+    data = make_tiny_dataset()
+    wb = Workbench.create(Store(tmp / "ws"), data, "tiny", build_model("seed-cnn", 1, 16, data.num_classes, seed=0))
+    job = wb.start_training(TrainConfig(epochs=1, batch_size=16), description="v1")
+    assert job.wait(60) and job.status == "done", job.error
+    wb.restore(0)
+    return wb
+
+
+def _restore_broken(break_file: Callable[[Path], None]) -> Callable[[Path], object]:
+    def run(tmp: Path) -> object:
+        wb = _workbench(tmp)
+        _restore_broken.last = (wb, {k: v.clone() for k, v in wb.model.state_dict().items()})
+        break_file(Path(wb.version(1).checkpoint))
+        wb.restore(1)
+    return run
+
+
+def _model_untouched(tmp: Path, value: object) -> None:
+    wb, state = _restore_broken.last
+    assert wb.current_version == 0 and wb.store.get_workbench(wb.id).current_version == 0
+    assert all(torch.equal(state[k], v) for k, v in wb.model.state_dict().items())
+    assert not (tmp / "pwned").exists()
+
+
+def _pickled_object_checkpoint(path: Path) -> None:
+    torch.save({"format": "steerboard-checkpoint-1", "model": _Payload("touch pwned")}, path)
+
+
+def _versionless_workbench(tmp: Path) -> object:
+    from core.store import Store
+    from core.workbench import Workbench
+
+    store = Store(tmp / "ws")
+    orphan = store.create_workbench("digits", "seed-cnn", {})  # what an older release could leave behind
+    return Workbench.open(store, orphan.id)
+
+
+def _newer_schema(tmp: Path) -> object:
+    import sqlite3
+
+    from core.store import Store
+
+    store = Store(tmp / "ws")
+    with sqlite3.connect(store.db_path) as db:
+        db.execute("PRAGMA user_version = 7")
+    return Store(tmp / "ws")
+
+
+def _deleted_workspace_store(tmp: Path) -> object:
+    import shutil
+
+    wb = _workbench(tmp)
+    shutil.rmtree(tmp / "ws")
+    found = wb.store.get_workbench(wb.id)
+    assert found is None and wb.store.generation == 1
+    return f"workbench gone: {found}; workspace created again: {wb.store.db_path.exists()}"
+
+
+def _lr_out_of_range(tmp: Path) -> object:
+    from core.engine import check_train_settings
+
+    check_train_settings(5, 5.0)
+
+
+# App cases: an AppTest of the entry script on a workspace with a cached base model.
+_APP_BASE: dict[str, Path] = {}
+
+
+def _app_workspace(tmp: Path) -> Path:
+    """A fresh workspace holding a copy of a base model trained once per test run."""
+    import shutil
+    import tempfile
+
+    from apptest_helpers import prepare_workspace
+
+    if "ws" not in _APP_BASE:
+        _APP_BASE["ws"] = prepare_workspace(Path(tempfile.mkdtemp(prefix="bad-input-base-")) / "ws")
+    ws = tmp / "app-ws"
+    (ws / "base").mkdir(parents=True)
+    for f in (_APP_BASE["ws"] / "base").iterdir():
+        shutil.copy2(f, ws / "base" / f.name)
+    return ws
+
+
+def _app(tmp: Path, query: dict | None = None):
+    from apptest_helpers import new_app
+
+    return new_app(_app_workspace(tmp), query).run()
+
+
+def _page_text(at) -> str:
+    """Warnings and errors the page shows, one line (what a user reads)."""
+    assert len(at.exception) == 0, [e.message for e in at.exception]
+    return " | ".join(e.value for e in [*at.warning, *at.error])
+
+
+def _app_link(wb_id: str) -> Callable[[Path], object]:
+    def run(tmp: Path) -> object:
+        at = _app(tmp, {"wb": wb_id})
+        assert at.session_state["wb_id"] != wb_id
+        return _page_text(at)
+    return run
+
+
+def _app_orphan_link(tmp: Path) -> object:
+    from apptest_helpers import new_app
+
+    from core.store import Store
+
+    ws = _app_workspace(tmp)
+    orphan = Store(ws).create_workbench("digits", "seed-cnn", {})
+    at = new_app(ws, {"wb": orphan.id}).run()
+    assert at.session_state["wb_id"] != orphan.id
+    return _page_text(at)
+
+
+def _app_lr_out_of_range(tmp: Path) -> object:
+    from apptest_helpers import workbench_of
+
+    at = _app(tmp)
+    at.number_input(key="train-lr").set_value(5.0)
+    at.button(key="train-start").click().run()
+    wb = workbench_of(at)
+    assert wb.jobs.current is None and wb.current_version == 0  # nothing started, nothing changed
+    return _page_text(at)
+
+
+def _app_tiny_pool(tmp: Path) -> object:
+    """A 2-class folder of 6 images: its pool split holds 2 images, below every page's minimum."""
+    at = _app(tmp)
+    ws = Path(os.environ["STEERBOARD_WORKSPACE"])
+    image_tree(ws / "data" / "tiny", n=6, hw=(16, 16))
+    at.selectbox(key="sb-dataset").set_value("Folder or archive…")
+    at.text_input(key="sb-folder").set_value(str(ws / "data" / "tiny"))
+    at.button(key="sb-open").click().run()
+    texts = [_page_text(at)]
+    from apptest_helpers import ROOT, workbench_of
+
+    assert workbench_of(at).data.name == "tiny"
+    for page in ("latent.py", "monitor.py", "freezing.py", "home.py"):
+        at.switch_page(str(ROOT / "pages" / page)).run()
+        texts.append(_page_text(at))
+    return " | ".join(t for t in texts if t) or "all pages drawn"
+
+
+def _app_workspace_deleted(tmp: Path) -> object:
+    import shutil
+
+    from app.state import get_base_models
+
+    at = _app(tmp)
+    shutil.rmtree(Path(os.environ["STEERBOARD_WORKSPACE"]))
+    at.run()
+    text = _page_text(at)
+    from apptest_helpers import workbench_of
+
+    wb = workbench_of(at)
+    assert Path(wb.version(0).checkpoint).is_file()  # the shared base model was written again
+    for job in get_base_models()._jobs.values():  # the default base model trains again: stop it
+        job.stop()
+        job.wait(30)
+    return text
+
+
+CASES += [
+    Case("restore-a-missing-checkpoint", _restore_broken(lambda p: p.unlink()), CheckpointError,
+         r"Checkpoint not found: .*v1\.pt", _model_untouched),
+    Case("restore-a-corrupt-checkpoint", _restore_broken(lambda p: p.write_bytes(b"not a checkpoint")),
+         CheckpointError, r"v1\.pt is not a readable PyTorch checkpoint", _model_untouched),
+    Case("restore-a-checkpoint-holding-a-pickled-object", _restore_broken(_pickled_object_checkpoint),
+         CheckpointError, r"v1\.pt is not a readable PyTorch checkpoint \(UnpicklingError\)", _model_untouched),
+    Case("open-a-workbench-without-versions", _versionless_workbench, WorkbenchError,
+         r"workbench [0-9a-f]{12} has no model versions \(it was left half-created\)"),
+    Case("workspace-of-a-newer-release", _newer_schema, WorkspaceError,
+         r"written by a newer steerboard \(schema 7, this release reads up to 1\); upgrade steerboard"),
+    Case("workspace-deleted-under-the-store", _deleted_workspace_store, None,
+         r"workbench gone: None; workspace created again: True"),
+    Case("learning-rate-out-of-range", _lr_out_of_range, ValueError,
+         r"learning rate must be between 1e-05 and 1; got 5\. Type a value in that range"),
+    Case("app-malformed-wb-in-the-link", _app_link("../../etc/passwd"), None,
+         r"workbench id '\.\./\.\./etc/passwd' is malformed; started a fresh workbench"),
+    Case("app-unknown-wb-in-the-link", _app_link("0123456789ab"), None,
+         r"No workbench 0123456789ab on this server; started a fresh workbench"),
+    Case("app-link-to-a-workbench-without-versions", _app_orphan_link, None,
+         r"cannot be opened: workbench [0-9a-f]{12} has no model versions .*started a fresh workbench"),
+    Case("app-learning-rate-out-of-range-says-so", _app_lr_out_of_range, None,
+         r"Not started: The learning rate must be between 1e-05 and 1; got 5"),
+    Case("app-tiny-pool-pages-draw", _app_tiny_pool, None, r"(no pool split|all pages drawn)"),
+    Case("app-workspace-deleted-under-a-running-server", _app_workspace_deleted, None,
+         r"it is gone from this server \(was the workspace folder deleted\?\); started a fresh workbench"),
+]
+
 
 
 # --- the test ---------------------------------------------------------------------------------
