@@ -1,0 +1,394 @@
+"""Results table from the JSON files of one benchmark run, as Markdown.
+
+    python benchmarks/report.py [DIR] [--write-readme] [--readme README.md] [--allow-quick]
+
+Reads every ``*.json`` a benchmark wrote into DIR (default ``bench-results/``, git-ignored),
+prints one Markdown table with a row per figure (what ours measured, the baseline or
+reference it is compared with, the target and whether it is met, the seeds it was reported
+on and tuned on, and the file), followed by the provenance of the files (git commit and
+whether the tree was dirty, device, torch and Python versions, CPUs and threads) and the
+benchmarks that have no file in DIR. With ``--write-readme`` the block replaces what lies
+between ``<!-- results:start -->`` and ``<!-- results:end -->`` in the README, so that no
+figure in the README is typed by hand. Files from ``--quick`` runs are smoke tests, not
+results: they are marked, and ``--write-readme`` refuses them unless ``--allow-quick``.
+
+Standard library only (no torch import), so it runs in a fraction of a second.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+COLUMNS = ["figure", "ours", "baseline / reference", "target", "met", "seeds (reported / tuned on)", "file"]
+
+# Every benchmark and the command that writes its JSON file for the README's table.
+COMMANDS = {
+    "latent_editing": "python benchmarks/latent_editing.py --data ../shared/data/quickdraw --moves 30 --epochs 2 "
+                      "--seeds 3 --cache bench-results/cache --json bench-results/latent_editing.json",
+    "latent_update_speed": "python benchmarks/latent_editing.py --data ../shared/data/quickdraw --speed-only "
+                           "--cache bench-results/cache --json bench-results/latent_update_speed.json",
+    "select_retrain": "python benchmarks/select_retrain.py --seeds 3 --json bench-results/select_retrain.json",
+    "monitor_overhead": "python benchmarks/monitor_overhead.py --json bench-results/monitor_overhead.json",
+    "streamed_tsne": "python benchmarks/streamed_tsne.py --json bench-results/streamed_tsne.json",
+    "freezing": "python benchmarks/freezing.py --json bench-results/freezing.json",
+    "engine_overhead": "python benchmarks/engine_overhead.py --pairs 9 --json bench-results/engine_overhead.json",
+    "app_latency": "python benchmarks/app_latency.py --first-start --json bench-results/app_latency.json",
+}
+
+
+# ----------------------------------------------------------------------------- formatting
+def num(v, fmt: str = ".2f") -> str:
+    return "–" if v is None or v != v else format(v, fmt)
+
+
+def ms(d: dict | None, fmt: str = ".2f", unit: str = "") -> str:
+    """"mean ± sd" of a {"mean", "sd"} dict."""
+    if not d or d.get("mean") is None:
+        return "–"
+    return f"{num(d['mean'], fmt)} ± {num(d.get('sd'), fmt.lstrip('+'))}{unit}"
+
+
+def yes_no(flag) -> str:
+    return "–" if flag is None else ("yes" if flag else "**no**")
+
+
+def seed_span(seeds: list[int]) -> str:
+    seeds = sorted(int(s) for s in seeds or [])
+    if not seeds:
+        return "–"
+    if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2:
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
+def seeds_cell(payload: dict) -> str:
+    rec = payload.get("seeds")
+    if not isinstance(rec, dict):
+        return "not recorded"
+    tuned = seed_span(rec.get("tuned_on", []))
+    cell = f"{seed_span(rec.get('reported_on', []))} / {tuned if tuned != '–' else 'none'}"
+    if rec.get("overlap"):
+        cell += f" (**overlap: {seed_span(rec['overlap'])}**)"
+    return cell
+
+
+def row(figure: str, ours: str, baseline: str, target: str, met, payload: dict, file: str) -> dict:
+    if payload.get("quick"):
+        figure += " (quick smoke run: not a result)"
+        met = None
+    return {"figure": figure, "ours": ours, "baseline / reference": baseline, "target": target,
+            "met": yes_no(met), "seeds (reported / tuned on)": seeds_cell(payload), "file": f"`{file}`"}
+
+
+# ----------------------------------------------------------------------------- one builder per benchmark
+def rows_latent_editing(p: dict, file: str) -> list[dict]:
+    runs, before, comps = p["runs"], p["before"], p["comparisons"]
+    keys = p.get("variant_keys", {"lifted": "lifted", "paper": "paper", "implied-label": "implied"})
+    names = {v: k for k, v in keys.items()}
+    headline = p.get("headline", {}).get("key")
+    data = Path(str(p.get("params", {}).get("data", "?"))).name
+    moves = p.get("params", {}).get("moves")
+
+    def held(run: str) -> str:
+        f = runs[run]
+        return (f"{ms(f['heldout_acc_after'])} % (fixed {ms(f['heldout_fixed'], '.1f')}, "
+                f"broke {ms(f['heldout_broken'], '.1f')})")
+
+    base_cell = (f"CE on the moved examples with their true labels, same steps (same information): "
+                 f"{held('ce_moved')}; CE only, same steps: {held('ce_only')}")
+    out = []
+    for key in [k for k in keys.values() if k in runs]:
+        c = comps.get(key, {}).get("ce_moved", {})
+        tag = " (default)" if key == headline else ""
+        out.append(row(
+            f"Latent editing{tag}, variant {names.get(key, key)}, {data}, {moves} moves: accuracy on the held-out "
+            f"test examples of the moved pairs ({ms(before['heldout_n'], '.0f')} examples, "
+            f"{ms(before['heldout_wrong_before'], '.1f')} wrong before), {ms(before['heldout_acc_before'])} % before "
+            f"→ after",
+            held(key) + (f"; vs same-information baseline {num(c.get('mean'), '+.2f')} ± {num(c.get('sd'))} points, "
+                         f"higher on {c.get('higher_on', '?')}/{c.get('seeds', '?')} seeds" if c else ""),
+            base_cell, "higher than the same-information baseline on every seed", c.get("beats") if c else None,
+            p, file))
+    fit = " / ".join(f"{names.get(k, k)} {ms(runs[k]['moved_fixed'], '.1f', ' %')}" for k in keys.values() if k in runs)
+    out.append(row(f"Latent editing: moved examples right after (fit: the fine-tune saw them), "
+                   f"{ms(before['moved_fixed_before'], '.1f')} % before", fit,
+                   f"CE on the moved examples (same information) {ms(runs['ce_moved']['moved_fixed'], '.1f', ' %')}; "
+                   f"CE only {ms(runs['ce_only']['moved_fixed'], '.1f', ' %')}", "– (a fit figure)", None, p, file))
+    lead = headline or next(iter(k for k in keys.values() if k in runs))
+    t_ours, t_base = runs[lead]["test_acc_after"]["mean"], runs["ce_only"]["test_acc_after"]["mean"]
+    out.append(row(f"Latent editing: test accuracy, whole test split, {ms(before['test_acc_before'])} % before → after "
+                   f"({names.get(lead, lead)})", ms(runs[lead]["test_acc_after"], unit=" %"),
+                   f"CE on the moved examples {ms(runs['ce_moved']['test_acc_after'], unit=' %')}; "
+                   f"CE only {ms(runs['ce_only']['test_acc_after'], unit=' %')}",
+                   ">= CE only - 0.2 points", None if None in (t_ours, t_base) else t_ours >= t_base - 0.2, p, file))
+    if p.get("speed"):
+        out += rows_latent_update_speed({**p["speed"], "seeds": p.get("seeds"), "quick": p.get("quick")}, file)
+    return out
+
+
+def rows_latent_update_speed(p: dict, file: str) -> list[dict]:
+    return [row("Latent editing: Update / the same fine-tune in a bare PyTorch loop",
+                f"{num(p['ratio'], '.3f')} ({num(p['ours_s'])} s vs {num(p['reference_s'])} s)",
+                "bare hand-written loop, same model, data, steps", f"<= {p.get('target', 1.15)}",
+                p["ratio"] <= p.get("target", 1.15), p, file)]
+
+
+def rows_select_retrain(p: dict, file: str) -> list[dict]:
+    runs, before, comps = p["runs"], p["before"], p["comparisons"]
+
+    def held(run: str) -> str:
+        f = runs[run]
+        return (f"fixed {ms(f['heldout_fixed'], '.1f')}, broke {ms(f['heldout_broken'], '.1f')}; "
+                f"pair accuracy {ms(f['heldout_acc_after'])} %")
+
+    c = [comps[b] for b in ("no_fill", "random") if b in comps]
+    cmp_txt = "; ".join(f"vs {b}: {num(comps[b]['mean'], '+.2f')} ± {num(comps[b]['sd'])} points, higher on "
+                        f"{comps[b]['higher_on']}/{comps[b]['seeds']} seeds" for b in ("no_fill", "random") if b in comps)
+    pair = ", ".join("/".join(r["pair"]) for r in p.get("per_seed", [])[:3])
+    out = [row(f"Select and retrain ({pair}): held-out test examples of the selected pair "
+               f"({ms(before['heldout_n'], '.0f')} examples, {ms(before['heldout_wrong_before'], '.1f')} wrong before, "
+               f"{ms(before['heldout_acc_before'])} % right): mistakes fixed, right ones broken, accuracy after",
+               f"{held('ours')}; {cmp_txt}",
+               f"same selection without random fill, same steps (same information): {held('no_fill')}; "
+               f"random training batches, same steps: {held('random')}",
+               "higher pair accuracy than both baselines on every seed",
+               all(x["beats"] for x in c) if c else None, p, file)]
+    out.append(row(f"Select and retrain: selected mistakes fixed (fit: retrained on them; "
+                   f"{ms(before['selected_wrong_before'], '.1f')} of {ms(before['selected'], '.1f')} selected were wrong)",
+                   ms(runs["ours"]["selected_fixed_fraction"], ".1f", " %"),
+                   f"no fill {ms(runs['no_fill']['selected_fixed_fraction'], '.1f', ' %')}; "
+                   f"random {ms(runs['random']['selected_fixed_fraction'], '.1f', ' %')}", "– (a fit figure)", None,
+                   p, file))
+    vc = runs["ours"]["val_acc_change"]["mean"]
+    out.append(row(f"Select and retrain: validation accuracy change ({ms(before['val_acc_before'])} % before)",
+                   ms(runs["ours"]["val_acc_change"], "+.2f", " points"),
+                   f"no fill {ms(runs['no_fill']['val_acc_change'], '+.2f')}; "
+                   f"random {ms(runs['random']['val_acc_change'], '+.2f')}", "within 1 point",
+                   None if vc is None else abs(vc) <= 1, p, file))
+    return out
+
+
+def rows_monitor_overhead(p: dict, file: str) -> list[dict]:
+    pr = p.get("probe", {})
+    shares = [s for s in pr.get("share", []) if s is not None]
+    counts = sorted(pr.get("probes_per_run", [])) or [0]
+    span = str(counts[0]) if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
+    probe = (f"; probe: {pr.get('images')} images, {span} probes per run, "
+             f"share of step time {num(max(shares) * 100, '.1f')} % at most (budget {num((pr.get('budget') or 0) * 100, '.0f')} %)"
+             if shares else "")
+    prm = p.get("params", {})
+    return [row(f"Training with everything the monitor page attaches (statistics, settle tracker, activation probe, "
+                f"reader thread) / bare loop ({prm.get('model')}, {prm.get('data')}, {prm.get('epochs_per_run')} epochs "
+                f"per run, {prm.get('pairs')} pairs)",
+                f"{num(p['ratio'], '.3f')} ({num(p['ours_s'])} s vs {num(p['reference_s'])} s){probe}",
+                "bare hand-written PyTorch loop", f"<= {p['target']}", p["ratio"] <= p["target"], p, file)]
+
+
+def rows_streamed_tsne(p: dict, file: str) -> list[dict]:
+    q, refs, prm = p["quality"], p["references"], p.get("params", {})
+
+    def qual(k: str) -> str:
+        return (f"trustworthiness {num(q[k]['trustworthiness'], '.3f')}, displacement {num(q[k]['displacement'], '.3f')} "
+                f"(aligned {num(q[k]['displacement_aligned'], '.3f')})")
+
+    what = f"{prm.get('points')} points, {prm.get('layer')} activations"
+    return [
+        row(f"Streamed t-SNE: warm update / cold openTSNE layout with the page's settings ({what})",
+            f"{num(refs['opentsne_cold']['ratio'], '.3f')} ({num(p['ours_s'])} s vs {num(refs['opentsne_cold']['s'])} s)",
+            refs["opentsne_cold"]["what"], f"<= {p['target']}", refs["opentsne_cold"]["ratio"] <= p["target"], p, file),
+        row("Streamed t-SNE: warm update / scikit-learn TSNE (second reference, same run)",
+            f"{num(refs['sklearn']['ratio'], '.3f')} ({num(p['ours_s'])} s vs {num(refs['sklearn']['s'])} s)",
+            refs["sklearn"]["what"], "–", None, p, file),
+        row("Streamed t-SNE: layout quality after one training step (displacement from the layout shown before, "
+            "fraction of the radius)", qual("ours"),
+            f"cold openTSNE: {qual('opentsne_cold')}; scikit-learn: {qual('sklearn')}", "–", None, p, file),
+    ]
+
+
+def rows_freezing(p: dict, file: str) -> list[dict]:
+    by_lr, head = p["by_lr"], p["headline"]
+    lr0 = format(head["lr"], "g")
+    h = by_lr[lr0]
+    prm = p.get("params", {})
+    setup = f"{prm.get('model')}, conv1-2 frozen after epoch {prm.get('freeze_after')} of {prm.get('epochs')}"
+    tgt = p.get("target", {})
+    out = [
+        row(f"Layer freezing ({setup}): epoch time after the change / the unfrozen run's same epochs (lr {lr0})",
+            ms(h["ratio_vs_nofreeze"], ".3f"), "the same run without freezing, same seeds, in lockstep",
+            f"<= {tgt.get('ratio_vs_nofreeze', 0.8)}", h["met"]["ratio_vs_nofreeze"], p, file),
+        row(f"Layer freezing: within-run ratio, epochs after / before the change (lr {lr0}; counts any speed-up both "
+            f"runs share: the unfrozen run's own after/before is {ms(h['nofreeze_after_before'], '.3f')})",
+            ms(h["epoch_time_ratio"], ".3f"), "the same run's epochs before the change", "– (secondary)", None, p, file),
+    ]
+    roles = p.get("lr_roles", {})
+    for lr, b in by_lr.items():
+        out.append(row(f"Layer freezing: held-out accuracy with freezing, lr {lr} ({roles.get(lr, 'other')})",
+                       f"{ms(b['val_acc_freeze'], unit=' %')} (diff {ms(b['acc_diff'], '+.2f')} points)",
+                       f"without freezing: {ms(b['val_acc_nofreeze'], unit=' %')}",
+                       f"within {tgt.get('acc_diff_abs', 1.0)} point", b["met"]["acc_diff_abs"], p, file))
+    return out
+
+
+ENGINE_NAMES = {"engine": "engine `fit` / bare loop",
+                "engine_stats": "engine with per-filter statistics every step / bare loop",
+                "frozen": "seed-cnn with conv1-2 frozen / bare loop with the same layers frozen"}
+
+
+def rows_engine_overhead(p: dict, file: str) -> list[dict]:
+    prm = p.get("params", {})
+    return [row(f"Engine: {ENGINE_NAMES.get(p['name'], p['name'])} ({prm.get('model')}, {prm.get('data')}, "
+                f"{prm.get('pairs')} pairs)", f"{num(p['ratio'], '.3f')} ({num(p['ours_s'])} s vs {num(p['reference_s'])} s)",
+                "bare hand-written PyTorch loop", f"<= {p['target']}", p["ratio"] <= p["target"], p, file)]
+
+
+def rows_app_latency(p: dict, file: str) -> list[dict]:
+    name = p["name"]
+    what = {"cached_start": "`streamlit run` to rendered Home, cached base model (median)",
+            "first_start": "first start on an empty workspace (base model trains in the background)"}
+    label = what.get(name, f"idle rerun of page {name.removeprefix('idle_rerun_')} (AppTest, median)")
+    return [row(f"App: {label}", f"{num(p['ours_s'] * 1000, '.0f')} ms" if p.get("ours_s") is not None else "failed",
+                "– (absolute time)", f"<= {num(p['target'] * 1000, '.0f')} ms", p.get("pass"), p, file)]
+
+
+BUILDERS: dict[str, Callable[[dict, str], list[dict]]] = {
+    "latent_editing": rows_latent_editing,
+    "latent_update_speed": rows_latent_update_speed,
+    "select_retrain": rows_select_retrain,
+    "monitor_overhead": rows_monitor_overhead,
+    "streamed_tsne": rows_streamed_tsne,
+    "freezing": rows_freezing,
+    "engine": rows_engine_overhead, "engine_stats": rows_engine_overhead, "frozen": rows_engine_overhead,
+}
+SOURCE = {"engine": "engine_overhead", "engine_stats": "engine_overhead", "frozen": "engine_overhead"}
+
+
+def builder(name: str) -> tuple[str, Callable[[dict, str], list[dict]]] | None:
+    if name in BUILDERS:
+        return SOURCE.get(name, name), BUILDERS[name]
+    if name.startswith("idle_rerun_") or name in ("cached_start", "first_start"):
+        return "app_latency", rows_app_latency
+    return None
+
+
+# ----------------------------------------------------------------------------- the report
+def load(folder: Path) -> list[tuple[str, dict]]:
+    """(file name, payload) for every benchmark record in ``folder``'s JSON files (a file may
+    hold one record or a list of them)."""
+    out = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"report: cannot read {path}: {exc}") from exc
+        for rec in data if isinstance(data, list) else [data]:
+            if isinstance(rec, dict) and "name" in rec:
+                out.append((path.name, rec))
+    return out
+
+
+def build(folder: Path, *, display: str | None = None) -> dict:
+    """Rows, provenance lines and notes for the JSON files in ``folder``."""
+    records = load(folder)
+    rows, seen, notes, quick = [], set(), [], False
+    provs: dict[tuple, list[str]] = {}
+    for file, rec in records:
+        found = builder(rec["name"])
+        if found is None:
+            notes.append(f"`{file}`: unknown benchmark {rec['name']!r}, left out")
+            continue
+        source, make = found
+        try:
+            rows += make(rec, file)
+        except (KeyError, TypeError) as exc:
+            notes.append(f"`{file}`: {rec['name']} in an older or unknown format ({exc.__class__.__name__}: {exc}), "
+                         "left out: run the benchmark again")
+            continue
+        seen.add(source)
+        quick |= bool(rec.get("quick"))
+        prov = rec.get("provenance") or {}
+        key = (prov.get("git_commit"), prov.get("git_dirty"), prov.get("device"), prov.get("cuda"), prov.get("torch"),
+               prov.get("python"), prov.get("cpus"), prov.get("torch_threads"))
+        provs.setdefault(key, [])
+        if file not in provs[key]:
+            provs[key].append(file)
+    prov_lines = []
+    for (commit, dirty, device, cuda, torch_v, py, cpus, threads), files in provs.items():
+        where = f"{device or '?'}" + (f" ({cuda})" if cuda and str(device).startswith("cuda") else "")
+        prov_lines.append(
+            f"commit `{(commit or 'unknown')[:10]}`{' (working tree dirty: see the JSON for the paths)' if dirty else ''}, "
+            f"{where}, {cpus} CPUs, {threads} torch threads, torch {torch_v}, Python {py}: "
+            + ", ".join(f"`{f}`" for f in files))
+    commits = {k[0] for k in provs}
+    if len(commits) > 1:
+        notes.append(f"the files come from {len(commits)} different commits: not one run")
+    missing = [n for n in COMMANDS if n not in seen]
+    return {"rows": rows, "provenance": prov_lines, "notes": notes, "missing": missing, "quick": quick,
+            "folder": display or str(folder)}
+
+
+def markdown(rep: dict) -> str:
+    lines = [f"Generated by `python benchmarks/report.py {rep['folder']} --write-readme` from the benchmarks' JSON "
+             "files; do not edit by hand.", ""]
+    lines.append("| " + " | ".join(COLUMNS) + " |")
+    lines.append("|" + "---|" * len(COLUMNS))
+    for r in rep["rows"]:
+        lines.append("| " + " | ".join(str(r[c]).replace("|", "\\|").replace("\n", " ") for c in COLUMNS) + " |")
+    if not rep["rows"]:
+        lines.append("| no benchmark JSON found | | | | | | |")
+    lines.append("")
+    if rep["provenance"]:
+        lines.append("Provenance: " + "; ".join(rep["provenance"]) + ".")
+        lines.append("")
+    for n in rep["notes"]:
+        lines.append(f"Note: {n}.")
+    if rep["missing"]:
+        lines.append("Not in this run (no JSON file): " + "; ".join(f"{n} (`{COMMANDS[n]}`)" for n in rep["missing"])
+                     + ".")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def splice(readme: str, block: str) -> str:
+    """``readme`` with ``block`` between the result markers (ValueError when they are missing)."""
+    if readme.count(START) != 1 or readme.count(END) != 1 or readme.index(START) > readme.index(END):
+        raise ValueError(f"the README needs exactly one {START} followed by one {END}")
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{block}{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", nargs="?", default="bench-results", help="folder with the run's JSON files")
+    ap.add_argument("--write-readme", action="store_true", help="splice the table into the README between the markers")
+    ap.add_argument("--readme", default=str(ROOT / "README.md"))
+    ap.add_argument("--allow-quick", action="store_true", help="let --write-readme take files from --quick runs")
+    args = ap.parse_args(argv)
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        print(f"report: no folder {folder}", file=sys.stderr)
+        return 2
+    rep = build(folder, display=args.folder)
+    block = markdown(rep)
+    print(block, end="")
+    if args.write_readme:
+        if rep["quick"] and not args.allow_quick:
+            print("report: --quick files are smoke tests, not results; README left as it was "
+                  "(--allow-quick to write anyway)", file=sys.stderr)
+            return 1
+        path = Path(args.readme)
+        try:
+            path.write_text(splice(path.read_text(), block))
+        except ValueError as exc:
+            print(f"report: {path}: {exc}", file=sys.stderr)
+            return 1
+        print(f"report: results written into {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

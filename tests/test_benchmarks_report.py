@@ -1,0 +1,142 @@
+"""benchmarks/report.py: the README's results table is generated from benchmark JSON files.
+The test writes small JSON files in the formats the benchmarks write and checks the table."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def report():
+    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "benchmarks" / "report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+PROV = {"git_commit": "abcdef1234567890", "git_dirty": False, "git_dirty_paths": [], "device": "cpu", "cuda": None,
+        "torch": "2.15.0", "python": "3.11.7", "cpus": 2, "torch_threads": 2}
+
+
+def fig(mean, sd=0.5):
+    return {"mean": mean, "sd": sd, "values": [mean]}
+
+
+def latent(quick=False):
+    run = lambda acc, moved: {"heldout_acc_after": fig(acc), "heldout_fixed": fig(10.0), "heldout_broken": fig(4.0),  # noqa: E731
+                              "moved_fixed": fig(moved), "test_acc_after": fig(95.0)}
+    return {
+        "name": "latent_editing", "quick": quick,
+        "headline": {"figure": "heldout_acc_after", "variant": "lifted", "key": "lifted"},
+        "before": {"heldout_acc_before": fig(94.0), "heldout_n": fig(800, 10), "heldout_wrong_before": fig(40.0),
+                   "test_acc_before": fig(94.5), "moved_fixed_before": fig(0.0), "r2_pool": fig(1.0, 0)},
+        "runs": {"lifted": run(94.1, 96.7), "paper": run(93.0, 30.0), "ce_moved": run(94.6, 100.0),
+                 "ce_only": run(94.3, 20.0)},
+        "comparisons": {"lifted": {"ce_moved": {"mean": -0.5, "sd": 0.2, "higher_on": 0, "seeds": 3, "beats": False},
+                                   "ce_only": {"mean": -0.2, "sd": 0.2, "higher_on": 1, "seeds": 3, "beats": False}},
+                        "paper": {"ce_moved": {"mean": -1.6, "sd": 0.2, "higher_on": 0, "seeds": 3, "beats": False},
+                                  "ce_only": {"mean": -1.3, "sd": 0.2, "higher_on": 0, "seeds": 3, "beats": False}}},
+        "variant_keys": {"lifted": "lifted", "paper": "paper", "implied-label": "implied"},
+        "speed": None,
+        "seeds": {"reported_on": [100, 101, 102], "tuned_on": [0, 1, 2], "tuned": "variant", "overlap": []},
+        "params": {"data": "/x/quickdraw", "moves": 30},
+        "provenance": PROV,
+    }
+
+
+def monitor(ratio):
+    return {"name": "monitor_overhead", "ours_s": 2.2 * ratio, "reference_s": 2.2, "ratio": ratio, "target": 1.10,
+            "pass": ratio <= 1.10, "quick": False,
+            "probe": {"images": 267, "budget": 0.03, "probes_per_run": [4, 5], "share": [0.02, 0.029],
+                      "interval_steps": [90, 95], "probe_s": [0.05, 0.05]},
+            "seeds": {"reported_on": [100], "tuned_on": [], "tuned": "nothing", "overlap": []},
+            "params": {"model": "seed-cnn", "data": "digits", "epochs_per_run": 10, "pairs": 5},
+            "provenance": PROV}
+
+
+def engine_rows():
+    return [{"name": n, "ours_s": 1.0 * r, "reference_s": 1.0, "ratio": r, "target": t, "pass": r <= t, "quick": False,
+             "params": {"model": "seed-cnn", "data": "digits", "pairs": 9}, "provenance": PROV}
+            for n, r, t in [("engine", 1.02, 1.05), ("engine_stats", 1.12, 1.10), ("frozen", 1.04, 1.05)]]
+
+
+def write(folder: Path, name: str, payload) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(json.dumps(payload))
+
+
+def table_rows(md: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split(" | ")] for line in md.splitlines()
+            if line.startswith("| ") and not line.startswith("| figure")]
+
+
+def test_table_names_baseline_target_and_met_for_every_row(report, tmp_path):
+    write(tmp_path, "latent_editing.json", latent())
+    write(tmp_path, "monitor_overhead.json", monitor(1.07))
+    write(tmp_path, "engine_overhead.json", engine_rows())
+    md = report.markdown(report.build(tmp_path))
+    rows = table_rows(md)
+    assert len(rows) == 2 + 2 + 1 + 3  # two variants, fit, test accuracy; monitor; three engine rows
+    for r in rows:
+        assert len(r) == len(report.COLUMNS)
+        figure, ours, baseline, target, met, seeds, file = r
+        assert baseline and target and met in ("yes", "**no**", "–") and file.endswith(".json`")
+    lifted = next(r for r in rows if "variant lifted" in r[0])
+    assert "(default)" in lifted[0] and "94.10 ± 0.50 %" in lifted[1] and "higher on 0/3 seeds" in lifted[1]
+    assert "same information" in lifted[2] and "94.60 ± 0.50 %" in lifted[2] and "CE only" in lifted[2]
+    assert lifted[4] == "**no**"  # ours does not beat the same-information baseline: said plainly
+    assert lifted[5] == "100-102 / 0-2"
+    fit = next(r for r in rows if "(fit:" in r[0])
+    assert "lifted 96.7 ± 0.5 %" in fit[1] and fit[4] == "–"
+    mon = next(r for r in rows if r[6] == "`monitor_overhead.json`")
+    assert mon[1].startswith("1.070") and "activation probe" in mon[0] and mon[3] == "<= 1.1" and mon[4] == "yes"
+    assert "4-5 probes per run" in mon[1] and "2.9 % at most" in mon[1]
+    stats = next(r for r in rows if "per-filter statistics" in r[0])
+    assert stats[4] == "**no**" and "bare hand-written" in stats[2]
+    assert "commit `abcdef1234`" in md and "2 CPUs" in md and "torch 2.15.0" in md
+    assert "select_retrain" in md.split("Not in this run")[1]  # missing benchmarks are listed with their command
+    assert "different commits" not in md
+
+
+def test_quick_runs_are_marked_and_kept_out_of_the_readme(report, tmp_path):
+    write(tmp_path / "run", "latent_editing.json", latent(quick=True))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.START}\nold\n{report.END}\noutro\n")
+    assert report.main([str(tmp_path / "run"), "--write-readme", "--readme", str(readme)]) == 1
+    assert "old" in readme.read_text()
+    md = report.markdown(report.build(tmp_path / "run"))
+    assert all("quick smoke run" in r[0] and r[4] == "–" for r in table_rows(md))
+
+
+def test_write_readme_splices_between_the_markers_only(report, tmp_path, capsys):
+    write(tmp_path / "run", "monitor_overhead.json", monitor(1.2))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\nkeep this\n{report.START}\n| hand | typed |\n{report.END}\nand this\n")
+    assert report.main([str(tmp_path / "run"), "--write-readme", "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# title\nkeep this\n") and text.endswith("and this\n")
+    inside = text.split(report.START)[1].split(report.END)[0]
+    assert "hand | typed" not in inside and "1.200" in inside and "**no**" in inside
+    assert inside.strip() in capsys.readouterr().out  # what is printed is what is written
+    again = report.splice(text, report.markdown(report.build(tmp_path / "run")))
+    assert again == text  # idempotent
+    with pytest.raises(ValueError, match="results:start"):
+        report.splice("no markers here", "x")
+
+
+def test_mixed_commits_unknown_and_old_files_are_reported_not_hidden(report, tmp_path):
+    write(tmp_path, "a.json", monitor(1.05))
+    other = monitor(1.06) | {"provenance": PROV | {"git_commit": "0123456789abcdef"}}
+    write(tmp_path, "b.json", other)
+    write(tmp_path, "c.json", {"name": "something_else"})
+    write(tmp_path, "d.json", {"name": "select_retrain", "selected_fixed_fraction": 100.0})  # the old format
+    md = report.markdown(report.build(tmp_path))
+    assert "2 different commits" in md
+    assert "unknown benchmark 'something_else'" in md
+    assert "`d.json`: select_retrain in an older or unknown format" in md
+    assert len(table_rows(md)) == 2
