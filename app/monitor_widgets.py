@@ -11,7 +11,7 @@ import torch
 from app.widgets import start_job
 from core.engine import EPOCHS_RANGE, LR_RANGE, TrainConfig
 from core.jobs import Job
-from core.live_monitor import Monitors, monitors_for
+from core.live_monitor import PROBE_SAMPLE, ActivationProbe, Monitors, monitors_for
 from core.workbench import Workbench
 
 
@@ -31,7 +31,20 @@ def current_monitors(wb: Workbench) -> tuple[Job | None, Monitors]:
     return job, Monitors.of(job.attached if job is not None else [])
 
 
-PROBE_N = 1000  # pool examples the activation probe follows during training
+PROBE_N = PROBE_SAMPLE  # pool examples the activation probe follows during training
+
+
+def probe_caption(probe: ActivationProbe | None) -> str | None:
+    """One line on how often the running job's activation probe refreshes the embedding (its
+    interval adapts so that probing stays within its budget of the training time), or None
+    before its first probe."""
+    pace = probe.pace() if probe is not None else None
+    if pace is None:
+        return None
+    budget = f", keeping it within {pace['budget']:.0%} of the training time" if pace["budget"] else ""
+    share = f" ({pace['share']:.1%} so far)" if pace["share"] is not None else ""
+    return (f"Activations of the model in training ({pace['images']} pool images) are probed every "
+            f"{pace['interval']} steps, about every {pace['interval_s']:.1f} s{budget}{share}.")
 
 
 def training_controls(wb: Workbench, key: str, *, probe_layer: str | None = None, probe_n: int = PROBE_N,

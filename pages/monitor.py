@@ -10,7 +10,7 @@ import streamlit as st
 import torch
 
 from app.monitor_plots import embedding_figure, grad_heatmap_figure, layer_bars_figure, live_figure
-from app.monitor_widgets import PROBE_N, current_monitors, probe_sample, training_controls
+from app.monitor_widgets import PROBE_N, current_monitors, probe_caption, probe_sample, training_controls
 from app.state import current_workbench, notice
 from app.widgets import live_job, pct, to_pil
 from core.embed import EmbeddingStream, filter_vectors, layer_activations
@@ -284,6 +284,8 @@ def draw(job: Job | None, view: dict | None) -> None:
         draw_network(job, mons)
     else:
         draw_embedding(job, mons, opts)
+        if job is not None and job.running and (caption := probe_caption(mons.probe)):
+            st.caption(caption)
         draw_report(job)
 
 

@@ -143,3 +143,15 @@ def test_workbench_job_carries_monitors_bound_to_the_training_copy(workspace, ti
     assert all(r["rel_change"] is not None and r["rel_change"] > 0 for r in rows)  # epoch 1 compared to the start
     assert len(mons.stats._handles) == 0  # hooks removed from the finished copy
     assert wb.current_version == 1
+
+
+def test_probe_caption_shows_the_current_interval(tiny_data):
+    from app.monitor_widgets import probe_caption
+
+    probe = ActivationProbe(_model(tiny_data), tiny_data.split("pool")[0], every=25, budget=0.05,
+                            clock=itertools.count(0.0, 0.05).__next__)
+    assert probe_caption(probe) is None and probe_caption(None) is None  # nothing to say before the first probe
+    _steps(probe, 2000, 0.01)
+    text = probe_caption(probe)
+    assert "every 100 steps" in text and "about every 1.0 s" in text and "within 5% of the training time" in text
+    assert f"({len(tiny_data.split('pool')[0])} pool images)" in text
