@@ -95,6 +95,9 @@ def train_panel(wb: Workbench, *, key: str = "train", default_epochs: int = 5,
             c4.write("")
             go_clicked = c4.form_submit_button(start_label, type="primary", disabled=running, width="stretch",
                                                key=f"{key}-start")
+        if running:
+            st.caption("A job is running on this workbench (started from this or another tab); its progress is "
+                       "below. Train is available again when it ends or is stopped.")
         if go_clicked:
             cfg = TrainConfig(epochs=int(epochs), lr=float(lr), batch_size=int(batch), seed=int(time.time()) % 10_000,
                               device=wb.settings.get("device", "cpu"))

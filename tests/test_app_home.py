@@ -123,3 +123,31 @@ def test_training_from_the_page_runs_in_background(app_workspace):
     no_exceptions(at)
     assert wb.current_version == 1
     assert "Finished: version v1" in _texts(at)
+
+
+def test_a_second_tab_shares_the_job_and_a_second_start_is_refused(app_workspace):
+    from streamlit.testing.v1 import AppTest
+
+    from apptest_helpers import ENTRY
+
+    one = new_app(app_workspace).run()
+    wb = workbench_of(one)
+    two = AppTest.from_file(ENTRY, default_timeout=60)  # same server (registry), same ?wb=
+    two.query_params["wb"] = wb.id
+    two.run()
+    assert workbench_of(two) is wb
+    one.number_input(key="train-epochs").set_value(200)
+    one.button(key="train-start").click().run()
+    job = wb.jobs.current
+    assert job is not None and job.running
+    two.button(key="train-start").click().run()  # drawn before the job started: still enabled there
+    no_exceptions(two)
+    assert wb.jobs.current is job  # refused: no second job
+    assert two.button(key="train-start").disabled  # the shared job is shown, Train is off, and says why
+    assert any("A job is running on this workbench" in c.value for c in two.caption)
+    assert not two.button(key="train-stop").disabled  # with its own Stop
+    two.button(key="train-stop").click().run()
+    assert job.wait(60) and job.status == "stopped" and wb.current_version == 0
+    one.run()
+    no_exceptions(one)
+    assert any("Keep as new version" == b.label for b in one.button)

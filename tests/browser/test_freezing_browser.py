@@ -22,8 +22,11 @@ LOSS_POINTS = f"""() => {{
 
 
 def wait_more_points(page: Page, than: int) -> int:
-    page.wait_for_function(f"({LOSS_POINTS})() > {than}", timeout=LONG)
-    return page.evaluate(LOSS_POINTS)
+    """The point count once it exceeds ``than``, read in the same poll that saw it (a second
+    read could catch the chart mid-redraw)."""
+    handle = page.wait_for_function(f"(() => {{ const n = ({LOSS_POINTS})(); return n > {than} ? n : 0; }})()",
+                                    timeout=LONG)
+    return int(handle.json_value())
 
 
 def test_live_training_then_freeze_a_layer_shows_the_marker(page: Page, app_url: str):
@@ -47,5 +50,9 @@ def test_live_training_then_freeze_a_layer_shows_the_marker(page: Page, app_url:
     assert page.locator(live(CHART) + " .js-plotly-plot .shapelayer path").count() >= 1  # the dotted line
 
     page.locator(live(".st-key-frz-status") + " button").filter(has_text="Stop").last.click()
-    expect_text(page, ".st-key-frz-status", re.compile(r"Stopped: version v1\b"), LONG)
+    # a stopped run makes no version by itself; the user keeps the partial result explicitly
+    expect_text(page, ".st-key-frz-status", re.compile(r"Stopped: .*current version is still v0"), LONG)
+    page.locator(live(".st-key-frz-status")).get_by_role("button", name="Keep as new version").click()
+    expect_text(page, ".st-key-sb-version", re.compile(r"Model version:\s*v1\b"), LONG)
+    expect_text(page, ".st-key-frz-status", re.compile(r"Kept the partial result as version v1\b"), LONG)
     assert page.locator('[data-testid="stException"]').count() == 0

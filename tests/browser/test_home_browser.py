@@ -76,7 +76,7 @@ def wait_step_above(page: Page, previous: int, timeout: int = LONG) -> int:
 def start_training(page: Page, epochs: int, batch: int | None = None) -> None:
     panel = page.locator(".st-key-train-panel")
     expect(panel).to_be_visible(timeout=LONG)
-    epochs_input = panel.get_by_label("Epochs")
+    epochs_input = panel.get_by_label("Epochs", exact=True)
     epochs_input.fill(str(epochs))
     epochs_input.press("Tab")
     if batch is not None:
