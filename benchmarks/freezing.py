@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10"),
                     help="CIFAR-10 as a folder with train.tar.gz + test.tar.gz, or any source core.data reads")
     ap.add_argument("--seeds", type=int, default=3, help="number of seeds: --seed, --seed+1, ...")
-    ap.add_argument("--seed", type=int, default=100, help=f"first seed (default 100: lr 0.02 was picked on seed {TUNED_ON})")
+    ap.add_argument("--seed", type=int, default=100,
+                    help=f"first seed (default 100: lr 0.02 was picked on seed {TUNED_ON})")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--freeze-after", type=int, default=4, help="freeze conv1-2 at the end of this epoch")
     ap.add_argument("--limit-per-class", type=int, default=750,
@@ -228,7 +229,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     summary["pass"] = bool(head["met"]["ratio_vs_nofreeze"] and head["met"]["acc_diff_abs"])
     per_seed.sort(key=lambda r: (args.lrs.index(r["lr"]), r["seed"]))
-    rows = [{"lr": r["lr"], "seed": r["seed"], "vs_nofreeze": r["ratio_vs_nofreeze"], "within_run": r["epoch_time_ratio"],
+    rows = [{"lr": r["lr"], "seed": r["seed"], "vs_nofreeze": r["ratio_vs_nofreeze"],
+             "within_run": r["epoch_time_ratio"],
              "nofreeze_drift": r["nofreeze_after_before"], "acc_freeze": r["val_acc_freeze"],
              "acc_nofreeze": r["val_acc_nofreeze"], "diff": r["acc_diff"]} for r in per_seed]
     for lr, b in by_lr.items():
@@ -236,10 +238,12 @@ def main(argv: list[str] | None = None) -> dict:
                      "within_run": b["epoch_time_ratio"]["mean"], "nofreeze_drift": b["nofreeze_after_before"]["mean"],
                      "acc_freeze": b["val_acc_freeze"]["mean"], "acc_nofreeze": b["val_acc_nofreeze"]["mean"],
                      "diff": b["acc_diff"]["mean"]})
-    print_table(rows, ["lr", "seed", "vs_nofreeze", "within_run", "nofreeze_drift", "acc_freeze", "acc_nofreeze", "diff"])
+    print_table(rows, ["lr", "seed", "vs_nofreeze", "within_run", "nofreeze_drift", "acc_freeze", "acc_nofreeze",
+                       "diff"])
     write_json(args.json, summary)
     for lr, b in by_lr.items():
-        print(f"lr {lr}: accuracy {b['val_acc_freeze']['mean']:.2f} with freezing vs {b['val_acc_nofreeze']['mean']:.2f} "
+        print(f"lr {lr}: accuracy {b['val_acc_freeze']['mean']:.2f} with freezing vs "
+              f"{b['val_acc_nofreeze']['mean']:.2f} "
               f"without (diff {b['acc_diff']['mean']:+.2f} ± {b['acc_diff']['sd']:.2f} points, target within "
               f"{ACC_TOLERANCE})")
     print(f"epoch time frozen / unfrozen run's same epochs (lr {args.lrs[0]:g}) {summary['ratio']:.3f} "

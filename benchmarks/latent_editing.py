@@ -171,7 +171,8 @@ def run_seed(args, seed: int, variants: list[str], cache: Path | None, tag: str)
 
 def time_update(args, ctx: dict, seed: int) -> dict:
     """Update (``fine_tune`` with the paper's latent term) vs the same fine-tune in a bare loop."""
-    data, model, branch, moved_x, c, weights = (ctx[k] for k in ("data", "model", "branch", "moved_x", "config", "weights"))
+    data, model, branch = ctx["data"], ctx["model"], ctx["branch"]
+    moved_x, c, weights = ctx["moved_x"], ctx["config"], ctx["weights"]
     tgt = torch.as_tensor(ctx["targets"])
 
     def ours():
@@ -209,9 +210,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--speed-only", action="store_true",
                     help="only the Update / bare-loop timing (first seed, paper variant; default 5 pairs)")
     ap.add_argument("--cache", default=None, help="folder to keep base models between runs")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--quick", action="store_true", help="tiny run for CI: digits, 1 seed, 1 epoch")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.seeds, args.epochs, args.base_epochs = 1, 1, 3
         args.speed_pairs = min(args.speed_pairs, 2) if args.speed_pairs else 0
@@ -236,7 +240,8 @@ def main(argv: list[str] | None = None) -> dict:
         ctx = {"data": data, "model": model, "branch": branch, "moved_x": data.split("pool")[0][pick],
                "targets": targets, "config": c, "weights": {"cls": args.w_cls, "latent": args.w_dis}}
         speed = time_update(args, ctx, seeds[0])
-        result = {"name": "latent_update_speed", **{k: speed[k] for k in ("ours_s", "reference_s", "ratio", "target", "pass")},
+        result = {"name": "latent_update_speed",
+                  **{k: speed[k] for k in ("ours_s", "reference_s", "ratio", "target", "pass")},
                   "quick": args.quick, "params": params | {"ours_all": speed["ours_all"],
                                                            "reference_all": speed["reference_all"],
                                                            "train_images": len(data.split("train")[0])},

@@ -121,7 +121,8 @@ def rows_latent_editing(p: dict, file: str) -> list[dict]:
                    f"CE only {ms(runs['ce_only']['moved_fixed'], '.1f', ' %')}", "– (a fit figure)", None, p, file))
     lead = headline or next(iter(k for k in keys.values() if k in runs))
     t_ours, t_base = runs[lead]["test_acc_after"]["mean"], runs["ce_only"]["test_acc_after"]["mean"]
-    out.append(row(f"Latent editing: test accuracy, whole test split, {ms(before['test_acc_before'])} % before → after "
+    out.append(row(f"Latent editing: test accuracy, whole test split, {ms(before['test_acc_before'])} % before "
+                   f"→ after "
                    f"({names.get(lead, lead)})", ms(runs[lead]["test_acc_after"], unit=" %"),
                    f"CE on the moved examples {ms(runs['ce_moved']['test_acc_after'], unit=' %')}; "
                    f"CE only {ms(runs['ce_only']['test_acc_after'], unit=' %')}",
@@ -148,7 +149,8 @@ def rows_select_retrain(p: dict, file: str) -> list[dict]:
 
     c = [comps[b] for b in ("no_fill", "random") if b in comps]
     cmp_txt = "; ".join(f"vs {b}: {num(comps[b]['mean'], '+.2f')} ± {num(comps[b]['sd'])} points, higher on "
-                        f"{comps[b]['higher_on']}/{comps[b]['seeds']} seeds" for b in ("no_fill", "random") if b in comps)
+                        f"{comps[b]['higher_on']}/{comps[b]['seeds']} seeds"
+                        for b in ("no_fill", "random") if b in comps)
     pair = ", ".join("/".join(r["pair"]) for r in p.get("per_seed", [])[:3])
     out = [row(f"Select and retrain ({pair}): held-out test examples of the selected pair "
                f"({ms(before['heldout_n'], '.0f')} examples, {ms(before['heldout_wrong_before'], '.1f')} wrong before, "
@@ -159,7 +161,8 @@ def rows_select_retrain(p: dict, file: str) -> list[dict]:
                "higher pair accuracy than both baselines on every seed",
                all(x["beats"] for x in c) if c else None, p, file)]
     out.append(row(f"Select and retrain: selected mistakes fixed (fit: retrained on them; "
-                   f"{ms(before['selected_wrong_before'], '.1f')} of {ms(before['selected'], '.1f')} selected were wrong)",
+                   f"{ms(before['selected_wrong_before'], '.1f')} of {ms(before['selected'], '.1f')} selected "
+                   "were wrong)",
                    ms(runs["ours"]["selected_fixed_fraction"], ".1f", " %"),
                    f"no fill {ms(runs['no_fill']['selected_fixed_fraction'], '.1f', ' %')}; "
                    f"random {ms(runs['random']['selected_fixed_fraction'], '.1f', ' %')}", "– (a fit figure)", None,
@@ -179,11 +182,13 @@ def rows_monitor_overhead(p: dict, file: str) -> list[dict]:
     counts = sorted(pr.get("probes_per_run", [])) or [0]
     span = str(counts[0]) if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
     probe = (f"; probe: {pr.get('images')} images, {span} probes per run, "
-             f"share of step time {num(max(shares) * 100, '.1f')} % at most (budget {num((pr.get('budget') or 0) * 100, '.0f')} %)"
+             f"share of step time {num(max(shares) * 100, '.1f')} % at most "
+             f"(budget {num((pr.get('budget') or 0) * 100, '.0f')} %)"
              if shares else "")
     prm = p.get("params", {})
     return [row(f"Training with everything the monitor page attaches (statistics, settle tracker, activation probe, "
-                f"reader thread) / bare loop ({prm.get('model')}, {prm.get('data')}, {prm.get('epochs_per_run')} epochs "
+                f"reader thread) / bare loop ({prm.get('model')}, {prm.get('data')}, "
+                f"{prm.get('epochs_per_run')} epochs "
                 f"per run, {prm.get('pairs')} pairs)",
                 f"{num(p['ratio'], '.3f')} ({num(p['ours_s'])} s vs {num(p['reference_s'])} s){probe}",
                 "bare hand-written PyTorch loop", f"<= {p['target']}", p["ratio"] <= p["target"], p, file)]
@@ -193,13 +198,15 @@ def rows_streamed_tsne(p: dict, file: str) -> list[dict]:
     q, refs, prm = p["quality"], p["references"], p.get("params", {})
 
     def qual(k: str) -> str:
-        return (f"trustworthiness {num(q[k]['trustworthiness'], '.3f')}, displacement {num(q[k]['displacement'], '.3f')} "
+        return (f"trustworthiness {num(q[k]['trustworthiness'], '.3f')}, "
+                f"displacement {num(q[k]['displacement'], '.3f')} "
                 f"(aligned {num(q[k]['displacement_aligned'], '.3f')})")
 
     what = f"{prm.get('points')} points, {prm.get('layer')} activations"
     return [
         row(f"Streamed t-SNE: warm update / cold openTSNE layout with the page's settings ({what})",
-            f"{num(refs['opentsne_cold']['ratio'], '.3f')} ({num(p['ours_s'])} s vs {num(refs['opentsne_cold']['s'])} s)",
+            f"{num(refs['opentsne_cold']['ratio'], '.3f')} "
+            f"({num(p['ours_s'])} s vs {num(refs['opentsne_cold']['s'])} s)",
             refs["opentsne_cold"]["what"], f"<= {p['target']}", refs["opentsne_cold"]["ratio"] <= p["target"], p, file),
         row("Streamed t-SNE: warm update / scikit-learn TSNE (second reference, same run)",
             f"{num(refs['sklearn']['ratio'], '.3f')} ({num(p['ours_s'])} s vs {num(refs['sklearn']['s'])} s)",
@@ -223,7 +230,8 @@ def rows_freezing(p: dict, file: str) -> list[dict]:
             f"<= {tgt.get('ratio_vs_nofreeze', 0.8)}", h["met"]["ratio_vs_nofreeze"], p, file),
         row(f"Layer freezing: within-run ratio, epochs after / before the change (lr {lr0}; counts any speed-up both "
             f"runs share: the unfrozen run's own after/before is {ms(h['nofreeze_after_before'], '.3f')})",
-            ms(h["epoch_time_ratio"], ".3f"), "the same run's epochs before the change", "– (secondary)", None, p, file),
+            ms(h["epoch_time_ratio"], ".3f"), "the same run's epochs before the change", "– (secondary)", None,
+            p, file),
     ]
     roles = p.get("lr_roles", {})
     for lr, b in by_lr.items():
@@ -242,7 +250,8 @@ ENGINE_NAMES = {"engine": "engine `fit` / bare loop",
 def rows_engine_overhead(p: dict, file: str) -> list[dict]:
     prm = p.get("params", {})
     return [row(f"Engine: {ENGINE_NAMES.get(p['name'], p['name'])} ({prm.get('model')}, {prm.get('data')}, "
-                f"{prm.get('pairs')} pairs)", f"{num(p['ratio'], '.3f')} ({num(p['ours_s'])} s vs {num(p['reference_s'])} s)",
+                f"{prm.get('pairs')} pairs)",
+                f"{num(p['ratio'], '.3f')} ({num(p['ours_s'])} s vs {num(p['reference_s'])} s)",
                 "bare hand-written PyTorch loop", f"<= {p['target']}", p["ratio"] <= p["target"], p, file)]
 
 
@@ -320,7 +329,8 @@ def build(folder: Path, *, display: str | None = None) -> dict:
     for (commit, dirty, device, cuda, torch_v, py, cpus, threads), files in provs.items():
         where = f"{device or '?'}" + (f" ({cuda})" if cuda and str(device).startswith("cuda") else "")
         prov_lines.append(
-            f"commit `{(commit or 'unknown')[:10]}`{' (working tree dirty: see the JSON for the paths)' if dirty else ''}, "
+            f"commit `{(commit or 'unknown')[:10]}`"
+            f"{' (working tree dirty: see the JSON for the paths)' if dirty else ''}, "
             f"{where}, {cpus} CPUs, {threads} torch threads, torch {torch_v}, Python {py}: "
             + ", ".join(f"`{f}`" for f in files))
     commits = {k[0] for k in provs}
@@ -341,6 +351,11 @@ def markdown(rep: dict) -> str:
     if not rep["rows"]:
         lines.append("| no benchmark JSON found | | | | | | |")
     lines.append("")
+    missed = [r["figure"].split(":")[0] + (": " + r["figure"].split(":")[1].split("(")[0].strip()
+                                           if ":" in r["figure"] else "") for r in rep["rows"] if r["met"] == "**no**"]
+    if missed:
+        lines.append("Targets not met in this run: " + "; ".join(missed) + ".")
+        lines.append("")
     if rep["provenance"]:
         lines.append("Provenance: " + "; ".join(rep["provenance"]) + ".")
         lines.append("")

@@ -24,7 +24,8 @@ similarity transform (Procrustes: shift, rotation or reflection, scale), which i
 cold layout whose frame is arbitrary. Also: how far a warm update of unchanged data (A again)
 moves the points, against a cold layout of A with another seed.
 
-    python benchmarks/streamed_tsne.py [--data PATH|NAME] [--points 2000] [--pairs 5] [--seed 100] [--quick] [--json PATH]
+    python benchmarks/streamed_tsne.py [--data PATH|NAME] [--points 2000] [--pairs 5] [--seed 100] [--quick]
+                                       [--json PATH]
 """
 from __future__ import annotations
 

@@ -28,8 +28,10 @@ def fig(mean, sd=0.5):
 
 
 def latent(quick=False):
-    run = lambda acc, moved: {"heldout_acc_after": fig(acc), "heldout_fixed": fig(10.0), "heldout_broken": fig(4.0),  # noqa: E731
-                              "moved_fixed": fig(moved), "test_acc_after": fig(95.0)}
+    def run(acc, moved):
+        return {"heldout_acc_after": fig(acc), "heldout_fixed": fig(10.0), "heldout_broken": fig(4.0),
+                "moved_fixed": fig(moved), "test_acc_after": fig(95.0)}
+
     return {
         "name": "latent_editing", "quick": quick,
         "headline": {"figure": "heldout_acc_after", "variant": "lifted", "key": "lifted"},
@@ -101,6 +103,9 @@ def test_table_names_baseline_target_and_met_for_every_row(report, tmp_path):
     assert "commit `abcdef1234`" in md and "2 CPUs" in md and "torch 2.15.0" in md
     assert "select_retrain" in md.split("Not in this run")[1]  # missing benchmarks are listed with their command
     assert "different commits" not in md
+    missed = md.split("Targets not met in this run: ")[1].split("\n")[0]
+    assert "variant lifted" in missed and "variant paper" in missed and "per-filter statistics" in missed
+    assert "monitor" not in missed.lower()
 
 
 def test_quick_runs_are_marked_and_kept_out_of_the_readme(report, tmp_path):
