@@ -39,7 +39,8 @@ def add_loss_and_accuracy(fig: go.Figure, view: dict, *, loss_at: tuple[int, int
         smooth = pd.Series(loss).ewm(alpha=0.1).mean().to_numpy()
         keep = _thin(len(s))
         fig.add_trace(go.Scatter(x=s[keep], y=loss[keep], mode="lines", name="loss", line=dict(color="#cbd5e1", width=1)), *loss_at)
-        fig.add_trace(go.Scatter(x=s[keep], y=smooth[keep], mode="lines", name="loss (smoothed)", line=dict(color="#2563eb")), *loss_at)
+        mode = "lines+markers" if len(s) < 10 else "lines"  # a line of one point draws nothing
+        fig.add_trace(go.Scatter(x=s[keep], y=smooth[keep], mode=mode, name="loss (smoothed)", line=dict(color="#2563eb")), *loss_at)
     epochs = view["epochs"]
     if epochs:
         e = [x["epoch"] + 1 for x in epochs]

@@ -49,6 +49,12 @@ def training_figure(view: dict) -> go.Figure:
     """Batch loss (raw and smoothed) per step, and train / validation accuracy per epoch."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Batch loss", "Accuracy per epoch"))
     add_loss_and_accuracy(fig, view, loss_at=(1, 1), acc_at=(1, 2))
+    if not view["epochs"]:  # an empty panel would look broken
+        (x0, x1), (y0, y1) = fig.layout.xaxis2.domain, fig.layout.yaxis2.domain  # paper coordinates: an axis
+        fig.add_annotation(text="appears after the first epoch", x=(x0 + x1) / 2, y=(y0 + y1) / 2, xref="paper",
+                           yref="paper", showarrow=False, font=dict(color="#6b7280"))  # with no trace has no data range
+        fig.update_xaxes(showticklabels=False, row=1, col=2)
+        fig.update_yaxes(showticklabels=False, row=1, col=2)
     fig.update_xaxes(title_text="step", row=1, col=1)
     fig.update_xaxes(title_text="epoch", row=1, col=2)
     fig.update_yaxes(title_text="%", row=1, col=2)
@@ -183,7 +189,8 @@ def job_status(wb: Workbench, job: Job, view: dict, key: str, *, pausable: bool 
             st.error(f"Training failed: {view['error']}. The model is unchanged (still v{wb.current_version}).",
                      icon=":material/error:")
         elif status == "diverged":
-            st.error(f"Diverged after {view['done_steps']} steps: {view['message']} No version was made; the current "
+            why = view["message"].removeprefix("Training diverged: ")
+            st.error(f"Diverged after {view['done_steps']} step{'s' if view['done_steps'] != 1 else ''}: {why} No version was made; the current "
                      f"version is still v{wb.current_version}. Try a smaller learning rate.", icon=":material/trending_up:")
         elif job.kept is not None:
             st.success(f"Kept the partial result as version v{job.kept.number}, test accuracy "
@@ -194,18 +201,19 @@ def job_status(wb: Workbench, job: Job, view: dict, key: str, *, pausable: bool 
                        f"{pct(v.metrics.get('test_acc'))} ({view['done_steps']} steps, {view['elapsed']:.1f}s).",
                        icon=":material/check_circle:")
         elif status == "stopped":
-            st.info(f"Stopped: {view['message'] or 'no version was made.'} The current version is still "
-                    f"v{wb.current_version}.", icon=":material/stop_circle:")
+            detail = view["message"] if view["message"] not in ("", "Stopped by request.") else \
+                f"after {view['done_steps']} of {view['total_steps']} steps; no version was made."
+            st.info(f"Stopped: {detail} The current version is still v{wb.current_version}.",
+                    icon=":material/stop_circle:")
         if view["has_partial"]:
             c1, c2 = st.columns([3, 1])
             c1.caption(f"The partly trained model ({view['partial_note']}) was not saved. Keep it as a new version?")
             if c2.button("Keep as new version", key=f"{key}-keep", width="stretch"):
                 try:
-                    v = wb.keep_partial(job)
+                    wb.keep_partial(job)
                 except ValueError as exc:
                     st.error(str(exc))
-                else:
-                    notice(f"Kept as version v{v.number}.", "success")
+                else:  # the status line above says "Kept ... as version vN" after the rerun
                     st.rerun(scope="app")
 
 
