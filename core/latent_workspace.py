@@ -16,12 +16,11 @@ from core.feedback.latent import (
     PAPER_MOMENTUM,
     PAPER_WEIGHTS,
     DEFAULT_VARIANT,
-    VARIANTS,
+    FEEDBACK as LATENT,
+    LatentContext,
     LatentMoveLoss,
     Move,
     MoveList,
-    implied_labels,
-    lift_targets,
 )
 from core.jobs import Job
 from core.models import atomic_torch_save
@@ -183,22 +182,9 @@ class UpdateSettings:
 
 def build_loss(wb: Workbench, branch: ProjectionBranch, moves: MoveList, view: LatentView,
                variant: str = DEFAULT_VARIANT) -> LatentMoveLoss:
-    """The latent loss term for ``moves``; the implied-label variant also uses the class whose
-    region each point was moved into (majority predicted class around the target), the
-    lifted variant the mean features of the points around the target."""
-    if variant not in VARIANTS:
-        raise ValueError(f"Unknown variant {variant!r}; use one of {', '.join(VARIANTS)}.")
-    ids = np.array(list(moves.moves), dtype=np.int64)
-    targets = np.array([moves.moves[int(i)].target for i in ids], dtype=np.float32)
-    implied = lifted = None
-    if variant == "implied-label":
-        implied = torch.as_tensor(implied_labels(targets, view.coords, view.preds))
-    elif variant == "lifted":
-        if view.features is None:
-            raise ValueError("The lifted variant needs the pool features of the current view.")
-        lifted = torch.as_tensor(lift_targets(targets, view.coords, view.features))
-    return LatentMoveLoss(branch, wb.data.images[torch.as_tensor(ids)], torch.as_tensor(targets), implied,
-                          feature_targets=lifted)
+    """The latent loss term for ``moves`` made in ``view`` (see :class:`LatentKind`)."""
+    context = LatentContext(branch, view.coords, view.preds, view.features, variant)
+    return LATENT.loss_term(wb.data, list(moves.moves.values()), context)
 
 
 def start_update(wb: Workbench, branch: ProjectionBranch, moves: MoveList, view: LatentView,

@@ -209,3 +209,54 @@ def candidates(coords: np.ndarray, probs: np.ndarray, labels: np.ndarray, *, k: 
     foreign = np.argsort(-foreign_share, kind="stable")[:top]
     foreign = foreign[foreign_share[foreign] > 0.5]
     return {"uncertain": uncertain, "foreign": foreign}
+
+
+@dataclass
+class LatentContext:
+    """What the latent loss needs besides the moves: the projection branch and the workspace
+    view the moves were made in (pool coordinates, predictions and features)."""
+
+    branch: ProjectionBranch
+    coords: np.ndarray
+    preds: np.ndarray
+    features: np.ndarray | None = None
+    variant: str = DEFAULT_VARIANT
+
+
+class LatentKind:
+    """The latent-moves feedback kind (see :class:`core.feedback.FeedbackKind`)."""
+
+    name = KIND
+    annotation_type = Move
+
+    def to_payload(self, annotation: Move) -> tuple[int, dict[str, Any]]:
+        return annotation.example_id, annotation.payload()
+
+    def from_payload(self, example_id: int, payload: dict[str, Any]) -> Move:
+        return Move.from_payload(example_id, payload)
+
+    def loss_term(self, data, annotations: list[Move], settings: LatentContext) -> LatentMoveLoss:
+        """The latent term for the moves; the implied-label variant also uses the class whose
+        region each point was moved into (majority predicted class around the target), the
+        lifted variant the mean features of the points around the target."""
+        if settings.variant not in VARIANTS:
+            raise ValueError(f"Unknown variant {settings.variant!r}; use one of {', '.join(VARIANTS)}.")
+        if not annotations:
+            raise ValueError("Move at least one point before pressing Update.")
+        ids = np.array([m.example_id for m in annotations], dtype=np.int64)
+        targets = np.array([m.target for m in annotations], dtype=np.float32)
+        implied = lifted = None
+        if settings.variant == "implied-label":
+            implied = torch.as_tensor(implied_labels(targets, settings.coords, settings.preds))
+        elif settings.variant == "lifted":
+            if settings.features is None:
+                raise ValueError("The lifted variant needs the pool features of the current view.")
+            lifted = torch.as_tensor(lift_targets(targets, settings.coords, settings.features))
+        return LatentMoveLoss(settings.branch, data.images[torch.as_tensor(ids)], torch.as_tensor(targets), implied,
+                              feature_targets=lifted)
+
+    def describe(self, annotations: list[Move]) -> str:
+        return f"latent edit: {len(annotations)} move{'s' if len(annotations) != 1 else ''}"
+
+
+FEEDBACK = LatentKind()

@@ -188,8 +188,7 @@ def plan_retrain(data: ImageDataset, selected_ids: Sequence[int], settings: Retr
     fill = settings.fill_per_batch
     pick = fill_indices(len(train_rows), settings.iterations * fill, seed=settings.seed)
     fill_ids = torch.as_tensor(train_rows)[pick]
-    sel = torch.as_tensor(ids)
-    loss = SelectedExamplesLoss(data.images[sel], data.labels[sel], settings.selected_per_batch, seed=settings.seed)
+    loss = FEEDBACK.loss_term(data, [Selected(int(i), int(data.labels[int(i)])) for i in ids], settings)
     config = TrainConfig(epochs=1, batch_size=fill, lr=settings.lr, momentum=settings.momentum,
                          weight_decay=settings.weight_decay, seed=settings.seed, device=settings.device)
     weights = {"cls": fill / settings.batch_size, KIND: settings.selected_per_batch / settings.batch_size}
@@ -280,3 +279,37 @@ def selection_report(labels: np.ndarray, preds_before: np.ndarray, preds_after: 
         "fixed_fraction": fixed / wrong_before if wrong_before else float("nan"),
         "right_after_fraction": int(right_a.sum()) / n if n else float("nan"),
     }
+
+
+@dataclass(frozen=True)
+class Selected:
+    """One selected example (its true label is what the loss uses)."""
+
+    example_id: int
+    label: int
+
+
+class SelectionKind:
+    """The selected-examples feedback kind (see :class:`core.feedback.FeedbackKind`)."""
+
+    name = KIND
+    annotation_type = Selected
+
+    def to_payload(self, annotation: Selected) -> tuple[int, dict[str, Any]]:
+        return int(annotation.example_id), {"label": int(annotation.label)}
+
+    def from_payload(self, example_id: int, payload: dict[str, Any]) -> Selected:
+        return Selected(int(example_id), int(payload["label"]))
+
+    def loss_term(self, data: ImageDataset, annotations: Sequence[Selected],
+                  settings: RetrainSettings | None = None) -> SelectedExamplesLoss:
+        """CE on the selected examples, ``selected_per_batch`` per step (labels from the data)."""
+        settings = settings or RetrainSettings()
+        ids = torch.as_tensor(check_ids(data, [a.example_id for a in annotations]))
+        return SelectedExamplesLoss(data.images[ids], data.labels[ids], settings.selected_per_batch, seed=settings.seed)
+
+    def describe(self, annotations: Sequence[Selected]) -> str:
+        return f"retrain on selection: {len(annotations)} examples"
+
+
+FEEDBACK = SelectionKind()
