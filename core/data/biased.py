@@ -27,7 +27,8 @@ def make_biased(base: ImageDataset, *, rho: float = 0.99, seed: int = 0, name: s
     round(rho * n) per class), otherwise one of the other colours at random. Rows in "test"
     are the bias-conflicting test: colours spread evenly over the palette, independent of the
     class. Copies of the test digits coloured with their class colour are appended as
-    "test_aligned". Masks mark the digit strokes (intensity > 0.5).
+    "test_aligned". Masks mark the digit strokes (intensity > 0.5), for every row (the
+    base's own masks, if any, are not used).
     """
     if not 0.0 <= rho <= 1.0:
         raise DataError(f"rho must be between 0 and 1, got {rho}")
@@ -70,6 +71,7 @@ def make_biased(base: ImageDataset, *, rho: float = 0.99, seed: int = 0, name: s
         notes=base.card.notes + notes,
         skipped=base.card.skipped,
         masks=masks,
+        has_mask=np.ones(len(labels_all), dtype=bool),  # every digit has its strokes
     )
 
 

@@ -1,15 +1,19 @@
 """Readers for user data on disk: Quick Draw .npy folders, ImageFolder trees and their tar archives."""
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 import os
 import tarfile
+import tempfile
 import time
+import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -27,6 +31,7 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.Decompressio
 _ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
 _GREY_MODES = ("1", "L", "LA", "La", "I", "F")
 MIN_SIDE = 16  # smallest square side images are resized to (see model_side)
+MASKS_DIR = "masks"  # top-level folder of an ImageFolder tree that mirrors it with object masks
 
 
 @dataclass(frozen=True)
@@ -37,14 +42,47 @@ class _Record:
     cls: str
     name: str
     pixels: np.ndarray  # uint8 (H, W) or (H, W, 3)
+    key: str = ""  # path below the tree's root without extension: its mask is masks/<key>.<ext>
+    origin: str = ""  # the folder or archive it came from, for messages
+
+
+@dataclass(frozen=True)
+class _Mask:
+    """One decoded mask file (bool (H, W), True = object), or why it could not be decoded."""
+
+    origin: str
+    name: str
+    pixels: np.ndarray | None
+    error: str | None = None
+
+
+@dataclass
+class _Masks:
+    """The masks/ folder of one source: every mask file by key, the decoded ones (only those
+    of images that were read), the keys of all images, and problems found while indexing."""
+
+    files: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (origin, name)
+    image_keys: set[str] = field(default_factory=set)
+    decoded: dict[str, _Mask] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def merge(self, other: _Masks) -> None:
+        for key, where in other.files.items():
+            self.files.setdefault(key, where)
+        self.image_keys |= other.image_keys
+        self.decoded.update(other.decoded)
+        self.problems += other.problems
 
 
 def load_path(path: str | Path, *, seed: int = 0, limit_per_class: int | None = None) -> ImageDataset:
     """Load a folder of Quick Draw .npy files, an ImageFolder tree, a tar(.gz) of one, or a
-    folder holding train.tar.gz and test.tar.gz."""
+    folder holding train.tar.gz and test.tar.gz.
+
+    Large image trees and archives are decoded once and kept in a cache (see :func:`cache_dir`).
+    """
     p = Path(path).expanduser()
     start = time.perf_counter()
-    raw = read_path(p, limit_per_class=limit_per_class)
+    raw = read_path_cached(p, limit_per_class=limit_per_class)
     log.info("read %d images from %s in %.1f s", len(raw.labels), p, time.perf_counter() - start)
     return raw.to_dataset(name=dataset_name(p), source=str(p.resolve()), license=_license_of(p), seed=seed)
 
@@ -53,19 +91,30 @@ def read_path(path: Path, *, limit_per_class: int | None = None) -> RawImages:
     """Decode whatever lies at ``path`` into uint8 images; see :func:`load_path` for the layouts."""
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
-    if path.is_file():
-        if _is_archive(path):
-            return read_archive(path, limit_per_class=limit_per_class)
+    kind = _kind(path)
+    if kind == "archive":
+        return read_archive(path, limit_per_class=limit_per_class)
+    if kind == "other file":
         raise DataError(
             f"{path}: expected a folder (Quick Draw .npy files or class subfolders of images) "
             f"or a {'/'.join(ARCHIVE_SUFFIXES)} archive of class subfolders"
         )
-    split_archives = _split_archives(path)
-    if split_archives:
-        return read_split_archives(split_archives, limit_per_class=limit_per_class)
-    if any(f.suffix == ".npy" for f in path.iterdir() if f.is_file()):
+    if kind == "split archives":
+        return read_split_archives(_split_archives(path), limit_per_class=limit_per_class)
+    if kind == "quickdraw":
         return read_quickdraw(path, limit_per_class=limit_per_class)
     return read_image_tree(path, limit_per_class=limit_per_class)
+
+
+def _kind(path: Path) -> str:
+    """Which layout lies at an existing ``path``."""
+    if path.is_file():
+        return "archive" if _is_archive(path) else "other file"
+    if _split_archives(path):
+        return "split archives"
+    if any(f.suffix == ".npy" for f in path.iterdir() if f.is_file()):
+        return "quickdraw"
+    return "image tree"
 
 
 def dataset_name(path: Path) -> str:
@@ -75,6 +124,115 @@ def dataset_name(path: Path) -> str:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+# --- cache of decoded images ----------------------------------------------------------------
+
+CACHE_ENV = "STEERBOARD_DATA_CACHE"
+# Below this many images decoding takes a second or two: not worth the disk.
+CACHE_MIN_IMAGES = 5000
+# Bump when what the readers produce changes, so old entries are not reused.
+CACHE_FORMAT = 1
+
+
+def cache_dir() -> Path | None:
+    """Where decoded images are cached: $STEERBOARD_DATA_CACHE, else $XDG_CACHE_HOME/steerboard/
+    datasets, else ~/.cache/steerboard/datasets; None when $STEERBOARD_DATA_CACHE is off/0/none."""
+    raw = os.environ.get(CACHE_ENV, "").strip()
+    if raw.lower() in ("off", "0", "none", "false", "no"):
+        return None
+    if raw:
+        return Path(raw).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(base) if base else Path.home() / ".cache") / "steerboard" / "datasets"
+
+
+def read_path_cached(path: Path, *, limit_per_class: int | None = None) -> RawImages:
+    """:func:`read_path`, but a large image tree or archive is decoded once: its uint8 arrays are
+    kept in :func:`cache_dir`, keyed by the path, the limit and every input file's size and
+    modification time (MNIST's 70,000 PNGs take about 20 s to decode and 0.2 s to read back)."""
+    folder = cache_dir()
+    if folder is None or not path.exists() or _kind(path) == "quickdraw":
+        return read_path(path, limit_per_class=limit_per_class)
+    prefix, key = _cache_key(path, limit_per_class)
+    entry = folder / f"{prefix}-{key}.npz"
+    raw = _read_cache(entry)
+    if raw is not None:
+        log.info("read %s from the cache %s", path, entry)
+        return raw
+    raw = read_path(path, limit_per_class=limit_per_class)
+    if len(raw.labels) >= CACHE_MIN_IMAGES:
+        _write_cache(entry, raw, prefix)
+    return raw
+
+
+def _cache_key(path: Path, limit: int | None) -> tuple[str, str]:
+    """(a hash of the source and limit, a hash of its input files' sizes and modification times)."""
+    resolved = path.resolve()
+    prefix = hashlib.sha256(f"{resolved}\0{limit}".encode()).hexdigest()[:16]
+    h = hashlib.sha256(f"{CACHE_FORMAT}\0{resolved}\0{limit}".encode())
+    if resolved.is_file():
+        files = [resolved]
+    else:
+        files = []
+        for dirpath, dirnames, filenames in os.walk(resolved):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            files += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(resolved) if f != resolved else ''}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return prefix, h.hexdigest()[:24]
+
+
+def _write_cache(entry: Path, raw: RawImages, prefix: str) -> None:
+    """Write atomically (a reader never sees half a file) and drop older entries of the same source."""
+    arrays = {"images": raw.images, "labels": raw.labels}
+    if raw.is_test is not None:
+        arrays["is_test"] = raw.is_test
+    if raw.masks is not None:
+        arrays["masks"] = raw.masks
+        arrays["has_mask"] = raw.has_mask
+    meta = {"classes": raw.classes, "notes": raw.notes, "skipped": raw.skipped, "mask_problems": raw.mask_problems}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.stem}.", suffix=".partial")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, entry)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        for old in entry.parent.glob(f"{prefix}-*.npz"):
+            if old != entry:
+                old.unlink(missing_ok=True)
+    except OSError as e:  # a read-only or full disk only costs the next load its time
+        log.warning("could not cache decoded images in %s (%s)", entry.parent, e)
+
+
+def _read_cache(entry: Path) -> RawImages | None:
+    """The cached arrays, or None when there is no entry or it cannot be read (then it is removed)."""
+    if not entry.is_file():
+        return None
+    try:
+        with np.load(entry, allow_pickle=False) as z:
+            meta = json.loads(z["meta"].tobytes().decode())
+            images, labels = z["images"], z["labels"]
+            masks = z["masks"] if "masks" in z.files else None
+            raw = RawImages(
+                images=images, labels=labels, classes=list(meta["classes"]),
+                is_test=z["is_test"] if "is_test" in z.files else None,
+                notes=list(meta["notes"]), skipped=list(meta["skipped"]),
+                masks=masks, has_mask=z["has_mask"] if masks is not None else None,
+                mask_problems=list(meta["mask_problems"]),
+            )
+        if images.dtype != np.uint8 or images.ndim != 4 or len(labels) != len(images):
+            raise ValueError(f"images {images.dtype} {images.shape}, {len(labels)} labels")
+        return raw
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+        log.warning("ignoring the unreadable cache entry %s (%s)", entry, e)
+        entry.unlink(missing_ok=True)
+        return None
 
 
 # --- Quick Draw -----------------------------------------------------------------------------
@@ -144,13 +302,11 @@ def _npy_holds_objects(f: Path) -> bool:
 
 
 def read_image_tree(folder: Path, *, limit_per_class: int | None = None) -> RawImages:
-    """Read an ImageFolder tree: ``<class>/<image>``, optionally under ``train/`` and ``test/``."""
-    names = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = Path(dirpath).relative_to(folder)
-        names += [(rel / f).as_posix() for f in sorted(filenames) if _is_image_name(f)]
-    if not names:
+    """Read an ImageFolder tree: ``<class>/<image>``, optionally under ``train/`` and ``test/``,
+    with object masks under a top-level ``masks/`` folder when there is one."""
+    names = _image_names_under(folder)
+    image_names, mask_names, root = _split_mask_names(names)
+    if not image_names:
         archives = [f.name for f in sorted(folder.iterdir()) if f.is_file() and _is_archive(f)]
         if archives:
             raise DataError(
@@ -161,50 +317,89 @@ def read_image_tree(folder: Path, *, limit_per_class: int | None = None) -> RawI
             f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) or Quick Draw .npy files found; "
             "expected one subfolder of images per class"
         )
-    layout, notes = _layout(names, folder)
+    layout, notes = _layout(image_names, folder)
     wanted = _select(layout, limit_per_class)
-    records, skipped = _decode_all(((n, (folder / n).read_bytes) for n in names if n in wanted), layout, folder)
-    return _assemble(records, skipped, notes, folder)
+    keys = {n: _image_key(n, root, None) for n in image_names}
+    records, skipped = _decode_all(
+        ((n, (folder / n).read_bytes) for n in image_names if n in wanted), layout, folder, keys
+    )
+    masks = _mask_index(mask_names, root, folder.name, None, set(keys.values()))
+    wanted_keys = {r.key for r in records}
+    for key, (_, name) in masks.files.items():
+        if key in wanted_keys:
+            masks.decoded[key] = _decode_mask(folder.name, name, (folder / name).read_bytes)
+    return _assemble(records, skipped, notes, folder, masks if masks.files else None)
 
 
 def read_archive(path: Path, *, limit_per_class: int | None = None, part: str | None = None) -> RawImages:
-    """Read an ImageFolder tree from a tar archive without extracting it to disk."""
-    records, skipped, notes = _archive_records(path, limit_per_class, part)
-    return _assemble(records, skipped, notes, path)
+    """Read an ImageFolder tree (with its ``masks/`` folder, if any) from a tar archive
+    without extracting it to disk."""
+    records, skipped, notes, masks = _archive_records(path, limit_per_class, part)
+    return _assemble(records, skipped, notes, path, masks if masks.files else None)
 
 
 def read_split_archives(archives: dict[str, Path], *, limit_per_class: int | None = None) -> RawImages:
-    """Read ``train`` and ``test`` archives as one dataset whose test archive is its test split."""
+    """Read ``train`` and ``test`` archives as one dataset whose test archive is its test split.
+
+    Masks may lie inside each archive (``masks/train/...`` at its top) or in a ``masks/``
+    folder next to the archives (``masks/train/<class>/<image>``); inside the archive wins.
+    """
     records, skipped, notes = [], [], []
+    masks = _Masks()
     for part, archive in archives.items():
-        r, s, n = _archive_records(archive, limit_per_class, part)
+        r, s, n, m = _archive_records(archive, limit_per_class, part)
         records += r
         skipped += s
         notes += n
-    return _assemble(records, skipped, notes, archives["train"].parent)
+        masks.merge(m)
+    folder = archives["train"].parent
+    beside = folder / MASKS_DIR
+    if beside.is_dir():
+        # Keys are paths below masks/, which mirror the archives' own train/... and test/... paths.
+        wanted_keys = {r.key for r in records}
+        names = _image_names_under(beside)
+        outside = _mask_index([f"{MASKS_DIR}/{n}" for n in names], 0, folder.name, None, set())
+        for key, (origin, name) in outside.files.items():
+            if key in masks.files:
+                continue
+            masks.files[key] = (origin, name)
+            if key in wanted_keys:
+                masks.decoded[key] = _decode_mask(origin, name, (folder / name).read_bytes)
+        masks.problems += outside.problems
+    return _assemble(records, skipped, notes, folder, masks if masks.files else None)
 
 
 def _archive_records(
     path: Path, limit: int | None, part: str | None
-) -> tuple[list[_Record], list[str], list[str]]:
-    """Decode the chosen members of one archive, in archive order (one pass over the stream)."""
+) -> tuple[list[_Record], list[str], list[str], _Masks]:
+    """Decode the chosen members (images and their masks) of one archive, in archive order
+    (one pass over the stream: seeking back in a .tar.gz means decompressing it again)."""
     try:
         with tarfile.open(path, "r:*") as tf:
             all_members = tf.getmembers()
             check_archive_members(all_members, path)
             members = [m for m in all_members if m.isfile() and _is_image_name(m.name)]
-            if not members:
+            image_names, mask_names, root = _split_mask_names([m.name for m in members])
+            if not image_names:
                 raise DataError(
                     f"{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in the archive; "
                     "expected one folder of images per class"
                 )
-            layout, notes = _layout([m.name for m in members], path, part)
+            layout, notes = _layout(image_names, path, part)
             wanted = _select(layout, limit)
-            chosen = ((m.name, _member_reader(tf, m)) for m in members if m.name in wanted)
-            records, skipped = _decode_all(chosen, layout, path)
+            keys = {n: _image_key(n, root, part) for n in image_names}
+            masks = _mask_index(mask_names, root, path.name, part, set(keys.values()))
+            wanted_masks = {masks.files[keys[n]][1]: keys[n] for n in wanted if keys[n] in masks.files}
+            records, skipped = [], []
+            for m in members:
+                if m.name in wanted:
+                    decoded = _decode_one(m.name, _member_reader(tf, m), layout, path, keys)
+                    (records if isinstance(decoded, _Record) else skipped).append(decoded)
+                elif m.name in wanted_masks:
+                    masks.decoded[wanted_masks[m.name]] = _decode_mask(path.name, m.name, _member_reader(tf, m))
     except _ARCHIVE_ERRORS as e:
         raise DataError(f"{path}: not a readable tar archive ({e}); expected a .tar.gz of class folders") from e
-    return records, skipped, notes
+    return records, skipped, notes, masks
 
 
 def check_archive_members(members: Iterable[tarfile.TarInfo], archive: Path, action: str = "read") -> None:
@@ -288,19 +483,29 @@ def _select(layout: dict[str, tuple[str, str]], limit: int | None) -> set[str]:
 
 
 def _decode_all(
-    items: Iterable[tuple[str, Callable[[], bytes]]], layout: dict[str, tuple[str, str]], where: Path
+    items: Iterable[tuple[str, Callable[[], bytes]]],
+    layout: dict[str, tuple[str, str]],
+    where: Path,
+    keys: dict[str, str],
 ) -> tuple[list[_Record], list[str]]:
     """Decode each image; files that fail are skipped and listed, not fatal."""
     records, skipped = [], []
     for name, read in items:
-        try:
-            pixels = decode_image(read())
-        except _DECODE_ERRORS as e:
-            skipped.append(f"{where.name}:{name} ({type(e).__name__}: {e})")
-            continue
-        part, cls = layout[name]
-        records.append(_Record(part, cls, name, pixels))
+        decoded = _decode_one(name, read, layout, where, keys)
+        (records if isinstance(decoded, _Record) else skipped).append(decoded)
     return records, skipped
+
+
+def _decode_one(
+    name: str, read: Callable[[], bytes], layout: dict[str, tuple[str, str]], where: Path, keys: dict[str, str]
+) -> _Record | str:
+    """One image as a record, or the line for the card's skipped list when it cannot be decoded."""
+    try:
+        pixels = decode_image(read())
+    except _DECODE_ERRORS as e:
+        return f"{where.name}:{name} ({type(e).__name__}: {e})"
+    part, cls = layout[name]
+    return _Record(part, cls, name, pixels, key=keys[name], origin=where.name)
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -318,9 +523,12 @@ def decode_image(data: bytes) -> np.ndarray:
         return rgb
 
 
-def _assemble(records: list[_Record], skipped: list[str], notes: list[str], where: Path) -> RawImages:
+def _assemble(
+    records: list[_Record], skipped: list[str], notes: list[str], where: Path, masks: _Masks | None = None
+) -> RawImages:
     """Order records (part, class, name), unify channels, resize every image to one square
-    side the models take (see :func:`model_side`), and stack them."""
+    side the models take (see :func:`model_side`), and stack them; with ``masks``, match each
+    image to its mask and resize the masks the same way."""
     if not records:
         raise DataError(f"{where}: no readable images ({len(skipped)} skipped as corrupt)")
     classes = sort_class_names({r.cls for r in records})
@@ -346,10 +554,66 @@ def _assemble(records: list[_Record], skipped: list[str], notes: list[str], wher
     is_test = np.fromiter((r.part == "test" for r in records), dtype=bool, count=len(records))
     if skipped:
         notes.append(f"skipped {len(skipped)} unreadable image{'s' if len(skipped) != 1 else ''}")
+    mask_array = has_mask = None
+    problems: list[str] = []
+    if masks is not None:
+        mask_array, has_mask, problems, note = _match_masks(records, masks, side)
+        notes.append(note)
     return RawImages(
         images=np.ascontiguousarray(images), labels=labels, classes=classes,
         is_test=is_test if is_test.any() else None, notes=notes, skipped=skipped,
+        masks=mask_array, has_mask=has_mask, mask_problems=problems,
     )
+
+
+def _match_masks(
+    records: list[_Record], masks: _Masks, side: int
+) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+    """Masks uint8 (N, 1, side, side) in {0, 1} aligned with ``records``, a has-mask flag per
+    row, the per-file problems for the card, and a one-line note.
+
+    A mask whose size differs from its image's original size would not line up with the
+    object after resizing, so it is reported and treated as missing rather than stretched.
+    """
+    out = np.zeros((len(records), 1, side, side), dtype=np.uint8)
+    has = np.zeros(len(records), dtype=bool)
+    problems = list(masks.problems)
+    missing = bad = resized = 0
+    for i, r in enumerate(records):
+        m = masks.decoded.get(r.key)
+        h, w = r.pixels.shape[:2]
+        if m is None:
+            missing += 1
+            problems.append(f"{r.origin}:{r.name}: no mask (expected {MASKS_DIR}/{r.key} with an image extension)")
+        elif m.pixels is None:
+            bad += 1
+            problems.append(f"{m.origin}:{m.name}: unreadable mask ({m.error}); {r.name} treated as having no mask")
+        elif m.pixels.shape != (h, w):
+            bad += 1
+            mh, mw = m.pixels.shape
+            problems.append(f"{m.origin}:{m.name}: mask is {mw}x{mh} but its image {r.name} is {w}x{h}; "
+                            "treated as missing")
+        else:
+            resized += (h, w) != (side, side)
+            out[i, 0] = _conform_mask(m.pixels, side)
+            has[i] = True
+    orphans = sorted(k for k in masks.files if k not in masks.image_keys)
+    for key in orphans:
+        origin, name = masks.files[key]
+        problems.append(f"{origin}:{name}: matches no image (expected an image at {key} with an image extension)")
+    details = []
+    if missing:
+        details.append(f"{missing} without a mask")
+    if bad:
+        details.append(f"{bad} with a mis-sized or unreadable mask, treated as missing")
+    if orphans:
+        details.append(f"{len(orphans)} mask file{'s' if len(orphans) != 1 else ''} matching no image")
+    note = f"masks for {int(has.sum())} of {len(records)} images"
+    if resized:
+        note += f" ({resized} resized to {side}x{side} with their images, nearest neighbour)"
+    if details:
+        note += f"; {', '.join(details)} (listed in mask_problems)"
+    return out, has, problems, note
 
 
 def model_side(h: int, w: int) -> int:
@@ -383,6 +647,37 @@ def _conform(p: np.ndarray, colour: bool, side: int) -> np.ndarray:
     return p
 
 
+def _conform_mask(m: np.ndarray, side: int) -> np.ndarray:
+    """Bool (H, W) -> uint8 {0, 1} (side, side); nearest neighbour keeps it binary and aligned."""
+    u8 = m.astype(np.uint8)
+    if u8.shape != (side, side):
+        u8 = np.asarray(Image.fromarray(u8).resize((side, side), Image.NEAREST))
+    return u8
+
+
+def decode_mask(data: bytes) -> np.ndarray:
+    """Decode a mask image to bool (H, W): True where any colour channel is non-zero."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        mode = im.mode
+        # An alpha channel says nothing about the object: keep the value or colour channels.
+        if mode in ("LA", "La", "PA"):
+            im = im.getchannel(0)
+        elif mode not in ("1", "L", "P", "I", "F", "RGB") and not mode.startswith("I;16"):
+            im = im.convert("RGB")  # RGBA, CMYK, YCbCr, ...
+        # Raw values, not a conversion to grey: a palette index or a dark colour that is not
+        # zero still marks the object.
+        arr = np.asarray(im)
+    return arr.any(axis=-1) if arr.ndim == 3 else arr != 0
+
+
+def _decode_mask(origin: str, name: str, read: Callable[[], bytes]) -> _Mask:
+    try:
+        return _Mask(origin, name, decode_mask(read()))
+    except _DECODE_ERRORS as e:
+        return _Mask(origin, name, None, f"{type(e).__name__}: {e}")
+
+
 def sort_class_names(names: Iterable[str]) -> list[str]:
     """Class names in order; numerically when all are integers, so "10" follows "9"."""
     names = list(names)
@@ -392,6 +687,66 @@ def sort_class_names(names: Iterable[str]) -> list[str]:
 
 
 # --- helpers --------------------------------------------------------------------------------
+
+
+def _image_names_under(folder: Path) -> list[str]:
+    """Posix paths relative to ``folder`` of every image file below it, sorted; hidden folders skipped."""
+    names = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel = Path(dirpath).relative_to(folder)
+        names += [(rel / f).as_posix() for f in sorted(filenames) if _is_image_name(f)]
+    return names
+
+
+def _split_mask_names(names: list[str]) -> tuple[list[str], list[str], int]:
+    """Separate the files under the tree's top-level masks/ folder from the images.
+
+    The tree's root is the folder all paths share (an archive of a folder wraps everything in
+    its name), but never masks/ itself. Returns image names, mask names and the root's depth.
+    """
+    parts = [PurePosixPath(n).parts for n in names]
+    if not parts:
+        return [], [], 0
+    root = _common_prefix_len([p[:-1] for p in parts])
+    shared = parts[0][:root]
+    if MASKS_DIR in shared:
+        root = shared.index(MASKS_DIR)
+    images, masks = [], []
+    for name, p in zip(names, parts):
+        (masks if len(p) > root + 1 and p[root] == MASKS_DIR else images).append(name)
+    return images, masks, root
+
+
+def _mask_index(mask_names: list[str], root: int, origin: str, part: str | None, image_keys: set[str]) -> _Masks:
+    """Key every mask file by the image path it mirrors; a second mask for one image is reported."""
+    masks = _Masks(image_keys=image_keys)
+    for name in sorted(mask_names):
+        key = _strip_extension("/".join(PurePosixPath(name).parts[root + 1:]))
+        if part:
+            # masks/<class>/... inside the train archive belongs to train/<class>/...
+            key = _with_part(key, part)
+        if key in masks.files:
+            masks.problems.append(f"{origin}:{name}: a second mask for {key}; using {masks.files[key][1]}")
+            continue
+        masks.files[key] = (origin, name)
+    return masks
+
+
+def _image_key(name: str, root: int, part: str | None) -> str:
+    """Where an image's mask is looked up: its path below the tree's root, without extension,
+    starting with its part (train/ or test/) when read from a split archive."""
+    key = _strip_extension("/".join(PurePosixPath(name).parts[root:]))
+    return _with_part(key, part) if part else key
+
+
+def _with_part(key: str, part: str) -> str:
+    return key if key.startswith(part + "/") else f"{part}/{key}"
+
+
+def _strip_extension(name: str) -> str:
+    stem, dot, ext = name.rpartition(".")
+    return stem if dot and "/" not in ext else name
 
 
 def _is_image_name(name: str) -> bool:

@@ -29,6 +29,8 @@ class DatasetCard:
     splits: dict[str, dict[str, int]]
     notes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    masked: int = 0  # images with an object mask (0 when the dataset has no masks)
+    mask_problems: list[str] = field(default_factory=list)  # per file: missing, mis-sized or unreadable masks
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -41,6 +43,8 @@ class DatasetCard:
             "splits": self.splits,
             "notes": list(self.notes),
             "skipped": list(self.skipped),
+            "masked": self.masked,
+            "mask_problems": list(self.mask_problems),
         }
 
 
@@ -48,6 +52,10 @@ class DatasetCard:
 class ImageDataset:
     """Images in [0, 1] as a float32 tensor (N, C, H, W), int64 labels (N,), class names,
     optional object masks (N, 1, H, W) in {0, 1}, and named splits as index arrays.
+
+    ``has_mask`` (bool, one per row) says which rows have a real mask; a row without one has
+    an all-zero mask, which must not be read as "no object". None means every row has one
+    when ``masks`` is set; use :meth:`rows_with_mask` rather than reading it directly.
 
     An example's id is its row in ``images``; ids are stable for a given source and seed,
     so annotations can refer to them.
@@ -60,6 +68,7 @@ class ImageDataset:
     splits: dict[str, np.ndarray]
     card: DatasetCard
     masks: torch.Tensor | None = None
+    has_mask: np.ndarray | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -79,13 +88,21 @@ class ImageDataset:
         """Example ids (rows of ``images``) in one split."""
         return self.splits[name]
 
+    def rows_with_mask(self) -> np.ndarray:
+        """Bool per row: True where the row has a real object mask."""
+        n = len(self.images)
+        if self.masks is None:
+            return np.zeros(n, dtype=bool)
+        return np.ones(n, dtype=bool) if self.has_mask is None else np.asarray(self.has_mask, dtype=bool)
+
 
 @dataclass
 class RawImages:
     """Decoded images before splitting: uint8 (N, C, H, W), int64 labels and class names.
 
     ``is_test`` marks rows from the source's own test split (None when it has none);
-    ``notes`` and ``skipped`` go to the card.
+    ``notes`` and ``skipped`` go to the card. ``masks`` is uint8 (N, 1, H, W) in {0, 1} when
+    the source has masks, with ``has_mask`` per row and ``mask_problems`` for the card.
     """
 
     images: np.ndarray
@@ -94,6 +111,9 @@ class RawImages:
     is_test: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    masks: np.ndarray | None = None
+    has_mask: np.ndarray | None = None
+    mask_problems: list[str] = field(default_factory=list)
 
     def to_dataset(self, *, name: str, source: str, license: str, seed: int = 0) -> ImageDataset:
         """Split (keeping an own test split as "test") and wrap as an ImageDataset."""
@@ -105,6 +125,8 @@ class RawImages:
             name=name, source=source, license=license, images=images_from_uint8(self.images),
             labels=self.labels, classes=self.classes, splits=splits, notes=self.notes,
             skipped=self.skipped,
+            masks=None if self.masks is None else torch.from_numpy(np.ascontiguousarray(self.masks)).to(torch.float32),
+            has_mask=self.has_mask, mask_problems=self.mask_problems,
         )
 
 
@@ -125,8 +147,13 @@ def make_dataset(
     notes: list[str] | None = None,
     skipped: list[str] | None = None,
     masks: torch.Tensor | None = None,
+    has_mask: np.ndarray | None = None,
+    mask_problems: list[str] | None = None,
 ) -> ImageDataset:
-    """Check arrays and splits, count examples per split and class, and attach the card."""
+    """Check arrays and splits, count examples per split and class, and attach the card.
+
+    With ``masks`` and no ``has_mask``, every row counts as having a mask.
+    """
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
     if images.dtype != torch.float32 or images.ndim != 4:
         raise ValueError(f"images must be float32 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -134,6 +161,12 @@ def make_dataset(
         raise ValueError(f"{len(images)} images but {len(labels_t)} labels")
     if masks is not None and (masks.ndim != 4 or masks.shape[1] != 1 or len(masks) != len(images)):
         raise ValueError(f"masks must be (N, 1, H, W), got {tuple(masks.shape)}")
+    if masks is None:
+        has_mask = None
+    else:
+        has_mask = np.ones(len(images), bool) if has_mask is None else np.asarray(has_mask, dtype=bool)
+        if has_mask.shape != (len(images),):
+            raise ValueError(f"has_mask must be one bool per image ({len(images)}), got shape {has_mask.shape}")
     check_splits(splits, len(images))
     labels_np = labels_t.numpy()
     card = DatasetCard(
@@ -146,8 +179,10 @@ def make_dataset(
         splits=count_per_class(labels_np, classes, splits),
         notes=list(notes or []),
         skipped=list(skipped or []),
+        masked=0 if has_mask is None else int(has_mask.sum()),
+        mask_problems=list(mask_problems or []),
     )
     return ImageDataset(
         name=name, images=images, labels=labels_t, classes=list(classes), splits=dict(splits),
-        card=card, masks=masks,
+        card=card, masks=masks, has_mask=has_mask,
     )
