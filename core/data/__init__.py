@@ -4,13 +4,18 @@ Start with :func:`load_dataset`; :func:`list_builtin` names the built-in sources
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from .spec import SPLITS, DataError, DatasetCard, ImageDataset
 
-__all__ = ["load_dataset", "list_builtin", "ImageDataset", "DatasetCard", "DataError", "SPLITS"]
+__all__ = [
+    "load_dataset", "list_builtin", "parse_biased_source", "ImageDataset", "DatasetCard", "DataError", "SPLITS",
+]
 
+_BIASED = "biased-digits"
 _BIASED_PREFIX = "biased-digits:"
+DEFAULT_RHO = 0.99
 # Folders under a torchvision root that say which set it holds.
 _TORCHVISION_MARKERS = {"MNIST/raw": "mnist", "FashionMNIST/raw": "fashion-mnist", "cifar-10-batches-py": "cifar10"}
 
@@ -27,7 +32,7 @@ def load_dataset(
     *,
     seed: int = 0,
     limit_per_class: int | None = None,
-    rho: float = 0.99,
+    rho: float | None = None,
     allow_download: bool = False,
     root: str | None = None,
 ) -> ImageDataset:
@@ -35,12 +40,16 @@ def load_dataset(
 
     ``source`` is one of :func:`list_builtin` ("digits", "biased-digits", "mnist",
     "fashion-mnist", "cifar10"); "biased-digits:SOURCE" for a colour-biased set built from
-    another digit source (a path or a name); or a path to a folder of Quick Draw ``.npy``
-    files, an ImageFolder tree, a tar(.gz) of one, a folder holding ``train.tar.gz`` and
+    another digit source (a path or a name), either with "?rho=R" to choose the bias
+    ("biased-digits?rho=0.997", "biased-digits:../shared/data/mnist?rho=0.997"); or a path to
+    a folder of Quick Draw ``.npy`` files, an ImageFolder tree (with an optional ``masks/``
+    mirror of object masks), a tar(.gz) of one, a folder holding ``train.tar.gz`` and
     ``test.tar.gz``, or a torchvision root. ``limit_per_class`` keeps the first N images of
     each class (of each part, for sources with their own test set). ``rho`` is the bias of
-    the biased sets; ``allow_download`` and ``root`` apply to the torchvision sets (default
-    root ~/.steerboard/data/<name>). Raises DataError when the data cannot be read.
+    the biased sets, ignored by the others (default 0.99; the source string's ``?rho=`` says
+    the same, and the two must agree when both are given); ``allow_download`` and ``root``
+    apply to the torchvision sets (default root ~/.steerboard/data/<name>). Raises DataError
+    when the data cannot be read.
     """
     if limit_per_class is not None and limit_per_class < 1:
         raise DataError(f"limit_per_class must be at least 1, got {limit_per_class}")
@@ -50,12 +59,10 @@ def load_dataset(
         from .builtin import load_digits_dataset
 
         return load_digits_dataset(seed=seed, limit_per_class=limit_per_class)
-    if key == "biased-digits" or key.startswith(_BIASED_PREFIX):
+    if key.startswith((_BIASED + "?", _BIASED_PREFIX)) or key == _BIASED:
         from .biased import make_biased
 
-        base_source = key[len(_BIASED_PREFIX):] if key.startswith(_BIASED_PREFIX) else "digits"
-        if not base_source or base_source.startswith("biased-digits"):
-            raise DataError(f"{source}: expected biased-digits:SOURCE with SOURCE a digit dataset path or name")
+        base_source, rho = parse_biased_source(key, rho)
         base = load_dataset(base_source, **options)  # type: ignore[arg-type]
         return make_biased(base, rho=rho, seed=seed, name="biased-digits" if base_source == "digits" else None)
 
@@ -72,3 +79,44 @@ def load_dataset(
     from .folders import load_path
 
     return load_path(path, seed=seed, limit_per_class=limit_per_class)
+
+
+def parse_biased_source(source: str, rho: float | None = None) -> tuple[str, float]:
+    """Split "biased-digits[:SOURCE][?rho=R]" into the base source (default "digits") and rho.
+
+    ``rho`` given as an argument must agree with the one in the string; without either, 0.99.
+    """
+    key = source.strip()
+    rest = key[len(_BIASED):]
+    base, query = rest, ""
+    if "?" in rest:
+        base, _, query = rest.rpartition("?")
+    if base.startswith(":"):
+        base = base[1:]
+        if not base:
+            raise DataError(f"{source}: expected biased-digits:SOURCE with SOURCE a digit dataset path or name")
+    elif base:
+        raise DataError(f"{source}: expected biased-digits, biased-digits:SOURCE or either with ?rho=R")
+    base = base or "digits"
+    if base.startswith(_BIASED):
+        raise DataError(f"{source}: expected biased-digits:SOURCE with SOURCE a digit dataset path or name")
+    from_string = None
+    for item in filter(None, query.split("&")):
+        name, eq, value = item.partition("=")
+        if name.strip() != "rho" or not eq:
+            raise DataError(f"{source}: unknown option {item!r}; the only option is rho=R with R between 0 and 1")
+        try:
+            from_string = float(value)
+        except ValueError:
+            raise DataError(f"{source}: rho must be a number between 0 and 1, got {value!r}") from None
+        _check_rho(from_string, source)
+    if from_string is not None and rho is not None and not math.isclose(from_string, rho):
+        raise DataError(f"{source}: rho={from_string} in the source but rho={rho} given; give it once")
+    chosen = from_string if from_string is not None else (DEFAULT_RHO if rho is None else rho)
+    _check_rho(chosen, source)
+    return base, chosen
+
+
+def _check_rho(rho: float, source: str) -> None:
+    if not (isinstance(rho, (int, float)) and math.isfinite(rho) and 0.0 <= rho <= 1.0):
+        raise DataError(f"{source}: rho must be between 0 and 1, got {rho}")
