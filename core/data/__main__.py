@@ -1,4 +1,6 @@
-"""Command line: ``python -m core.data describe SOURCE [--json]`` prints a dataset's card."""
+"""Command line: ``python -m core.data describe SOURCE [--json]`` prints a dataset's card;
+``python -m core.data export SOURCE OUT [--limit-per-class N]`` writes it as an ImageFolder
+tree with a masks/ mirror."""
 from __future__ import annotations
 
 import argparse
@@ -15,11 +17,13 @@ def main(argv: list[str] | None = None) -> int:
     describe = sub.add_parser("describe", help="load a dataset and print its card")
     describe.add_argument("source", help=f"a path or one of: {', '.join(list_builtin())}")
     describe.add_argument("--json", action="store_true", help="print the card as JSON")
-    describe.add_argument("--seed", type=int, default=0)
-    describe.add_argument("--limit-per-class", type=int, default=None)
-    describe.add_argument("--rho", type=float, default=0.99, help="bias of the biased-digits sets")
-    describe.add_argument("--allow-download", action="store_true", help="download torchvision sets if missing")
-    describe.add_argument("--root", default=None, help="folder of a torchvision set")
+    _source_options(describe)
+    export = sub.add_parser(
+        "export", help="write a dataset as OUT/train/<class>/<id>.png, OUT/test/... and OUT/masks/...",
+    )
+    export.add_argument("source", help=f"a path or one of: {', '.join(list_builtin())}")
+    export.add_argument("out", help="a new (or empty) folder to write into")
+    _source_options(export)
     args = parser.parse_args(argv)
 
     try:
@@ -27,11 +31,25 @@ def main(argv: list[str] | None = None) -> int:
             args.source, seed=args.seed, limit_per_class=args.limit_per_class, rho=args.rho,
             allow_download=args.allow_download, root=args.root,
         )
+        if args.command == "export":
+            from .export import export_image_folder
+
+            print(export_image_folder(ds, args.out).describe())
+            return 0
     except (DataError, OSError) as e:
         print(f"error: {e}".replace("\n", " "), file=sys.stderr)
         return 2
     print(json.dumps(ds.card.to_dict(), indent=2) if args.json else format_card(ds.card))
     return 0
+
+
+def _source_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit-per-class", type=int, default=None)
+    parser.add_argument("--rho", type=float, default=None,
+                        help="bias of the biased-digits sets (default 0.99; or SOURCE?rho=R)")
+    parser.add_argument("--allow-download", action="store_true", help="download torchvision sets if missing")
+    parser.add_argument("--root", default=None, help="folder of a torchvision set")
 
 
 def format_card(card: DatasetCard) -> str:
@@ -42,6 +60,7 @@ def format_card(card: DatasetCard) -> str:
         f"{card.name}: {card.total} images of shape {list(card.image_shape)}, {len(card.classes)} classes",
         f"source:  {card.source}",
         f"license: {card.license}",
+        *([f"masks:   {card.masked} of {card.total} images"] if card.masked else []),
         "",
         f"{'class':<{width}}" + "".join(f"{s:>14}" for s in splits),
     ]
@@ -51,6 +70,8 @@ def format_card(card: DatasetCard) -> str:
     lines += [f"note: {n}" for n in card.notes]
     if card.skipped:
         lines.append(f"skipped {len(card.skipped)} files, e.g. {card.skipped[0]}")
+    if card.mask_problems:
+        lines.append(f"{len(card.mask_problems)} mask problems, e.g. {card.mask_problems[0]}")
     return "\n".join(lines)
 
 
