@@ -77,6 +77,16 @@ def seeds_cell(payload: dict) -> str:
     return cell
 
 
+def change(per_seed: list[dict], after: str, before: str) -> str:
+    """", change vs before +x ± y points" from the per-seed rows (empty when absent)."""
+    diffs = [r[after] - r[before] for r in per_seed or [] if after in r and before in r]
+    if not diffs:
+        return ""
+    m = sum(diffs) / len(diffs)
+    sd = (sum((d - m) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5 if len(diffs) > 1 else 0.0
+    return f", {num(m, '+.2f')} ± {num(sd)} points vs before"
+
+
 def row(figure: str, ours: str, baseline: str, target: str, met, payload: dict, file: str) -> dict:
     if payload.get("quick"):
         figure += " (quick smoke run: not a result)"
@@ -96,8 +106,8 @@ def rows_latent_editing(p: dict, file: str) -> list[dict]:
 
     def held(run: str) -> str:
         f = runs[run]
-        return (f"{ms(f['heldout_acc_after'])} % (fixed {ms(f['heldout_fixed'], '.1f')}, "
-                f"broke {ms(f['heldout_broken'], '.1f')})")
+        return (f"{ms(f['heldout_acc_after'])} %{change(p.get('per_seed'), f'{run}_heldout_acc_after', 'heldout_acc_before')}"
+                f" (fixed {ms(f['heldout_fixed'], '.1f')}, broke {ms(f['heldout_broken'], '.1f')})")
 
     base_cell = (f"CE on the moved examples with their true labels, same steps (same information): "
                  f"{held('ce_moved')}; CE only, same steps: {held('ce_only')}")
@@ -145,7 +155,8 @@ def rows_select_retrain(p: dict, file: str) -> list[dict]:
     def held(run: str) -> str:
         f = runs[run]
         return (f"fixed {ms(f['heldout_fixed'], '.1f')}, broke {ms(f['heldout_broken'], '.1f')}; "
-                f"pair accuracy {ms(f['heldout_acc_after'])} %")
+                f"pair accuracy {ms(f['heldout_acc_after'])} %"
+                f"{change(p.get('per_seed'), f'{run}_heldout_acc_after', 'heldout_acc_before')}")
 
     c = [comps[b] for b in ("no_fill", "random") if b in comps]
     cmp_txt = "; ".join(f"vs {b}: {num(comps[b]['mean'], '+.2f')} ± {num(comps[b]['sd'])} points, higher on "
@@ -351,8 +362,11 @@ def markdown(rep: dict) -> str:
     if not rep["rows"]:
         lines.append("| no benchmark JSON found | | | | | | |")
     lines.append("")
-    missed = [r["figure"].split(":")[0] + (": " + r["figure"].split(":")[1].split("(")[0].strip()
-                                           if ":" in r["figure"] else "") for r in rep["rows"] if r["met"] == "**no**"]
+    missed = []
+    for r in rep["rows"]:
+        if r["met"] == "**no**":
+            head, _, tail = r["figure"].partition(":")
+            missed.append(head if len(head) >= 25 or not tail else f"{head}: {tail.split('(')[0].strip()}")
     if missed:
         lines.append("Targets not met in this run: " + "; ".join(missed) + ".")
         lines.append("")

@@ -45,6 +45,8 @@ def latent(quick=False):
                                   "ce_only": {"mean": -1.3, "sd": 0.2, "higher_on": 0, "seeds": 3, "beats": False}}},
         "variant_keys": {"lifted": "lifted", "paper": "paper", "implied-label": "implied"},
         "speed": None,
+        "per_seed": [{"heldout_acc_before": 94.0, "lifted_heldout_acc_after": 94.5},
+                     {"heldout_acc_before": 95.0, "lifted_heldout_acc_after": 94.5}],
         "seeds": {"reported_on": [100, 101, 102], "tuned_on": [0, 1, 2], "tuned": "variant", "overlap": []},
         "params": {"data": "/x/quickdraw", "moves": 30},
         "provenance": PROV,
@@ -91,6 +93,7 @@ def test_table_names_baseline_target_and_met_for_every_row(report, tmp_path):
     lifted = next(r for r in rows if "variant lifted" in r[0])
     assert "(default)" in lifted[0] and "94.10 ± 0.50 %" in lifted[1] and "higher on 0/3 seeds" in lifted[1]
     assert "same information" in lifted[2] and "94.60 ± 0.50 %" in lifted[2] and "CE only" in lifted[2]
+    assert "+0.00 ± 0.71 points vs before" in lifted[1]
     assert lifted[4] == "**no**"  # ours does not beat the same-information baseline: said plainly
     assert lifted[5] == "100-102 / 0-2"
     fit = next(r for r in rows if "(fit:" in r[0])
