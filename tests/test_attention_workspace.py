@@ -1,0 +1,124 @@
+"""The attention workflow without UI: pool scoring for each sampler, the simulated user's
+clicks, fine-tuning with and without guidance, the bias report, and the benchmark's --quick."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.attention_workspace import (
+    FineTuneSettings,
+    annotate_like_a_person,
+    bias_report,
+    fine_tune,
+    fine_tune_plan,
+    pool_view,
+    select_candidates,
+    simulated_annotation,
+    without_masks,
+)
+from core.models import build_model
+
+
+def _model(data):
+    c, h, _ = data.image_shape
+    return build_model("seed-cnn", c, h, data.num_classes, seed=0)
+
+
+def test_pool_view_computes_what_the_sampler_needs(tiny_data):
+    model = _model(tiny_data).train()
+    ids = tiny_data.ids("pool")
+    x = tiny_data.images[torch.as_tensor(ids)]
+    v = pool_view(model, x, ids, {"cams", "features"})
+    assert v.probs.shape == (len(ids), 4) and np.allclose(v.probs.sum(1), 1, atol=1e-5)
+    assert v.cams.shape[0] == len(ids) and v.features.shape == (len(ids), model.feature_dim)
+    assert model.training  # mode put back
+    bare = pool_view(model, x, ids, set())
+    assert bare.cams is None and bare.features is None
+
+
+@pytest.mark.parametrize("sampler", ["random", "entropy", "margin", "kcenter", "gmm"])
+def test_select_candidates_never_offers_annotated_ids(tiny_data, sampler):
+    model = _model(tiny_data)
+    pool = tiny_data.ids("pool").tolist()
+    exclude = pool[:3]
+    picked = select_candidates(model, tiny_data, sampler, 5, exclude=exclude, seed=1)
+    assert len(picked) == min(5, len(pool) - 3) and len(set(picked.tolist())) == len(picked)
+    assert not set(picked.tolist()) & set(exclude) and set(picked.tolist()) <= set(pool)
+    assert picked.tolist() == select_candidates(model, tiny_data, sampler, 5, exclude=exclude, seed=1).tolist()
+
+
+def test_simulated_user_clicks_the_object_and_the_attended_background():
+    image = torch.zeros(1, 16, 16)
+    image[0, 4:12, 6:10] = 1.0  # the object: a bright bar
+    mask = image[0].numpy() > 0.5
+    segments = np.zeros((16, 16), np.int32)
+    segments[:, 8:] = 1  # two halves; the object straddles both
+    segments[:4, :] = 2  # top strip: background only
+    segments[12:, :] = 3  # bottom strip: background only
+    cam = np.zeros((16, 16))
+    cam[:4, :] = 1.0  # the model looks at the top strip
+    ann = simulated_annotation(7, 3, image, mask, cam, segments=segments)
+    assert ann.positives == ((8.0, 8.0),)  # the mask's centroid, pixel centres at +0.5
+    neg = ann.negative_mask()
+    assert neg[:4].all() and not neg[4:].any()  # only the attended background segment
+    assert ann.operations == 2 and ann.label == 3
+    quiet = simulated_annotation(7, 3, image, mask, np.zeros((16, 16)), segments=segments)
+    assert not quiet.negative  # nothing above the mean: no negative click
+
+
+def test_annotate_needs_masks_and_skips_nothing_silently(tiny_data):
+    model = _model(tiny_data)
+    ids = tiny_data.ids("pool")[:4]
+    anns = annotate_like_a_person(model, tiny_data, ids)
+    assert [a.example_id for a in anns] == ids.tolist() and all(a.positives for a in anns)
+    tiny_data.has_mask = np.ones(len(tiny_data.images), bool)
+    tiny_data.has_mask[ids[0]] = False
+    assert without_masks(tiny_data).tolist() == [ids[0]]
+    with pytest.raises(ValueError, match="no object mask"):
+        annotate_like_a_person(model, tiny_data, ids)
+    tiny_data.masks, tiny_data.has_mask = None, None
+    with pytest.raises(ValueError, match="no object masks"):
+        annotate_like_a_person(model, tiny_data, ids[1:])
+
+
+def test_fine_tune_with_and_without_guidance_takes_the_same_steps(tiny_data):
+    base = _model(tiny_data)
+    anns = annotate_like_a_person(base, tiny_data, tiny_data.ids("pool")[:6])
+    st = FineTuneSettings(epochs=2, batch_size=4)
+    ours, other = _model(tiny_data), _model(tiny_data)
+    r1 = fine_tune(ours, tiny_data, anns, st)
+    r2 = fine_tune(other, tiny_data, anns, st, guidance=False)
+    assert r1.steps == r2.steps == 2 * 2 and r1.status == r2.status == "done"
+    assert not torch.equal(ours.conv1.weight, other.conv1.weight)  # the guidance term changed the training
+    plan = fine_tune_plan(tiny_data, anns, st)
+    assert plan["weights"] == {"cls": 0.25, "attention": 0.75}
+    with pytest.raises(ValueError, match="at least one annotation"):
+        fine_tune_plan(tiny_data, [], st)
+
+
+def test_bias_report(tiny_data):
+    rep = bias_report(_model(tiny_data), tiny_data)
+    assert set(rep) == {"test_acc", "aligned_acc", "attention_in_mask"}
+    assert 0 <= rep["test_acc"] <= 100 and rep["aligned_acc"] is None and 0 <= rep["attention_in_mask"] <= 100
+
+
+@pytest.mark.slow
+def test_benchmark_quick_runs_and_writes_its_json(tmp_path):
+    import json
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import attention_guidance
+
+    out = tmp_path / "attention.json"
+    payload = attention_guidance.main(["--data", "biased-digits", "--quick", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["quick"] and saved["per_sampler"].keys() == payload["per_sampler"].keys() == {"random", "gmm"}
+    for name, r in saved["per_sampler"].items():
+        for key in ("acc_after", "acc_after_sd", "aligned_acc_after", "attention_in_mask_before",
+                    "attention_in_mask_after", "clicks_per_image", "baseline_acc_after"):
+            assert key in r, (name, key)
+    assert "conflicting_acc_before" in saved and "baseline_acc_after" in saved and saved["provenance"]["git_commit"]
