@@ -180,6 +180,13 @@ def _adopt(wb: Workbench) -> Boot:
     return Boot(wb)
 
 
+def base_model_job(source: str, arch: str):
+    """The background job training the base model for ``source`` and ``arch`` (started if
+    none is cached or running), or None when the base model is ready."""
+    status = get_base_models().status(get_dataset(source), source, arch, train=True)
+    return None if status.model is not None else status.job
+
+
 def switch_workbench(source_text: str, arch: str) -> bool:
     """Start a new workbench for another dataset or model. On any error the current
     workbench stays and a message says what was wrong. Returns True on success."""

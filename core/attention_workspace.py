@@ -3,8 +3,9 @@ turn clicks into annotations, fine-tune with the attention loss, and measure the
 Attention page and ``benchmarks/attention_guidance.py`` drive exactly these functions."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -51,31 +52,44 @@ class FineTuneSettings:
 
 # ----------------------------------------------------------------------------- candidates
 def pool_view(model: SteerableModel, images: torch.Tensor, ids: np.ndarray, needs: Iterable[str], *,
-              batch_size: int = 256, cam_side: int = CAM_SIDE) -> PoolView:
+              batch_size: int = 256, cam_side: int = CAM_SIDE,
+              progress: Callable[[float], None] | None = None) -> PoolView:
     """What a sampler needs to know about the pool, in batched passes: probabilities always,
     features when asked, Grad-CAMs (of the predicted class, downsampled to ``cam_side``)
-    when asked (one forward and one backward per batch, giving the probabilities too)."""
+    when asked (one forward and one backward per batch, giving the probabilities too).
+    ``progress(fraction)`` is called after each batch."""
     needs = set(needs)
-    cams = features = None
+    logits, feats, cams = [], [], []
     was_training = model.training
     model.eval()
     try:
-        if "cams" in needs:
-            cam_t, logits = gradcam_batches(model, images, batch_size=batch_size, size=cam_side)
-            cams = cam_t.numpy()
-        else:
-            logits, feats = predict(model, images, batch_size=batch_size, with_features="features" in needs)
-            features = None if feats is None else feats.numpy()
-        if "features" in needs and features is None:
-            features = predict(model, images, batch_size=batch_size, with_features=True)[1].numpy()
+        for start in range(0, len(images), batch_size):
+            x = images[start:start + batch_size]
+            if "cams" in needs:
+                c, lg = gradcam_batches(model, x, batch_size=batch_size, size=cam_side)
+                cams.append(c)
+                logits.append(lg)
+                if "features" in needs:
+                    feats.append(predict(model, x, batch_size=batch_size, with_features=True)[1])
+            else:
+                lg, f = predict(model, x, batch_size=batch_size, with_features="features" in needs)
+                logits.append(lg)
+                if f is not None:
+                    feats.append(f)
+            if progress is not None:
+                progress(min(1.0, (start + len(x)) / max(len(images), 1)))
     finally:
         model.train(was_training)
-    probs = torch.softmax(logits, 1).numpy()
-    return PoolView(ids=np.asarray(ids, dtype=np.int64), probs=probs, features=features, cams=cams)
+    k = model.info.num_classes
+    probs = torch.softmax(torch.cat(logits), 1).numpy() if logits else np.zeros((0, k), np.float32)
+    return PoolView(ids=np.asarray(ids, dtype=np.int64), probs=probs,
+                    features=torch.cat(feats).numpy() if feats else None,
+                    cams=torch.cat(cams).numpy() if cams else None)
 
 
 def select_candidates(model: SteerableModel, data: ImageDataset, sampler: str, n: int, *,
-                      exclude: Iterable[int] = (), split: str = "pool", seed: int = 0) -> np.ndarray:
+                      exclude: Iterable[int] = (), split: str = "pool", seed: int = 0,
+                      progress: Callable[[float], None] | None = None) -> np.ndarray:
     """The ``n`` example ids of ``split`` the sampler ranks first, never one in ``exclude``."""
     chosen = get_sampler(sampler)
     ids = np.asarray(data.ids(split), dtype=np.int64)
@@ -84,7 +98,7 @@ def select_candidates(model: SteerableModel, data: ImageDataset, sampler: str, n
     ids = ids[keep]
     if len(ids) == 0:
         return ids
-    view = pool_view(model, data.images[torch.as_tensor(ids)], ids, chosen.needs)
+    view = pool_view(model, data.images[torch.as_tensor(ids)], ids, chosen.needs, progress=progress)
     return chosen.rank(view, seed=seed, k=min(int(n), len(ids)))
 
 
@@ -192,3 +206,131 @@ def without_masks(data: ImageDataset, split: str = "pool") -> np.ndarray:
     """Ids of ``split`` that have no object mask (a simulated user cannot annotate them)."""
     ids = np.asarray(data.ids(split), dtype=np.int64)
     return ids[~data.rows_with_mask()[ids]]
+
+
+# ----------------------------------------------------------------------------- the page's rounds
+ROUND_KEY = "attention.round"
+SETTINGS_KEY = "attention"  # in the workbench's settings
+
+
+@dataclass(frozen=True)
+class PageSettings:
+    """The Attention page's parameters (paper defaults), saved with the workbench."""
+
+    sampler: str = "gmm"
+    per_round: int = 64  # candidates per round (paper: batches of 64)
+    per_page: int = 8  # shown at a time (paper: 8-16)
+    w_g: float = PAPER_WEIGHTS[KIND]
+    w_c: float = PAPER_WEIGHTS["cls"]
+    lr: float = PAPER_LR
+    epochs: int = FineTuneSettings.epochs
+    target: str = "true"  # the class whose Grad-CAM is shown and guided: "true" or "predicted"
+    opacity: float = 0.45
+    mode: str = "click"  # or "polygon" (the paper's user-study baseline)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> "PageSettings":
+        """Saved settings, ignoring keys this release does not know."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (raw or {}).items() if k in known})
+
+    def fine_tune(self, seed: int = 0, device: str | None = None) -> FineTuneSettings:
+        return FineTuneSettings(epochs=int(self.epochs), lr=float(self.lr), w_g=float(self.w_g), w_c=float(self.w_c),
+                                target=self.target, seed=seed, device=device)
+
+
+@dataclass
+class Round:
+    """One round of candidates: which images, chosen by which sampler under which version,
+    which page is shown, and when each image was first shown (for the timing)."""
+
+    number: int
+    ids: list[int]
+    version: int
+    sampler: str
+    created: float = field(default_factory=time.time)
+    page: int = 0
+    shown: dict[str, float] = field(default_factory=dict)
+    closed: bool = False  # stopped, or handed to a fine-tune
+
+    def mark_shown(self, example_id: int, now: float | None = None) -> bool:
+        """Record the first time an image is shown; True if this is it."""
+        key = str(int(example_id))
+        if key in self.shown:
+            return False
+        self.shown[key] = time.time() if now is None else now
+        return True
+
+    def pages(self, per_page: int) -> int:
+        return max(1, -(-len(self.ids) // max(1, per_page)))
+
+    def page_ids(self, per_page: int, page: int | None = None) -> list[int]:
+        p = self.page if page is None else page
+        return self.ids[p * per_page:(p + 1) * per_page]
+
+
+def load_round(wb) -> Round | None:
+    raw = wb.get_state(ROUND_KEY)
+    return Round(**raw) if raw else None
+
+
+def save_round(wb, rnd: Round | None) -> None:
+    wb.put_state(ROUND_KEY, None if rnd is None else asdict(rnd))
+
+
+def annotations_of(wb) -> list[AttentionAnnotation]:
+    """Every attention annotation of the workbench, oldest first."""
+    return [ATTENTION.from_payload(a.example_id, a.payload) for a in wb.annotations(KIND)]
+
+
+def start_round(wb, settings: PageSettings, *, progress: Callable[[float], None] | None = None) -> Round:
+    """Pick the next round's candidates from the pool with the chosen sampler (never an image
+    annotated before) and save the round before it is shown."""
+    previous = load_round(wb)
+    done = {a.example_id for a in annotations_of(wb)}
+    with wb.lock:
+        model, version = wb.model, wb.current_version
+    number = (previous.number + 1) if previous else 1
+    ids = select_candidates(model, wb.data, settings.sampler, int(settings.per_round), exclude=done,
+                            seed=number, progress=progress)
+    if len(ids) == 0:
+        raise ValueError("Every pool image has been annotated already; there is nothing left to show.")
+    rnd = Round(number, [int(i) for i in ids], version, settings.sampler)
+    save_round(wb, rnd)
+    return rnd
+
+
+def confirm(wb, rnd: Round, annotation: AttentionAnnotation, now: float | None = None) -> AttentionAnnotation:
+    """Store one image's annotation (replacing an earlier one of the same image), with the
+    seconds since it was first shown and the round; on disk when this returns."""
+    now = time.time() if now is None else now
+    shown = rnd.shown.get(str(annotation.example_id), now)
+    extra = {**annotation.extra, "round": rnd.number}
+    ann = AttentionAnnotation(annotation.example_id, annotation.label, annotation.shape, annotation.positives,
+                              annotation.negative, annotation.polygon, annotation.mode, round(now - shown, 3),
+                              annotation.operations, wb.current_version, extra)
+    kept = [(a.example_id, a.payload) for a in wb.annotations(KIND) if a.example_id != ann.example_id]
+    wb.replace_annotations(KIND, kept + [ATTENTION.to_payload(ann)])
+    return ann
+
+
+def start_fine_tune(wb, settings: PageSettings):
+    """Fine-tune a copy of the current model on every confirmed annotation, in the
+    background; it becomes a new version described by the annotations."""
+    anns = annotations_of(wb)
+    ft = settings.fine_tune(seed=int(time.time()) % 10_000, device=wb.settings.get("device", "cpu"))
+    plan = fine_tune_plan(wb.data, anns, ft)
+    feedback = {"kind": KIND, "annotations": len(anns), "example_ids": [a.example_id for a in anns],
+                "settings": asdict(settings)}
+    return wb.start_training(ft.config(), description=ATTENTION.describe(anns), train=plan["train"],
+                             train_ids=plan["train_ids"], loss_terms=plan["loss_terms"], weights=plan["weights"],
+                             feedback=feedback, kind="attention")
+
+
+def annotation_rows(annotations: Sequence[AttentionAnnotation], classes: Sequence[str]) -> list[dict[str, Any]]:
+    """One flat row per annotation, for CSV/JSON downloads."""
+    return [{"example_id": a.example_id, "label": classes[a.label] if 0 <= a.label < len(classes) else a.label,
+             "mode": a.mode, "clicks": a.operations, "positives": [list(p) for p in a.positives],
+             "negative_pixels": int(a.negative_mask().sum()), "polygon": [list(p) for p in a.polygon],
+             "seconds": a.seconds, "model_version": a.model_version, "round": a.extra.get("round")}
+            for a in annotations]

@@ -1,0 +1,85 @@
+"""Pictures for the Attention page: an image with its Grad-CAM overlay, superpixel
+boundaries, positive dots and filled negative regions, magnified without blurring."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from plotly.colors import hex_to_rgb, sequential
+from skimage.segmentation import find_boundaries
+
+POSITIVE = (22, 163, 74)  # green: "look here"
+NEGATIVE = (220, 38, 38)  # red: "ignore this"
+
+
+@lru_cache(maxsize=1)
+def _lut() -> np.ndarray:
+    """A 256-entry colour map (plotly's Turbo), for attention heat maps."""
+    stops = np.array([hex_to_rgb(c) for c in sequential.Turbo], dtype=np.float64)
+    pos = np.linspace(0, 1, len(stops))
+    t = np.linspace(0, 1, 256)
+    return np.stack([np.interp(t, pos, stops[:, k]) for k in range(3)], axis=1).astype(np.uint8)
+
+
+def to_rgb(image: torch.Tensor) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> uint8 (H, W, 3)."""
+    arr = image.detach().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr[:, :, :3]
+
+
+def scale_for(shape: tuple[int, int], size: int) -> int:
+    """Whole-number magnification that fits the larger side into ``size`` pixels."""
+    return max(1, size // max(shape))
+
+
+def render(image: torch.Tensor, cam: np.ndarray | None, *, size: int = 384, opacity: float = 0.45,
+           segments: np.ndarray | None = None, positives: Sequence[tuple[float, float]] = (),
+           negative: np.ndarray | None = None, polygon: Sequence[tuple[float, float]] = ()) -> Image.Image:
+    """The picture a person annotates: ``image`` magnified by a whole factor (NEAREST, so
+    pixels stay crisp), the min-max normalised ``cam`` blended in with ``opacity``, negative
+    regions filled red, superpixel boundaries as thin white lines, positive points as green
+    dots and a polygon as an outline. Points are (x, y) in the image's own pixels."""
+    rgb = to_rgb(image).astype(np.float64)
+    h, w = rgb.shape[:2]
+    k = scale_for((h, w), size)
+    big = np.kron(rgb, np.ones((k, k, 1)))
+    if cam is not None and opacity > 0:
+        c = np.asarray(cam, dtype=np.float64).reshape(h, w)
+        c = (c - c.min()) / (c.max() - c.min() + 1e-12)
+        heat = Image.fromarray((c * 255).astype(np.uint8)).resize((w * k, h * k), Image.BILINEAR)
+        colours = _lut()[np.asarray(heat)].astype(np.float64)
+        big = (1 - opacity) * big + opacity * colours
+    if negative is not None and np.asarray(negative).any():
+        m = np.kron(np.asarray(negative, dtype=np.float64).reshape(h, w), np.ones((k, k)))[:, :, None]
+        big = big * (1 - 0.55 * m) + 0.55 * m * np.array(NEGATIVE, dtype=np.float64)
+    if segments is not None:
+        seg = np.kron(np.asarray(segments).reshape(h, w), np.ones((k, k), dtype=np.int64))
+        edge = find_boundaries(seg, mode="inner")[:, :, None]
+        big = np.where(edge, 0.35 * big + 0.65 * 255, big)
+    out = Image.fromarray(np.clip(big, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(out)
+    if len(polygon) >= 2:
+        pts = [(x * k, y * k) for x, y in polygon]
+        draw.line(pts + ([pts[0]] if len(pts) >= 3 else []), fill=(37, 99, 235), width=max(2, k // 4))
+    r = max(4, k // 2 + 2)
+    for x, y in positives:
+        cx, cy = x * k, y * k
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=POSITIVE, outline=(255, 255, 255), width=2)
+    return out
+
+
+def thumbnail(image: torch.Tensor, cam: np.ndarray | None, *, size: int = 112, opacity: float = 0.45,
+              confirmed: bool = False) -> Image.Image:
+    """A small overlay for the candidate grid; a confirmed image gets a check mark badge."""
+    out = render(image, cam, size=size, opacity=opacity)
+    if confirmed:
+        draw = ImageDraw.Draw(out)
+        s = max(14, out.width // 5)
+        draw.ellipse([out.width - s - 3, 3, out.width - 3, s + 3], fill=POSITIVE, outline=(255, 255, 255), width=2)
+        x0, y0 = out.width - s - 3, 3
+        draw.line([(x0 + s * 0.25, y0 + s * 0.52), (x0 + s * 0.43, y0 + s * 0.7), (x0 + s * 0.75, y0 + s * 0.32)],
+                  fill=(255, 255, 255), width=max(2, s // 7))
+    return out

@@ -1,0 +1,88 @@
+"""An image that reports left and right clicks (Streamlit custom components v2, inline JS).
+
+Neither ``st.image`` nor the existing click components deliver right clicks (streamlit-image-
+coordinates and the drawable canvas's point mode report the left button only), and the
+attention page needs both: left = "look here", right = "ignore this region". The component
+shows a PNG given as a data URL, and sends each click as a trigger value
+``{"x", "y", "button", "n"}`` with x, y in the image's own pixels (not the displayed size),
+``button`` 0 (left) or 2 (right), and ``n`` a counter so two identical clicks are two events.
+Pressing ``x`` while the pointer is over the image sends ``{"toggle": true}`` instead, for the
+positive/negative mode switch that touch screens and keyboards use.
+"""
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+_CSS = """
+.sb-click-wrap { position: relative; display: inline-block; line-height: 0; outline: none; }
+.sb-click-wrap img { image-rendering: pixelated; cursor: crosshair; border-radius: 4px;
+                     box-shadow: 0 0 0 1px rgba(0,0,0,.15); user-select: none; -webkit-user-drag: none; }
+.sb-click-wrap:focus img { box-shadow: 0 0 0 2px var(--st-primary-color, #2563eb); }
+"""
+
+_JS = """
+export default function(component) {
+  const { data, setTriggerValue, parentElement } = component;
+  let wrap = parentElement.querySelector('.sb-click-wrap');
+  if (!wrap) {
+    wrap = document.createElement('div');
+    wrap.className = 'sb-click-wrap';
+    wrap.tabIndex = 0;
+    const img = document.createElement('img');
+    img.draggable = false;
+    img.alt = 'annotation workspace';
+    wrap.appendChild(img);
+    parentElement.appendChild(wrap);
+  }
+  const img = wrap.querySelector('img');
+  img.src = data.src;
+  img.style.width = data.width + 'px';
+  img.dataset.w = data.w;
+  img.dataset.h = data.h;
+  let n = Number(wrap.dataset.n || 0);
+  const send = (e, button) => {
+    e.preventDefault();
+    const r = img.getBoundingClientRect();
+    const fx = (e.clientX - r.left) / r.width, fy = (e.clientY - r.top) / r.height;
+    if (fx < 0 || fy < 0 || fx > 1 || fy > 1) return;
+    n += 1; wrap.dataset.n = n;
+    setTriggerValue('click', { x: fx * Number(img.dataset.w), y: fy * Number(img.dataset.h), button: button, n: n });
+  };
+  img.onclick = (e) => send(e, 0);
+  img.oncontextmenu = (e) => send(e, 2);
+  img.onauxclick = (e) => { if (e.button === 1) e.preventDefault(); };
+  img.onmouseenter = () => wrap.focus({ preventScroll: true });
+  wrap.onkeydown = (e) => {
+    if (e.key === 'x' || e.key === 'X') { e.preventDefault(); setTriggerValue('toggle', { n: ++n }); }
+  };
+}
+"""
+
+_COMPONENT = st.components.v2.component("steerboard_click_image", css=_CSS, js=_JS)
+
+
+def png_data_url(image: Image.Image | np.ndarray) -> str:
+    """A PNG data URL of an RGB image (PIL or uint8 HxWx3)."""
+    pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def click_image(image: Image.Image | np.ndarray, *, key: str, width: int = 384, source_size: tuple[int, int] | None = None,
+                on_click: Callable[[], None] | None = None) -> Any:
+    """Show ``image`` ``width`` px wide and return the component's result: ``.click`` is the
+    click of this rerun (or None) with x, y in ``source_size`` pixels (w, h; default the
+    image's own size), ``.toggle`` a press of the mode hotkey. ``on_click`` runs on either."""
+    pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+    w, h = source_size or pil.size
+    callback = on_click or (lambda: None)
+    return _COMPONENT(data={"src": png_data_url(pil), "width": int(width), "w": int(w), "h": int(h)}, key=key,
+                      on_click_change=callback, on_toggle_change=callback)

@@ -1,0 +1,114 @@
+"""AppTest of the Attention page: switch to biased digits, start a round, annotate two
+candidates through the click component, confirm (on disk first), fine-tune, and read test mode."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from apptest_helpers import ROOT, new_app, no_exceptions, prepare_workspace, workbench_of
+
+from core.attention_workspace import annotations_of, bias_report, load_round
+
+PAGE = str(Path(ROOT) / "pages" / "attention.py")
+
+
+@pytest.fixture(scope="module")
+def biased_workspace(tmp_path_factory):
+    """A workspace with cached base models for digits and biased digits (2 quick epochs)."""
+    from core.data import load_dataset
+    from core.engine import TrainConfig
+    from core.models import save_checkpoint
+    from core.store import Store
+    from core.workbench import base_checkpoint_path, train_base_model
+
+    ws = prepare_workspace(tmp_path_factory.mktemp("att") / "workspace")
+    data = load_dataset("biased-digits")
+    model, _ = train_base_model(data, "seed-cnn", config=TrainConfig(epochs=2, lr=0.01))
+    save_checkpoint(model, base_checkpoint_path(Store(ws), "biased-digits", "seed-cnn", 0), data.classes)
+    return ws
+
+
+def _on_biased_digits(ws):
+    at = new_app(ws).run()
+    at.switch_page(PAGE).run()
+    no_exceptions(at)
+    at.button(key="att-open-biased").click().run()
+    deadline = time.time() + 60
+    while workbench_of(at).data.name != "biased-digits" and time.time() < deadline:
+        at.run()
+    assert workbench_of(at).data.name == "biased-digits"
+    at.switch_page(PAGE).run()
+    no_exceptions(at)
+    return at
+
+
+def _click(at, example_id, x, y, button, n):
+    at.session_state[f"att-img-{example_id}"] = {"click": {"x": x, "y": y, "button": button, "n": n}}
+    at.run()
+    no_exceptions(at)
+
+
+def test_round_annotate_confirm_fine_tune_and_test_mode(biased_workspace):
+    at = _on_biased_digits(biased_workspace)
+    wb = workbench_of(at)
+    at.number_input(key="att-p-per_round").set_value(2).run()
+    at.number_input(key="att-p-epochs").set_value(2).run()
+    assert wb.settings["attention"]["per_round"] == 2  # every value saved with the workbench
+    at.button(key="att-start").click().run()
+    no_exceptions(at)
+    rnd = load_round(wb)
+    assert rnd is not None and len(rnd.ids) == 2 and rnd.version == wb.current_version  # saved before shown
+    assert any("0 of 2 confirmed" in m.value for m in at.markdown)
+    for n, example in enumerate(rnd.ids, start=1):
+        if at.session_state["att-current"] != example:
+            at.button(key=f"att-pick-{example}").click().run()
+        _click(at, example, 14.0, 14.0, 0, n)  # left: look here
+        _click(at, example, 1.0, 1.0, 2, n + 10)  # right: ignore the background there
+        drafts = at.session_state["att-drafts"][example]
+        assert drafts["pos"] == [(14.0, 14.0)] and len(drafts["neg"]) == 1
+        at.button(key="att-confirm").click().run()
+        no_exceptions(at)
+        saved = {a.example_id: a for a in annotations_of(wb)}
+        assert example in saved and saved[example].positives == ((14.0, 14.0),) and saved[example].negative
+        assert saved[example].seconds >= 0 and saved[example].operations == 2
+    assert any("2 of 2 confirmed" in m.value for m in at.markdown)
+    before = wb.current_version
+    at.button(key="att-finetune").click().run()
+    no_exceptions(at)
+    job = wb.jobs.current
+    assert job is not None and job.kind == "attention"
+    assert job.wait(120) and job.status == "done", job.error
+    at.run()
+    no_exceptions(at)
+    assert wb.current_version == before + 1
+    assert wb.version(wb.current_version).description.startswith("attention: 2 images")
+    at.toggle(key="att-test-mode").set_value(True).run()
+    no_exceptions(at)
+    metrics = {m.label: m.value for m in at.metric}
+    lib = bias_report(wb.model, wb.data)
+    assert metrics["Bias-conflicting test"] == f"{lib['test_acc']:.1f}%"
+    assert metrics["Attention on the object"] == f"{lib['attention_in_mask']:.1f}%"
+
+
+def test_annotations_and_round_survive_a_refresh(biased_workspace):
+    at = _on_biased_digits(biased_workspace)
+    wb = workbench_of(at)
+    at.number_input(key="att-p-per_round").set_value(3).run()
+    at.button(key="att-start").click().run()
+    rnd = load_round(wb)
+    first = rnd.ids[0]
+    if at.session_state["att-current"] != first:
+        at.button(key=f"att-pick-{first}").click().run()
+    _click(at, first, 10.0, 12.0, 0, 1)
+    at.button(key="att-confirm").click().run()
+    from streamlit.testing.v1 import AppTest
+
+    fresh = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=60)
+    fresh.query_params["wb"] = wb.id
+    fresh.run()
+    fresh.switch_page(PAGE).run()
+    no_exceptions(fresh)
+    assert load_round(wb).ids == rnd.ids
+    assert any("1 of 3 confirmed" in m.value for m in fresh.markdown)
+    assert fresh.number_input(key="att-p-per_round").value == 3
