@@ -39,9 +39,10 @@ def render(image: torch.Tensor, cam: np.ndarray | None, *, size: int = 384, opac
            segments: np.ndarray | None = None, positives: Sequence[tuple[float, float]] = (),
            negative: np.ndarray | None = None, polygon: Sequence[tuple[float, float]] = ()) -> Image.Image:
     """The picture a person annotates: ``image`` magnified by a whole factor (NEAREST, so
-    pixels stay crisp), the min-max normalised ``cam`` blended in with ``opacity``, negative
-    regions filled red, superpixel boundaries as thin white lines, positive points as green
-    dots and a polygon as an outline. Points are (x, y) in the image's own pixels."""
+    pixels stay crisp), the min-max normalised ``cam`` blended in (up to ``opacity`` where
+    attention is highest), negative regions darkened and hatched red, superpixel boundaries
+    as thin white lines, positive points as green dots and a polygon as an outline. Points
+    are (x, y) in the image's own pixels."""
     rgb = to_rgb(image).astype(np.float64)
     h, w = rgb.shape[:2]
     k = scale_for((h, w), size)
@@ -50,11 +51,18 @@ def render(image: torch.Tensor, cam: np.ndarray | None, *, size: int = 384, opac
         c = np.asarray(cam, dtype=np.float64).reshape(h, w)
         c = (c - c.min()) / (c.max() - c.min() + 1e-12)
         heat = Image.fromarray((c * 255).astype(np.uint8)).resize((w * k, h * k), Image.BILINEAR)
+        level = np.asarray(heat, dtype=np.float64)[:, :, None] / 255
         colours = _lut()[np.asarray(heat)].astype(np.float64)
-        big = (1 - opacity) * big + opacity * colours
+        # weighted by the attention itself: where the model does not look, the image shows through
+        alpha = opacity * (0.25 + 0.75 * level)
+        big = (1 - alpha) * big + alpha * colours
     if negative is not None and np.asarray(negative).any():
-        m = np.kron(np.asarray(negative, dtype=np.float64).reshape(h, w), np.ones((k, k)))[:, :, None]
-        big = big * (1 - 0.55 * m) + 0.55 * m * np.array(NEGATIVE, dtype=np.float64)
+        # hatched, not filled: a red fill vanishes on a red heat map or a red background
+        m = np.kron(np.asarray(negative, dtype=bool).reshape(h, w), np.ones((k, k), dtype=bool))
+        yy, xx = np.mgrid[0:h * k, 0:w * k]
+        stripe = ((xx + yy) // max(2, k // 3)) % 2 == 0
+        big = np.where(m[:, :, None], 0.45 * big, big)  # darkened
+        big = np.where((m & stripe)[:, :, None], np.array(NEGATIVE, dtype=np.float64) * 0.6 + 0.4 * 255, big)
     if segments is not None:
         seg = np.kron(np.asarray(segments).reshape(h, w), np.ones((k, k), dtype=np.int64))
         edge = find_boundaries(seg, mode="inner")[:, :, None]

@@ -16,16 +16,21 @@ def draw(wb: Workbench) -> None:
     with st.sidebar:
         st.markdown("### steerboard")
         busy = wb.jobs.current is not None and wb.jobs.current.running
+        if st.session_state.get("sb-for") != wb.id:  # another workbench (opened here or on a page): show its data
+            st.session_state["sb-for"] = wb.id  # (set, not popped: the browser would send its old value back)
+            own = wb.data_source not in BUILTIN_CHOICES
+            st.session_state["sb-dataset"] = OWN_FOLDER if own else wb.data_source
+            st.session_state["sb-folder"] = wb.data_source if own else ""
+            st.session_state["sb-model"] = wb.arch
         with st.form("sidebar-data", border=False):
             options = BUILTIN_CHOICES + [OWN_FOLDER]
-            current = wb.data_source if wb.data_source in BUILTIN_CHOICES else OWN_FOLDER
-            choice = st.selectbox("Dataset", options, index=options.index(current), key="sb-dataset")
-            folder = st.text_input("Folder or archive path", value="" if current != OWN_FOLDER else wb.data_source,
+            choice = st.selectbox("Dataset", options, key="sb-dataset")
+            folder = st.text_input("Folder or archive path",
                                    placeholder="data/quickdraw or data/cifar10.tar.gz", key="sb-folder",
                                    help="A Quick Draw folder of .npy files, an ImageFolder tree or a .tar.gz of one, "
                                         "inside the data folders this server allows.")
             models = list_models()
-            arch = st.selectbox("Model", models, index=models.index(wb.arch), key="sb-model")
+            arch = st.selectbox("Model", models, key="sb-model")
             if st.form_submit_button("Open", disabled=busy, width="stretch", key="sb-open"):
                 source = folder if choice == OWN_FOLDER else choice
                 if source != wb.data_source or arch != wb.arch:

@@ -225,15 +225,20 @@ def draw_test_mode() -> None:
         before, after = report_of(base_v), report_of(cur_v)
     biased = "test_aligned" in data.splits
     with st.container(key="att-test"):
-        st.markdown(f"**v{cur_v}** (current) against **v{base_v}** (base model)")
+        same = cur_v == base_v
+        st.markdown(f"**v{cur_v}** (current) against **v{base_v}** (base model)" if not same else
+                    f"The current version is the base model (v{base_v}): fine-tune to compare.")
+
+        def delta(key: str) -> str | None:  # no arrow at all when there is nothing to compare
+            return None if same else f"{after[key] - before[key]:+.1f} pts"
+
         c1, c2, c3 = st.columns(3)
         label = "Bias-conflicting test" if biased else "Test accuracy"
-        c1.metric(label, f"{after['test_acc']:.1f}%", f"{after['test_acc'] - before['test_acc']:+.1f} pts")
+        c1.metric(label, f"{after['test_acc']:.1f}%", delta("test_acc"))
         if after["aligned_acc"] is not None:
-            c2.metric("Bias-aligned test", f"{after['aligned_acc']:.1f}%", f"{after['aligned_acc'] - before['aligned_acc']:+.1f} pts")
+            c2.metric("Bias-aligned test", f"{after['aligned_acc']:.1f}%", delta("aligned_acc"))
         if after["attention_in_mask"] is not None:
-            c3.metric("Attention on the object", f"{after['attention_in_mask']:.1f}%",
-                      f"{after['attention_in_mask'] - before['attention_in_mask']:+.1f} pts",
+            c3.metric("Attention on the object", f"{after['attention_in_mask']:.1f}%", delta("attention_in_mask"),
                       help="Share of the Grad-CAM's mass inside the object masks of the test images.")
         if biased:
             st.caption("Bias-conflicting: background colour independent of the class; bias-aligned: the same digits on "
