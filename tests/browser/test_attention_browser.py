@@ -1,0 +1,102 @@
+"""The Attention page in a real browser: a left click on the workspace image draws a positive
+dot and a right click a hatched negative superpixel (the custom component delivers both
+buttons); CONFIRM marks the thumbnail; a refresh keeps confirmed annotations; FINE-TUNE makes
+a version."""
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from browser_helpers import Page, expect, expect_text, live
+from conftest import ROOT, thread_env
+
+from PIL import Image
+
+LONG = 90_000
+POSITIVE = np.array([22, 163, 74])
+HATCH = np.array([0.6 * 220 + 0.4 * 255, 0.6 * 38 + 0.4 * 255, 0.6 * 38 + 0.4 * 255])
+
+
+@pytest.fixture(scope="module")
+def attention_workspace(make_workspace, tmp_path_factory):
+    """A workspace with the digits base model and a biased-digits one (3 epochs, via the CLI)."""
+    out = tmp_path_factory.mktemp("biased-base")
+    cmd = [sys.executable, "-m", "core.train", "--data", "biased-digits", "--model", "seed-cnn", "--epochs", "3",
+           "--lr", "0.01", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
+                                                                                           **thread_env()})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ws = make_workspace("ws-attention")
+    for f in out.glob("*.pt"):
+        shutil.copy2(f, ws / "base" / f.name)
+    return ws
+
+
+def pixels(page: Page, selector: str) -> np.ndarray:
+    shot = page.locator(selector).screenshot()
+    return np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"), dtype=np.float64)
+
+
+def count_near(img: np.ndarray, colour: np.ndarray, tol: float = 30) -> int:
+    return int((np.abs(img - colour).max(axis=2) < tol).sum())
+
+
+def open_biased(page: Page, url: str) -> None:
+    page.goto(f"{url}/attention")
+    page.get_by_role("button", name="Open biased digits").click(timeout=LONG)
+    expect_text(page, ".st-key-sb-version", "Model version", LONG)
+    expect(page.get_by_text(re.compile(r"Started workbench \w+ on biased-digits"))).to_be_visible(timeout=LONG)
+
+
+def set_number(page: Page, label: str, value: int) -> None:
+    box = page.locator(live(".st-key-att-params")).get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Tab")
+
+
+IMG = ".st-key-att-workspace .sb-click-wrap img"
+
+
+def test_clicks_confirm_refresh_and_fine_tune(start_server, attention_workspace, page: Page):
+    server = start_server(attention_workspace)
+    open_biased(page, server.url)
+    set_number(page, "Candidates per round", 2)
+    set_number(page, "Epochs", 2)
+    page.get_by_role("button", name="START", exact=True).click()
+    expect_text(page, ".st-key-att-grid", "0 of 2 confirmed", LONG)
+    img = page.locator(IMG)
+    expect(img).to_be_visible(timeout=LONG)
+    before = pixels(page, IMG)
+    box = img.bounding_box()
+    img.click(position={"x": box["width"] * 0.5, "y": box["height"] * 0.5})  # left: look here
+    expect(page.locator(".st-key-att-undo button")).to_be_enabled(timeout=LONG)
+    after_left = pixels(page, IMG)
+    assert count_near(after_left, POSITIVE) > count_near(before, POSITIVE) + 20, "no green dot after a left click"
+    page.locator(IMG).click(position={"x": box["width"] * 0.04, "y": box["height"] * 0.04}, button="right")
+    page.wait_for_timeout(500)
+    deadline = 40
+    while deadline and count_near(pixels(page, IMG), HATCH, 25) < 50:  # the hatched region appears on the next draw
+        page.wait_for_timeout(500)
+        deadline -= 1
+    assert count_near(pixels(page, IMG), HATCH, 25) >= 50, "no hatched negative region after a right click"
+    page.locator(".st-key-att-confirm button").click()
+    expect_text(page, ".st-key-att-grid", "1 of 2 confirmed", LONG)
+    expect(page.locator(live(".st-key-att-grid")).get_by_role("button", name="✓ open")).to_have_count(1, timeout=LONG)
+    page.reload()  # in the middle of annotating: the round and the confirmed image are still there
+    expect_text(page, ".st-key-att-grid", "1 of 2 confirmed", LONG)
+    img = page.locator(IMG)
+    expect(img).to_be_visible(timeout=LONG)
+    box = img.bounding_box()
+    img.click(position={"x": box["width"] * 0.5, "y": box["height"] * 0.45})
+    expect(page.locator(".st-key-att-undo button")).to_be_enabled(timeout=LONG)
+    page.locator(".st-key-att-confirm button").click()
+    expect_text(page, ".st-key-att-grid", "2 of 2 confirmed", LONG)
+    page.locator(".st-key-att-finetune button").click()
+    expect_text(page, ".st-key-att-status", re.compile(r"Finished: version v1\b"), LONG)
+    expect_text(page, ".st-key-sb-version", re.compile(r"Model version:\s*v1\b"), LONG)
+    assert page.locator('[data-testid="stException"]').count() == 0
