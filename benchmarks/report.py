@@ -43,7 +43,10 @@ COMMANDS = {
 
 # ----------------------------------------------------------------------------- formatting
 def num(v, fmt: str = ".2f") -> str:
-    return "–" if v is None or v != v else format(v, fmt)
+    if v is None or v != v:
+        return "–"
+    out = format(v, fmt)
+    return format(0.0, fmt) if float(out) == 0 else out  # no "-0.00"
 
 
 def ms(d: dict | None, fmt: str = ".2f", unit: str = "") -> str:
@@ -162,7 +165,7 @@ def rows_select_retrain(p: dict, file: str) -> list[dict]:
     cmp_txt = "; ".join(f"vs {b}: {num(comps[b]['mean'], '+.2f')} ± {num(comps[b]['sd'])} points, higher on "
                         f"{comps[b]['higher_on']}/{comps[b]['seeds']} seeds"
                         for b in ("no_fill", "random") if b in comps)
-    pair = ", ".join("/".join(r["pair"]) for r in p.get("per_seed", [])[:3])
+    pair = ", ".join(dict.fromkeys("/".join(r["pair"]) for r in p.get("per_seed", [])))
     out = [row(f"Select and retrain ({pair}): held-out test examples of the selected pair "
                f"({ms(before['heldout_n'], '.0f')} examples, {ms(before['heldout_wrong_before'], '.1f')} wrong before, "
                f"{ms(before['heldout_acc_before'])} % right): mistakes fixed, right ones broken, accuracy after",

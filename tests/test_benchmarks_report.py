@@ -148,3 +148,9 @@ def test_mixed_commits_unknown_and_old_files_are_reported_not_hidden(report, tmp
     assert "unknown benchmark 'something_else'" in md
     assert "`d.json`: select_retrain in an older or unknown format" in md
     assert len(table_rows(md)) == 2
+
+
+def test_numbers_never_read_minus_zero(report):
+    assert report.num(-0.0001, "+.2f") == "+0.00" and report.num(-0.0001) == "0.00"
+    assert report.num(-1.5, "+.2f") == "-1.50" and report.num(None) == "–" and report.num(float("nan")) == "–"
+    assert report.ms({"mean": 1.0, "sd": 0.25}, "+.2f", " points") == "+1.00 ± 0.25 points"
