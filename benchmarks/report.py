@@ -278,6 +278,19 @@ def rows_app_latency(p: dict, file: str) -> list[dict]:
                 "– (absolute time)", f"<= {num(p['target'] * 1000, '.0f')} ms", p.get("pass"), p, file)]
 
 
+def rows_generic(p: dict, file: str) -> list[dict]:
+    """A speed record in the documented form (name, ours_s, reference_s, ratio, target) of a
+    benchmark without a builder here; KeyError for anything else."""
+    ratio, target = p["ratio"], p["target"]
+    if not isinstance(ratio, (int, float)) or not isinstance(target, (int, float)):
+        raise KeyError("ratio/target")
+    ref = p.get("reference") or p.get("params", {}).get("reference") or "the reference named in its JSON"
+    met = p["pass"] if isinstance(p.get("pass"), bool) else ratio <= target
+    return [row(f"{p['name']}: ours / reference (generic row)",
+                f"{num(ratio, '.3f')} ({num(p.get('ours_s'))} s vs {num(p.get('reference_s'))} s)",
+                str(ref), f"<= {target}", met, p, file)]
+
+
 BUILDERS: dict[str, Callable[[dict, str], list[dict]]] = {
     "latent_editing": rows_latent_editing,
     "latent_update_speed": rows_latent_update_speed,
@@ -314,6 +327,15 @@ def load(folder: Path) -> list[tuple[str, dict]]:
     return out
 
 
+def _note_provenance(provs: dict[tuple, list[str]], rec: dict, file: str) -> None:
+    prov = rec.get("provenance") or {}
+    key = (prov.get("git_commit"), prov.get("git_dirty"), prov.get("device"), prov.get("cuda"), prov.get("torch"),
+           prov.get("python"), prov.get("cpus"), prov.get("torch_threads"))
+    provs.setdefault(key, [])
+    if file not in provs[key]:
+        provs[key].append(file)
+
+
 def build(folder: Path, *, display: str | None = None) -> dict:
     """Rows, provenance lines and notes for the JSON files in ``folder``."""
     records = load(folder)
@@ -322,7 +344,15 @@ def build(folder: Path, *, display: str | None = None) -> dict:
     for file, rec in records:
         found = builder(rec["name"])
         if found is None:
-            notes.append(f"`{file}`: unknown benchmark {rec['name']!r}, left out")
+            try:
+                rows += rows_generic(rec, file)
+            except (KeyError, TypeError):
+                notes.append(f"`{file}`: benchmark {rec['name']!r} has no row builder in benchmarks/report.py, "
+                             "left out")
+                continue
+            seen.add(rec["name"])
+            quick |= bool(rec.get("quick"))
+            _note_provenance(provs, rec, file)
             continue
         source, make = found
         try:
@@ -333,12 +363,7 @@ def build(folder: Path, *, display: str | None = None) -> dict:
             continue
         seen.add(source)
         quick |= bool(rec.get("quick"))
-        prov = rec.get("provenance") or {}
-        key = (prov.get("git_commit"), prov.get("git_dirty"), prov.get("device"), prov.get("cuda"), prov.get("torch"),
-               prov.get("python"), prov.get("cpus"), prov.get("torch_threads"))
-        provs.setdefault(key, [])
-        if file not in provs[key]:
-            provs[key].append(file)
+        _note_provenance(provs, rec, file)
     prov_lines = []
     for (commit, dirty, device, cuda, torch_v, py, cpus, threads), files in provs.items():
         where = f"{device or '?'}" + (f" ({cuda})" if cuda and str(device).startswith("cuda") else "")
