@@ -84,5 +84,22 @@ def click_image(image: Image.Image | np.ndarray, *, key: str, width: int = 384, 
     pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
     w, h = source_size or pil.size
     callback = on_click or (lambda: None)
-    return _COMPONENT(data={"src": png_data_url(pil), "width": int(width), "w": int(w), "h": int(h)}, key=key,
+    return _COMPONENT(data={"src": _encoded(pil), "width": int(width), "w": int(w), "h": int(h)}, key=key,
                       on_click_change=callback, on_toggle_change=callback)
+
+
+_ENCODED: dict[int, tuple[Image.Image, str]] = {}
+
+
+def _encoded(pil: Image.Image) -> str:
+    """The data URL of ``pil``, encoded once per image object (the page caches its pictures,
+    so an idle rerun passes the same object again). Bounded to 32 entries; process-wide, but
+    keyed and checked by object identity, so sessions never see each other's pictures."""
+    hit = _ENCODED.get(id(pil))
+    if hit is not None and hit[0] is pil:
+        return hit[1]
+    if len(_ENCODED) >= 32:
+        _ENCODED.pop(next(iter(_ENCODED)))
+    url = png_data_url(pil)
+    _ENCODED[id(pil)] = (pil, url)
+    return url

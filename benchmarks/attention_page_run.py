@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import ROOT, machine, print_table, write_json  # noqa: I001
+from _common import ROOT, machine, print_table, seeds_record, write_json  # noqa: I001
 
 TARGET_S = 180.0
 
@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
             result = {"name": "attention_page_run", "ours_s": wall, "target": TARGET_S, "pass": wall < TARGET_S,
                       "page_numbers": shown[:3], "library_numbers": expected,
                       "numbers_equal": [f"{v:.1f}" for v in shown[:3]] == [f"{v:.1f}" for v in expected],
+                      "seeds": seeds_record([0], None, "nothing: the page's defaults and the bundled data's seed 0"),
                       "params": {"images": args.images, "clicks": clicks, "epochs": args.epochs, **machine("cpu")}}
             browser.close()
     finally:

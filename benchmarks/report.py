@@ -38,6 +38,12 @@ COMMANDS = {
     "freezing": "python benchmarks/freezing.py --json bench-results/freezing.json",
     "engine_overhead": "python benchmarks/engine_overhead.py --pairs 9 --json bench-results/engine_overhead.json",
     "app_latency": "python benchmarks/app_latency.py --first-start --json bench-results/app_latency.json",
+    "attention_guidance": "python benchmarks/attention_guidance.py --data biased-digits:../shared/data/mnist --rho 0.997 "
+                          "--budget 256 --rounds 4 --seeds 3 --cache bench-results/cache "
+                          "--json bench-results/attention_guidance.json",
+    "attention_page_run": "python benchmarks/attention_page_run.py --json bench-results/attention_page_run.json",
+    "gradcam_speed": "python benchmarks/gradcam_speed.py --json bench-results/gradcam_speed.json",
+    "long_session": "python benchmarks/long_session.py --json bench-results/long_session.json",
 }
 
 
@@ -291,7 +297,75 @@ def rows_generic(p: dict, file: str) -> list[dict]:
                 str(ref), f"<= {target}", met, p, file)]
 
 
+def rows_attention_guidance(p: dict, file: str) -> list[dict]:
+    """Seed 001's simulated user: bias-conflicting accuracy per sampler against CE on the same images."""
+    prm, per = p.get("params", {}), p["per_sampler"]
+    data = str(p.get("data", "?")).replace("../shared/data/", "")
+    out = []
+    for name in p.get("ranking", list(per)):
+        r = per[name]
+        out.append(row(
+            f"Attention clicks ({data}, {prm.get('budget')} images in {prm.get('rounds')} rounds), sampler {name}"
+            f"{' (best)' if name == p.get('best_sampler') else ''}: bias-conflicting test accuracy, "
+            f"{num(p.get('conflicting_acc_before'))} % before",
+            f"{num(r['acc_after'])} ± {num(r['acc_after_sd'])} %; {num(r['gain_over_baseline'], '+.2f')} ± "
+            f"{num(r.get('gain_over_baseline_sd'))} points over the baseline; attention on the object "
+            f"{num(r['attention_in_mask_before'], '.1f')} → {num(r['attention_in_mask_after'], '.1f')} %; "
+            f"bias-aligned {num(r['aligned_acc_after'])} %",
+            f"CE only on the same images with their labels, same steps (same information): "
+            f"{num(r['baseline_acc_after'])} ± {num(r.get('baseline_acc_after_sd'))} %",
+            f">= +{p.get('target_points', 15):g} points (best sampler)",
+            (r["gain_over_baseline"] >= p.get("target_points", 15)) if name == p.get("best_sampler") else None,
+            p, file))
+    return out
+
+
+def rows_attention_page_run(p: dict, file: str) -> list[dict]:
+    prm = p.get("params", {})
+    return [row(f"Attention page, simulated user in Chromium: {prm.get('images')} images annotated "
+                f"({prm.get('clicks')} clicks) and fine-tuned, START to new version",
+                f"{num(p['ours_s'], '.0f')} s; page's test-mode numbers {'equal' if p.get('numbers_equal') else '**differ from**'}"
+                f" the library's ({p.get('page_numbers')} vs {p.get('library_numbers')})",
+                "– (absolute time)", f"< {num(p['target'], '.0f')} s", p.get("pass") and p.get("numbers_equal"), p, file)]
+
+
+def rows_gradcam(p: dict, file: str) -> list[dict]:
+    prm = p.get("params", {})
+    if p["name"] == "gmm_pool_scoring":
+        return [row(f"GMM sampler scoring {prm.get('pool')} pool images (Grad-CAMs included) / one forward+backward "
+                    f"pass over them ({prm.get('model')})",
+                    f"{num(p['ratio'], '.3f')} ({num(p['ours_s'])} s vs {num(p['reference_s'])} s)",
+                    "one forward+backward pass (a training step without the update)", f"<= {p['target']}",
+                    p["ratio"] <= p["target"], p, file)]
+    return [row(f"Grad-CAM, {prm.get('model')}, batch {prm.get('batch')}: ours / pytorch-grad-cam",
+                f"{num(p['ratio'], '.3f')} ({num(p['ours_s'], '.3f')} s vs {num(p['reference_s'], '.3f')} s)",
+                "pytorch-grad-cam 1.5.7, same model, layer, images and targets, same output",
+                f"<= {p['target']}", p["ratio"] <= p["target"], p, file)]
+
+
+def rows_long_session(p: dict, file: str) -> list[dict]:
+    out = []
+    for r in p["rows"]:
+        if "ours_mb" in r:
+            prm = r.get("params", {})
+            out.append(row(f"Long session: server memory growth over {num(prm.get('minutes'), '.0f')} min of monitored "
+                           f"training with the Training monitor open ({prm.get('steps')} steps)",
+                           f"{num(r['ours_mb'], '+.0f')} MB ({num(prm.get('rss_start_mb'), '.0f')} → "
+                           f"{num(prm.get('rss_end_mb'), '.0f')} MB, max {num(prm.get('rss_max_mb'), '.0f')})",
+                           "– (absolute)", f"<= +{num(r['target_mb'], '.0f')} MB", r.get("pass"), p, file))
+        else:
+            out.append(row(f"Long session: Training monitor rerun, {r.get('params', {}).get('while')}",
+                           f"{num(r['ours_s'] * 1000, '.0f')} ms", "– (absolute time, AppTest full rerun)",
+                           f"<= {num(r['target'] * 1000, '.0f')} ms", r.get("pass"), p, file))
+    return out
+
+
 BUILDERS: dict[str, Callable[[dict, str], list[dict]]] = {
+    "attention_guidance": rows_attention_guidance,
+    "attention_page_run": rows_attention_page_run,
+    "gradcam_seed-cnn": rows_gradcam, "gradcam_vgg6": rows_gradcam, "gradcam_resnet18": rows_gradcam,
+    "gmm_pool_scoring": rows_gradcam,
+    "long_session": rows_long_session,
     "latent_editing": rows_latent_editing,
     "latent_update_speed": rows_latent_update_speed,
     "select_retrain": rows_select_retrain,
@@ -300,7 +374,9 @@ BUILDERS: dict[str, Callable[[dict, str], list[dict]]] = {
     "freezing": rows_freezing,
     "engine": rows_engine_overhead, "engine_stats": rows_engine_overhead, "frozen": rows_engine_overhead,
 }
-SOURCE = {"engine": "engine_overhead", "engine_stats": "engine_overhead", "frozen": "engine_overhead"}
+SOURCE = {"engine": "engine_overhead", "engine_stats": "engine_overhead", "frozen": "engine_overhead",
+          "gradcam_seed-cnn": "gradcam_speed", "gradcam_vgg6": "gradcam_speed", "gradcam_resnet18": "gradcam_speed",
+          "gmm_pool_scoring": "gradcam_speed"}
 
 
 def builder(name: str) -> tuple[str, Callable[[dict, str], list[dict]]] | None:

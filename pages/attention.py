@@ -83,6 +83,17 @@ def cams_for(ids: list[int], model=None, version: int | None = None) -> dict[int
     return {i: cache[(version, settings.target, i)] for i in ids}
 
 
+def cached_picture(key: tuple, draw):
+    """A rendered picture kept per state (version, image, marks, opacity...): idle reruns
+    reuse it instead of drawing and encoding it again. Bounded to the last 64."""
+    cache = ss.setdefault("att-pictures", {})
+    if key not in cache:
+        if len(cache) >= 64:
+            cache.pop(next(iter(cache)))
+        cache[key] = draw()
+    return cache[key]
+
+
 def save_settings() -> None:
     """A parameter changed: save all of them with the workbench at once."""
     values = {f: ss[f"att-p-{f}"] for f in asdict(PageSettings()) if f"att-p-{f}" in ss}
@@ -320,8 +331,9 @@ def candidate_grid(rnd: Round, done: set[int]) -> list[int]:
         cols = st.columns(min(8, len(ids)) or 1)
         for k, i in enumerate(ids):
             with cols[k % len(cols)]:
-                st.image(thumbnail(data.images[i], maps[i], size=96, opacity=settings.opacity, confirmed=i in done),
-                         width="stretch")
+                st.image(cached_picture(("thumb", wb.current_version, settings.target, i, settings.opacity, i in done),
+                                        lambda i=i: thumbnail(data.images[i], maps[i], size=96, opacity=settings.opacity,
+                                                              confirmed=i in done)), width="stretch")
                 if st.button("✓ open" if i in done else "open", key=f"att-pick-{i}", width="stretch",
                              type="primary" if i == ss.get("att-current") else "secondary"):
                     ss["att-current"] = i
@@ -372,8 +384,10 @@ def workspace(rnd: Round, current: int, done: set[int], page_ids: list[int]) -> 
                 help="Right click always marks 'ignore'. On a touch screen or keyboard use this switch; with the "
                      "pointer over the image, the x key toggles it.")
             ss["att-negative-mode"] = mode == "ignore"
-            picture = render(data.images[current], cam, size=WORKSPACE_PX, opacity=settings.opacity, segments=segments,
-                             positives=d["pos"], negative=negative)
+            picture = cached_picture(
+                ("work", wb.current_version, settings.target, current, settings.opacity, tuple(d["pos"]), tuple(d["neg"])),
+                lambda: render(data.images[current], cam, size=WORKSPACE_PX, opacity=settings.opacity, segments=segments,
+                               positives=d["pos"], negative=negative))
             click_image(picture, key=img_key, width=picture.width, source_size=(w, h))
             st.caption("Green dots: where the model should look. Red: superpixels it should ignore. Heat map: where "
                        "it looks now.")
