@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from _common import ROOT, machine, print_table, seeds_record, write_json  # noqa: I001
 
