@@ -87,13 +87,14 @@ def run_sampler(base, data, sampler: str, args, settings: FineTuneSettings, seed
     annotated = []
     per_round = args.budget // args.rounds
     unmasked = without_masks(data).tolist()  # the simulated user needs the object's mask
+    ends, base_ends = [], []  # how each round's fine-tune ended (a diverged one is rolled back, and counted)
     t0 = time.perf_counter()
     for r in range(args.rounds):
         ids = select_candidates(ours, data, sampler, per_round, seed=seed * 1000 + r,
                                 exclude=[a.example_id for a in annotated] + unmasked)
         annotated += annotate_like_a_person(ours, data, ids, target=settings.target)
-        fine_tune(ours, data, annotated, replace(settings, seed=seed * 1000 + r))
-        fine_tune(baseline, data, annotated, replace(settings, seed=seed * 1000 + r), guidance=False)
+        ends.append(fine_tune(ours, data, annotated, replace(settings, seed=seed * 1000 + r)).status)
+        base_ends.append(fine_tune(baseline, data, annotated, replace(settings, seed=seed * 1000 + r), guidance=False).status)
     after, base_after = bias_report(ours, data), bias_report(baseline, data)
     return {
         "acc_after": after["test_acc"], "aligned_acc_after": after["aligned_acc"],
@@ -103,6 +104,7 @@ def run_sampler(base, data, sampler: str, args, settings: FineTuneSettings, seed
         "images": len(annotated), "clicks_per_image": float(np.mean([a.operations for a in annotated])),
         "bias_conflicting_picked": _conflicting_share(data, [a.example_id for a in annotated]),
         "seconds": time.perf_counter() - t0,
+        "rounds_diverged": ends.count("diverged"), "baseline_rounds_diverged": base_ends.count("diverged"),
     }
 
 
