@@ -41,6 +41,13 @@ def add_loss_and_accuracy(fig: go.Figure, view: dict, *, loss_at: tuple[int, int
         fig.add_trace(go.Scatter(x=s[keep], y=loss[keep], mode="lines", name="loss", line=dict(color="#cbd5e1", width=1)), *loss_at)
         mode = "lines+markers" if len(s) < 10 else "lines"  # a line of one point draws nothing
         fig.add_trace(go.Scatter(x=s[keep], y=smooth[keep], mode=mode, name="loss (smoothed)", line=dict(color="#2563eb")), *loss_at)
+        # each extra loss term (a feedback kind's) as its own series, where it was non-zero
+        names = sorted({k for x in steps if len(x) > 3 and x[3] for k in x[3]})
+        for j, name in enumerate(names):
+            vals = np.array([(x[3] or {}).get(name, np.nan) if len(x) > 3 else np.nan for x in steps], dtype=float)
+            if np.nanmax(np.abs(np.nan_to_num(vals))) > 0:
+                fig.add_trace(go.Scatter(x=s[keep], y=vals[keep], mode="lines", name=f"{name} term",
+                                         line=dict(color=PALETTE[(j + 1) % len(PALETTE)], width=1.5)), *loss_at)
     epochs = view["epochs"]
     if epochs:
         e = [x["epoch"] + 1 for x in epochs]

@@ -103,6 +103,7 @@ class Job(Callback):
         self.partial_note = ""
         self.kept: Any = None  # the version made from ``partial``, once kept
         self.commit_args: Any = None  # what the owner needs to commit ``partial`` later
+        self.context: dict[str, Any] = {}  # objects the job's pages work with (e.g. a growing penalty set)
         self.created = time.time()
         self.started = self.created
         self.finished: float | None = None

@@ -262,6 +262,7 @@ class Workbench:
         attach: Callable[[SteerableModel], Sequence[Callback]] | None = None,
         pause_at_epoch_end: bool = False,
         kind: str = "train",
+        context: Mapping[str, Any] | None = None,
     ) -> Job:
         """Train a copy of the current model in the background; returns the job to poll.
 
@@ -273,7 +274,8 @@ class Workbench:
 
         ``attach(model)`` builds callbacks bound to the training copy (statistics hooks,
         probes), kept in ``job.attached``. Pages read the copy's weights only through
-        ``job.weights()`` (snapshots taken in the training thread).
+        ``job.weights()`` (snapshots taken in the training thread). ``context`` is kept in
+        ``job.context`` for the pages (e.g. a penalty set they add to while the job waits).
         """
         images, labels = train if train is not None else self.data.split("train")
         if train is None:
@@ -281,6 +283,7 @@ class Workbench:
         steps_per_epoch = -(-len(images) // config.batch_size)
         job = Job(kind, config.epochs * steps_per_epoch, description, total_epochs=config.epochs)
         job.listeners = list(listeners)
+        job.context = dict(context or {})
         job.control.set_frozen(frozen)
         job.control.pause_at_epoch_end = pause_at_epoch_end
         with self.lock:
