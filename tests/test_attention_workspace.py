@@ -108,7 +108,7 @@ def test_benchmark_quick_runs_and_writes_its_json(tmp_path):
     import json
     import sys
 
-    from conftest import ROOT
+    from support import ROOT
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import attention_guidance

@@ -371,7 +371,7 @@ class _Payload:
 
 def _workbench(tmp: Path):
     """A workbench on tiny generated data with versions 0 and 1 (v1 trained one epoch)."""
-    from conftest import make_tiny_dataset
+    from support import make_tiny_dataset
 
     from core.engine import TrainConfig
     from core.store import Store

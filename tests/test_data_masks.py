@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import shared_data_or_skip
+from support import shared_data_or_skip
 from PIL import Image
 
 from core.data import DataError, folders, load_dataset, parse_biased_source

@@ -7,13 +7,28 @@ fails in strict mode. These helpers wait until *some* copy shows the text instea
 """
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 try:  # the test modules import Page and expect from here, so they load without playwright
     from playwright.sync_api import Locator, Page, expect
 except ImportError:  # the conftest fixtures skip the tests (and fail on CI)
     Locator = Page = object
     expect = None
+
+
+ROOT = Path(__file__).resolve().parents[2]
+# One torch/OpenMP thread in the processes the tests start. On a 2-core machine shared with
+# Chromium, torch's default of 2 OpenMP threads thrashes whenever another process runs:
+# measured here, the CLI pre-training took 27 s instead of 12 s, and a 2-epoch run in the app
+# with the page watching took 14-20 s instead of 9-11 s. Override with STEERBOARD_TEST_THREADS
+# (empty: leave torch's default).
+TEST_THREADS = os.environ.get("STEERBOARD_TEST_THREADS", "1")
+
+
+def thread_env() -> dict:
+    return {"OMP_NUM_THREADS": TEST_THREADS, "MKL_NUM_THREADS": TEST_THREADS} if TEST_THREADS else {}
 
 
 def live(selector: str) -> str:

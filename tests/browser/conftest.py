@@ -32,8 +32,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from browser_helpers import ROOT, TEST_THREADS, thread_env  # noqa: F401  (thread_env re-exported)
 
-ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 BASE_NAME = "digits__seed-cnn__s0.pt"  # what the app looks for: base/<data>__<arch>__s<seed>.pt
 CHROMIUM_ARGS = [
@@ -41,18 +41,6 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 HEALTH_TIMEOUT_S = 30.0
-# One torch/OpenMP thread in the processes the tests start. On a 2-core machine shared with
-# Chromium, torch's default of 2 OpenMP threads thrashes whenever another process runs:
-# measured here, the CLI pre-training took 27 s instead of 12 s, and a 2-epoch run in the app
-# with the page watching took 14-20 s instead of 9-11 s. Override with STEERBOARD_TEST_THREADS
-# (empty: leave torch's default).
-TEST_THREADS = os.environ.get("STEERBOARD_TEST_THREADS", "1")
-
-
-def thread_env() -> dict:
-    return {"OMP_NUM_THREADS": TEST_THREADS, "MKL_NUM_THREADS": TEST_THREADS} if TEST_THREADS else {}
-
-
 # ----------------------------------------------------------------------------- marker
 def pytest_collection_modifyitems(config, items):
     for item in items:

@@ -12,8 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from browser_helpers import Page, expect, expect_text, live
-from conftest import ROOT, thread_env
+from browser_helpers import ROOT, Page, expect, expect_text, live, thread_env
 
 from PIL import Image
 

@@ -1,0 +1,54 @@
+"""Helpers the test modules import by name (``from support import ...``).
+
+They live here and not in ``conftest.py``: ``tests/`` and ``tests/browser/`` both have a
+``conftest.py``, and with pytest's default import mode whichever was loaded last owns the name
+``conftest`` in ``sys.modules``, so ``from conftest import X`` broke depending on the order of
+collection (it did on CI).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def make_tiny_dataset(n_per_class: int = 24, classes: int = 4, size: int = 16, channels: int = 1, seed: int = 0):
+    """Images whose class is a bright bar in one of ``classes`` positions, plus noise:
+    learnable in a few steps, so tests of training run in seconds."""
+    from core.data.spec import DatasetCard, ImageDataset
+
+    g = torch.Generator().manual_seed(seed)
+    n = n_per_class * classes
+    labels = torch.arange(classes).repeat_interleave(n_per_class)
+    images = 0.2 * torch.rand(n, channels, size, size, generator=g)
+    band = size // classes
+    for c in range(classes):
+        images[labels == c, :, c * band : (c + 1) * band, :] += 0.7
+    images = images.clamp(0, 1)
+    masks = torch.zeros(n, 1, size, size)
+    for c in range(classes):
+        masks[labels == c, :, c * band : (c + 1) * band, :] = 1
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    cuts = [int(n * 0.5), int(n * 0.65), int(n * 0.85)]
+    splits = dict(zip(("train", "val", "test", "pool"), np.split(order, cuts)))
+    names = [f"c{i}" for i in range(classes)]
+    counts = {s: {names[k]: int((labels[idx] == k).sum()) for k in range(classes)} for s, idx in splits.items()}
+    card = DatasetCard("tiny", "generated", "n/a", names, (channels, size, size), n, counts)
+    return ImageDataset("tiny", images, labels, names, {k: np.sort(v) for k, v in splits.items()}, card, masks)
+
+
+def shared_data_or_skip(name: str) -> Path:
+    """Path to ``../shared/data/<name>``, or skip the test when it is absent."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"shared real data not available at {path}")
+    return path
