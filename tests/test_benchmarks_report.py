@@ -142,13 +142,13 @@ def test_mixed_commits_unknown_and_old_files_are_reported_not_hidden(report, tmp
     other = monitor(1.06) | {"provenance": PROV | {"git_commit": "0123456789abcdef"}}
     write(tmp_path, "b.json", other)
     write(tmp_path, "c.json", {"name": "something_else"})
-    write(tmp_path, "e.json", [{"name": "gradcam_vgg6", "ours_s": 0.9, "reference_s": 1.0, "ratio": 0.9, "target": 1.0,
+    write(tmp_path, "e.json", [{"name": "warp_kernel", "ours_s": 0.9, "reference_s": 1.0, "ratio": 0.9, "target": 1.0,
                                 "pass": True, "provenance": PROV}])  # a documented speed record: a generic row
     write(tmp_path, "d.json", {"name": "select_retrain", "selected_fixed_fraction": 100.0})  # the old format
     md = report.markdown(report.build(tmp_path))
     assert "2 different commits" in md
     assert "'something_else' has no row builder" in md
-    gen = next(r for r in table_rows(md) if "gradcam_vgg6" in r[0])
+    gen = next(r for r in table_rows(md) if "warp_kernel" in r[0])
     assert gen[1].startswith("0.900") and gen[3] == "<= 1.0" and gen[4] == "yes"
     assert "`d.json`: select_retrain in an older or unknown format" in md
     assert len(table_rows(md)) == 3
