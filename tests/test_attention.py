@@ -65,10 +65,10 @@ def test_annotation_payload_round_trip_through_the_store(tmp_path):
 
 
 def test_every_feedback_kind_has_the_one_interface():
-    assert set(kinds()) == {"latent", "selection", "attention"}
+    assert set(kinds()) == {"latent", "selection", "attention", "grid"}
     for name, kind in kinds().items():
         assert isinstance(kind, FeedbackKind) and kind.name == name
-    with pytest.raises(KeyError, match="known: latent, selection, attention"):
+    with pytest.raises(KeyError, match="known: latent, selection, attention, grid"):
         get_kind("grid-of-nothing")
     sel = get_kind("selection")
     s = sel.annotation_type(5, 1)
