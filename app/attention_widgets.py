@@ -91,3 +91,22 @@ def thumbnail(image: torch.Tensor, cam: np.ndarray | None, *, size: int = 112, o
         draw.line([(x0 + s * 0.25, y0 + s * 0.52), (x0 + s * 0.43, y0 + s * 0.7), (x0 + s * 0.75, y0 + s * 0.32)],
                   fill=(255, 255, 255), width=max(2, s // 7))
     return out
+
+
+def render_grid(image: torch.Tensor, saliency: np.ndarray | None, n: int, marked: Sequence[int], *, size: int = 256,
+                opacity: float = 0.5) -> Image.Image:
+    """An image for grid feedback: the saliency map over it, an ``n`` x ``n`` grid of thin
+    lines, and the marked squares (the model must not use them) darkened and hatched red."""
+    h, w = image.shape[-2:]
+    mask = np.zeros((h, w), dtype=bool)
+    for q in marked:
+        r, c = divmod(int(q), n)
+        mask[r * h // n:(r + 1) * h // n, c * w // n:(c + 1) * w // n] = True
+    out = render(image, saliency, size=size, opacity=opacity, negative=mask)
+    k = scale_for((h, w), size)
+    draw = ImageDraw.Draw(out)
+    for i in range(1, n):
+        x, y = i * w // n * k, i * h // n * k
+        draw.line([(x, 0), (x, out.height)], fill=(255, 255, 255), width=1)
+        draw.line([(0, y), (out.width, y)], fill=(255, 255, 255), width=1)
+    return out

@@ -25,6 +25,7 @@ PAGES = [
     st.Page(str(ROOT / "pages" / "monitor.py"), title="Training monitor", icon=":material/monitoring:", url_path="monitor"),
     st.Page(str(ROOT / "pages" / "freezing.py"), title="Layer freezing", icon=":material/ac_unit:", url_path="freezing"),
     st.Page(str(ROOT / "pages" / "attention.py"), title="Attention", icon=":material/ads_click:", url_path="attention"),
+    st.Page(str(ROOT / "pages" / "grid.py"), title="Grid feedback", icon=":material/grid_on:", url_path="grid"),
 ]
 
 

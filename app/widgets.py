@@ -17,7 +17,7 @@ from core.jobs import Job, JobBusy
 from core.workbench import Workbench
 
 from app.monitor_plots import add_loss_and_accuracy
-from app.state import notice
+from app.state import base_model_job, notice, switch_workbench
 
 
 # ----------------------------------------------------------------------------- images
@@ -173,8 +173,14 @@ def job_status(wb: Workbench, job: Job, view: dict, key: str, *, pausable: bool 
             paused = status == "paused" or job.control.paused
             epoch = min(len(view["epochs"]) + 1, view.get("total_epochs") or 10**9)
             loss = f", loss {view['steps'][-1][1]:.4f}" if view["steps"] else ""
-            text = (f"{'Paused' if paused else 'Training'}: step {view['done_steps']} / {view['total_steps']}, "
-                    f"epoch {epoch}{loss} ({what})")
+            at_epoch_end = paused and job.control.waiting and job.control.pause_at_epoch_end and view["epochs"] and \
+                view["done_steps"] == sum(e["steps"] for e in view["epochs"])
+            if at_epoch_end:
+                text = (f"Paused after epoch {len(view['epochs'])}: step {view['done_steps']} / {view['total_steps']}"
+                        f"{loss} ({what})")
+            else:
+                text = (f"{'Paused' if paused else 'Training'}: step {view['done_steps']} / {view['total_steps']}, "
+                        f"epoch {epoch}{loss} ({what})")
             cols = st.columns([4, 1, 1] if pausable else [4, 1])
             cols[0].progress(view["progress"], text=text)
             if pausable:
@@ -316,3 +322,36 @@ def _restore(wb: Workbench, number: int) -> None:
         return
     notice(f"Restored v{number}.", "success")
     st.rerun()
+
+
+# ----------------------------------------------------------------------------- biased digits
+def offer_biased_digits(wb: Workbench, prefix: str, why: str, *, busy: bool) -> None:
+    """An info box saying ``why`` this page shows more on the bundled biased digits, with a
+    button that opens them (training their base model once, in the background, with progress)."""
+    ss = st.session_state
+    with st.container(key=f"{prefix}-no-masks"):
+        st.info(f"{why} The bundled **biased digits** have object masks and a known bias (the background colour "
+                "gives the class away).", icon=":material/info:")
+        if st.button("Open biased digits", key=f"{prefix}-open-biased", disabled=busy):
+            ss[f"{prefix}-want-biased"] = True
+    if not ss.get(f"{prefix}-want-biased"):
+        return
+    base_job = base_model_job("biased-digits", wb.arch)
+
+    @st.fragment(run_every=0.5 if base_job is not None else None)
+    def wait_for_base() -> None:
+        j = base_model_job("biased-digits", wb.arch)
+        if j is not None and j.running:
+            v = j.view(steps=False)
+            st.progress(v["progress"], text=f"Training the base model for biased digits: step {v['done_steps']} / "
+                                            f"{v['total_steps']} (once; later workbenches reuse it)")
+            return
+        if j is not None and j.status != "done":
+            st.error(f"Training the base model did not finish ({j.error or j.message or j.status}).")
+            ss[f"{prefix}-want-biased"] = False
+            return
+        ss[f"{prefix}-want-biased"] = False
+        if switch_workbench("biased-digits", wb.arch):
+            st.rerun(scope="app")
+
+    wait_for_base()

@@ -13,8 +13,8 @@ from streamlit_drawable_canvas import st_canvas
 
 from app.attention_widgets import render, scale_for, thumbnail
 from app.click_image import click_image
-from app.state import base_model_job, current_workbench, notice, switch_workbench
-from app.widgets import live_job, start_job
+from app.state import current_workbench, notice
+from app.widgets import live_job, offer_biased_digits, start_job
 from core.attention_workspace import (
     SETTINGS_KEY,
     PageSettings,
@@ -177,32 +177,8 @@ st.caption("See where the model looks (Grad-CAM), then left-click where it shoul
            "learning.")
 
 if data.masks is None:
-    with st.container(key="att-no-masks"):
-        st.info(f"{data.name} has no object masks: you can annotate it, but test mode cannot measure how much of the "
-                "attention lies on the object. The bundled **biased digits** have masks and a known bias (the "
-                "background colour gives the class away).", icon=":material/info:")
-        if st.button("Open biased digits", key="att-open-biased", disabled=busy):
-            ss["att-want-biased"] = True
-    if ss.get("att-want-biased"):
-        base_job = base_model_job("biased-digits", wb.arch)
-
-        @st.fragment(run_every=0.5 if base_job is not None else None)
-        def wait_for_base() -> None:
-            j = base_model_job("biased-digits", wb.arch)
-            if j is not None and j.running:
-                v = j.view(steps=False)
-                st.progress(v["progress"], text=f"Training the base model for biased digits: step {v['done_steps']} / "
-                                                f"{v['total_steps']} (once; later workbenches reuse it)")
-                return
-            if j is not None and j.status != "done":
-                st.error(f"Training the base model did not finish ({j.error or j.message or j.status}).")
-                ss["att-want-biased"] = False
-                return
-            ss["att-want-biased"] = False
-            if switch_workbench("biased-digits", wb.arch):
-                st.rerun(scope="app")
-
-        wait_for_base()
+    offer_biased_digits(wb, "att", f"{data.name} has no object masks: you can annotate it, but test mode cannot "
+                        "measure how much of the attention lies on the object.", busy=busy)
 
 left, main = st.columns([1, 3], gap="large")
 with left, st.container(key="att-params"):

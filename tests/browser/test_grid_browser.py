@@ -1,0 +1,82 @@
+"""The Grid feedback page in a real browser: a run pauses at the first epoch end, a click on
+the review image marks a grid square (hatched red in the rendered pixels), the marks survive a
+refresh while the job waits, and Continue trains on to a new version."""
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from browser_helpers import ROOT, Page, expect, expect_text, live, thread_env
+
+from PIL import Image
+
+LONG = 90_000
+HATCH = np.array([0.6 * 220 + 0.4 * 255, 0.6 * 38 + 0.4 * 255, 0.6 * 38 + 0.4 * 255])
+IMG = ".st-key-grid-review .sb-click-wrap img"
+
+
+@pytest.fixture(scope="module")
+def grid_workspace(make_workspace, tmp_path_factory):
+    """A workspace with the digits base model and a biased-digits one (3 epochs, via the CLI)."""
+    out = tmp_path_factory.mktemp("biased-base-grid")
+    cmd = [sys.executable, "-m", "core.train", "--data", "biased-digits", "--model", "seed-cnn", "--epochs", "3",
+           "--lr", "0.01", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **thread_env()})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ws = make_workspace("ws-grid")
+    for f in out.glob("*.pt"):
+        shutil.copy2(f, ws / "base" / f.name)
+    return ws
+
+
+def hatched(page: Page) -> int:
+    shot = page.locator(IMG).screenshot()
+    img = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"), dtype=np.float64)
+    return int((np.abs(img - HATCH).max(axis=2) < 25).sum())
+
+
+def set_number(page: Page, label: str, value: int) -> None:
+    box = page.locator(live(".st-key-grid-params")).get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def test_click_marks_a_square_refresh_keeps_it_continue_trains_on(start_server, grid_workspace, page: Page):
+    server = start_server(grid_workspace)
+    page.goto(f"{server.url}/grid")
+    page.get_by_role("button", name="Open biased digits").click(timeout=LONG)
+    expect(page.get_by_text(re.compile(r"Started workbench \w+ on biased-digits"))).to_be_visible(timeout=LONG)
+    set_number(page, "Epochs", 2)
+    set_number(page, "Mistakes per review", 3)
+    page.wait_for_timeout(500)
+    page.get_by_role("button", name="Start training with reviews").click()
+    expect_text(page, ".st-key-grid-review", "Epoch 1 ended", LONG)
+    img = page.locator(IMG)
+    expect(img).to_be_visible(timeout=LONG)
+    assert hatched(page) < 20  # nothing marked yet
+    box = img.bounding_box()
+    img.click(position={"x": box["width"] * 0.05, "y": box["height"] * 0.05})  # the top-left square
+    expect_text(page, ".st-key-grid-review", "1 of 49 squares marked", LONG)
+    img.click(position={"x": box["width"] * 0.95, "y": box["height"] * 0.95})  # the bottom-right square
+    expect_text(page, ".st-key-grid-review", "2 of 49 squares marked", LONG)
+    deadline = 40
+    while deadline and hatched(page) < 100:
+        page.wait_for_timeout(300)
+        deadline -= 1
+    assert hatched(page) >= 100, "no hatched square after the clicks"
+    page.reload()  # the job still waits; the marks were saved with each click
+    expect_text(page, ".st-key-grid-review", "2 of 49 squares marked", LONG)
+    expect(page.locator(IMG)).to_be_visible(timeout=LONG)
+    assert hatched(page) >= 100
+    page.locator(".st-key-grid-continue button").click()
+    expect_text(page, ".st-key-grid-status", re.compile(r"Finished: version v1\b"), LONG)
+    expect_text(page, ".st-key-sb-version", re.compile(r"Model version:\s*v1\b"), LONG)
+    expect_text(page, ".st-key-grid-results", "1 in its penalty set", LONG)
+    assert page.locator('[data-testid="stException"]').count() == 0

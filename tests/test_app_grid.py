@@ -1,0 +1,119 @@
+"""AppTest of the Grid feedback page: a run pauses at the first epoch end, two squares are
+marked on a reviewed image, Continue stores them (on disk first) and resumes, the penalty's
+series appears in the live chart, and the new version carries the review."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from apptest_helpers import ROOT, new_app, no_exceptions, prepare_workspace, workbench_of
+
+from core.grid_session import PENDING_KEY, reviews_of_version, waiting_epoch
+
+PAGE = str(Path(ROOT) / "pages" / "grid.py")
+
+
+@pytest.fixture(scope="module")
+def biased_workspace(tmp_path_factory):
+    """A workspace with cached base models for digits and biased digits (2 quick epochs)."""
+    from core.data import load_dataset
+    from core.engine import TrainConfig
+    from core.models import save_checkpoint
+    from core.store import Store
+    from core.workbench import base_checkpoint_path, train_base_model
+
+    ws = prepare_workspace(tmp_path_factory.mktemp("grid") / "workspace")
+    data = load_dataset("biased-digits")
+    model, _ = train_base_model(data, "seed-cnn", config=TrainConfig(epochs=2, lr=0.01))
+    save_checkpoint(model, base_checkpoint_path(Store(ws), "biased-digits", "seed-cnn", 0), data.classes)
+    return ws
+
+
+def _until(at, condition, timeout: float = 90.0, what: str = "") -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+        at.run()
+        no_exceptions(at)
+
+
+def _chart_series(at) -> set[str]:
+    import json
+
+    names = set()
+    for chart in at.get("plotly_chart"):
+        spec = json.loads(chart.proto.spec)
+        names |= {t.get("name") for t in spec.get("data", [])}
+    return names
+
+
+def test_pause_mark_two_squares_continue_and_the_penalty_series(biased_workspace):
+    at = new_app(biased_workspace).run()
+    at.switch_page(PAGE).run()
+    no_exceptions(at)
+    at.button(key="grid-open-biased").click().run()
+    _until(at, lambda: workbench_of(at).data.name == "biased-digits", what="the biased-digits workbench")
+    at.switch_page(PAGE).run()
+    no_exceptions(at)
+    wb = workbench_of(at)
+    at.number_input(key="grid-p-epochs").set_value(2).run()
+    at.number_input(key="grid-p-k").set_value(3).run()
+    assert wb.settings["grid"]["epochs"] == 2 and wb.settings["grid"]["k"] == 3  # saved with the workbench
+    before = wb.current_version
+    at.button(key="grid-start-btn").click().run()
+    no_exceptions(at)
+    job = wb.jobs.current
+    assert job is not None and job.kind == "grid"
+    _until(at, lambda: waiting_epoch(job) == 0 and len(at.get("image")) > 0 and
+           any("review" in m.value for m in at.markdown), what="the pause at the end of epoch 1")
+    pending = wb.get_state(PENDING_KEY)
+    assert pending and pending["epoch"] == 0 and 1 <= len(pending["ids"]) <= 3
+    example = pending["ids"][0]
+    key = f"grid-img-0-{example}"
+    # two clicks: the top-left square (0) and the bottom-right one (48) of the 7 x 7 grid
+    at.session_state[key] = {"click": {"x": 1.0, "y": 1.0, "button": 0, "n": 1}}
+    at.run()
+    at.session_state[key] = {"click": {"x": 27.0, "y": 27.0, "button": 0, "n": 2}}
+    at.run()
+    no_exceptions(at)
+    saved = wb.get_state(PENDING_KEY)  # every click saved while the job waits
+    assert saved["marks"][str(example)] == [0, 48]
+    assert job.running and job.control.waiting  # still waiting: nothing resumes without Continue
+    at.button(key="grid-continue").click().run()
+    no_exceptions(at)
+    stored = {a.example_id: a.payload for a in wb.annotations("grid")}
+    assert stored[example]["squares"] == [0, 48] and stored[example]["epoch"] == 0
+    assert len(job.context["penalty"]) == 1 and job.context["reviews"][0]["ids"] == pending["ids"]
+    _until(at, lambda: not job.running, what="the end of the run")
+    assert job.status == "done", job.error or job.message
+    assert "grid term" in _chart_series(at)  # the penalty as its own series in the live chart
+    assert wb.current_version == before + 1
+    restored = reviews_of_version(wb)
+    assert [a.example_id for a in restored] == [example] and restored[0].squares == (0, 48)
+    assert any(b.proto.label.startswith("Reviews") for b in at.get("download_button"))
+
+
+def test_skip_resumes_without_feedback(biased_workspace):
+    at = new_app(biased_workspace).run()
+    at.switch_page(PAGE).run()
+    no_exceptions(at)
+    wb = workbench_of(at)
+    if wb.data.name != "biased-digits":
+        at.button(key="grid-open-biased").click().run()
+        _until(at, lambda: workbench_of(at).data.name == "biased-digits", what="the biased-digits workbench")
+        at.switch_page(PAGE).run()
+        wb = workbench_of(at)
+    at.number_input(key="grid-p-epochs").set_value(2).run()
+    at.number_input(key="grid-p-k").set_value(2).run()
+    start_size = len(reviews_of_version(wb))
+    at.button(key="grid-start-btn").click().run()
+    job = wb.jobs.current
+    _until(at, lambda: waiting_epoch(job) == 0 and any(b.key == "grid-skip" for b in at.button), what="the pause")
+    at.button(key="grid-skip").click().run()
+    no_exceptions(at)
+    _until(at, lambda: not job.running, what="the end of the run")
+    assert job.status == "done"
+    assert job.context["reviews"][0]["skipped"] is True
+    assert len(job.context["penalty"]) == start_size  # the set it started with, nothing added
