@@ -50,6 +50,7 @@ PAGES = [
     ("monitor", "../pages/monitor.py"),
     ("freezing", "../pages/freezing.py"),
     ("attention", "../pages/attention.py"),
+    ("grid", "../pages/grid.py"),
 ]
 
 
@@ -64,7 +65,28 @@ def _attention_round(at) -> None:
     at.button(key="att-start").click().run()
 
 
-SETUP = {"attention": _attention_round}  # pages measured in a state reached by gestures first
+def _grid_review(at) -> None:
+    """The Grid feedback page's heaviest idle state: a run on biased digits waiting at its first
+    epoch end with 10 mistakes, their saliency maps and the 320 px grid shown."""
+    if not any(b.key == "grid-start-btn" for b in at.button):
+        raise RuntimeError("the Grid feedback page shows no start button")
+    if any(b.key == "grid-open-biased" for b in at.button):  # the attention setup did not run first
+        at.button(key="grid-open-biased").click().run()
+        deadline = time.time() + 120
+        while "biased" not in str(at.session_state) and time.time() < deadline:
+            time.sleep(0.5)
+            at.run()
+    at.number_input(key="grid-p-epochs").set_value(2).run()
+    at.button(key="grid-start-btn").click().run()
+    deadline = time.time() + 180
+    while not any(b.key == "grid-continue" for b in at.button) and time.time() < deadline:
+        time.sleep(0.5)
+        at.run()
+    if not any(b.key == "grid-continue" for b in at.button):
+        raise RuntimeError("the run did not pause for a review within 180 s")
+
+
+SETUP = {"attention": _attention_round, "grid": _grid_review}  # pages measured in a state reached by gestures first
 
 TARGETS = {"idle_rerun": 0.2, "cached_start": 5.0, "first_start": 60.0}
 

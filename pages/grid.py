@@ -7,6 +7,7 @@ A page of its own rather than a panel of the Training monitor: a review needs la
 monitor's charts; the live loss chart here shows the penalty as its own series."""
 from __future__ import annotations
 
+import io
 import json
 import time
 from dataclasses import asdict, replace
@@ -139,14 +140,21 @@ def maps_for(pending, method: str) -> tuple[np.ndarray, np.ndarray]:
     return cache[key]
 
 
-def picture(i: int, sal: np.ndarray, marked: list[int], n: int, size: int):
-    """A rendered review image, kept per state so idle reruns reuse it."""
+def picture(i: int, sal: np.ndarray, marked: list[int], n: int, size: int, *, png: bool = False):
+    """A rendered review image (or its PNG bytes), kept per state so idle reruns neither draw
+    nor encode it again."""
     cache = ss.setdefault("grid-pictures", {})
-    key = (i, id(sal), tuple(marked), n, size, settings.opacity)
+    key = (i, id(sal), tuple(marked), n, size, settings.opacity, png)
     if key not in cache:
         if len(cache) >= 64:
             cache.pop(next(iter(cache)))
-        cache[key] = render_grid(data.images[i], sal, n, marked, size=size, opacity=settings.opacity)
+        pil = render_grid(data.images[i], sal, n, marked, size=size, opacity=settings.opacity)
+        if png:
+            buf = io.BytesIO()
+            pil.save(buf, format="PNG")
+            cache[key] = buf.getvalue()
+        else:
+            cache[key] = pil
     return cache[key]
 
 
@@ -187,7 +195,7 @@ def review_panel(pending) -> None:
         for k, i in enumerate(pending.ids):
             with cols[k % len(cols)]:
                 marked = pending.squares(i)
-                st.image(picture(i, maps[k], marked, pending.n, 96), width="stretch")
+                st.image(picture(i, maps[k], marked, pending.n, 96, png=True), width="stretch")
                 if st.button(f"✓ {len(marked)}" if marked else "open", key=f"grid-pick-{i}", width="stretch",
                              type="primary" if i == current else "secondary",
                              help=f"{len(marked)} squares marked" if marked else "No squares marked yet"):
