@@ -240,11 +240,14 @@ def test_lambda_is_calibrated_once_to_a_share_of_the_ce(tiny_data):
     idx = torch.as_tensor([a.example_id for a in anns])
     w = torch.from_numpy(np.stack([a.weights() for a in anns]))
     raw = float(grid_penalty_values(model, tiny_data.images[idx], tiny_data.labels[idx], w, create_graph=False).mean())
-    ce = float(F.cross_entropy(batch.logits.detach(), batch.y))
+    with torch.no_grad():  # the scale: the CE of the reviewed images themselves, not the batch's
+        ce = float(F.cross_entropy(model(tiny_data.images[idx]), tiny_data.labels[idx]))
+    batch_ce = float(F.cross_entropy(batch.logits.detach(), batch.y))
     value = term(model, batch)
     assert term.calibrated and math.isclose(term.lam, 0.5 * ce / raw, rel_tol=1e-5)
-    assert math.isclose(float(value.detach()), 0.5 * ce, rel_tol=1e-5)  # the penalty starts at share x CE
-    assert term.calibration == pytest.approx({"ce": ce, "raw": raw, "share": 0.5, "lam": term.lam}, rel=1e-5)
+    assert math.isclose(float(value.detach()), 0.5 * ce, rel_tol=1e-5)  # the penalty starts at share x their CE
+    assert term.calibration == pytest.approx({"ce": ce, "batch_ce": batch_ce, "raw": raw, "share": 0.5,
+                                              "lam": term.lam}, rel=1e-5)
     assert term.last_raw == pytest.approx(raw, rel=1e-5) and term.last_weighted == pytest.approx(0.5 * ce, rel=1e-5)
     lam = term.lam
     other = _batch(model, tiny_data, slice(20, 30))

@@ -11,10 +11,14 @@ penalty reaches the weights through a double backward pass; in the published cod
 taken without, and the penalty never changed a weight.
 
 lambda (:class:`GridPenalty`): by default calibrated once, at the first step that has
-reviewed images, so that the penalty equals ``share`` (default :data:`SHARE`) times that
-step's cross-entropy; fixed afterwards. Raw input gradients differ by orders of magnitude
-between datasets, models and training stages, so a fixed lambda does not carry over; a share
-of the CE does. A fixed ``lam`` may be given instead.
+reviewed images, so that the penalty equals ``share`` (default :data:`SHARE`) times the
+cross-entropy of the same reviewed images in that step; fixed afterwards. Raw input gradients
+differ by orders of magnitude between datasets, models and training stages, so a fixed lambda
+does not carry over; the ratio of two quantities of the same images does. The reference is
+the reviewed images' CE, not the training batch's: at an epoch end a model that fits a biased
+training split has a batch CE near zero (0.002 on biased MNIST after one epoch), which made
+lambda ~0.001 and the penalty powerless (``benchmarks/grid_feedback.py``), while the reviewed
+images are mistakes, whose CE stays of order one. A fixed ``lam`` may be given instead.
 """
 from __future__ import annotations
 
@@ -208,7 +212,8 @@ class GridPenalty:
 
     ``images``: the dataset's images, indexed by example id (``data.images``). ``lam``: a
     fixed lambda, or None to calibrate it at the first step with reviewed images so that the
-    penalty equals ``share`` x that step's CE (then fixed). Use weight 1 for this term in the
+    penalty equals ``share`` x the CE of that step's reviewed images (then fixed; one extra
+    forward pass of those images, without gradients, at that step only). Use weight 1 for this term in the
     engine: the returned value already carries lambda. For monitoring: the engine records the
     returned (weighted) value per step in ``StepInfo.terms``; :attr:`last_raw`,
     :attr:`last_weighted` and :attr:`lam` hold the latest values.
@@ -287,19 +292,25 @@ class GridPenalty:
         return grid_penalty_values(model, x.to(device), y.to(device), w, create_graph=create_graph).mean()
 
     def __call__(self, model: SteerableModel, batch: Batch) -> torch.Tensor:
-        raw = self.raw(model)
-        if raw is None:
+        chosen = self._next()
+        if chosen is None:
             return torch.zeros((), device=batch.logits.device)
+        x, y, w = chosen
+        device = next(model.parameters()).device
+        x, y = x.to(device), y.to(device)
+        raw = grid_penalty_values(model, x, y, w, create_graph=True).mean()
         raw_value = float(raw.detach())
         if self.lam is None:
-            ce = float(F.cross_entropy(batch.logits.detach(), batch.y))
-            if not (raw_value > 1e-12 and math.isfinite(raw_value) and math.isfinite(ce)):
+            with torch.no_grad():  # the reviewed images' own CE: the scale (see the module docstring)
+                ce = float(F.cross_entropy(model(x), y))
+            if not (raw_value > 1e-12 and math.isfinite(raw_value) and math.isfinite(ce) and ce > 0):
                 # nothing to scale against yet (no gradient in the marked squares): wait a step
                 self.last_raw, self.last_weighted = raw_value, 0.0
                 return raw * 0.0
             self.lam = self.share * ce / raw_value
             self.calibrated = True
-            self.calibration = {"ce": ce, "raw": raw_value, "share": self.share, "lam": self.lam}
+            self.calibration = {"ce": ce, "batch_ce": float(F.cross_entropy(batch.logits.detach(), batch.y)),
+                                "raw": raw_value, "share": self.share, "lam": self.lam}
         weighted = self.lam * raw
         self.last_raw, self.last_weighted = raw_value, self.lam * raw_value
         return weighted
@@ -310,7 +321,7 @@ class GridSettings:
     """How grid reviews become a loss term."""
 
     per_step: int = PER_STEP  # reviewed images in each step's penalty
-    lam: float | None = None  # None: calibrated to ``share`` x CE at the first step with reviews
+    lam: float | None = None  # None: calibrated to ``share`` x the reviewed images' CE at the first step with reviews
     share: float = SHARE
 
 
