@@ -44,6 +44,10 @@ COMMANDS = {
     "attention_page_run": "python benchmarks/attention_page_run.py --json bench-results/attention_page_run.json",
     "gradcam_speed": "python benchmarks/gradcam_speed.py --json bench-results/gradcam_speed.json",
     "long_session": "python benchmarks/long_session.py --json bench-results/long_session.json",
+    "grid_feedback": "python benchmarks/grid_feedback.py --data biased-digits:../shared/data/mnist --rho 0.997 "
+                     "--epochs 5 --review-k 10 --seeds 3 --cache bench-results/cache "
+                     "--json bench-results/grid_feedback.json",
+    "grid_penalty_cost": "python benchmarks/grid_feedback.py --speed-only --json bench-results/grid_penalty_cost.json",
 }
 
 
@@ -320,6 +324,60 @@ def rows_attention_guidance(p: dict, file: str) -> list[dict]:
     return out
 
 
+def rows_grid_feedback(p: dict, file: str) -> list[dict]:
+    """Seed 002's simulated user: bias-conflicting accuracy after training with grid reviews,
+    against the same training without feedback and with randomly chosen squares."""
+    prm = p.get("params", {})
+    data = str(p.get("data", "?")).replace("../shared/data/", "")
+    size = f", {prm['limit_per_class']} images per class" if prm.get("limit_per_class") else ""
+
+    def acc(run: str, key: str = "conflicting_acc") -> str:
+        return f"{num(p[f'{key}_{run}'])} ± {num(p.get(f'{key}_{run}_sd'))} %"
+
+    def gain(g: dict) -> str:
+        return (f"{num(g.get('mean'), '+.2f')} ± {num(g.get('sd'))} points, higher on "
+                f"{g.get('higher_on', '?')}/{g.get('seeds', '?')} seeds")
+
+    gb, gr = p["gain_over_baseline"], p["gain_over_random_squares"]
+    target = p.get("target_points", 10)
+    most = p.get("images_reviewed_max")
+    met = p.get("target_met")
+    if met is not None and most is not None:
+        met = bool(met) and most <= 50
+    div = p.get("diverged", {})
+    out = [row(
+        f"Grid feedback ({data}{size}, seed-cnn from scratch, {prm.get('epochs')} epochs, {prm.get('review_k')} "
+        f"entropy-sampled mistakes reviewed per epoch end, {num(p.get('images_reviewed'), '.0f')} images and "
+        f"{num(p.get('squares_marked'), '.0f')} squares in all): bias-conflicting test accuracy",
+        f"{acc('feedback')}; {gain(gb)} over no feedback, {gain(gr)} over random squares",
+        f"same training without feedback: {acc('baseline')}; random squares (same images, as many squares): "
+        f"{acc('random_squares')}",
+        f">= +{target:g} points over both, <= 50 images reviewed", met, p, file)]
+    out.append(row(
+        "Grid feedback: bias-aligned test accuracy; share of the squared input gradient on the object (test); "
+        "reviewed images right after (fit: trained on them)",
+        f"{acc('feedback', 'aligned_acc')}; gradient on the object {num(p.get('gradient_in_mask_feedback'), '.1f')} %; "
+        f"fit {num(p.get('reviewed_fit_acc_feedback'), '.1f')} %",
+        f"no feedback {acc('baseline', 'aligned_acc')}, {num(p.get('gradient_in_mask_baseline'), '.1f')} %, fit "
+        f"{num(p.get('reviewed_fit_acc_baseline'), '.1f')} %; random squares {acc('random_squares', 'aligned_acc')}, "
+        f"{num(p.get('gradient_in_mask_random_squares'), '.1f')} %, fit "
+        f"{num(p.get('reviewed_fit_acc_random_squares'), '.1f')} %"
+        + (f"; diverged runs: {div.get('feedback', 0)} / {div.get('baseline', 0)} / {div.get('random_squares', 0)}"
+           if div else ""),
+        "– (secondary)", None, p, file))
+    return out
+
+
+def rows_grid_penalty_cost(p: dict, file: str) -> list[dict]:
+    prm = p.get("params", {})
+    return [row(f"Grid feedback: training steps with the penalty over R = {prm.get('reviewed_images')} reviewed images "
+                f"({prm.get('per_step')} per step) / the same steps without it ({prm.get('model')}, batch "
+                f"{prm.get('batch_size')}, {prm.get('steps')} steps, {prm.get('pairs')} pairs)",
+                f"{num(p['ratio'], '.3f')} ({num(p['ours_s'])} s vs {num(p['reference_s'])} s)",
+                "the same engine steps, CE only", f"<= {p.get('target', 1.5)}", p["ratio"] <= p.get("target", 1.5),
+                p, file)]
+
+
 def rows_attention_page_run(p: dict, file: str) -> list[dict]:
     prm = p.get("params", {})
     return [row(f"Attention page, simulated user in Chromium: {prm.get('images')} images annotated "
@@ -363,6 +421,8 @@ def rows_long_session(p: dict, file: str) -> list[dict]:
 BUILDERS: dict[str, Callable[[dict, str], list[dict]]] = {
     "attention_guidance": rows_attention_guidance,
     "attention_page_run": rows_attention_page_run,
+    "grid_feedback": rows_grid_feedback,
+    "grid_penalty_cost": rows_grid_penalty_cost,
     "gradcam_seed-cnn": rows_gradcam, "gradcam_vgg6": rows_gradcam, "gradcam_resnet18": rows_gradcam,
     "gmm_pool_scoring": rows_gradcam,
     "long_session": rows_long_session,

@@ -158,3 +158,50 @@ def test_numbers_never_read_minus_zero(report):
     assert report.num(-0.0001, "+.2f") == "+0.00" and report.num(-0.0001) == "0.00"
     assert report.num(-1.5, "+.2f") == "-1.50" and report.num(None) == "–" and report.num(float("nan")) == "–"
     assert report.ms({"mean": 1.0, "sd": 0.25}, "+.2f", " points") == "+1.00 ± 0.25 points"
+
+
+def grid(gain_base=12.0, gain_random=9.0, images=40):
+    per = [{"seed": s, "conflicting_acc_baseline": 20.0, "conflicting_acc_random_squares": 23.0,
+            "conflicting_acc_feedback": 32.0} for s in range(3)]
+    return {"name": "grid_feedback", "data": "biased-digits:../shared/data/mnist?rho=0.997", "quick": False,
+            "conflicting_acc_baseline": 20.0, "conflicting_acc_baseline_sd": 1.0,
+            "conflicting_acc_random_squares": 23.0, "conflicting_acc_random_squares_sd": 2.0,
+            "conflicting_acc_feedback": 20.0 + gain_base, "conflicting_acc_feedback_sd": 3.0,
+            "aligned_acc_baseline": 99.9, "aligned_acc_baseline_sd": 0.1, "aligned_acc_random_squares": 99.0,
+            "aligned_acc_random_squares_sd": 0.2, "aligned_acc_feedback": 98.0, "aligned_acc_feedback_sd": 0.3,
+            "gradient_in_mask_baseline": 25.0, "gradient_in_mask_random_squares": 26.0, "gradient_in_mask_feedback": 40.0,
+            "reviewed_fit_acc_baseline": 90.0, "reviewed_fit_acc_random_squares": 91.0, "reviewed_fit_acc_feedback": 95.0,
+            "images_reviewed": images, "images_reviewed_max": images, "squares_marked": 1200.0,
+            "gain_over_baseline": {"mean": gain_base, "sd": 1.5, "higher_on": 3, "seeds": 3, "beats": True},
+            "gain_over_random_squares": {"mean": gain_random, "sd": 2.5, "higher_on": 3, "seeds": 3, "beats": True},
+            "diverged": {"baseline": 0, "random_squares": 0, "feedback": 1}, "diverged_runs": 1,
+            "target_met": gain_base >= 10 and gain_random >= 10, "target_points": 10.0, "per_seed": per,
+            "params": {"epochs": 5, "review_k": 10, "limit_per_class": 2000},
+            "seeds": {"reported_on": [0, 1, 2], "tuned_on": [100, 101, 102], "tuned": "share", "overlap": []},
+            "provenance": PROV}
+
+
+def test_grid_feedback_rows_compare_with_both_baselines_and_the_cost_row(report, tmp_path):
+    write(tmp_path, "grid_feedback.json", grid())
+    write(tmp_path, "grid_penalty_cost.json",
+          {"name": "grid_penalty_cost", "ours_s": 1.3, "reference_s": 1.0, "ratio": 1.3, "target": 1.5, "pass": True,
+           "quick": False, "params": {"reviewed_images": 50, "per_step": 8, "steps": 30, "batch_size": 64,
+                                      "model": "seed-cnn", "pairs": 7}, "provenance": PROV})
+    rep = report.build(tmp_path)
+    assert not {"grid_feedback", "grid_penalty_cost"} & set(rep["missing"]) and not rep["notes"]
+    rows = table_rows(report.markdown(rep))
+    head = next(r for r in rows if "bias-conflicting" in r[0])
+    assert "32.00 ± 3.00 %" in head[1] and "+12.00 ± 1.50 points" in head[1] and "+9.00 ± 2.50 points" in head[1]
+    assert "20.00 ± 1.00 %" in head[2] and "23.00 ± 2.00 %" in head[2] and "random squares" in head[2]
+    assert "2000 images per class" in head[0] and "40 images" in head[0]
+    assert head[4] == "**no**" and head[5] == "0-2 / 100-102"  # +9 over random squares: not met, said plainly
+    second = next(r for r in rows if "bias-aligned" in r[0])
+    assert "98.00 ± 0.30 %" in second[1] and "diverged runs: 1 / 0 / 0" in second[2] and second[4] == "–"
+    cost = next(r for r in rows if "R = 50" in r[0])
+    assert cost[1].startswith("1.300") and cost[3] == "<= 1.5" and cost[4] == "yes"
+    write(tmp_path, "grid_feedback.json", grid(gain_random=11.0, images=60))  # the gain, but over 50 images
+    rows = table_rows(report.markdown(report.build(tmp_path)))
+    assert next(r for r in rows if "bias-conflicting" in r[0])[4] == "**no**"
+    write(tmp_path, "grid_feedback.json", grid(gain_random=11.0))
+    rows = table_rows(report.markdown(report.build(tmp_path)))
+    assert next(r for r in rows if "bias-conflicting" in r[0])[4] == "yes"

@@ -20,6 +20,7 @@ from core.feedback import FeedbackKind, get_kind
 from core.feedback import grid as grid_module
 from core.feedback.grid import (
     FEEDBACK,
+    SHARE,
     GridAnnotation,
     GridPenalty,
     GridSettings,
@@ -451,7 +452,8 @@ def test_train_with_reviews_reviews_at_epoch_ends_and_trains_on_the_penalty(tiny
     later = [s.terms["grid"] for s in record.steps if s.epoch > 0]
     assert first == [0.0] * len(first)  # no review yet
     assert all(v > 0 for v in later)
-    assert later[0] == pytest.approx(run.penalty.calibration["ce"])  # lambda set at the first step with reviews
+    cal = run.penalty.calibration  # lambda set at the first step with reviews: the penalty starts at share x CE
+    assert later[0] == pytest.approx(cal["share"] * cal["ce"]) and cal["share"] == SHARE
     assert run.penalty.calibrated and run.penalty.lam > 0
 
     report = bias_report(model, tiny_data)
