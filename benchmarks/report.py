@@ -529,7 +529,7 @@ def markdown(rep: dict) -> str:
     missed = []
     for r in rep["rows"]:
         if r["met"] == "**no**":
-            head, _, tail = r["figure"].partition(":")
+            head, _, tail = r["figure"].partition(": ")  # not a bare ":", which sources contain (biased-digits:PATH)
             missed.append(head if len(head) >= 25 or not tail else f"{head}: {tail.split('(')[0].strip()}")
     if missed:
         lines.append("Targets not met in this run: " + "; ".join(missed) + ".")
