@@ -69,6 +69,7 @@ TUNED = ("the penalty's starting share of the reviewed images' CE (core.feedback
          "27.0 +- 11.0 %; no feedback 14.4 +- 2.8 %); the random-squares control was not run while tuning. The "
          "training config (lr 0.005, batch 64, 5 epochs) is the attention benchmark's base-model config, not tuned here")
 BASE = TrainConfig(epochs=5, lr=0.005, batch_size=64)
+RHO = 0.997
 LIMIT_PER_CLASS = 2000
 TARGET_POINTS = 10.0
 COST_R = 50
@@ -76,12 +77,14 @@ COST_TARGET = 1.5
 
 
 def source_of(data: str, rho: float | None) -> str:
-    """``--data`` with ``--rho`` folded into a biased-digits source string."""
-    if rho is None:
-        return data
+    """``--data`` with ``--rho`` folded into a biased-digits source string (default
+    :data:`RHO` when neither ``--rho`` nor the string's ``?rho=`` gives one)."""
     if not data.startswith("biased-digits"):
-        print(f"note: --rho applies to biased-digits sources only; ignored for {data}")
+        if rho is not None:
+            print(f"note: --rho applies to biased-digits sources only; ignored for {data}")
         return data
+    if rho is None:
+        return data if "?rho=" in data else f"{data}?rho={RHO}"
     return f"{data.split('?')[0]}?rho={rho}"
 
 
@@ -248,7 +251,7 @@ def time_penalty(data, args) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="biased-digits:../shared/data/mnist")
-    ap.add_argument("--rho", type=float, default=0.997, help="bias of a biased-digits source (default 0.997)")
+    ap.add_argument("--rho", type=float, default=None, help=f"bias of a biased-digits source (default {RHO})")
     ap.add_argument("--epochs", type=int, default=BASE.epochs)
     ap.add_argument("--review-k", type=int, default=10, help="images reviewed at each epoch end")
     ap.add_argument("--sampler", default="entropy", choices=("entropy", "margin", "random"))
@@ -333,7 +336,8 @@ def main(argv: list[str] | None = None) -> dict:
         "params": {"runs": [r for r in RUNS if r in args.runs or r == "baseline"], "epochs": args.epochs,
                    "review_k": args.review_k, "sampler": args.sampler, "lr": args.lr,
                    "batch_size": args.batch_size, "share": args.share, "per_step": args.per_step,
-                   "limit_per_class": args.limit_per_class, "model": "seed-cnn", "rho": args.rho,
+                   "limit_per_class": args.limit_per_class, "model": "seed-cnn",
+                   "rho": float(source.split("?rho=")[1]) if "?rho=" in source else None,
                    "train": asdict(replace(BASE, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)),
                    "reviews": max(args.epochs - 1, 0),
                    "simulated_user": "every square of the default grid that holds no object pixel (object masks), on "
@@ -345,11 +349,13 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine(),
     }
     done = [r for r in RUNS if f"conflicting_acc_{r}" in payload and payload[f"conflicting_acc_{r}"] is not None]
-    rows = [{"run": r, "conflicting %": f"{payload[f'conflicting_acc_{r}']:.2f} ± {payload[f'conflicting_acc_{r}_sd']:.2f}",
-             "aligned %": f"{payload[f'aligned_acc_{r}']:.2f} ± {payload[f'aligned_acc_{r}_sd']:.2f}",
-             "grad on object %": f"{payload[f'gradient_in_mask_{r}']:.1f}",
-             "reviewed (fit) %": f"{payload[f'reviewed_fit_acc_{r}']:.1f}", "diverged": payload["diverged"][r]}
-            for r in done]
+    def pm(key: str, r: str) -> str:
+        m, sd = payload.get(f"{key}_{r}"), payload.get(f"{key}_{r}_sd")
+        return "–" if m is None else f"{m:.2f} ± {sd:.2f}"
+
+    rows = [{"run": r, "test (conflicting) %": pm("conflicting_acc", r), "aligned %": pm("aligned_acc", r),
+             "grad on object %": pm("gradient_in_mask", r), "reviewed (fit) %": pm("reviewed_fit_acc", r),
+             "diverged": payload["diverged"][r]} for r in done]
     print_table(rows, list(rows[0]))
     gb, gr = payload["gain_over_baseline"], payload["gain_over_random_squares"]
     print(f"reviewed {payload['images_reviewed']:.0f} images (at most {payload['images_reviewed_max']}), "
