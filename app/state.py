@@ -17,7 +17,7 @@ import streamlit as st
 from core.base_models import BaseModels, untrained_model
 from core.data import DataError, ImageDataset, load_dataset
 from core.engine import available_devices
-from core.jobs import ComputeBudget
+from core.jobs import ComputeBudget, compute_plan
 from core.models import CheckpointError
 from core.paths import PathNotAllowed, check_user_path, data_roots
 from core.registry import DEFAULT_IDLE_S, WorkbenchRegistry
@@ -31,20 +31,6 @@ DEFAULT_ARCH = "seed-cnn"
 BUILTIN_CHOICES = ["digits", "biased-digits"]
 QUERY_KEY = "wb"
 SESSION_KEY = "wb_id"
-
-
-def compute_plan(cpus: int | None = None) -> tuple[int, int]:
-    """(training jobs at once, torch threads per job) for this machine.
-
-    Small CNNs stop scaling beyond about 3 threads, and one core is left for the server
-    (and, in demos, the browser drawing live charts: with every core busy, training slowed
-    5-10x while a page watched it). 2 cores: 1 job x 1 thread; 4: 1 x 3; 8: 2 x 3; 16: 4 x 3.
-    Override with STEERBOARD_MAX_JOBS and STEERBOARD_TORCH_THREADS.
-    """
-    cpus = cpus or os.cpu_count() or 2
-    jobs = int(os.environ.get("STEERBOARD_MAX_JOBS") or max(1, cpus // 4))
-    threads = int(os.environ.get("STEERBOARD_TORCH_THREADS") or max(1, min(3, (cpus - 1) // max(jobs, 1))))
-    return max(1, jobs), max(1, threads)
 
 
 @st.cache_resource(show_spinner=False)

@@ -14,7 +14,8 @@ and ``pace()``, as the page's fragment does. Not included: the page's own drawin
 Streamlit thread (the t-SNE of the Embedding view is timed by ``streamed_tsne.py``).
 
 The reference is a bare hand-written PyTorch loop (``bare_epoch`` from
-``engine_overhead.py``). Same model, data, batch size, seed and thread count; interleaved
+``engine_overhead.py``). Same model, data, batch size, seed and thread count (by default the
+server's for one training job, ``core.jobs.compute_plan``); interleaved
 pairs of ``--epochs`` epochs each (default 10, the page's default run), medians.
 
     python benchmarks/monitor_overhead.py [--data digits] [--model seed-cnn] [--pairs 9] [--json PATH]
@@ -31,6 +32,7 @@ from _common import interleaved, machine, print_table, seeds_record, write_json 
 from engine_overhead import bare_epoch
 from core.data import load_dataset
 from core.engine import TrainConfig, fit
+from core.jobs import compute_plan
 from core.live_monitor import PROBE_BUDGET, PROBE_EVERY, PROBE_SAMPLE, Monitors, monitors_for
 from core.models import build_model
 
@@ -89,12 +91,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--limit-per-class", type=int, default=None)
     ap.add_argument("--seed", type=int, default=100)
     ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads on both sides (default: torch's; 1 is steadier on a busy machine)")
+                    help="torch threads on both sides (default: what the server gives a training job on this "
+                         "machine, core.jobs.compute_plan: 1 on 2 cores, one core being left for the server)")
     ap.add_argument("--quick", action="store_true", help="small run for CI")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or compute_plan()[1])
     if args.quick:
         args.pairs, args.epochs = 3, 1
     budget = None if args.probe_budget.lower() == "none" else float(args.probe_budget)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 import traceback
@@ -352,3 +353,17 @@ class JobRunner:
         job._thread = threading.Thread(target=run, name=f"steerboard-{job.kind}-{job.uid}", daemon=True)
         job._thread.start()
         return job
+
+
+def compute_plan(cpus: int | None = None) -> tuple[int, int]:
+    """(training jobs at once, torch threads per job) for this machine.
+
+    Small CNNs stop scaling beyond about 3 threads, and one core is left for the server
+    (and, in demos, the browser drawing live charts: with every core busy, training slowed
+    5-10x while a page watched it). 2 cores: 1 job x 1 thread; 4: 1 x 3; 8: 2 x 3; 16: 4 x 3.
+    Override with STEERBOARD_MAX_JOBS and STEERBOARD_TORCH_THREADS.
+    """
+    cpus = cpus or os.cpu_count() or 2
+    jobs = int(os.environ.get("STEERBOARD_MAX_JOBS") or max(1, cpus // 4))
+    threads = int(os.environ.get("STEERBOARD_TORCH_THREADS") or max(1, min(3, (cpus - 1) // max(jobs, 1))))
+    return max(1, jobs), max(1, threads)

@@ -25,9 +25,13 @@ from core.monitor import LayerStats, SettleTracker, watched_layers
 PROBE_SAMPLE = 1000  # pool examples the monitor pages follow during training
 PROBE_EVERY = 25  # fewest training steps between two probes
 # Most of the training time the probe may take (its seconds / the training steps' seconds).
-# monitor_overhead.py measures the whole monitor against a bare loop, target <= 1.10; the
-# per-step statistics and the reader thread take about 4% of it, so the probe gets 3%.
-PROBE_BUDGET = 0.03
+# monitor_overhead.py measures the whole monitor against a bare loop, target <= 1.10; with the
+# engine's own bookkeeping, the per-step statistics and the reader thread it measured 1.105
+# on a quiet 2-core machine at 3%, so the probe gets 2% (a refresh about every 9 s there).
+PROBE_BUDGET = 0.02
+# Training steps between two activation reductions of LayerStats (gradients: every step).
+# The page redraws every 0.8 s, several steps apart, so every 2nd step loses nothing shown.
+ACT_EVERY = 2
 
 
 @dataclass(frozen=True)
@@ -219,7 +223,7 @@ def monitors_for(model: SteerableModel, sample: torch.Tensor | None = None, *, l
     to ``model``: what ``Workbench.start_training(attach=...)`` takes."""
     settle = SettleTracker(model)
     settle.record(-1)  # the weights before the first epoch, so epoch 1 has a relative change
-    out: list[Callback] = [LayerStats(model), settle]
+    out: list[Callback] = [LayerStats(model, act_every=ACT_EVERY), settle]
     if sample is not None and len(sample):
         out.append(ActivationProbe(model, sample, layer=layer, every=every, budget=budget))
     return out

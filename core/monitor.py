@@ -30,6 +30,7 @@ class StatsSnapshot:
     activation: dict[str, np.ndarray]
     grad_norm: dict[str, np.ndarray]
     layer_grad_norm: dict[str, float]
+    activation_step: int | None = None  # the step the activations are from (see ``act_every``)
 
 
 def watched_layers(model: SteerableModel) -> dict[str, nn.Module]:
@@ -45,27 +46,40 @@ def watched_layers(model: SteerableModel) -> dict[str, nn.Module]:
 
 
 class LayerStats(Callback):
-    """Engine callback that records per-filter mean |activation| and gradient norm on every
-    training step, plus each layer's gradient-norm history (for a layer-by-step heatmap).
+    """Engine callback that records per-filter mean |activation| and gradient norm during
+    training, plus each layer's gradient-norm history (for a layer-by-step heatmap).
+
+    Gradient norms are taken on every step. Activations are reduced on every
+    ``act_every``-th training step only (1: every step): the reduction reads the whole
+    activation tensor, the largest cost of these statistics on small models, and a page that
+    redraws every 0.8 s never shows more than one step in several anyway.
 
     Use as a context manager or call :meth:`close` to remove the hooks.
     """
 
-    def __init__(self, model: SteerableModel, *, history: int = 2000) -> None:
+    def __init__(self, model: SteerableModel, *, history: int = 2000, act_every: int = 1) -> None:
+        if act_every < 1:
+            raise ValueError(f"act_every must be at least 1; got {act_every}")
         self.model = model
         self.layers = watched_layers(model)
+        self.act_every = int(act_every)
         self._act: dict[str, torch.Tensor] = {}
+        self._act_step: int | None = None
+        self._want_act = True  # reduce activations in the coming forward pass
         self._lock = threading.Lock()
         self._handles = [m.register_forward_hook(self._hook(name)) for name, m in self.layers.items()]
-        self._grad_hist: list[torch.Tensor] = []  # one (n_layers,) tensor per step, on device
-        self._steps: list[int] = []
-        self._history = history
+        # A fixed ring of (history, n_layers) on the CPU, written in place each step: a page's
+        # read is one copy of a small array, not a stack of thousands of little tensors.
+        self._history = int(history)
+        self._ring = torch.zeros(self._history, len(self.layers), dtype=torch.float32)
+        self._ring_steps = np.zeros(self._history, dtype=np.int64)
+        self._written = 0
         self._last: tuple[int, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
 
     def _hook(self, name: str):
         def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
-            if not module.training:
-                return  # only training steps count; evaluation passes are not statistics
+            if not module.training or not self._want_act:
+                return  # only (sampled) training steps count; evaluation passes are not statistics
             with torch.no_grad():
                 out = output.detach()
                 count = out.numel() // out.shape[1]
@@ -90,18 +104,22 @@ class LayerStats(Callback):
                         per = torch.sqrt(per.square() + module.bias.grad.square())
                 grads[name] = per
                 layer_norms.append(torch.linalg.vector_norm(per))
+            norms = torch.stack(layer_norms).float().cpu()
             acts = dict(self._act)
             with self._lock:
+                if self._want_act:
+                    self._act_step = info.step
                 self._last = (info.step, acts, grads)
-                self._grad_hist.append(torch.stack(layer_norms))
-                self._steps.append(info.step)
-                if len(self._grad_hist) > self._history:
-                    del self._grad_hist[0], self._steps[0]
+                slot = self._written % self._history
+                self._ring[slot] = norms
+                self._ring_steps[slot] = info.step
+                self._written += 1
+            self._want_act = (info.step + 1) % self.act_every == 0
 
     def snapshot(self) -> StatsSnapshot | None:
         """The latest step's statistics copied to the CPU, or None before the first step."""
         with self._lock:
-            last = self._last
+            last, act_step = self._last, self._act_step
         if last is None:
             return None
         step, acts, grads = last
@@ -110,17 +128,20 @@ class LayerStats(Callback):
             activation={k: v.float().cpu().numpy() for k, v in acts.items()},
             grad_norm={k: v.float().cpu().numpy() for k, v in grads.items()},
             layer_grad_norm={k: float(torch.linalg.vector_norm(v)) for k, v in grads.items()},
+            activation_step=act_step,
         )
 
     def grad_history(self) -> tuple[list[int], list[str], np.ndarray]:
-        """(steps, layer names, array of shape (layers, steps)) of per-layer gradient norms."""
-        with self._lock:
-            steps = list(self._steps)
-            hist = list(self._grad_hist)
+        """(steps, layer names, array of shape (layers, steps)) of per-layer gradient norms,
+        the last ``history`` steps, oldest first."""
         names = list(self.layers)
-        if not hist:
-            return steps, names, np.zeros((len(names), 0), dtype=np.float32)
-        return steps, names, torch.stack(hist, 1).float().cpu().numpy()
+        with self._lock:
+            n = min(self._written, self._history)
+            start = self._written - n
+            order = [(start + i) % self._history for i in range(n)]
+            values = self._ring[order].numpy().T.copy() if n else np.zeros((len(names), 0), dtype=np.float32)
+            steps = self._ring_steps[order].tolist()
+        return steps, names, values
 
     def close(self) -> None:
         for h in self._handles:

@@ -221,3 +221,27 @@ def test_settle_tracker_can_be_read_while_training(tiny_data):
     assert not errors and reads and reads == sorted(reads)
     assert [len(r["rel_change_history"]) for r in tracker.table()] == [4] * len(model.layer_groups)
     assert tracker.filter_positions("conv1").shape == (3, 32, 2)
+
+
+def test_activation_stride_and_bounded_gradient_history(tiny_data):
+    """act_every=3 reduces activations on steps 0, 3, 6 only; gradients are kept every step in a
+    ring of ``history`` steps, oldest first."""
+    model = build_model("seed-cnn", 1, 16, tiny_data.num_classes, seed=0)
+    seen: list[tuple[int, int | None]] = []
+
+    class Watch(Callback):
+        def on_step(self, info) -> None:
+            snap = stats.snapshot()
+            seen.append((snap.step, snap.activation_step))
+
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=0.01, seed=0)  # 48 train images: 12 steps
+    with LayerStats(model, history=5, act_every=3) as stats:
+        fit(model, tiny_data.split("train"), None, config=cfg, callbacks=[stats, Watch()])
+        steps, names, hist = stats.grad_history()
+    n = len(seen)
+    assert n >= 7
+    assert [a for _, a in seen] == [s - s % 3 for s, _ in seen]
+    assert steps == list(range(n - 5, n)) and hist.shape == (len(names), 5)
+    assert np.isfinite(hist).all() and (hist > 0).any()
+    with pytest.raises(ValueError):
+        LayerStats(model, act_every=0)
