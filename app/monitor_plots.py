@@ -23,6 +23,18 @@ def _change_label(before: tuple[str, ...], after: tuple[str, ...]) -> str:
     return "; ".join(parts) or "freezing changed"
 
 
+def label_heights(n: int, *, top: float = 1.0, drop: float = 0.09, levels: int = 4) -> list[float]:
+    """Heights (fractions of a plot's height) for ``n`` marker labels: each label one line
+    below the one before, cycling over ``levels`` lines, so labels of changes close together
+    do not overlap."""
+    return [top - drop * (i % levels) for i in range(n)]
+
+
+def integer_epoch_axis(fig: go.Figure, n_epochs: int, **where) -> None:
+    """Epoch axes: whole-number ticks only (no 1.5, 2.5), at most about ten of them."""
+    fig.update_xaxes(tickmode="linear", tick0=1, dtick=max(1, -(-n_epochs // 10)), tickformat="d", **where)
+
+
 def step_freeze_markers(view: dict) -> list[tuple[int, str]]:
     """(step, label) of each freezing change during the job (the initial set is no change)."""
     events = view.get("freeze_events", [])
@@ -60,24 +72,30 @@ def live_figure(view: dict) -> go.Figure:
     """Batch loss (raw and smoothed) per step, train/val accuracy, time and learning rate per
     epoch; dotted lines where freezing changed."""
     fig = make_subplots(rows=2, cols=2, subplot_titles=("Batch loss", "Accuracy per epoch", "Time per epoch",
-                                                         "Learning rate"), vertical_spacing=0.18)
+                                                         "Learning rate"), vertical_spacing=0.24)
     add_loss_and_accuracy(fig, view, loss_at=(1, 1), acc_at=(1, 2))
-    for step, label in step_freeze_markers(view):
+    markers = step_freeze_markers(view)
+    for (step, label), y in zip(markers, label_heights(len(markers))):
         fig.add_vline(x=step, line_dash="dot", line_color="#dc2626", row=1, col=1)
-        fig.add_annotation(x=step, y=1, yref="y domain", text=label, showarrow=False, font=dict(color="#dc2626", size=10),
+        fig.add_annotation(x=step, y=y, yref="y domain", text=label, showarrow=False, font=dict(color="#dc2626", size=10),
                            xanchor="left", row=1, col=1)
     epochs = view["epochs"]
     if epochs:
         e = [x["epoch"] + 1 for x in epochs]
         fig.add_trace(go.Bar(x=e, y=[x["epoch_time"] for x in epochs], name="s / epoch", marker_color="#94a3b8"), 2, 1)
-        fig.add_trace(go.Scatter(x=e, y=[x["lr"] for x in epochs], mode="lines+markers", name="lr"), 2, 2)
+        lrs = [x["lr"] for x in epochs]
+        fig.add_trace(go.Scatter(x=e, y=lrs, mode="lines+markers", name="lr"), 2, 2)
+        # from 0 to a little above the largest rate: a constant rate is a flat line, not -1..1
+        fig.update_yaxes(range=[0, 1.15 * max(max(lrs), 1e-12)], tickformat=".3~g", row=2, col=2)
         for epoch, before, after in freeze_changes(epochs):
             fig.add_vline(x=epoch + 0.5, line_dash="dot", line_color="#dc2626", row=2, col=1)
+        for row, col in ((1, 2), (2, 1), (2, 2)):
+            integer_epoch_axis(fig, len(epochs), row=row, col=col)
     fig.update_xaxes(title_text="step", row=1, col=1)
     for col in (1, 2):
         fig.update_xaxes(title_text="epoch", row=2, col=col)
     fig.update_xaxes(title_text="epoch", row=1, col=2)
-    fig.update_yaxes(title_text="%", row=1, col=2)
+    fig.update_yaxes(title_text="%", tickformat=".3~g", row=1, col=2)
     fig.update_yaxes(title_text="s", row=2, col=1)
     fig.update_layout(height=520, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.12))
     return fig
@@ -95,13 +113,15 @@ def epoch_time_figure(epochs: list[dict]) -> go.Figure:
         if epochs[0]["val_acc"] is not None:
             fig.add_trace(go.Scatter(x=e, y=[100 * x["val_acc"] for x in epochs], mode="lines+markers",
                                      name="validation accuracy (%)", line=dict(color="#16a34a")), secondary_y=True)
-        for epoch, before, after in freeze_changes(epochs):
+        changes = freeze_changes(epochs)
+        for (epoch, before, after), y in zip(changes, label_heights(len(changes), drop=0.1)):
             fig.add_vline(x=epoch + 0.5, line_dash="dot", line_color="#dc2626")
-            fig.add_annotation(x=epoch + 0.5, y=1.0, yref="paper", text=_change_label(before, after), showarrow=False,
+            fig.add_annotation(x=epoch + 0.5, y=y, yref="paper", text=_change_label(before, after), showarrow=False,
                                font=dict(color="#dc2626"), xanchor="left")
+        integer_epoch_axis(fig, len(epochs))
     fig.update_xaxes(title_text="epoch (dark bars: some layers frozen)")
     fig.update_yaxes(title_text="seconds", secondary_y=False, rangemode="tozero")
-    fig.update_yaxes(title_text="val accuracy (%)", secondary_y=True)
+    fig.update_yaxes(title_text="val accuracy (%)", tickformat=".3~g", secondary_y=True)
     fig.update_layout(height=340, margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=-0.25))
     return fig
 

@@ -48,6 +48,7 @@ def probe_caption(probe: ActivationProbe | None) -> str | None:
 
 
 def training_controls(wb: Workbench, key: str, *, probe_layer: str | None = None, probe_n: int = PROBE_N,
+                      freeze_hint: bool = True,
                       default_epochs: int = 10) -> None:
     """Epochs, learning rate, batch size, "pause at the end of each epoch", and Start. The job
     carries per-layer statistics, settle tracking and an activation probe (see core.live_monitor)."""
@@ -71,12 +72,13 @@ def training_controls(wb: Workbench, key: str, *, probe_layer: str | None = None
                   help="The job stops after each epoch and waits for Resume (the grid-feedback page uses this to "
                        "show mistakes between epochs).")
         if frozen:
-            st.caption(f"Frozen from the first step: {', '.join(frozen)} (change on the Layer freezing page).")
+            hint = " (change on the Layer freezing page)" if freeze_hint else " (switches below)"
+            st.caption(f"Frozen from the first step: {', '.join(frozen)}{hint}.")
     if start:
         cfg = TrainConfig(epochs=int(epochs), lr=float(lr), batch_size=int(batch), seed=int(time.time()) % 10_000,
                           device=wb.settings.get("device", "cpu"))
         _, sample, _ = probe_sample(wb, probe_n)
-        start_job(lambda: wb.start_training(cfg, description=f"trained {cfg.epochs} epochs (lr {cfg.lr:g}, monitored)",
+        start_job(lambda: wb.start_training(cfg, description=f"trained {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} (lr {cfg.lr:g}, monitored)",
                                             attach=lambda m: monitors_for(m, sample, layer=probe_layer), frozen=frozen,
                                             pause_at_epoch_end=bool(st.session_state.get(f"{key}-pae"))),
                   key=key, settings=(float(epochs), float(lr)))

@@ -16,7 +16,7 @@ from core.engine import EPOCHS_RANGE, LR_RANGE, TrainConfig, check_train_setting
 from core.jobs import Job, JobBusy
 from core.workbench import Workbench
 
-from app.monitor_plots import add_loss_and_accuracy
+from app.monitor_plots import add_loss_and_accuracy, integer_epoch_axis
 from app.state import base_model_job, notice, switch_workbench
 
 
@@ -55,9 +55,11 @@ def training_figure(view: dict) -> go.Figure:
                            yref="paper", showarrow=False, font=dict(color="#6b7280"))  # with no trace has no data range
         fig.update_xaxes(showticklabels=False, row=1, col=2)
         fig.update_yaxes(showticklabels=False, row=1, col=2)
+    else:
+        integer_epoch_axis(fig, len(view["epochs"]), row=1, col=2)
     fig.update_xaxes(title_text="step", row=1, col=1)
     fig.update_xaxes(title_text="epoch", row=1, col=2)
-    fig.update_yaxes(title_text="%", row=1, col=2)
+    fig.update_yaxes(title_text="%", tickformat=".3~g", row=1, col=2)
     fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
     return fig
 

@@ -211,29 +211,46 @@ class _Basis:
         return ((rows - self.mean) @ self.components).numpy()
 
 
+def relative_pace(changes: dict[str, float], frozen: set[str] | frozenset[str] = frozenset()) -> dict[str, float]:
+    """Each group's change divided by the median change of the groups not in ``frozen``.
+
+    When that median is 0 (nothing moved), an unchanged group's pace is 0 and a changed one's
+    is infinite; with every group frozen, the median of all groups is used."""
+    live = [v for g, v in changes.items() if g not in frozen] or list(changes.values())
+    if not live:
+        return {}
+    median = float(np.median(live))
+    if median > 0:
+        return {g: v / median for g, v in changes.items()}
+    return {g: (0.0 if v == 0 else float("inf")) for g, v in changes.items()}
+
+
 class SettleTracker(Callback):
-    """Which layer groups have stopped changing: the cue for freezing them (ReVACNN froze
-    conv1-2 "since the t-SNE view of the filters ... showed stable patterns by their short to
-    no trailing lines").
+    """Which layer groups have stopped changing *relative to the others*: the cue for
+    freezing them (ReVACNN froze conv1-2 "since the t-SNE view of the filters ... showed
+    stable patterns by their short to no trailing lines", while later layers still moved).
 
     After each epoch (:meth:`on_epoch`, or :meth:`record` called by hand), per layer group:
 
     - ``rel_change``: ``||W_e - W_{e-1}|| / ||W_{e-1}||`` over all the group's parameters
       (exactly 0 for a frozen group: the optimiser skips parameters without gradients);
+    - ``pace``: ``rel_change`` divided by the median ``rel_change`` of the groups that are not
+      frozen in that epoch (1: changing as fast as the typical group; 0.5: half as fast).
+      An absolute threshold cannot tell layers apart: the learning rate, weight decay and
+      BatchNorm set every group's change per epoch, so late in a run all of them sat at
+      0.16-0.17 % and all looked "settled". Relative to the others, the groups that stopped
+      learning stand out. Seen here: seed-cnn on the built-in digits (SGD lr 0.02, 8 epochs),
+      conv1's pace is 0.4-0.6 from epoch 4 on while fc3's stays at 1.9-2.6;
     - ``trail_length``: the filters (rows of the flattened weight) of the group's first
       conv/linear layer are projected to 2D with a PCA basis fit on the first snapshot and
       kept fixed, so positions stay comparable; each filter's path over its last ``trail``
       positions is summed, averaged over filters and divided by the first layout's RMS
-      radius (0 when nothing moved, about 1 when filters moved by the layout's size).
+      radius (0 when nothing moved, about 1 when filters moved by the layout's size). Shown
+      beside the cue, as the page's filter trails show it; not part of the rule.
 
-    A group is *settled* when it is frozen, or when ``rel_change <= settle_threshold`` and
-    ``trail_length <= trail_threshold``. Defaults: 0.02 (under 2 % weight change in the last
-    epoch) and 0.1 (over the last ``trail`` epochs the filters moved, on average, a tenth of
-    the layout's radius). They are a cue, not a rule: with weight decay and BatchNorm the
-    weights keep moving at a constant learning rate, so groups cross them only as the
-    learning rate decays. Seen here: vgg6 on 3,000 CIFAR-10 images (SGD lr 0.05, cosine, 10
-    epochs) starts near ``rel_change`` 0.1-0.3 per epoch, is at 0.05-0.1 by epoch 4 and
-    drops below 0.02 in the last two or three epochs, conv1's filters trailing longest.
+    A group is *settled* when it is frozen, or when its ``pace`` was at most
+    ``pace_threshold`` (default 0.6) in each of the last ``pace_epochs`` (default 2) epochs.
+    It is a cue, not a rule: the user decides.
 
     Costs one copy of the parameters per epoch. Thread-safe: the training thread records,
     page threads read :meth:`table` and :meth:`filter_positions` at any time.
@@ -244,21 +261,24 @@ class SettleTracker(Callback):
         model: SteerableModel,
         *,
         trail: int = 5,
-        settle_threshold: float = 0.02,
-        trail_threshold: float = 0.1,
+        pace_threshold: float = 0.6,
+        pace_epochs: int = 2,
     ) -> None:
         if trail < 2:
             raise ValueError(f"trail must be at least 2 positions, got {trail}")
+        if not pace_threshold > 0 or pace_epochs < 1:
+            raise ValueError(f"pace_threshold must be > 0 and pace_epochs >= 1; got {pace_threshold}, {pace_epochs}")
         self.model = model
         self.trail = trail
-        self.settle_threshold = settle_threshold
-        self.trail_threshold = trail_threshold
+        self.pace_threshold = float(pace_threshold)
+        self.pace_epochs = int(pace_epochs)
         self.groups = list(model.layer_groups)
         self._layers = {g: _first_weight_layer(model, g) for g in self.groups}
         self._lock = threading.Lock()
         self._epochs: list[int] = []
         self._prev: dict[str, torch.Tensor] = {}
         self._history: dict[str, list[float]] = {g: [] for g in self.groups}
+        self._pace: dict[str, list[float]] = {g: [] for g in self.groups}
         self._basis: dict[str, _Basis] = {}
         self._positions: dict[str, deque[np.ndarray]] = {g: deque(maxlen=trail) for g in self.groups}
         self._frozen: dict[str, bool] = {g: False for g in self.groups}
@@ -286,10 +306,12 @@ class SettleTracker(Callback):
                 if basis is None:
                     basis = self._basis[g] = _Basis.fit(rows)
                 positions[g] = basis.project(rows)
+        paces = relative_pace(changes, frozen)
         with self._lock:
             for g in self.groups:
                 if g in changes:
                     self._history[g].append(changes[g])
+                    self._pace[g].append(paces[g])
                 self._prev[g] = current[g]
                 self._frozen[g] = g in frozen
                 if g in positions:
@@ -319,24 +341,22 @@ class SettleTracker(Callback):
 
     def table(self) -> list[dict]:
         """One row per group, in ``layer_groups`` order: ``group``, ``rel_change`` (last
-        epoch; None before two snapshots), ``rel_change_history``, ``trail_length`` (None
-        before two snapshots or for a group without conv/linear layers), ``settled`` and
-        ``frozen`` (at the last snapshot)."""
+        epoch; None before two snapshots), ``rel_change_history``, ``pace`` (last epoch;
+        None before two snapshots), ``pace_history``, ``trail_length`` (None before two
+        snapshots or for a group without conv/linear layers), ``settled`` and ``frozen``
+        (at the last snapshot)."""
         rows = []
         with self._lock:
             for g in self.groups:
                 history = list(self._history[g])
-                rel = history[-1] if history else None
-                trail = self._trail_length(g)
+                paces = list(self._pace[g])
                 frozen = self._frozen[g]
-                settled = frozen or (
-                    rel is not None
-                    and rel <= self.settle_threshold
-                    and (trail is None or trail <= self.trail_threshold)
-                )
+                recent = paces[-self.pace_epochs:]
+                settled = frozen or (len(recent) == self.pace_epochs and max(recent) <= self.pace_threshold)
                 rows.append({
-                    "group": g, "rel_change": rel, "rel_change_history": history,
-                    "trail_length": trail, "settled": bool(settled), "frozen": frozen,
+                    "group": g, "rel_change": history[-1] if history else None, "rel_change_history": history,
+                    "pace": paces[-1] if paces else None, "pace_history": paces,
+                    "trail_length": self._trail_length(g), "settled": bool(settled), "frozen": frozen,
                 })
         return rows
 

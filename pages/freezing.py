@@ -38,7 +38,7 @@ st.caption("Freeze layer groups that have settled: no backward pass runs through
            "statistics stop updating, so each epoch gets cheaper. A switch takes effect at the next training step, "
            "also while training runs. Early layers usually settle first (Chung et al., ReVACNN, seed 003).")
 
-training_controls(wb, "frz")
+training_controls(wb, "frz", freeze_hint=False)
 
 for g in GROUPS:  # widgets follow the saved frozen set (on first draw and after a refresh)
     ss.setdefault(f"frz-g-{g}", g in frozen_now())
@@ -49,18 +49,26 @@ def draw(job: Job | None, view: dict | None) -> None:
     rows = {r["group"]: r for r in mons.settle.table()} if mons.settle is not None else {}
     total = sum(n_params(g) for g in GROUPS)
     with st.container(key="frz-groups"):
-        head = st.columns([2, 2, 2, 2, 2])
+        settle = mons.settle
+        if settle is not None:
+            st.caption(f"**Cue:** a group is *settled* when its weights changed at most "
+                       f"{settle.pace_threshold:g}x as fast as the median group's in each of the last "
+                       f"{settle.pace_epochs} epochs (pace = its change per epoch / the median group's change). "
+                       "Relative, because the learning rate moves every group's change together.")
+        head = st.columns([2, 2, 2, 2, 2, 2])
         for col, text in zip(head, ["**Layer group**", "**Parameters**", "**Weight change / epoch**",
-                                    "**Filter trail length**", "**Cue**"]):
+                                    "**Pace vs median group**", "**Filter trail length**", "**Cue**"]):
             col.markdown(text)
         for g in GROUPS:
-            c1, c2, c3, c4, c5 = st.columns([2, 2, 2, 2, 2])
+            c1, c2, c3, c3b, c4, c5 = st.columns([2, 2, 2, 2, 2, 2])
             c1.toggle(g, key=f"frz-g-{g}", on_change=on_toggle, help=f"Freeze {g} ({', '.join(wb.model.layer_groups[g])}).")
             c2.write(f"{n_params(g):,} ({100 * n_params(g) / total:.0f}%)")
             r = rows.get(g)
             rel = r.get("rel_change") if r else None
             trail = r.get("trail_length") if r else None
+            pace = r.get("pace") if r else None
             c3.write("–" if rel is None else f"{100 * rel:.2f}%")
+            c3b.write("–" if pace is None or r.get("frozen") else ("∞" if pace == float("inf") else f"{pace:.2f}x"))
             c4.write("–" if trail is None else f"{trail:.3f}")
             if r is None or rel is None:
                 c5.write("train one epoch to see")

@@ -91,7 +91,7 @@ def test_trail_length_of_unchanged_layer_is_zero_and_of_moved_layer_matches(tiny
     tracker = SettleTracker(model, trail=3)
     assert tracker.filter_positions("conv1").shape == (0, 32, 2)
     w = model.conv1.weight.detach().reshape(32, -1).double().numpy().copy()
-    for epoch in range(2):
+    for epoch in range(3):  # two epochs of (no) change: pace_epochs=2 of them are needed to settle
         tracker.record(epoch)
     rows = {row["group"]: row for row in tracker.table()}
     assert all(row["trail_length"] == 0.0 and row["rel_change"] == 0.0 and row["settled"] for row in rows.values())
@@ -100,8 +100,8 @@ def test_trail_length_of_unchanged_layer_is_zero_and_of_moved_layer_matches(tiny
     delta = 0.1 * torch.randn(model.conv1.weight.shape, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         model.conv1.weight.add_(delta)
-    tracker.record(2)
-    tracker.record(3)  # a fourth snapshot: trail=3 keeps the last three positions
+    tracker.record(3)
+    tracker.record(4)  # a fifth snapshot: trail=3 keeps the last three positions
     mean = w.mean(0)
     _, _, vt = np.linalg.svd(w - mean, full_matrices=False)
     first = (w - mean) @ vt[:2].T
@@ -110,12 +110,13 @@ def test_trail_length_of_unchanged_layer_is_zero_and_of_moved_layer_matches(tiny
     expected = np.linalg.norm(moved - first, axis=1).mean() / radius
     row = tracker.table()[0]
     assert row["group"] == "conv1" and row["trail_length"] == pytest.approx(expected, rel=1e-9)
-    assert row["rel_change"] == 0.0 and not row["settled"]  # still inside the trail window
+    assert row["rel_change"] == 0.0 and not row["settled"]  # it moved in one of the last two epochs
+    assert row["pace_history"] == [0.0, 0.0, float("inf"), 0.0]  # alone in moving: infinitely faster
     positions = tracker.filter_positions("conv1")
     assert positions.shape == (3, 32, 2)
     np.testing.assert_allclose(np.abs(positions[0]), np.abs(first), atol=1e-9)  # axes' signs are free
     np.testing.assert_allclose(np.abs(positions[-1]), np.abs(moved), atol=1e-9)
-    tracker.record(4)  # the move has left the window: settled again
+    tracker.record(5)  # the move has left the window: settled again
     assert tracker.table()[0]["trail_length"] == 0.0 and tracker.table()[0]["settled"]
     with pytest.raises(KeyError):
         tracker.filter_positions("nope")
@@ -245,3 +246,28 @@ def test_activation_stride_and_bounded_gradient_history(tiny_data):
     assert np.isfinite(hist).all() and (hist > 0).any()
     with pytest.raises(ValueError):
         LayerStats(model, act_every=0)
+
+
+def test_freezing_cue_separates_early_convs_from_classifier_on_a_real_run():
+    """Issue 13: on a real run (seed-cnn on the built-in digits, SGD lr 0.02, 6 epochs) the
+    cue must single out the early convolution that stopped changing relative to the others,
+    and leave every classifier layer "still learning" (an absolute threshold called every
+    group settled)."""
+    from core.data import load_dataset
+
+    data = load_dataset("digits", seed=0)
+    c, h, _ = data.image_shape
+    model = build_model("seed-cnn", c, h, data.num_classes, seed=0)
+    tracker = SettleTracker(model)
+    tracker.record(-1)
+    fit(model, data.split("train"), None, config=TrainConfig(epochs=6, batch_size=64, lr=0.02, seed=0),
+        callbacks=[tracker])
+    rows = {r["group"]: r for r in tracker.table()}
+    fc = [g for g in rows if g.startswith("fc")]
+    assert rows["conv1"]["settled"] and not rows["conv1"]["frozen"]
+    assert fc and not any(rows[g]["settled"] for g in fc)
+    assert max(rows["conv1"]["pace_history"][-2:]) <= tracker.pace_threshold
+    last = rows["conv1"]["pace_history"][-1]
+    assert all(rows[g]["pace"] > last for g in fc)
+    # the absolute change would not tell them apart: every group changes by under 5% per epoch
+    assert all(r["rel_change"] < 0.05 for r in rows.values())
