@@ -297,21 +297,33 @@ def versions_panel(wb: Workbench, *, key: str = "versions") -> None:
         "description": v.description,
         "test acc": pct(v.metrics.get("test_acc")),
         "val acc": pct(v.metrics.get("val_acc")),
+        "seed": str(v.feedback["seed"]) if "seed" in v.feedback else "",
         "created": time.strftime("%H:%M:%S", time.localtime(v.created)),
     } for v in versions]
     busy = wb.jobs.current is not None and wb.jobs.current.running
     with st.container(key=key):
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
         numbers = [v.number for v in versions]
-        c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
+        c1, c2, c3, c4, c5 = st.columns([2, 1, 1, 1, 1.4])
+        # keyed by the current version and the count: the picker follows the current version
+        # whenever it changes (a new run, a restore, another tab), instead of keeping its first value
         chosen = c1.selectbox("Version", numbers, index=numbers.index(wb.current_version), format_func=lambda n: f"v{n}",
-                              key=f"{key}-pick", label_visibility="collapsed")
+                              key=f"{key}-pick-{wb.current_version}-{len(numbers)}", label_visibility="collapsed")
         if c2.button("Restore", key=f"{key}-restore", disabled=busy or chosen == wb.current_version, width="stretch"):
             _restore(wb, chosen)
         if c3.button("Reset to base", key=f"{key}-reset", disabled=busy or wb.current_version == 0, width="stretch"):
             _restore(wb, 0)
         c4.download_button("Download", data=lambda: wb.checkpoint_bytes(chosen), file_name=f"steerboard-{wb.id}-v{chosen}.pt",
                            mime="application/octet-stream", key=f"{key}-download", width="stretch", on_click="ignore")
+        replay = wb.replay_config(chosen)
+        again = c5.button("Train again, same seed", key=f"{key}-again", disabled=busy or replay is None, width="stretch",
+                          help="Train this version's parent again with the same settings and seed: on the CPU the "
+                               "result is identical bit for bit. Only for plain training runs, not for fine-tunes "
+                               "with feedback or runs whose freezing changed.")
+        if again and replay is not None:
+            cfg, parent, frozen = replay
+            start_job(lambda: wb.start_training(cfg, description=f"v{chosen} trained again from v{parent} (seed {cfg.seed})",
+                                                frozen=frozen, start_version=parent), key=key)
         if busy:
             st.caption("Restoring is disabled while a job runs.")
 

@@ -3,6 +3,7 @@ annotations, and per-version caches. Everything that took effort is in the store
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import re
 import threading
@@ -190,6 +191,27 @@ class Workbench:
             self.current_version = number
             self.store.update_workbench(self.id, current_version=number)
 
+    def _model_of(self, number: int) -> SteerableModel:
+        """A fresh copy of the architecture with version ``number``'s weights."""
+        ckpt = read_checkpoint(self.version(number).checkpoint)
+        with self.lock:
+            model = copy.deepcopy(self.model)
+        load_checkpoint(model, ckpt)
+        return model
+
+    def replay_config(self, number: int) -> tuple[TrainConfig, int, list[str]] | None:
+        """(config, parent version, frozen groups) that train version ``number`` again from its
+        parent with the same seed, or None when it cannot be replayed (the base model, a
+        fine-tune with feedback terms, a run whose freezing changed, a version made before
+        seeds were recorded)."""
+        record = self.version(number)
+        fb = record.feedback
+        if not fb.get("replayable") or record.parent is None or "config" not in fb:
+            return None
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        cfg = TrainConfig(**{k: v for k, v in fb["config"].items() if k in fields})
+        return cfg, int(record.parent), list(fb.get("initial_frozen", []))
+
     def reset(self) -> None:
         """Back to the base model (version 0)."""
         self.restore(0)
@@ -263,6 +285,7 @@ class Workbench:
         pause_at_epoch_end: bool = False,
         kind: str = "train",
         context: Mapping[str, Any] | None = None,
+        start_version: int | None = None,
     ) -> Job:
         """Train a copy of the current model in the background; returns the job to poll.
 
@@ -276,6 +299,14 @@ class Workbench:
         probes), kept in ``job.attached``. Pages read the copy's weights only through
         ``job.weights()`` (snapshots taken in the training thread). ``context`` is kept in
         ``job.context`` for the pages (e.g. a penalty set they add to while the job waits).
+        ``start_version`` trains a copy of that version instead of the current one (and the
+        new version's parent is that version): :meth:`replay_config` gives what to pass to
+        train a version again from its parent, bit for bit on the CPU.
+
+        Every version made here records the run's seed and whole ``TrainConfig`` in its
+        feedback (``seed``, ``config``), and ``replayable``: whether the config and parent
+        alone determine it (no extra loss terms, no custom train set, no freezing changed
+        during the run).
         """
         images, labels = train if train is not None else self.data.split("train")
         if train is None:
@@ -286,9 +317,13 @@ class Workbench:
         job.context = dict(context or {})
         job.control.set_frozen(frozen)
         job.control.pause_at_epoch_end = pause_at_epoch_end
-        with self.lock:
-            model = copy.deepcopy(self.model)
-            base_version = self.current_version
+        if start_version is None:
+            with self.lock:
+                model = copy.deepcopy(self.model)
+                base_version = self.current_version
+        else:
+            model = self._model_of(start_version)
+            base_version = start_version
         start_val_acc = self.version(base_version).metrics.get("val_acc") if train is None else None
         pick_device(config.device)  # fails now, in the page, if the device is not there
         job.publish_weights_of(model)
@@ -310,7 +345,10 @@ class Workbench:
                          start_val_acc=start_val_acc)
             fb = dict(feedback or {})
             fb.update({"epochs": len(result.history), "steps": result.steps, "lr": config.lr,
-                       "frozen": sorted(job.control.frozen())})
+                       "frozen": sorted(job.control.frozen()), "seed": int(config.seed),
+                       "config": dataclasses.asdict(config), "initial_frozen": sorted(frozen),
+                       "replayable": bool(loss_terms is None and train is None and len(job.freeze_events) <= 1
+                                          and sorted(job.control.frozen()) == sorted(frozen))})
             history = {"history": [{k: e[k] for k in ("epoch", "train_loss", "train_acc", "val_acc", "epoch_time")}
                                    for e in job.epochs]}
             job.commit_args = (fb, history, base_version)

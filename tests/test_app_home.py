@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from apptest_helpers import app_workspace, new_app, no_exceptions, workbench_of  # noqa: F401  (fixture)
 
 from core.engine import TrainConfig
@@ -86,7 +88,7 @@ def test_restore_a_version_and_reopen_by_url(app_workspace):
     at.run()
     no_exceptions(at)
     assert {m.label: m.value for m in at.metric}["Version"] == "v1"
-    at.selectbox(key="versions-pick").set_value(0)
+    at.selectbox(key=_pick_key(wb)).set_value(0).run()
     at.button(key="versions-restore").click().run()
     no_exceptions(at)
     assert {m.label: m.value for m in at.metric}["Version"] == "v0"
@@ -98,6 +100,37 @@ def test_restore_a_version_and_reopen_by_url(app_workspace):
     reopened = workbench_of(again)
     assert reopened.id == wb.id and reopened.current_version == 0
     assert [v.number for v in reopened.versions()] == [0, 1]
+
+
+def _pick_key(wb) -> str:
+    return f"versions-pick-{wb.current_version}-{len(wb.versions())}"
+
+
+def test_picker_follows_the_current_version_and_train_again_reproduces_it(app_workspace):
+    """Issue 13: after a run the picker shows the new current version (not the one it first
+    showed), and "Train again, same seed" retrains from the parent to identical weights."""
+    at = new_app(app_workspace).run()
+    wb = workbench_of(at)
+    assert at.selectbox(key=_pick_key(wb)).value == wb.current_version
+    start = wb.current_version
+    job = wb.start_training(TrainConfig(epochs=1, lr=0.02, seed=77, device="cpu"), description="seeded")
+    assert job.wait(120) and job.status == "done", job.error
+    at.run()
+    no_exceptions(at)
+    new = wb.current_version
+    assert new == start + 1 and at.selectbox(key=_pick_key(wb)).value == new
+    assert "77" in at.dataframe[0].value["seed"].tolist()
+    at.button(key="versions-again").click().run()
+    no_exceptions(at)
+    again = wb.jobs.current
+    assert again is not None and again.wait(120) and again.status == "done", again.error
+    at.run()
+    no_exceptions(at)
+    assert wb.current_version == new + 1 and wb.version(new + 1).parent == start
+    a = torch.load(wb.version(new).checkpoint, weights_only=True)["model"]
+    b = torch.load(wb.version(new + 1).checkpoint, weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert at.selectbox(key=_pick_key(wb)).value == new + 1
 
 
 def test_unknown_and_malformed_ids_start_fresh_and_say_so(app_workspace):

@@ -186,3 +186,36 @@ def test_evaluation_is_cached_per_version(workspace, tiny_data):
     assert wb.evaluation("test") is a
     with_f = wb.evaluation("test", with_features=True)
     assert with_f.features.shape == (len(tiny_data.ids("test")), wb.model.feature_dim)
+
+
+def test_train_again_with_the_same_seed_is_bit_identical(workspace, tiny_data):
+    """Issue 13: every run records its seed and config; replaying a version from its parent
+    reproduces its weights bit for bit on the CPU, and another seed does not."""
+    store = Store(workspace)
+    wb = _make(store, tiny_data)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=0.03, seed=1234, device="cpu")
+    job = wb.start_training(cfg, description="train", frozen=["conv1"])
+    assert job.wait(60) and job.status == "done", job.error
+    first = wb.version(1)
+    assert first.feedback["seed"] == 1234 and first.feedback["config"]["lr"] == 0.03
+    assert first.feedback["replayable"] and first.feedback["initial_frozen"] == ["conv1"]
+    reopened = Workbench.open(Store(workspace), wb.id, loader=_loader(tiny_data))
+    replay = reopened.replay_config(1)
+    assert replay is not None
+    cfg2, parent, frozen = replay
+    assert cfg2 == cfg and parent == 0 and frozen == ["conv1"]
+    # train something else on top first: the replay must start from the parent, not the current
+    job = wb.start_training(TrainConfig(epochs=1, batch_size=16, seed=5), description="other")
+    assert job.wait(60) and job.status == "done"
+    again = wb.start_training(cfg2, description="again", frozen=frozen, start_version=parent)
+    assert again.wait(60) and again.status == "done", again.error
+    assert wb.current_version == 3 and wb.version(3).parent == 0
+    a = torch.load(first.checkpoint, weights_only=True)["model"]
+    b = torch.load(wb.version(3).checkpoint, weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    other = wb.start_training(TrainConfig(**{**cfg2.__dict__, "seed": 99}), description="other seed",
+                              frozen=frozen, start_version=parent)
+    assert other.wait(60) and other.status == "done"
+    c = torch.load(wb.version(4).checkpoint, weights_only=True)["model"]
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    assert wb.replay_config(0) is None  # the base model was not trained here
