@@ -26,6 +26,8 @@ PAGES = [
     st.Page(str(ROOT / "pages" / "freezing.py"), title="Layer freezing", icon=":material/ac_unit:", url_path="freezing"),
     st.Page(str(ROOT / "pages" / "attention.py"), title="Attention", icon=":material/ads_click:", url_path="attention"),
     st.Page(str(ROOT / "pages" / "grid.py"), title="Grid feedback", icon=":material/grid_on:", url_path="grid"),
+    st.Page(str(ROOT / "pages" / "workbenches.py"), title="Workbenches", icon=":material/folder_open:",
+            url_path="workbenches"),
 ]
 
 

@@ -166,6 +166,20 @@ def _adopt(wb: Workbench) -> Boot:
     return Boot(wb)
 
 
+def open_workbench(wb_id: str) -> bool:
+    """Make ``wb_id`` this tab's workbench (from the workbench list). On an error the
+    current one stays and a message says why. Returns True on success."""
+    ss = st.session_state
+    old = ss.get(SESSION_KEY)
+    wb = _open(wb_id, "the current workbench stays")
+    if wb is None:
+        return False
+    if old and old != wb_id:
+        ss.setdefault("previous_workbenches", []).append(old)
+    _adopt(wb)
+    return True
+
+
 def base_model_job(source: str, arch: str):
     """The background job training the base model for ``source`` and ``arch`` (started if
     none is cached or running), or None when the base model is ready."""

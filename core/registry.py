@@ -69,6 +69,37 @@ class WorkbenchRegistry:
             self._seen[wb.id] = self._clock()
             return live
 
+    def delete(self, wb_id: str) -> None:
+        """Delete workbench ``wb_id``: its rows and its files. Refused with ``ValueError``
+        while one of its jobs runs (stop it first); ``KeyError`` for an unknown id."""
+        if self.store.get_workbench(wb_id) is None:
+            raise KeyError(f"No workbench {wb_id!r}.")
+        with self._lock:
+            wb = self._live.get(wb_id)
+            if wb is not None and wb.jobs.current is not None and wb.jobs.current.running:
+                raise ValueError(f"Workbench {wb_id} is training; stop its job before deleting it.")
+            self._live.pop(wb_id, None)
+            self._seen.pop(wb_id, None)
+        self.store.delete_workbench(wb_id, files=True)
+
+    def set_label(self, wb_id: str, *, name: str | None = None, note: str | None = None) -> None:
+        """Rename a workbench or change its note (kept in its settings; shown in the list).
+        The live object, if any, sees the change at once."""
+        values = {k: v.strip() for k, v in (("name", name), ("note", note)) if v is not None}
+        if "name" in values and len(values["name"]) > 80:
+            raise ValueError("A name can be at most 80 characters.")
+        if "note" in values and len(values["note"]) > 2000:
+            raise ValueError("A note can be at most 2,000 characters.")
+        with self._lock:
+            wb = self._live.get(wb_id)
+        if wb is not None:
+            wb.update_settings(**values)
+            return
+        record = self.store.get_workbench(wb_id)
+        if record is None:
+            raise KeyError(f"No workbench {wb_id!r}.")
+        self.store.update_workbench(wb_id, settings={**record.settings, **values})
+
     def live_ids(self) -> list[str]:
         with self._lock:
             return list(self._live)

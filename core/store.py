@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import sqlite3
 import threading
@@ -384,10 +385,33 @@ class Store:
             ).fetchall()
         return [WorkbenchRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6]) for r in rows]
 
-    def delete_workbench(self, wb_id: str) -> None:
-        """Remove a workbench's rows (versions, annotations, jobs, page state cascade)."""
+    def delete_workbench(self, wb_id: str, *, files: bool = False) -> None:
+        """Remove a workbench's rows (versions, annotations, jobs, page state cascade), and
+        with ``files`` its folder of checkpoints too (after the rows are gone: a crash in
+        between leaves files nobody lists, never a row pointing at missing files)."""
         with self._write() as db:
             db.execute("DELETE FROM workbenches WHERE id=?", (wb_id,))
+        if files and valid_workbench_id(wb_id):
+            folder = self.workbench_dir(wb_id)
+            if folder.is_dir():
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def workbench_summaries(self) -> list[dict[str, Any]]:
+        """Every workbench, most recently changed first: ``id``, ``name``, ``note``,
+        ``data_source``, ``arch``, ``versions`` (count), ``current_version``, ``created`` and
+        ``updated`` (the later of the row's change and its newest version)."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT w.id, w.created, w.updated, w.data_source, w.arch, w.settings, w.current_version, "
+                "COUNT(v.number), MAX(v.created) FROM workbenches w LEFT JOIN versions v ON v.workbench_id = w.id "
+                "GROUP BY w.id").fetchall()
+        out = []
+        for r in rows:
+            settings = json.loads(r[5])
+            out.append({"id": r[0], "name": str(settings.get("name", "")), "note": str(settings.get("note", "")),
+                        "data_source": r[3], "arch": r[4], "versions": int(r[7]), "current_version": int(r[6]),
+                        "created": float(r[1]), "updated": max(float(r[2]), float(r[8] or 0.0))})
+        return sorted(out, key=lambda x: -x["updated"])
 
     # ------------------------------------------------------------------ versions
     @staticmethod

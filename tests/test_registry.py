@@ -87,3 +87,44 @@ def test_deleted_workspace_forgets_live_workbenches(workspace, tiny_data):
     with pytest.raises(KeyError):
         reg.get(wb.id)
     assert reg.live_ids() == []
+
+
+def test_workbench_list_rename_note_and_delete_with_files(workspace, tiny_data):
+    """Issue 13: the list has every workbench with its version count; a name and a note are
+    kept; delete removes rows and files, and is refused while a job runs."""
+    import time
+
+    from core.engine import Callback
+
+    store = Store(workspace)
+    reg = WorkbenchRegistry(store, loader=lambda s, seed=0: tiny_data)
+    a = reg.add(_create(store, tiny_data))
+    b_id = _create(store, tiny_data).id  # not live: set_label goes to the store
+    job = a.start_training(TrainConfig(epochs=1, batch_size=16), description="one")
+    assert job.wait(60) and job.status == "done"
+    reg.set_label(a.id, name="  digits run ", note="try lr 0.05 next")
+    reg.set_label(b_id, name="second")
+    rows = {r["id"]: r for r in store.workbench_summaries()}
+    assert rows[a.id]["versions"] == 2 and rows[b_id]["versions"] == 1
+    assert rows[a.id]["name"] == "digits run" and rows[a.id]["note"] == "try lr 0.05 next"
+    assert rows[b_id]["name"] == "second" and a.settings["name"] == "digits run"
+    assert store.workbench_summaries()[0]["id"] in (a.id, b_id)
+    with pytest.raises(ValueError):
+        reg.set_label(a.id, name="x" * 81)
+
+    class Slow(Callback):
+        def on_step(self, info):
+            time.sleep(0.05)
+
+    running = a.start_training(TrainConfig(epochs=20, batch_size=8), description="long", listeners=[Slow()])
+    with pytest.raises(ValueError, match="stop its job"):
+        reg.delete(a.id)
+    running.stop()
+    assert running.wait(60)
+    folder = store.workbench_dir(a.id)
+    assert any(folder.glob("v*.pt"))
+    reg.delete(a.id)
+    assert not folder.exists() and store.get_workbench(a.id) is None and a.id not in reg.live_ids()
+    assert [r["id"] for r in store.workbench_summaries()] == [b_id]
+    with pytest.raises(KeyError):
+        reg.delete(a.id)

@@ -1,0 +1,59 @@
+"""AppTest of the Workbenches page: list, open, rename and note, delete with confirmation."""
+from __future__ import annotations
+
+from apptest_helpers import ROOT, app_workspace, new_app, no_exceptions, workbench_of  # noqa: F401  (fixture)
+
+from core.models import build_model
+from core.workbench import Workbench
+
+PAGE = str(ROOT / "pages" / "workbenches.py")
+
+
+def _texts(at) -> str:
+    return " ".join(str(x.value) for x in list(at.markdown) + list(at.caption) + list(at.success) + list(at.error))
+
+
+def test_list_open_rename_and_delete(app_workspace):
+    at = new_app(app_workspace).run()
+    here = workbench_of(at)
+    from app.state import get_registry, get_store
+
+    other = Workbench.create(get_store(), here.data, "digits", build_model("seed-cnn", 1, 28, 10, seed=3))
+    at.switch_page(PAGE).run()
+    no_exceptions(at)
+    table = at.dataframe[0].value
+    assert {here.id, other.id} <= set(table["id"])
+    assert table.loc[table["id"] == here.id, "open here"].item() == "●"
+    assert table.loc[table["id"] == other.id, "versions"].item() == 1
+
+    # rename and note the other workbench
+    at.selectbox(key="wbl-pick").set_value(other.id).run()
+    at.text_input(key=f"wbl-name-{other.id}").input("lr sweep")
+    at.text_area(key=f"wbl-note-{other.id}").input("compare with the first one")
+    at.button(key=f"wbl-save-{other.id}").click().run()
+    no_exceptions(at)
+    summary = {r["id"]: r for r in get_store().workbench_summaries()}[other.id]
+    assert summary["name"] == "lr sweep" and summary["note"] == "compare with the first one"
+
+    # the delete button stays disabled until the box is ticked; then rows and files go
+    assert at.button(key=f"wbl-delete-{other.id}").disabled
+    folder = get_store().workbench_dir(other.id)
+    assert folder.exists()
+    at.checkbox(key=f"wbl-sure-{other.id}").check().run()
+    at.button(key=f"wbl-delete-{other.id}").click().run()
+    no_exceptions(at)
+    assert get_store().get_workbench(other.id) is None and not folder.exists()
+    assert other.id not in set(at.dataframe[0].value["id"])
+
+    # open: a third workbench becomes this tab's, and the page goes Home
+    third = get_registry().add(Workbench.create(get_store(), here.data, "digits",
+                                                build_model("seed-cnn", 1, 28, 10, seed=4)))
+    at.run()
+    at.selectbox(key="wbl-pick").set_value(third.id).run()
+    at.button(key="wbl-open").click().run()
+    no_exceptions(at)
+    assert workbench_of(at).id == third.id
+    assert at.query_params["wb"] in (third.id, [third.id])
+    # the open one cannot be deleted from its own tab
+    at.switch_page(PAGE).run()
+    assert f"wbl-delete-{third.id}" not in {b.key for b in at.button}
