@@ -3,13 +3,53 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.data import DEFAULT_RHO
+from core.data.spec import DataError
+from core.data.uploads import discard_upload, store_upload
 from core.models import list_models
 from core.workbench import Workbench
 
-from app.state import BUILTIN_CHOICES, devices, notice, switch_workbench
+from app.state import BUILTIN_CHOICES, devices, get_store, notice, switch_workbench
 from app.widgets import pct, sidebar_job
 
 OWN_FOLDER = "Folder or archive…"
+
+
+def with_bias(source: str, biased: bool, rho: float) -> str:
+    """The source text with the biased-digits wrapper and its rho, when asked for."""
+    rho_part = "" if abs(rho - DEFAULT_RHO) < 1e-9 else f"?rho={rho:g}"
+    if source == "biased-digits":
+        return source + rho_part
+    return f"biased-digits:{source}{rho_part}" if biased else source
+
+
+def open_data(wb: Workbench, choice: str, folder: str, uploads: list, biased: bool, rho: float, arch: str) -> None:
+    """The sidebar's Open: an upload (stored, then opened like a path), a typed path, or a
+    built-in dataset, with the bias if asked. Errors leave the current workbench as it was."""
+    stored = None
+    if uploads:
+        data_dir = get_store().root / "data"
+        try:
+            stored = store_upload([(f.name, f.getvalue()) for f in uploads], data_dir)
+        except DataError as exc:
+            notice(f"Upload not opened: {exc}", "error")
+            st.rerun()
+        base = str(stored)
+    else:
+        base = folder if choice == OWN_FOLDER else choice
+        if choice == OWN_FOLDER and not folder.strip():
+            notice("Type a folder or archive path, or upload one, then Open.", "warning")
+            st.rerun()
+    source = with_bias(base, biased, rho)
+    if source == wb.data_source and arch == wb.arch:
+        notice("That dataset and model are already open.", "info")
+        st.rerun()
+    if switch_workbench(source, arch):
+        if stored is not None:  # a new uploader: the next Open does not send these files again
+            st.session_state["sb-upload-n"] = st.session_state.get("sb-upload-n", 0) + 1
+        st.rerun()
+    if stored is not None and not any(str(stored) in r.data_source for r in get_store().list_workbenches()):
+        discard_upload(stored, get_store().root / "data")  # nothing uses it: a bad upload leaves nothing
 
 
 def draw(wb: Workbench) -> None:
@@ -29,16 +69,25 @@ def draw(wb: Workbench) -> None:
                                    placeholder="data/quickdraw or data/cifar10.tar.gz", key="sb-folder",
                                    help="A Quick Draw folder of .npy files, an ImageFolder tree or a .tar.gz of one, "
                                         "inside the data folders this server allows.")
+            limit = int(st.get_option("server.maxUploadSize"))
+            with st.expander("Upload, or add a bias"):
+                uploads = st.file_uploader(
+                    f"Upload data (up to {limit} MB)", type=["zip", "gz", "tgz", "tar", "npy"],
+                    accept_multiple_files=True, key=f"sb-upload-{st.session_state.get('sb-upload-n', 0)}",
+                    help="A .zip or .tar.gz of an ImageFolder tree (one folder per class; a masks/ folder is optional), "
+                         "or Quick Draw .npy files (one per class). It is checked, stored in this workspace's data "
+                         "folder and opened; the Dataset choice above is ignored while files are here.")
+                biased = st.checkbox("Colour the background by class (biased digits)", key="sb-biased",
+                                     help="For digit images: paint each image's background in a colour that goes with "
+                                          "its class for a share rho of the training images, a shortcut the model can "
+                                          "learn (what the Attention and Grid feedback pages correct). The built-in "
+                                          "'biased-digits' choice always has it.")
+                rho = st.number_input("rho: share of training images whose colour matches the class", min_value=0.0,
+                                      max_value=1.0, value=DEFAULT_RHO, step=0.005, format="%.3f", key="sb-rho")
             models = list_models()
             arch = st.selectbox("Model", models, key="sb-model")
             if st.form_submit_button("Open", disabled=busy, width="stretch", key="sb-open"):
-                source = folder if choice == OWN_FOLDER else choice
-                if source != wb.data_source or arch != wb.arch:
-                    if switch_workbench(source, arch):
-                        st.rerun()
-                else:
-                    notice("That dataset and model are already open.", "info")
-                    st.rerun()
+                open_data(wb, choice, folder, uploads or [], biased, float(rho), arch)
         devs = devices()
         device = wb.settings.get("device", "cpu")
         picked = st.selectbox("Device", devs, index=devs.index(device) if device in devs else 0, key="sb-device",

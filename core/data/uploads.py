@@ -1,0 +1,214 @@
+"""Uploaded datasets: validate what a browser sent and store it under the workspace's
+``data/uploads/`` folder, where the normal readers open it.
+
+Accepted, as one upload:
+
+- a ``.zip`` of an ImageFolder tree (one folder per class; an optional ``masks/`` folder as
+  the attention page defines it): unpacked into a folder, member by member, after every
+  member passed the same checks as a tar archive's (no absolute path, no ``..``, no links)
+  and the unpacked size stays under a limit (a zip bomb is refused before anything is
+  written);
+- a ``.tar.gz`` / ``.tgz`` of the same: kept as it is (the readers open tar archives without
+  unpacking them) once its members pass the checks;
+- one or more Quick Draw ``.npy`` files (one class each): kept in a folder, each checked to be
+  a plain numeric array (``allow_pickle=False``: a pickled payload is refused).
+
+The stored name carries a hash of the content, so the same upload twice is stored once. The
+caller opens the returned path like a typed one; when that fails it calls
+:func:`discard_upload`, so a bad upload leaves nothing behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import shutil
+import stat
+import tarfile
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from core.data.folders import check_archive_members
+from core.data.spec import DataError
+
+UPLOADS_DIR = "uploads"
+MAX_UNPACKED_BYTES = 4 * 2**30  # a .zip may unpack to at most this much (zip bombs)
+MAX_MEMBERS = 500_000
+_SAFE = re.compile(r"[^A-Za-z0-9._ -]+")
+
+
+def upload_kind(name: str) -> str | None:
+    """"zip", "tar" or "npy" from a file name, or None for anything else."""
+    low = name.lower()
+    if low.endswith(".zip"):
+        return "zip"
+    if low.endswith((".tar.gz", ".tgz", ".tar")):
+        return "tar"
+    if low.endswith(".npy"):
+        return "npy"
+    return None
+
+
+def _safe_stem(name: str) -> str:
+    base = PurePosixPath(name.replace("\\", "/")).name
+    for suffix in (".tar.gz", ".tgz", ".tar", ".zip", ".npy"):
+        if base.lower().endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    return (_SAFE.sub("_", base).strip(" ._") or "upload")[:60]
+
+
+def store_upload(files: Sequence[tuple[str, bytes]], data_dir: str | Path, *,
+                 max_unpacked_bytes: int = MAX_UNPACKED_BYTES) -> Path:
+    """Validate ``files`` ((name, content) pairs, as uploaded) and store them under
+    ``data_dir/uploads``; returns the path to open. Raises :class:`DataError` with a
+    one-line reason (and stores nothing) when the upload is not one of the accepted forms."""
+    if not files:
+        raise DataError("Nothing was uploaded; choose a .zip or .tar.gz of class folders, or Quick Draw .npy files.")
+    kinds = {upload_kind(name) for name, _ in files}
+    if None in kinds:
+        bad = next(name for name, _ in files if upload_kind(name) is None)
+        raise DataError(f"{bad}: not a .zip, .tar.gz or .npy file; upload a .zip or .tar.gz of class folders, "
+                        "or Quick Draw .npy files")
+    if len(kinds) > 1 or (kinds != {"npy"} and len(files) > 1):
+        raise DataError("Upload one archive (.zip or .tar.gz), or any number of Quick Draw .npy files, not a mix.")
+    digest = hashlib.sha256()
+    for name, data in sorted(files):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    tag = digest.hexdigest()[:10]
+    root = Path(data_dir) / UPLOADS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    kind = kinds.pop()
+    name, data = files[0]
+    if kind == "tar":
+        return _store_tar(name, data, root, tag)
+    if kind == "zip":
+        return _store_zip(name, data, root, tag, max_unpacked_bytes)
+    return _store_npy(files, root, tag)
+
+
+def discard_upload(path: str | Path, data_dir: str | Path) -> None:
+    """Remove a stored upload (file or folder) that could not be opened. Only paths inside
+    ``data_dir/uploads`` are touched."""
+    root = (Path(data_dir) / UPLOADS_DIR).resolve()
+    p = Path(path).resolve()
+    top = p
+    while top.parent != root and top.parent != top:  # the folder an unpacked zip went into
+        top = top.parent
+    if top.parent != root:
+        return
+    if top.is_dir():
+        shutil.rmtree(top, ignore_errors=True)
+    else:
+        top.unlink(missing_ok=True)
+
+
+def _store_tar(name: str, data: bytes, root: Path, tag: str) -> Path:
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tf:
+            check_archive_members(tf.getmembers(), Path(name), action="store")
+    except tarfile.TarError as exc:
+        raise DataError(f"{name}: not a readable tar archive ({exc}); expected a .tar.gz of class folders") from exc
+    except (EOFError, OSError) as exc:  # gzip stream cut short: an interrupted upload
+        raise DataError(f"{name}: the archive is truncated or damaged ({exc}); upload it again") from exc
+    out = root / f"{_safe_stem(name)}-{tag}.tar.gz"
+    if not out.exists():
+        tmp = out.with_suffix(".part")
+        tmp.write_bytes(data)
+        tmp.replace(out)
+    return out
+
+
+def _zip_member_problem(info: zipfile.ZipInfo) -> str | None:
+    name = info.filename
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    drive = len(name) > 1 and name[0].isalpha() and name[1] == ":"
+    if name.startswith(("/", "\\")) or drive or ".." in parts:
+        return "points outside the archive"
+    mode = info.external_attr >> 16  # Unix mode, when the zip was made on Unix; else 0
+    if stat.S_ISLNK(mode):
+        return "is a symbolic link"
+    if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return "is a device file or pipe"
+    return None
+
+
+def _store_zip(name: str, data: bytes, root: Path, tag: str, max_unpacked: int) -> Path:
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"{name}: not a readable .zip file ({exc}); was the upload cut short?") from exc
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > MAX_MEMBERS:
+            raise DataError(f"{name}: {len(infos):,} members, more than the {MAX_MEMBERS:,} allowed")
+        total = 0
+        for info in infos:
+            why = _zip_member_problem(info)
+            if why:
+                raise DataError(f"archive member {info.filename!r} {why}; refusing to store {name} "
+                                "(an archive of images should hold only folders and regular files)")
+            total += info.file_size
+        if total > max_unpacked:
+            raise DataError(f"{name} would unpack to {total / 2**20:,.0f} MB, more than the "
+                            f"{max_unpacked / 2**20:,.0f} MB allowed")
+        out = root / f"{_safe_stem(name)}-{tag}"
+        if not out.exists():
+            tmp = root / f".{out.name}.part"
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                for info in infos:
+                    parts = [p for p in PurePosixPath(info.filename.replace("\\", "/")).parts if p not in ("", ".")]
+                    if not parts or parts[0] == "__MACOSX" or parts[-1].startswith("._"):
+                        continue  # macOS resource forks: not images
+                    target = tmp.joinpath(*parts)
+                    if info.is_dir():
+                        target.mkdir(parents=True, exist_ok=True)
+                        continue
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(info) as src, open(target, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise DataError(f"{name}: could not unpack ({exc}); the upload may be damaged") from exc
+            tmp.replace(out)
+    return _descend(out)
+
+
+def _descend(folder: Path) -> Path:
+    """A zip of ``mydata/cat/..., mydata/dog/...`` opens at ``mydata``: go down while a folder
+    holds exactly one folder and no files."""
+    while True:
+        entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
+        if len(entries) == 1 and entries[0].is_dir() and entries[0].name != "masks":
+            folder = entries[0]
+        else:
+            return folder
+
+
+def _store_npy(files: Sequence[tuple[str, bytes]], root: Path, tag: str) -> Path:
+    stems = [_safe_stem(name) for name, _ in files]
+    if len(set(stems)) != len(stems):
+        raise DataError("Two uploaded .npy files have the same class name; give each class one file.")
+    for (name, data), stem in zip(files, stems):
+        try:
+            arr = np.load(io.BytesIO(data), allow_pickle=False, mmap_mode=None)
+        except ValueError as exc:
+            raise DataError(f"{name}: holds Python objects (a pickle), not a numeric array; refused") from exc
+        except (OSError, EOFError) as exc:
+            raise DataError(f"{name}: not a readable .npy file ({exc})") from exc
+        if arr.dtype.kind not in "uif" or arr.ndim not in (2, 3):
+            raise DataError(f"{name}: expected Quick Draw bitmaps (N x 784 or N x 28 x 28 numbers), "
+                            f"got {arr.dtype} of shape {arr.shape}")
+    out = root / f"quickdraw-{tag}"
+    if not out.exists():
+        tmp = root / f".{out.name}.part"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for (_, data), stem in zip(files, stems):
+            (tmp / f"{stem}.npy").write_bytes(data)
+        tmp.replace(out)
+    return out
