@@ -22,6 +22,24 @@ def colour(c: int) -> str:
     return PALETTE[c % len(PALETTE)]
 
 
+def add_encoding_legend(fig: go.Figure, classes: list[str], *, present_pred: list[int], present_true: list[int]) -> None:
+    """Legend entries that say what the marks mean, one group each: colour = predicted class
+    (a click hides that class's points), marker shape = true class (grey, so no colour is
+    implied), a dark outline = misclassified. A trace's own legend entry would show its first
+    point's shape, which suggested that shapes belong to the predicted class."""
+    for j, c in enumerate(present_pred):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=classes[c], legendgroup=f"pred-{c}",
+                                 legendgrouptitle_text="colour = predicted class" if j == 0 else None,
+                                 marker=dict(color=colour(c), symbol="circle", size=9)))
+    for j, c in enumerate(present_true):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=classes[c], legendgroup="true",
+                                 legendgrouptitle_text="marker = true class" if j == 0 else None, hoverinfo="skip",
+                                 marker=dict(color="#6b7280", symbol=SYMBOLS[c % len(SYMBOLS)], size=9)))
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="misclassified (larger, outlined)",
+                             legendgroup="wrong", hoverinfo="skip",
+                             marker=dict(color="#e5e7eb", size=12, line=dict(color="#111827", width=1.5))))
+
+
 def workspace_figure(view: LatentView, classes: list[str], moves: MoveList, shown: np.ndarray, *,
                      highlight: np.ndarray | None = None, dragmode: str = "lasso", title: str = "",
                      uirevision: str = "latent") -> go.Figure:
@@ -43,6 +61,7 @@ def workspace_figure(view: LatentView, classes: list[str], moves: MoveList, show
         wrong = view.wrong[sel]
         fig.add_trace(go.Scatter(
             x=coords[sel, 0].tolist(), y=coords[sel, 1].tolist(), mode="markers", name=f"pred {classes[c]}",
+            legendgroup=f"pred-{c}", showlegend=False,  # the legend's own entries below say what encodes what
             customdata=view.ids[sel].tolist(),
             text=[f"id {view.ids[i]}<br>true {classes[view.labels[i]]}<br>pred {classes[view.preds[i]]} "
                   f"({100 * view.probs[i].max():.0f}%)" + ("<br><b>moved</b>" if i in moved_idx else "") for i in sel],
@@ -51,6 +70,8 @@ def workspace_figure(view: LatentView, classes: list[str], moves: MoveList, show
                         size=[12 if w else 7 for w in wrong], opacity=0.85,
                         line=dict(color=["#111827" if w else "rgba(0,0,0,0)" for w in wrong], width=1.5)),
         ))
+    add_encoding_legend(fig, classes, present_pred=sorted(set(view.preds[shown_set].tolist())),
+                        present_true=sorted(set(view.labels[shown_set].tolist())))
     if moves.moves:
         xs, ys = [], []
         for e, m in moves.moves.items():

@@ -226,16 +226,25 @@ def job_status(wb: Workbench, job: Job, view: dict, key: str, *, pausable: bool 
 
 
 def live_job(wb: Workbench, key: str, draw: Callable[[Job | None, dict | None], None] | None = None, *,
-             pausable: bool = False) -> None:
+             pausable: bool = False, kinds: tuple[str, ...] | None = None) -> None:
     """A fragment that polls the workbench's current job every POLL_S seconds while it is
     active: its status, then ``draw(job, view)`` (default: the loss and accuracy chart). Any
-    tab of the workbench sees it; a full rerun follows when the job starts or ends."""
+    tab of the workbench sees it; a full rerun follows when the job starts or ends.
+
+    ``kinds``: the job kinds this place shows in full (e.g. only the latent page's Updates
+    in its result window); another kind's job is named in one line while it runs, and its
+    result is not shown here."""
     job = wb.jobs.current
     running = job is not None and job.running
 
     @st.fragment(run_every=POLL_S if running else None)
     def live() -> None:
         job = wb.jobs.current
+        if job is not None and kinds is not None and job.kind not in kinds:
+            if job.running:
+                st.caption(f"Another job runs on this workbench: {job.description} (see its page). This page's "
+                           "actions wait until it ends.")
+            job = None
         view = job_view(job, key) if job is not None else None
         if view is not None:
             job_status(wb, job, view, key, pausable=pausable)

@@ -200,7 +200,7 @@ def start_update(wb: Workbench, branch: ProjectionBranch, moves: MoveList, view:
                 **moves.to_json()}
     return wb.start_training(config, description=f"latent edit: {len(moves)} moves ({settings.variant})",
                              loss_terms={"latent": loss}, weights={"cls": settings.w_cls, "latent": settings.w_dis},
-                             feedback=feedback, keep_if_stopped=False)
+                             feedback=feedback, keep_if_stopped=False, kind="latent")
 
 
 def update_summary(wb: Workbench, before: LatentView, after: LatentView, moves: MoveList,

@@ -63,11 +63,18 @@ def persist(message: str | None = None) -> None:
         notice(message, "success")
 
 
+def consume_selection() -> None:
+    """The chart keeps one key for the whole visit, so plotly keeps the user's zoom and pan
+    across moves (``uirevision``); a fresh key would reset them. The selection that was just
+    acted on is remembered instead, and ignored until the user selects something else."""
+    ss["lat-consumed"] = ss.get("lat-last-selection")
+
+
 def edit_moves(operation) -> None:
-    """Undo, redo or clear: change the list, save it, clear the chart's selection, redraw."""
+    """Undo, redo or clear: change the list, save it, drop the chart's selection, redraw."""
     operation()
     persist()
-    ss["lat-chart-n"] += 1
+    consume_selection()
     st.rerun()
 
 
@@ -79,7 +86,7 @@ def move_to(example_ids: list[int], targets: list[tuple[float, float]]) -> None:
     idx = view.index_of()
     moves.add([Move(int(e), tuple(map(float, view.coords[idx[int(e)]])), t) for e, t in zip(example_ids, targets)])
     persist(f"Moved {len(example_ids)} point{'s' if len(example_ids) != 1 else ''}.")
-    ss["lat-chart-n"] += 1  # a fresh chart clears the selection
+    consume_selection()
 
 
 def on_drag() -> None:
@@ -146,6 +153,9 @@ with left:
         points = (event or {}).get("selection", {}).get("points", []) if event else []
         selected = sorted({int(p["customdata"][0] if isinstance(p.get("customdata"), list) else p["customdata"])
                            for p in points if p.get("customdata") is not None})
+        ss["lat-last-selection"] = tuple(selected)
+        if selected and tuple(selected) == ss.get("lat-consumed"):
+            selected = []  # already moved (or undone): wait for a new selection
         idx = view.index_of()
         with st.container(key="lat-selection"):
             if not selected:
@@ -240,9 +250,9 @@ with left:
 
 with right:
     st.subheader("Result window")
-    live_job(wb, key="lat")
+    live_job(wb, key="lat", kinds=("latent",))
     pending = wb.get_state(PENDING_KEY)
-    if pending is not None and not busy and job is not None:
+    if pending is not None and not busy and job is not None and job.kind == "latent":
         if isinstance(job.result, VersionRecord) and job.result.number == wb.current_version \
                 and wb.current_version != pending["version_before"]:
             finish_update(wb, pending, latent_view(wb, branch))
@@ -253,6 +263,10 @@ with right:
 
     result = wb.get_state(RESULT_KEY)
     with st.container(key="lat-result"):
+        if result and result.get("version") != wb.current_version:
+            st.caption(f"The last Update made v{result.get('version')}; the current version is v{wb.current_version} "
+                       "(restored or trained since), so its result is not drawn on this projection.")
+            result = None
         if not result:
             st.info("Press **Update** after moving points: the fine-tuned model's projection appears here, with a line "
                     "from each moved point's old to its new position.")
@@ -274,7 +288,8 @@ with right:
                 "image": r["example_id"], "true": classes[r["true"]], "before": classes[r["pred_before"]],
                 "after": classes[r["pred_after"]], "fixed": "✓" if r["pred_after"] == r["true"] else "✗",
                 "distance to target": f"{r['dist_before']:.2f} → {r['dist_after']:.2f}",
-            } for r in result["moved"]]), hide_index=True, width="stretch", height=220)
+            } for r in result["moved"]]), hide_index=True, width="stretch",
+                height=min(35 * (len(result["moved"]) + 1) + 3, 250))  # no empty rows below a short list
             if result["per_class_change"]:
                 st.plotly_chart(go.Figure(go.Bar(x=classes, y=[100 * (v or 0) for v in result["per_class_change"]],
                                                  marker_color="#2563eb")).update_layout(
