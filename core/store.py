@@ -539,6 +539,18 @@ class Store:
         with self._write() as db:
             self._put_state(db, wb_id, key, value, time.time())
 
+    def all_state(self, wb_id: str) -> dict[str, Any]:
+        """Every page-state key of a workbench with its value (for exports)."""
+        with self._read() as db:
+            rows = db.execute("SELECT key, value FROM page_state WHERE workbench_id=? ORDER BY key", (wb_id,)).fetchall()
+        out = {}
+        for key, value in rows:
+            try:
+                out[key] = json.loads(value)
+            except ValueError:  # written by a newer release in another form: export it as text
+                out[key] = value
+        return out
+
     def get_state(self, wb_id: str, key: str, default: Any = None) -> Any:
         with self._read() as db:
             row = db.execute("SELECT value FROM page_state WHERE workbench_id=? AND key=?", (wb_id, key)).fetchone()

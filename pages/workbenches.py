@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from app.state import current_workbench, get_registry, get_store, notice, open_workbench
+from core.export import workbench_bundle
 
 HOME = str(Path(__file__).resolve().parent / "home.py")
 wb = current_workbench()
@@ -62,6 +63,13 @@ with st.container(border=True, key="wbl-detail"):
             else:
                 notice("Saved the name and note.", "success")
                 st.rerun()
+    d1, d2 = st.columns([1, 2])
+    with_ckpt = d2.checkbox("with checkpoints", key=f"wbl-ckpt-{picked}",
+                            help="Add every version's weights (.pt); without them the zip holds metadata, metrics, "
+                                 "training histories, annotations, reports and jobs (CSV and JSON).")
+    d1.download_button("Download all (zip)", data=lambda: workbench_bundle(get_store(), picked, checkpoints=with_ckpt),
+                       file_name=f"steerboard-{picked}{'-with-checkpoints' if with_ckpt else ''}.zip",
+                       mime="application/zip", key=f"wbl-download-{picked}", on_click="ignore", width="stretch")
     if picked == wb.id:
         st.caption("This tab has this workbench open; open another one to delete it.")
     else:

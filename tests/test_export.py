@@ -1,0 +1,51 @@
+"""The per-workbench export: versions, histories, annotations, page state and jobs in one zip,
+checkpoints only on request."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+
+import pytest
+
+from core.engine import TrainConfig
+from core.export import workbench_bundle
+from core.models import build_model
+from core.store import Store
+from core.workbench import Workbench
+
+
+def test_bundle_holds_everything_made_on_the_workbench(workspace, tiny_data):
+    store = Store(workspace)
+    wb = Workbench.create(store, tiny_data, "tiny", build_model("seed-cnn", 1, 16, tiny_data.num_classes, seed=0))
+    job = wb.start_training(TrainConfig(epochs=2, batch_size=16, seed=42), description="two epochs")
+    assert job.wait(60) and job.status == "done"
+    wb.add_annotations("latent", [(3, {"target": [1.0, 2.0]}), (5, {"target": [0.5, -1.0]})])
+    wb.add_annotations("attention", [(7, {"clicks": [[4, 5, 1]]})])
+    wb.put_state("monitor.retrain", {"fixed": 3, "of": 4})
+    wb.update_settings(name="demo", note="for the lab meeting")
+
+    z = zipfile.ZipFile(io.BytesIO(workbench_bundle(store, wb.id)))
+    names = set(z.namelist())
+    assert {"manifest.json", "versions.csv", "versions.json", "history/v1.csv", "annotations.csv",
+            "annotations.json", "page_state.json", "jobs.csv"} <= names
+    assert not any(n.startswith("checkpoints/") for n in names)
+    manifest = json.loads(z.read("manifest.json"))
+    assert manifest["workbench"]["name"] == "demo" and manifest["counts"] == {"versions": 2, "annotations": 3}
+    versions = list(csv.DictReader(io.StringIO(z.read("versions.csv").decode())))
+    assert [r["version"] for r in versions] == ["0", "1"] and versions[1]["parent"] == "0"
+    assert versions[1]["seed"] == "42" and json.loads(versions[1]["config"])["epochs"] == 2
+    assert float(versions[1]["test_acc"]) == pytest.approx(wb.version(1).metrics["test_acc"])
+    history = list(csv.DictReader(io.StringIO(z.read("history/v1.csv").decode())))
+    assert [int(r["epoch"]) for r in history] == [0, 1] and all(float(r["train_loss"]) > 0 for r in history)
+    anns = json.loads(z.read("annotations.json"))
+    assert sorted((a["kind"], a["example_id"]) for a in anns) == [("attention", 7), ("latent", 3), ("latent", 5)]
+    assert json.loads(z.read("page_state.json"))["monitor.retrain"] == {"fixed": 3, "of": 4}
+    jobs = list(csv.DictReader(io.StringIO(z.read("jobs.csv").decode())))
+    assert [j["status"] for j in jobs] == ["done"]
+
+    with_ckpt = zipfile.ZipFile(io.BytesIO(workbench_bundle(store, wb.id, checkpoints=True)))
+    assert with_ckpt.read("checkpoints/v1.pt") == wb.checkpoint_bytes(1)
+    with pytest.raises(KeyError):
+        workbench_bundle(store, "0123456789ab")
