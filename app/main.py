@@ -11,13 +11,24 @@ if str(ROOT) not in sys.path:  # `import core` / `import app` from any working d
 
 import streamlit as st  # noqa: E402
 
+st.set_page_config(page_title="steerboard", page_icon=":material/explore:", layout="wide")
+# A light shell first: on a server's first run, importing PyTorch and the model library takes
+# seconds, and Streamlit sends each element as the script reaches it, so this shows at once
+# instead of a blank page (as does a tab's first run, which opens or creates its workbench).
+# Later runs skip it.
+shell = st.empty()
+if "torch" not in sys.modules or "wb_id" not in st.session_state:  # app.state.SESSION_KEY: a tab's first run
+    with shell.container(key="app-shell"):
+        st.markdown("## steerboard")
+        st.caption("Starting: loading PyTorch and the model library, then your workbench (a few seconds, once per "
+                   "server start).")
+
 from app import sidebar  # noqa: E402
 from app.state import boot, configure_threads, show_notices  # noqa: E402
 from app.widgets import remember_job  # noqa: E402
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 configure_threads()
-st.set_page_config(page_title="steerboard", page_icon=":material/explore:", layout="wide")
 
 PAGES = [
     st.Page(str(ROOT / "pages" / "home.py"), title="Home", icon=":material/home:", default=True),
@@ -57,6 +68,7 @@ def waiting_for_base(job) -> None:
 
 
 state = boot()
+shell.empty()
 if state.workbench is None:
     waiting_for_base(state.base_job)
 else:

@@ -4,11 +4,15 @@ Entries (times in seconds; ``target`` is the largest passing time):
 
 - ``idle_rerun_<page>``: median wall time of ``AppTest.run()`` on a page with nothing new to
   compute (after a first run that loads everything), on a cached base model. Target 0.2 s.
+- ``first_paint``: from opening the app's URL in Chromium (the server just reported healthy;
+  its first script run has not finished) to the app's first text on screen (the start shell,
+  the base-model progress or Home); median over the cached starts. Target 1 s.
 - ``cached_start``: from launching ``streamlit run app/main.py`` to Home rendered in Chromium
   (``.st-key-home-metrics`` showing an accuracy), with the base model cached in the
   workspace; median over fresh server processes. Target 5 s.
 - ``first_start`` (with ``--first-start``): the same on an EMPTY workspace, where the server
-  trains the default base model in the background first. Target 60 s.
+  trains the default base model in the background first; median over ``--starts`` fresh
+  empty workspaces. Target 45 s.
 
     python benchmarks/app_latency.py [--reruns 20] [--starts 3] [--first-start] [--quick] [--json PATH]
 
@@ -88,7 +92,7 @@ def _grid_review(at) -> None:
 
 SETUP = {"attention": _attention_round, "grid": _grid_review}  # pages measured in a state reached by gestures first
 
-TARGETS = {"idle_rerun": 0.2, "cached_start": 5.0, "first_start": 60.0}
+TARGETS = {"idle_rerun": 0.2, "first_paint": 1.0, "cached_start": 5.0, "first_start": 45.0}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -231,11 +235,15 @@ def time_to_home(browser, workspace: Path, log: Path, timeout_s: float) -> dict:
     try:
         server.wait_healthy()
         healthy = time.perf_counter() - t0
-        page.goto(server.url)
-        progress_seen = None
+        t_goto = time.perf_counter()
+        page.goto(server.url, wait_until="commit")
+        progress_seen = paint = None
         metrics = page.locator(".st-key-home-metrics")
+        useful = page.locator(".st-key-app-shell, .st-key-base-progress, .st-key-home-metrics")
         deadline = time.perf_counter() + timeout_s
-        while True:  # poll: also note when the first-start progress page showed
+        while True:  # poll: note the first paint of the app, and when the first-start progress page showed
+            if paint is None and useful.count() and useful.first.inner_text().strip():
+                paint = time.perf_counter() - t_goto
             if progress_seen is None and page.locator(".st-key-base-progress").count():
                 progress_seen = time.perf_counter() - t0
             if metrics.count() and ACCURACY.search(metrics.first.inner_text()):
@@ -245,7 +253,7 @@ def time_to_home(browser, workspace: Path, log: Path, timeout_s: float) -> dict:
             page.wait_for_timeout(50)
         total = time.perf_counter() - t0
         errors = page.locator('[data-testid="stException"]').count()
-        return {"total_s": total, "healthy_s": healthy, "render_s": total - healthy,
+        return {"total_s": total, "healthy_s": healthy, "render_s": total - healthy, "first_paint_s": paint,
                 "progress_page_s": progress_seen, "exceptions": errors}
     finally:
         ctx.close()
@@ -273,6 +281,15 @@ def browser_starts(base: Path, tmp: Path, starts: int, first_start: bool) -> lis
                 shutil.copy2(base, ws / "base" / BASE_NAME)
                 runs.append(time_to_home(browser, ws, tmp / f"cached-{i}.log", timeout_s=120))
             ours = median([r["total_s"] for r in runs])
+            paints = [r["first_paint_s"] for r in runs if r["first_paint_s"] is not None]
+            rows.append({
+                "name": "first_paint", "ours_s": median(paints) if paints else None, "target": TARGETS["first_paint"],
+                "pass": bool(paints) and len(paints) == len(runs) and median(paints) <= TARGETS["first_paint"],
+                "params": {"starts": starts, "all_s": [r["first_paint_s"] for r in runs],
+                           "from": "page.goto on a server that reports healthy (its first script run not done)",
+                           "to": "the app's first text: the start shell, the base-model progress or Home",
+                           "browser": "chromium (headless, new context per start)", **machine(), **load()},
+            })
             rows.append({
                 "name": "cached_start", "ours_s": ours, "target": TARGETS["cached_start"],
                 "pass": ours <= TARGETS["cached_start"] and all(r["exceptions"] == 0 for r in runs),
@@ -284,15 +301,21 @@ def browser_starts(base: Path, tmp: Path, starts: int, first_start: bool) -> lis
                            "browser": "chromium (headless, new context per start)", **machine(), **load()},
             })
             if first_start:
-                ws = tmp / "empty"
-                ws.mkdir()
-                r = time_to_home(browser, ws, tmp / "empty.log", timeout_s=300)
+                firsts = []
+                for i in range(starts):
+                    ws = tmp / f"empty-{i}"
+                    ws.mkdir()
+                    firsts.append(time_to_home(browser, ws, tmp / f"empty-{i}.log", timeout_s=300))
+                ours = median([r["total_s"] for r in firsts])
                 rows.append({
-                    "name": "first_start", "ours_s": r["total_s"], "target": TARGETS["first_start"],
-                    "pass": r["total_s"] <= TARGETS["first_start"] and r["exceptions"] == 0,
-                    "params": {"workspace": "empty (base model trained in the background)",
-                               "healthy_s": r["healthy_s"], "progress_page_s": r["progress_page_s"],
-                               "exceptions": r["exceptions"], **machine(), **load()},
+                    "name": "first_start", "ours_s": ours, "target": TARGETS["first_start"],
+                    "pass": ours <= TARGETS["first_start"] and all(r["exceptions"] == 0 for r in firsts),
+                    "params": {"workspace": "empty (base model trained in the background)", "starts": starts,
+                               "all_s": [r["total_s"] for r in firsts],
+                               "healthy_s": median([r["healthy_s"] for r in firsts]),
+                               "progress_page_s": [r["progress_page_s"] for r in firsts],
+                               "first_paint_s": [r["first_paint_s"] for r in firsts],
+                               "exceptions": sum(r["exceptions"] for r in firsts), **machine(), **load()},
                 })
         finally:
             browser.close()
