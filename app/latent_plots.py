@@ -42,7 +42,7 @@ def add_encoding_legend(fig: go.Figure, classes: list[str], *, present_pred: lis
 
 def workspace_figure(view: LatentView, classes: list[str], moves: MoveList, shown: np.ndarray, *,
                      highlight: np.ndarray | None = None, dragmode: str = "lasso", title: str = "",
-                     uirevision: str = "latent") -> go.Figure:
+                     uirevision: str = "latent", ranges: dict[str, list[float]] | None = None) -> go.Figure:
     """Scatter of the pool points ``shown`` (indices into the view): colour = predicted class,
     marker = true class, mistakes larger with a dark outline, moved points drawn at their
     target with a line from where they were. ``customdata`` carries the example id."""
@@ -86,7 +86,22 @@ def workspace_figure(view: LatentView, classes: list[str], moves: MoveList, show
     fig.update_layout(height=520, margin=dict(l=10, r=10, t=40 if title else 10, b=10), dragmode=dragmode,
                       title=title or None, uirevision=uirevision, legend=dict(orientation="h", y=-0.08),
                       xaxis=dict(showgrid=False, zeroline=False), yaxis=dict(showgrid=False, zeroline=False))
+    if ranges:  # the page's own zoom (see zoom_to): kept across reruns, unlike plotly's
+        fig.update_xaxes(range=list(ranges["x"]))
+        fig.update_yaxes(range=list(ranges["y"]))
     return fig
+
+
+def zoom_to(coords: np.ndarray, margin: float = 0.1) -> dict[str, list[float]]:
+    """Axis ranges around ``coords`` (n, 2) with a ``margin`` share of their extent on each
+    side (at least a small absolute one, so one point is not a zero-width view).
+
+    Streamlit remounts a plotly chart whenever its figure changes (the figure is part of the
+    element's identity), which resets plotly's own zoom on every move; ranges the page keeps
+    and puts in the figure survive."""
+    lo, hi = coords.min(0), coords.max(0)
+    pad = np.maximum((hi - lo) * margin, 0.05)
+    return {"x": [float(lo[0] - pad[0]), float(hi[0] + pad[0])], "y": [float(lo[1] - pad[1]), float(hi[1] + pad[1])]}
 
 
 def result_figure(before: LatentView, after: LatentView, classes: list[str], moves: MoveList) -> go.Figure:

@@ -8,7 +8,15 @@ import plotly.graph_objects as go
 import streamlit as st
 from streamlit_drawable_canvas import st_canvas
 
-from app.latent_plots import CanvasFrame, canvas_background, draggable_drawing, object_centre, result_figure, workspace_figure
+from app.latent_plots import (
+    CanvasFrame,
+    canvas_background,
+    draggable_drawing,
+    object_centre,
+    result_figure,
+    workspace_figure,
+    zoom_to,
+)
 from app.state import current_workbench, notice
 from app.widgets import live_job, pct, to_pil
 from core.feedback.latent import VARIANTS, Move, MoveList, candidates, class_centroids
@@ -64,9 +72,8 @@ def persist(message: str | None = None) -> None:
 
 
 def consume_selection() -> None:
-    """The chart keeps one key for the whole visit, so plotly keeps the user's zoom and pan
-    across moves (``uirevision``); a fresh key would reset them. The selection that was just
-    acted on is remembered instead, and ignored until the user selects something else."""
+    """The selection just acted on is remembered and ignored until the user selects
+    something else (the chart keeps one key for the visit)."""
     ss["lat-consumed"] = ss.get("lat-last-selection")
 
 
@@ -146,10 +153,19 @@ with left:
 
     tab_select, tab_drag = st.tabs(["Select and move", "Drag a point"], key="lat-tabs")
     with tab_select:
-        fig = workspace_figure(view, classes, moves, shown, highlight=highlight, dragmode="lasso" if tool == "lasso" else "select")
+        fig = workspace_figure(view, classes, moves, shown, highlight=highlight, dragmode="lasso" if tool == "lasso" else "select",
+                               ranges=ss.get("lat-zoom"))
         with st.container(key="lat-workspace"):
+            # plotly's own zoom and pan are left out: Streamlit redraws the chart from scratch after
+            # every move, which would undo them; the page's zoom (below) is kept instead
             event = st.plotly_chart(fig, key=chart_key(), on_select="rerun", selection_mode=("points", "box", "lasso"),
-                                    width="stretch")
+                                    width="stretch", config={"modeBarButtonsToRemove": [
+                                        "zoom2d", "pan2d", "zoomIn2d", "zoomOut2d", "autoScale2d", "resetScale2d"],
+                                        "scrollZoom": False})
+        if ss.get("lat-zoom") and st.button("Show all points", key="lat-zoom-out", icon=":material/zoom_out_map:",
+                                           help="Back to the whole projection."):
+            ss["lat-zoom"] = None
+            st.rerun()
         points = (event or {}).get("selection", {}).get("points", []) if event else []
         selected = sorted({int(p["customdata"][0] if isinstance(p.get("customdata"), list) else p["customdata"])
                            for p in points if p.get("customdata") is not None})
@@ -160,11 +176,17 @@ with left:
         with st.container(key="lat-selection"):
             if not selected:
                 st.caption("Box- or lasso-select points (switch the tool above), then move them to a class centroid "
-                           "or by an offset. Double-click the chart to clear the selection.")
+                           "or by an offset, or zoom to them. Double-click the chart to clear the selection.")
             else:
                 sel_i = [idx[e] for e in selected if e in idx]
                 n_wrong = int(view.wrong[sel_i].sum())
-                st.markdown(f"**{len(selected)} selected**, {n_wrong} misclassified.")
+                z1, z2 = st.columns([3, 1])
+                z1.markdown(f"**{len(selected)} selected**, {n_wrong} misclassified.")
+                if z2.button("Zoom to selection", key="lat-zoom-in", icon=":material/zoom_in:", width="stretch",
+                             help="Show only this part of the projection; the zoom stays while you move points."):
+                    ss["lat-zoom"] = zoom_to(view.coords[sel_i])
+                    consume_selection()
+                    st.rerun()
                 cols = st.columns(8)
                 for col, i in zip(cols * 2, sel_i[:16]):
                     col.image(to_pil(wb.data.images[int(view.ids[i])]), caption=f"{classes[view.labels[i]]}→{classes[view.preds[i]]}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from browser_helpers import Page, expect, expect_text
 
 LONG = 90_000
@@ -48,4 +50,55 @@ def test_drag_a_point_then_update_makes_version_and_summary(page: Page, app_url:
     expect_text(page, RESULT, "Moved images now right", UPDATE)
     expect_text(page, RESULT, re.compile(r"\d+ / 1"), LONG)
     expect_text(page, ".st-key-sb-version", re.compile(r"Model version:\s*v1\b"), LONG)
+    assert page.locator(EXCEPTION).count() == 0
+
+
+RANGES = """() => {
+  const gd = document.querySelector('.st-key-lat-workspace .js-plotly-plot');
+  if (!gd || !gd._fullLayout) return null;
+  return {x: gd._fullLayout.xaxis.range.slice(), y: gd._fullLayout.yaxis.range.slice()};
+}"""
+
+
+def _drag(page: Page, box, fx0: float, fy0: float, fx1: float, fy1: float) -> None:
+    """Press, move and release the mouse over fractions of ``box`` (the plot area)."""
+    page.mouse.move(box["x"] + fx0 * box["width"], box["y"] + fy0 * box["height"])
+    page.mouse.down()
+    page.mouse.move(box["x"] + fx1 * box["width"], box["y"] + fy1 * box["height"], steps=15)
+    page.mouse.up()
+
+
+def test_zoom_survives_a_move(page: Page, app_url: str):
+    """Issue 13: zoom into part of the projection, box-select points there, move them by an
+    offset: the chart keeps the zoom. (Streamlit redraws a plotly chart from scratch when its
+    figure changes, so the zoom is the page's own: "Zoom to selection", kept across moves.)"""
+    page.goto(app_url.rstrip("/") + "/latent")
+    chart = page.locator(".st-key-lat-workspace .js-plotly-plot")
+    expect(chart).to_be_visible(timeout=LONG)
+    expect_text(page, MOVES, "Moves: 0", LONG)
+    page.wait_for_function(f"({RANGES})() !== null", timeout=LONG)
+    full = page.evaluate(RANGES)
+    page.get_by_text("box", exact=True).click()  # the Tool radio: box select
+    page.wait_for_timeout(1000)
+    _drag(page, chart.locator(".nsewdrag").first.bounding_box(), 0.3, 0.3, 0.7, 0.7)
+    expect_text(page, ".st-key-lat-selection", re.compile(r"\d+ selected"), LONG)
+    page.locator('.st-key-lat-zoom-in button:visible').first.click()
+    page.wait_for_function(f"(r) => {{ const n = ({RANGES})(); return n && n.x[1] - n.x[0] < 0.8 * (r.x[1] - r.x[0]); }}",
+                           arg=full, timeout=LONG)
+    expect(page.locator(".st-key-lat-zoom-out")).to_be_visible(timeout=LONG)
+    zoomed = page.evaluate(RANGES)
+    chart = page.locator(".st-key-lat-workspace .js-plotly-plot")
+    _drag(page, chart.locator(".nsewdrag").first.bounding_box(), 0.1, 0.1, 0.9, 0.9)
+    expect_text(page, ".st-key-lat-selection", re.compile(r"\d+ selected"), LONG)
+    dx = page.locator(".st-key-lat-selection").get_by_label("dx")
+    dx.fill("0.5")
+    dx.press("Tab")
+    page.locator('.st-key-lat-move-offset:not([data-stale="true"]) button').last.click()
+    expect_text(page, MOVES, re.compile(r"Moves: [1-9]"), LONG)
+    page.wait_for_timeout(2000)  # the rerun has redrawn the chart
+    after = page.evaluate(RANGES)
+    assert after is not None
+    for axis in ("x", "y"):
+        assert after[axis] == pytest.approx(zoomed[axis], rel=1e-6, abs=1e-9), (axis, zoomed, after)
+        assert after[axis][1] - after[axis][0] < 0.8 * (full[axis][1] - full[axis][0])
     assert page.locator(EXCEPTION).count() == 0
