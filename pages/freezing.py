@@ -53,8 +53,9 @@ def draw(job: Job | None, view: dict | None) -> None:
         if settle is not None:
             st.caption(f"**Cue:** a group is *settled* when its weights changed at most "
                        f"{settle.pace_threshold:g}x as fast as the median group's in each of the last "
-                       f"{settle.pace_epochs} epochs (pace = its change per epoch / the median group's change). "
-                       "Relative, because the learning rate moves every group's change together.")
+                       f"{settle.pace_epochs} epochs (pace = how far its weights turned in the epoch / the median group's; "
+                       "the turn leaves out weight decay's shrinkage, which is the same for every group). Relative, "
+                       "because the learning rate moves every group's change together.")
         head = st.columns([2, 2, 2, 2, 2, 2])
         for col, text in zip(head, ["**Layer group**", "**Parameters**", "**Weight change / epoch**",
                                     "**Pace vs median group**", "**Filter trail length**", "**Cue**"]):

@@ -271,3 +271,15 @@ def test_freezing_cue_separates_early_convs_from_classifier_on_a_real_run():
     assert all(rows[g]["pace"] > last for g in fc)
     # the absolute change would not tell them apart: every group changes by under 5% per epoch
     assert all(r["rel_change"] < 0.05 for r in rows.values())
+
+
+def test_direction_change_ignores_weight_decay_shrinkage():
+    from core.monitor import direction_change, relative_pace
+
+    v = torch.randn(500, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert direction_change(v, 0.98 * v) == pytest.approx(0.0, abs=1e-12)  # decay alone: no turn
+    w = v + 0.01 * torch.randn(500, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert direction_change(v, 0.98 * w) == pytest.approx(direction_change(v, w), rel=1e-9) > 0
+    assert direction_change(torch.zeros(3), torch.zeros(3)) == 0.0
+    assert relative_pace({"a": 1.0, "b": 2.0, "c": 4.0}) == {"a": 0.5, "b": 1.0, "c": 2.0}
+    assert relative_pace({"a": 0.0, "b": 1.0, "c": 3.0}, {"a"}) == {"a": 0.0, "b": 0.5, "c": 1.5}
