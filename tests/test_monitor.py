@@ -279,7 +279,8 @@ def test_direction_change_ignores_weight_decay_shrinkage():
     v = torch.randn(500, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     assert direction_change(v, 0.98 * v) == pytest.approx(0.0, abs=1e-12)  # decay alone: no turn
     w = v + 0.01 * torch.randn(500, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    assert direction_change(v, 0.98 * w) == pytest.approx(direction_change(v, w), rel=1e-9) > 0
+    turned = direction_change(v, w)
+    assert turned > 0 and direction_change(v, 0.98 * w) == pytest.approx(turned, rel=1e-9)
     assert direction_change(torch.zeros(3), torch.zeros(3)) == 0.0
     assert relative_pace({"a": 1.0, "b": 2.0, "c": 4.0}) == {"a": 0.5, "b": 1.0, "c": 2.0}
     assert relative_pace({"a": 0.0, "b": 1.0, "c": 3.0}, {"a"}) == {"a": 0.0, "b": 0.5, "c": 1.5}
