@@ -23,18 +23,15 @@ def colour(c: int) -> str:
 
 
 def add_encoding_legend(fig: go.Figure, classes: list[str], *, present_pred: list[int], present_true: list[int]) -> None:
-    """Legend entries that say what the marks mean, one group each: colour = predicted class
-    (a click hides that class's points), marker shape = true class (grey, so no colour is
-    implied), a dark outline = misclassified. A trace's own legend entry would show its first
-    point's shape, which suggested that shapes belong to the predicted class."""
-    for j, c in enumerate(present_pred):
+    """One legend entry per class, drawn in the class's colour AND shape, under the title
+    "colour = predicted, shape = true" (colour c always means predicted c, shape c always
+    means true c), plus one for the outline of mistakes. A click on a class hides the points
+    predicted as it. (A trace's own legend entry showed its first point's shape, which
+    suggested shapes belonged to the predicted class.)"""
+    for j, c in enumerate(sorted(set(present_pred) | set(present_true))):
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=classes[c], legendgroup=f"pred-{c}",
-                                 legendgrouptitle_text="colour = predicted class" if j == 0 else None,
-                                 marker=dict(color=colour(c), symbol="circle", size=9)))
-    for j, c in enumerate(present_true):
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=classes[c], legendgroup="true",
-                                 legendgrouptitle_text="marker = true class" if j == 0 else None, hoverinfo="skip",
-                                 marker=dict(color="#6b7280", symbol=SYMBOLS[c % len(SYMBOLS)], size=9)))
+                                 legendgrouptitle_text="class: colour = predicted, shape = true" if j == 0 else None,
+                                 marker=dict(color=colour(c), symbol=SYMBOLS[c % len(SYMBOLS)], size=9)))
     fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="misclassified (larger, outlined)",
                              legendgroup="wrong", hoverinfo="skip",
                              marker=dict(color="#e5e7eb", size=12, line=dict(color="#111827", width=1.5))))
@@ -84,7 +81,8 @@ def workspace_figure(view: LatentView, classes: list[str], moves: MoveList, show
                                  name="candidates", hoverinfo="skip",
                                  marker=dict(size=18, color="rgba(0,0,0,0)", line=dict(color="#f59e0b", width=2.5))))
     fig.update_layout(height=520, margin=dict(l=10, r=10, t=40 if title else 10, b=10), dragmode=dragmode,
-                      title=title or None, uirevision=uirevision, legend=dict(orientation="h", y=-0.08),
+                      title=title or None, uirevision=uirevision,
+                      legend=dict(orientation="h", y=-0.1, yanchor="top", font=dict(size=11)),
                       xaxis=dict(showgrid=False, zeroline=False), yaxis=dict(showgrid=False, zeroline=False))
     if ranges:  # the page's own zoom (see zoom_to): kept across reruns, unlike plotly's
         fig.update_xaxes(range=list(ranges["x"]))

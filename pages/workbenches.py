@@ -44,7 +44,8 @@ row = next(r for r in rows if r["id"] == picked)
 
 with st.container(border=True, key="wbl-detail"):
     c1, c2 = st.columns([3, 1])
-    c1.markdown(f"**{row['name'] or row['id']}** · `{row['id']}` · created {when(row['created'])}, "
+    title = f"**{row['name']}** · `{row['id']}`" if row["name"] else f"`{row['id']}` (no name yet)"
+    c1.markdown(f"{title} · {row['data_source']} · {row['arch']} · created {when(row['created'])}, "
                 f"last change {when(row['updated'])}")
     if c2.button("Open", type="primary", key="wbl-open", disabled=picked == wb.id, width="stretch",
                  help="Make this the workbench of this tab (the sidebar and every page follow)."):
