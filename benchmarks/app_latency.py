@@ -54,6 +54,7 @@ PAGES = [
     ("monitor", "../pages/monitor.py"),
     ("freezing", "../pages/freezing.py"),
     ("attention", "../pages/attention.py"),
+    ("workbenches", "../pages/workbenches.py"),
     ("grid", "../pages/grid.py"),
 ]
 
