@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="1 minute, 5 reruns: a smoke test")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    at_start = machine()  # the commit whose code this process runs (HEAD may move during 30 minutes)
     if args.quick:
         args.minutes, args.reruns = 1.0, 5
 
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print_table([{"name": r["name"], "value": r.get("ours_mb", r.get("ours_s")), "target": r.get("target_mb", r.get("target")),
                   "pass": r["pass"]} for r in rows], ["name", "value", "target", "pass"])
-    write_json(args.json, {"name": "long_session", "rows": rows, "machine": machine()})
+    write_json(args.json, {"name": "long_session", "rows": rows, "machine": machine(), "provenance": at_start})
     return 0
 
 
