@@ -3,12 +3,11 @@ monitored job and pause after each epoch (the live status with Pause/Resume/Stop
 ``app.widgets.live_job(..., pausable=True)``)."""
 from __future__ import annotations
 
-import time
 
 import streamlit as st
 import torch
 
-from app.widgets import start_job
+from app.widgets import pick_seed, seed_input, start_job
 from core.engine import EPOCHS_RANGE, LR_RANGE, TrainConfig
 from core.jobs import Job
 from core.live_monitor import PROBE_SAMPLE, ActivationProbe, Monitors, monitors_for
@@ -57,12 +56,13 @@ def training_controls(wb: Workbench, key: str, *, probe_layer: str | None = None
     frozen = list(wb.settings.get("frozen", []))
     with st.container(key=f"{key}-panel"):
         with st.form(f"{key}-form", border=False):
-            c1, c2, c3, c4 = st.columns(4)
+            c1, c2, c3, c3b, c4 = st.columns([1, 1, 1, 0.8, 1])
             epochs = c1.number_input("Epochs", value=default_epochs, step=1, key=f"{key}-epochs",
                                      help=f"{EPOCHS_RANGE[0]} to {EPOCHS_RANGE[1]}.")
             lr = c2.number_input("Learning rate", value=0.02, step=0.005, format="%.4f", key=f"{key}-lr",
                                  help=f"{LR_RANGE[0]:g} to {LR_RANGE[1]:g}.")
             batch = c3.selectbox("Batch size", [16, 32, 64, 128, 256], index=2, key=f"{key}-batch")
+            seed = seed_input(c3b, key)
             c4.write("")
             start = c4.form_submit_button("Start training", type="primary", disabled=running, width="stretch",
                                           key=f"{key}-start")
@@ -75,7 +75,7 @@ def training_controls(wb: Workbench, key: str, *, probe_layer: str | None = None
             hint = " (change on the Layer freezing page)" if freeze_hint else " (switches below)"
             st.caption(f"Frozen from the first step: {', '.join(frozen)}{hint}.")
     if start:
-        cfg = TrainConfig(epochs=int(epochs), lr=float(lr), batch_size=int(batch), seed=int(time.time()) % 10_000,
+        cfg = TrainConfig(epochs=int(epochs), lr=float(lr), batch_size=int(batch), seed=pick_seed(seed),
                           device=wb.settings.get("device", "cpu"))
         _, sample, _ = probe_sample(wb, probe_n)
         start_job(lambda: wb.start_training(cfg, description=f"trained {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} (lr {cfg.lr:g}, monitored)",

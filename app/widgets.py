@@ -94,12 +94,13 @@ def train_panel(wb: Workbench, *, key: str = "train", default_epochs: int = 5,
     running = job is not None and job.running
     with st.container(key=f"{key}-panel"):
         with st.form(f"{key}-form", border=False):
-            c1, c2, c3, c4 = st.columns([1, 1, 1, 1])
+            c1, c2, c3, c3b, c4 = st.columns([1, 1, 1, 0.8, 1])
             epochs = c1.number_input("Epochs", value=default_epochs, step=1, key=f"{key}-epochs",
                                      help=f"{EPOCHS_RANGE[0]} to {EPOCHS_RANGE[1]}.")
             lr = c2.number_input("Learning rate", value=0.02, step=0.005, format="%.4f", key=f"{key}-lr",
                                  help=f"{LR_RANGE[0]:g} to {LR_RANGE[1]:g}; 0.02 suits the zoo's models.")
             batch = c3.selectbox("Batch size", [16, 32, 64, 128, 256], index=2, key=f"{key}-batch")
+            seed = seed_input(c3b, key)
             c4.write("")
             go_clicked = c4.form_submit_button(start_label, type="primary", disabled=running, width="stretch",
                                                key=f"{key}-start")
@@ -107,12 +108,25 @@ def train_panel(wb: Workbench, *, key: str = "train", default_epochs: int = 5,
             st.caption("A job is running on this workbench (started from this or another tab); its progress is "
                        "below. Train is available again when it ends or is stopped.")
         if go_clicked:
-            cfg = TrainConfig(epochs=int(epochs), lr=float(lr), batch_size=int(batch), seed=int(time.time()) % 10_000,
+            cfg = TrainConfig(epochs=int(epochs), lr=float(lr), batch_size=int(batch), seed=pick_seed(seed),
                               device=wb.settings.get("device", "cpu"))
             start_job(lambda: wb.start_training(cfg, description=describe(cfg) if describe else
                                                 f"trained {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} (lr {cfg.lr:g})"),
                       settings=(float(epochs), float(lr)), key=key)
         live_job(wb, key)
+
+
+def seed_input(col, key: str):
+    """The training seed field: empty (the default) draws a fresh seed per run; either way the
+    seed is saved with the version (Home's "Train again, same seed" reuses it)."""
+    return col.number_input("Seed", value=None, min_value=0, max_value=2**31 - 1, step=1, placeholder="random",
+                            key=f"{key}-seed", help="Empty: a new random seed each run. The seed is saved with the "
+                                                     "version, so any run can be repeated exactly.")
+
+
+def pick_seed(typed) -> int:
+    """The typed seed, or a fresh one from the clock when the field is empty."""
+    return int(typed) if typed is not None else int(time.time() * 1000) % 1_000_000
 
 
 def start_job(start: Callable[[], Job], *, key: str, settings: tuple[int, float] | None = None) -> bool:

@@ -144,6 +144,7 @@ def test_unknown_and_malformed_ids_start_fresh_and_say_so(app_workspace):
 def test_training_from_the_page_runs_in_background(app_workspace):
     at = new_app(app_workspace).run()
     at.number_input(key="train-epochs").set_value(1)
+    at.number_input(key="train-seed").set_value(321)
     at.button(key="train-start").click().run()
     no_exceptions(at)
     wb = workbench_of(at)
@@ -156,6 +157,7 @@ def test_training_from_the_page_runs_in_background(app_workspace):
     no_exceptions(at)
     assert wb.current_version == 1
     assert "Finished: version v1" in _texts(at)
+    assert wb.version(1).feedback["seed"] == 321  # the typed seed is the run's, saved with the version
 
 
 def test_a_second_tab_shares_the_job_and_a_second_start_is_refused(app_workspace):
