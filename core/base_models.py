@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from core.data import ImageDataset
 from core.engine import TrainConfig
 from core.jobs import ComputeBudget, Job, JobRunner
-from core.models import SteerableModel, build_model, model_from_checkpoint, save_checkpoint
+from core.models import SteerableModel, build_model, model_from_checkpoint, read_checkpoint, save_checkpoint
 from core.store import Store
 from core.workbench import base_checkpoint_path, train_base_model, version_metrics
 
@@ -24,6 +25,12 @@ class BaseStatus:
     job: Job | None
     path: str
     metrics: dict | None = None
+
+
+def base_meta(source: str, data: ImageDataset, metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """Checkpoint meta of a base model: its source, its metrics, and the fingerprint of the
+    splits they were computed on (a later load reuses them only for the same splits)."""
+    return {"data": source, **extra, "metrics": metrics, "eval_fingerprint": data.eval_fingerprint()}
 
 
 class BaseModels:
@@ -49,12 +56,16 @@ class BaseModels:
         key = str(path)
         with self._lock:
             if key not in self._models and path.is_file():
-                self._models[key] = model_from_checkpoint(path).eval()
+                ckpt = read_checkpoint(path)
+                self._models[key] = model_from_checkpoint(ckpt).eval()
+                stored = ckpt.get("meta") or {}
+                if stored.get("metrics") and stored.get("eval_fingerprint") == data.eval_fingerprint():
+                    self._metrics[key] = stored["metrics"]  # evaluated on these very splits when saved
             if key in self._models:
-                if not path.is_file():  # the workspace was deleted under the server: write it again
-                    save_checkpoint(self._models[key], key, data.classes, {"data": source})
                 if key not in self._metrics:  # once per base model, not once per workbench
                     self._metrics[key] = version_metrics(self._models[key], data)
+                if not path.is_file():  # the workspace was deleted under the server: write it again
+                    save_checkpoint(self._models[key], key, data.classes, base_meta(source, data, self._metrics[key]))
                 return BaseStatus(self._models[key], None, key, self._metrics[key])
             job = self._jobs.get(key)
             if job is None or job.status in ("failed", "stopped", "diverged"):
@@ -74,7 +85,10 @@ class BaseModels:
                 return None
             if result.stopped:
                 raise RuntimeError(result.message or "base training was stopped")
-            save_checkpoint(model, key, data.classes, {"data": source, "metrics": version_metrics(model, data)})
+            metrics = version_metrics(model, data)
+            save_checkpoint(model, key, data.classes, base_meta(source, data, metrics))
+            with self._lock:
+                self._metrics[key] = metrics
             with self._lock:
                 self._models[key] = model.eval()
             return key

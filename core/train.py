@@ -10,6 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
+from core.base_models import base_meta
 from core.data import DataError, load_dataset
 from core.engine import Callback, EpochInfo, TrainConfig
 from core.models import list_models, save_checkpoint
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     source = str(Path(args.data).expanduser().resolve()) if Path(args.data).expanduser().exists() else args.data
     path = out / f"{base_key(source, args.model, args.seed)}.pt"
     metrics = version_metrics(model, data)
-    save_checkpoint(model, path, data.classes, {"data": args.data, "epochs": args.epochs, "metrics": metrics})
+    save_checkpoint(model, path, data.classes, base_meta(args.data, data, metrics, epochs=args.epochs))
     (out / "metrics.json").write_text(json.dumps({"checkpoint": str(path), **metrics}, indent=2))
     print(f"test accuracy {100 * metrics.get('test_acc', float('nan')):.2f}%  -> {path}")
     return 0

@@ -205,3 +205,25 @@ def test_grid_feedback_rows_compare_with_both_baselines_and_the_cost_row(report,
     write(tmp_path, "grid_feedback.json", grid(gain_random=11.0))
     rows = table_rows(report.markdown(report.build(tmp_path)))
     assert next(r for r in rows if "bias-conflicting" in r[0])[4] == "yes"
+
+
+def test_run_all_plans_every_benchmark_into_one_folder(tmp_path, capsys):
+    """run_all.py runs every command the README's table needs, each writing into the run's
+    own folder (JSON files and the base-model cache), speed figures first."""
+    spec = importlib.util.spec_from_file_location("run_all", ROOT / "benchmarks" / "run_all.py")
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
+    from report import COMMANDS
+
+    plan = run_all.planned(tmp_path)
+    assert [n for n, _ in plan][0] == "monitor_overhead" and {n for n, _ in plan} == set(COMMANDS)
+    for name, argv in plan:
+        outs = [a for a in argv if "/" in a and (a.endswith(".json") or a.endswith("/cache"))]
+        assert outs and all(a.startswith(str(tmp_path)) for a in outs), (name, argv)
+        assert not any(a.startswith("bench-results/") for a in argv)
+    assert [n for n, _ in run_all.planned(tmp_path, only=["freezing"])] == ["freezing"]
+    with pytest.raises(SystemExit, match="unknown benchmark"):
+        run_all.planned(tmp_path, skip=["nonsense"])
+    assert run_all.main(["--dry-run", "--out", str(tmp_path), "--only", "streamed_tsne"]) == 0
+    assert "benchmarks/streamed_tsne.py" in capsys.readouterr().out
+    assert not tmp_path.joinpath("run.json").exists()

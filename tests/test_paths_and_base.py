@@ -10,6 +10,7 @@ from core.base_models import BaseModels
 from core.engine import TrainConfig
 from core.paths import PathNotAllowed, check_user_path, data_roots
 from core.store import Store
+from support import make_tiny_dataset
 
 
 def test_paths_inside_roots_only(tmp_path, monkeypatch):
@@ -70,3 +71,27 @@ def test_base_model_trained_once_in_background_then_loaded_from_disk(tmp_path, t
     fresh = BaseModels(Store(tmp_path / "ws")).status(tiny_data, "tiny", "seed-cnn", config=cfg)
     assert fresh.model is not None
     assert all((a == b).all() for a, b in zip(fresh.model.state_dict().values(), again.model.state_dict().values()))
+
+
+def test_base_model_metrics_are_reused_only_for_the_same_evaluation_splits(tmp_path, tiny_data, monkeypatch):
+    """A server start loads the base model's metrics from its checkpoint instead of evaluating
+    it again, but only when the val and test splits are the ones they were computed on."""
+    import core.base_models as bm
+
+    store = Store(tmp_path / "ws")
+    cfg = TrainConfig(epochs=1, batch_size=16, seed=0)
+    first = BaseModels(store).status(tiny_data, "tiny", "seed-cnn", train=True, config=cfg)
+    assert first.job.wait(60) and first.job.status == "done", first.job.error
+    trained = BaseModels(store).status(tiny_data, "tiny", "seed-cnn", config=cfg).metrics
+
+    calls = []
+    real = bm.version_metrics
+    monkeypatch.setattr(bm, "version_metrics", lambda model, data: calls.append(data) or real(model, data))
+    same = BaseModels(Store(tmp_path / "ws")).status(make_tiny_dataset(), "tiny", "seed-cnn", config=cfg)
+    assert same.metrics == trained and calls == []  # read from the checkpoint, not evaluated
+
+    changed = make_tiny_dataset()
+    changed.images[changed.splits["test"][0]] += 0.1  # one test image differs
+    assert changed.eval_fingerprint() != tiny_data.eval_fingerprint()
+    again = BaseModels(Store(tmp_path / "ws")).status(changed, "tiny", "seed-cnn", config=cfg)
+    assert len(calls) == 1 and again.metrics == real(again.model, changed)

@@ -1,6 +1,8 @@
 """The one dataset spec every loader returns, and the errors loaders raise."""
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +89,20 @@ class ImageDataset:
     def ids(self, name: str) -> np.ndarray:
         """Example ids (rows of ``images``) in one split."""
         return self.splits[name]
+
+    def eval_fingerprint(self) -> str:
+        """A short hash of the evaluation splits (val and test: ids, labels, each image's pixel
+        sum), class names and image shape. Metrics stored with a checkpoint are reused only
+        for data with the same fingerprint, so a changed folder is evaluated again."""
+        h = hashlib.sha256(json.dumps([self.classes, list(self.image_shape)]).encode())
+        for name in ("val", "test"):
+            idx = torch.as_tensor(self.splits.get(name, np.zeros(0, np.int64)), dtype=torch.long)
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(idx.numpy(), dtype=np.int64).tobytes())
+            h.update(np.ascontiguousarray(self.labels[idx].numpy(), dtype=np.int64).tobytes())
+            sums = self.images[idx].flatten(1).double().sum(1) if len(idx) else torch.zeros(0, dtype=torch.float64)
+            h.update(np.round(sums.numpy(), 3).tobytes())
+        return h.hexdigest()[:16]
 
     def rows_with_mask(self) -> np.ndarray:
         """Bool per row: True where the row has a real object mask."""
