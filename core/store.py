@@ -1,6 +1,6 @@
 """The workspace folder: checkpoints (atomic writes) and one SQLite database holding
-workbenches, model versions, annotations, jobs and what the pages persist, so work survives a
-refresh, a second tab or a restart.
+workbenches, model versions, annotations, jobs and what the pages persist (and the user-study
+tables, see ``core/study_store.py``), so work survives a refresh, a second tab or a restart.
 
 Layout::
 
@@ -34,7 +34,7 @@ from typing import Any, Iterator
 log = logging.getLogger(__name__)
 
 DEFAULT_WORKSPACE = "~/.steerboard"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _ID_RE = re.compile(r"^[0-9a-f]{12}$")
 # Identifies this server process in the jobs it records, so a restart can tell its own
 # running jobs from those a dead process left behind.
@@ -104,6 +104,59 @@ CREATE TABLE IF NOT EXISTS page_state (
 );
 """
 
+# User studies (core/study_store.py): a study's design, its participants (an unguessable
+# token each, the condition order and where they are), every gesture as an event row, and
+# questionnaire answers. Not tied to a workbench: a participant gets a fresh one per condition.
+_SCHEMA_V2 = """
+CREATE TABLE IF NOT EXISTS studies (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    design TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS participants (
+    token TEXT PRIMARY KEY,
+    study_id TEXT NOT NULL REFERENCES studies(id) ON DELETE CASCADE,
+    number INTEGER NOT NULL,
+    conditions TEXT NOT NULL,
+    progress TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL,
+    UNIQUE (study_id, number)
+);
+CREATE TABLE IF NOT EXISTS study_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    participant TEXT NOT NULL REFERENCES participants(token) ON DELETE CASCADE,
+    condition TEXT NOT NULL,
+    t REAL NOT NULL,
+    kind TEXT NOT NULL,
+    item TEXT,
+    payload TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS study_events_by_participant ON study_events (participant, condition);
+CREATE TABLE IF NOT EXISTS study_answers (
+    participant TEXT NOT NULL REFERENCES participants(token) ON DELETE CASCADE,
+    step TEXT NOT NULL,
+    instrument TEXT NOT NULL,
+    answers TEXT NOT NULL,
+    score REAL,
+    created REAL NOT NULL,
+    PRIMARY KEY (participant, step, instrument)
+);
+"""
+
+
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _migrate_1_to_2(db: sqlite3.Connection, _root: Path) -> list[Path]:
+    """Add the user-study tables."""
+    _run_script(db, _SCHEMA_V2)
+    return []
+
+
 # JSON side files the release before schema 1 wrote next to the checkpoints, and the
 # page-state key each one becomes.
 LEGACY_SIDE_FILES = {"latent_result.json": "latent.result", "selection_retrain.json": "monitor.retrain"}
@@ -134,7 +187,7 @@ def _migrate_0_to_1(db: sqlite3.Connection, root: Path) -> list[Path]:
 
 
 #: from-version -> migration(db, workspace root) -> files to delete after commit
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection, Path], list[Path]]] = {0: _migrate_0_to_1}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection, Path], list[Path]]] = {0: _migrate_0_to_1, 1: _migrate_1_to_2}
 
 
 class WorkspaceError(RuntimeError):
@@ -271,9 +324,8 @@ class Store:
                         if statement.strip():
                             db.execute(statement)
                     if fresh:
-                        for statement in _SCHEMA_V1.split(";"):
-                            if statement.strip():
-                                db.execute(statement)
+                        _run_script(db, _SCHEMA_V1)
+                        _run_script(db, _SCHEMA_V2)
                     else:
                         while version < SCHEMA_VERSION:
                             to_delete += MIGRATIONS[version](db, self.root)

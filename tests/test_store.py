@@ -178,7 +178,7 @@ def test_migration_from_the_previous_release_keeps_everything(tmp_path):
     root = tmp_path / "old"
     _release_0_workspace(root)
     store = Store(root)
-    assert store.schema_version() == SCHEMA_VERSION == 1
+    assert store.schema_version() == SCHEMA_VERSION == 2
     assert sorted(w.id for w in store.list_workbenches()) == ["0123456789ab", "ba9876543210"]
     assert store.get_workbench("0123456789ab").settings == {"device": "cpu", "frozen": ["conv1"]}
     assert [(v.number, v.metrics["test_acc"]) for v in store.versions("0123456789ab")] == [(0, 0.9), (1, 0.91)]
@@ -190,7 +190,7 @@ def test_migration_from_the_previous_release_keeps_everything(tmp_path):
     assert not list(root.glob("workbenches/*/*.json")), "side files should be gone after the migration"
     # a second open is a no-op; the next commit numbers on from the old rows
     again = Store(root)
-    assert again.schema_version() == 1 and again.next_version_number("0123456789ab") == 2
+    assert again.schema_version() == SCHEMA_VERSION and again.next_version_number("0123456789ab") == 2
 
 
 def test_newer_schema_is_refused(tmp_path):

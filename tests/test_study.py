@@ -33,7 +33,7 @@ def test_balanced_latin_square_balances_positions_and_carry_over(n):
         assert len(set(counts)) == 1
     follows = {(a, b): 0 for a, b in itertools.permutations(range(n), 2)}
     for row in orders:
-        for a, b in zip(row, row[1:]):
+        for a, b in itertools.pairwise(row):
             follows[(a, b)] += 1
     assert len(set(follows.values())) <= 1  # every condition directly follows every other equally often
 
