@@ -551,7 +551,7 @@ CASES += [
     Case("open-a-workbench-without-versions", _versionless_workbench, WorkbenchError,
          r"workbench [0-9a-f]{12} has no model versions \(it was left half-created\)"),
     Case("workspace-of-a-newer-release", _newer_schema, WorkspaceError,
-         r"written by a newer steerboard \(schema 7, this release reads up to 1\); upgrade steerboard"),
+         r"written by a newer steerboard \(schema 7, this release reads up to 2\); upgrade steerboard"),
     Case("workspace-deleted-under-the-store", _deleted_workspace_store, None,
          r"workbench gone: None; workspace created again: True"),
     Case("learning-rate-out-of-range", _lr_out_of_range, ValueError,
