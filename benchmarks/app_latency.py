@@ -7,9 +7,12 @@ Entries (times in seconds; ``target`` is the largest passing time):
 - ``first_paint``: from opening the app's URL in Chromium (the server just reported healthy;
   its first script run has not finished) to the app's first text on screen (the start shell,
   the base-model progress or Home); median over the cached starts. Target 1 s.
-- ``cached_start``: from launching ``streamlit run app/main.py`` to Home rendered in Chromium
-  (``.st-key-home-metrics`` showing an accuracy), with the base model cached in the
-  workspace; median over fresh server processes. Target 5 s.
+- ``cached_start``: from launching ``streamlit run app/main.py`` to a usable Home in Chromium
+  (``.st-key-home-metrics`` showing an accuracy, the per-class and confusion charts drawn, and no
+  widget left as a loading skeleton),
+  with the base model cached in the workspace as a first start leaves it (one untimed start
+  first; each timed start copies its ``base/`` folder into a fresh workspace, so each makes a new
+  workbench); median over fresh server processes. Target 5 s.
 - ``first_start`` (with ``--first-start``): the same on an EMPTY workspace, where the server
   trains the default base model in the background first; median over ``--starts`` fresh
   empty workspaces. Target 45 s.
@@ -238,8 +241,10 @@ def time_to_home(browser, workspace: Path, log: Path, timeout_s: float) -> dict:
         healthy = time.perf_counter() - t0
         t_goto = time.perf_counter()
         page.goto(server.url, wait_until="commit")
-        progress_seen = paint = None
+        progress_seen = paint = text_seen = None
         metrics = page.locator(".st-key-home-metrics")
+        skeletons = page.locator('[data-testid="stSkeleton"]')
+        charts = [page.locator(f".st-key-{key} .js-plotly-plot .main-svg") for key in ("per-class", "confusion")]
         useful = page.locator(".st-key-app-shell, .st-key-base-progress, .st-key-home-metrics")
         deadline = time.perf_counter() + timeout_s
         while True:  # poll: note the first paint of the app, and when the first-start progress page showed
@@ -247,7 +252,12 @@ def time_to_home(browser, workspace: Path, log: Path, timeout_s: float) -> dict:
                 paint = time.perf_counter() - t_goto
             if progress_seen is None and page.locator(".st-key-base-progress").count():
                 progress_seen = time.perf_counter() - t0
-            if metrics.count() and ACCURACY.search(metrics.first.inner_text()):
+            # usable Home: the accuracy text, both charts drawn (plotly.js loaded and run) and no widget still a
+            # loading skeleton (Streamlit draws one until the widget's code has arrived), not only the text
+            if text_seen is None and metrics.count() and ACCURACY.search(metrics.first.inner_text()):
+                text_seen = time.perf_counter() - t0
+            if (metrics.count() and ACCURACY.search(metrics.first.inner_text())
+                    and all(chart.count() for chart in charts) and not skeletons.count()):
                 break
             if time.perf_counter() > deadline:
                 raise TimeoutError(f"Home not rendered within {timeout_s}s; see {log}")
@@ -255,7 +265,7 @@ def time_to_home(browser, workspace: Path, log: Path, timeout_s: float) -> dict:
         total = time.perf_counter() - t0
         errors = page.locator('[data-testid="stException"]').count()
         return {"total_s": total, "healthy_s": healthy, "render_s": total - healthy, "first_paint_s": paint,
-                "progress_page_s": progress_seen, "exceptions": errors}
+                "progress_page_s": progress_seen, "accuracy_text_s": text_seen, "exceptions": errors}
     finally:
         ctx.close()
         server.stop()
@@ -275,11 +285,16 @@ def browser_starts(base: Path, tmp: Path, starts: int, first_start: bool) -> lis
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
         try:
+            # The state a user has after a first start: the base model and what that start stored beside it
+            # (its predictions on the test split). One untimed start makes it; each timed start copies it.
+            warm = tmp / "cached-warm"
+            (warm / "base").mkdir(parents=True)
+            shutil.copy2(base, warm / "base" / BASE_NAME)
+            time_to_home(browser, warm, tmp / "cached-warm.log", timeout_s=120)
             runs = []
             for i in range(starts):  # a fresh workspace with the cached base each time
                 ws = tmp / f"cached-{i}"
-                (ws / "base").mkdir(parents=True)
-                shutil.copy2(base, ws / "base" / BASE_NAME)
+                shutil.copytree(warm / "base", ws / "base")  # copy2 per file: modification times kept
                 runs.append(time_to_home(browser, ws, tmp / f"cached-{i}.log", timeout_s=120))
             ours = median([r["total_s"] for r in runs])
             paints = [r["first_paint_s"] for r in runs if r["first_paint_s"] is not None]
@@ -297,8 +312,9 @@ def browser_starts(base: Path, tmp: Path, starts: int, first_start: bool) -> lis
                 "params": {"starts": starts, "all_s": [r["total_s"] for r in runs],
                            "healthy_s": median([r["healthy_s"] for r in runs]),
                            "render_s": median([r["render_s"] for r in runs]),
+                           "accuracy_text_s": [r["accuracy_text_s"] for r in runs],  # the looser end point
                            "exceptions": sum(r["exceptions"] for r in runs),
-                           "from": "Popen(streamlit run)", "to": ".st-key-home-metrics shows an accuracy",
+                           "from": "Popen(streamlit run)", "to": ".st-key-home-metrics shows an accuracy, the per-class and confusion charts are drawn, and no stSkeleton is left",
                            "browser": "chromium (headless, new context per start)", **machine(), **load()},
             })
             if first_start:

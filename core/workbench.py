@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import os
 import re
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,7 @@ class Workbench:
         self.lock = threading.RLock()
         self.jobs = JobRunner(budget)
         self._cache: dict[tuple[int, str, bool], EvalResult] = {}
+        self._fingerprint: str | None = None
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -229,13 +232,60 @@ class Workbench:
         hit = self._cache.get(key) or (self._cache.get((version, split, True)) if not with_features else None)
         if hit is not None:
             return hit
-        result = evaluate(model, *self.data.split(split), with_features=with_features)
+        result = None if with_features else self._stored_evaluation(version, split)
+        if result is None:
+            result = evaluate(model, *self.data.split(split), with_features=with_features)
+            if not with_features:
+                self._store_evaluation(version, split, result)
         with self.lock:  # tabs of one workbench share this cache
             # keep the caches of the current version only: memory stays bounded
             self._cache = {k: v for k, v in self._cache.items() if k[0] == self.current_version}
             if version == self.current_version:
                 self._cache[key] = result
         return result
+
+    # A server start would otherwise run the model over the test split before Home can draw (about
+    # 0.3 s of a 5 s budget on 2 cores); versions never change once written, so their predictions
+    # are kept on disk beside their checkpoint, keyed by the checkpoint file and the data's fingerprint.
+    _EVAL_FIELDS = ("loss", "accuracy", "preds", "probs", "labels", "confusion")
+
+    def _evaluation_key(self, version: int) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = self.data.eval_fingerprint()
+        ckpt = Path(self.version(version).checkpoint)
+        stat = ckpt.stat()
+        return f"{self._fingerprint}|{ckpt.name}|{stat.st_size}|{stat.st_mtime_ns}"  # survives copying a workspace
+
+    def _evaluation_path(self, version: int, split: str) -> Path:
+        """Beside the checkpoint: a shared base model's predictions serve every new workbench on it."""
+        ckpt = Path(self.version(version).checkpoint)
+        return ckpt.with_name(f"{ckpt.stem}.eval-{split}.npz")
+
+    def _stored_evaluation(self, version: int, split: str) -> EvalResult | None:
+        """The saved predictions of ``version`` on ``split`` if they match its checkpoint and this data."""
+        path = self._evaluation_path(version, split)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["key"]) != self._evaluation_key(version):
+                    return None
+                return EvalResult(loss=float(z["loss"]), accuracy=float(z["accuracy"]), preds=z["preds"],
+                                  probs=z["probs"], labels=z["labels"], confusion=z["confusion"])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # torn or foreign: only a cache
+            log.warning("ignoring the stored evaluation %s: %s", path, exc)
+            return None
+
+    def _store_evaluation(self, version: int, split: str, result: EvalResult) -> None:
+        path = self._evaluation_path(version, split)
+        try:
+            key = self._evaluation_key(version)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pending = path.with_name(f".{path.stem}.{threading.get_ident()}.tmp.npz")
+            np.savez(pending, key=np.array(key), **{f: np.asarray(getattr(result, f)) for f in self._EVAL_FIELDS})
+            os.replace(pending, path)  # whole or not at all
+        except (OSError, KeyError) as exc:  # a read-only workspace or a deleted version: only a cache
+            log.warning("could not store the evaluation %s: %s", path, exc)
 
     # ------------------------------------------------------------------ annotations
     def add_annotations(self, kind: str, items: list[tuple[int, dict[str, Any]]]) -> list[int]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 import time
 
 import pytest
@@ -186,6 +187,52 @@ def test_evaluation_is_cached_per_version(workspace, tiny_data):
     assert wb.evaluation("test") is a
     with_f = wb.evaluation("test", with_features=True)
     assert with_f.features.shape == (len(tiny_data.ids("test")), wb.model.feature_dim)
+
+
+def test_evaluation_is_kept_on_disk_for_the_next_server(workspace, tiny_data, monkeypatch):
+    """A server start reuses a version's stored test predictions instead of running the model again;
+    a changed checkpoint, other data or a torn file makes it evaluate again."""
+    import os
+
+    import numpy as np
+
+    import core.workbench as workbench_module
+
+    store = Store(workspace)
+    wb = _make(store, tiny_data)
+    first = wb.evaluation("test")
+    calls = []
+    real = workbench_module.evaluate
+    monkeypatch.setattr(workbench_module, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def reopened():
+        return Workbench.open(Store(workspace), wb.id, loader=_loader(tiny_data))
+
+    again = reopened().evaluation("test")
+    assert calls == []
+    assert again.accuracy == first.accuracy and again.loss == first.loss
+    for name in ("preds", "probs", "labels", "confusion"):
+        assert np.array_equal(getattr(again, name), getattr(first, name))
+    np.testing.assert_array_equal(again.per_class_accuracy, first.per_class_accuracy)
+
+    ckpt = wb.version(0).checkpoint  # a checkpoint that changed on disk: evaluate again
+    stat = os.stat(ckpt)
+    os.utime(ckpt, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    reopened().evaluation("test")
+    assert calls == [1]
+    reopened().evaluation("test")  # ... and store the new result
+    assert calls == [1]
+
+    path = Path(ckpt).with_name(Path(ckpt).stem + ".eval-test.npz")
+    assert path.is_file()
+    path.write_bytes(path.read_bytes()[:100])  # torn: evaluate again, no error
+    assert reopened().evaluation("test").accuracy == first.accuracy
+    assert calls == [1, 1]
+
+    other = reopened()  # other data under the same workbench (a changed folder): evaluate again
+    other._fingerprint = "something-else"
+    other.evaluation("test")
+    assert calls == [1, 1, 1]
 
 
 def test_train_again_with_the_same_seed_is_bit_identical(workspace, tiny_data):
