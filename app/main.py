@@ -9,7 +9,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `import core` / `import app` from any working directory
     sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
 st.set_page_config(page_title="steerboard", page_icon=":material/explore:", layout="wide")
@@ -34,6 +33,8 @@ def preload_components(box, widgets: bool) -> None:
             st.plotly_chart({"data": [{"type": "scatter", "x": [0], "y": [0]}]}, key="shell-plotly",
                             config={"staticPlot": True})
             return
+        import numpy as np  # here, not at the top: the shell's text goes out before any import it can wait for
+
         st.metric("preload", 0)
         st.selectbox("preload", ["a"], key="shell-selectbox")
         st.text_input("preload", key="shell-text")

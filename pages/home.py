@@ -26,13 +26,18 @@ with st.container(key="home-metrics"):
 st.subheader("Train")
 train_panel(wb, key="train", default_epochs=5)
 
-tab_classes, tab_examples, tab_versions, tab_data = st.tabs(["Per class", "Examples", "Versions", "Dataset"])
+# The Examples tab draws only while open (a rerun on switching tabs): its images were sent with every Home
+# run and made the first Home after a server start wait for two dozen image requests.
+tab_classes, tab_examples, tab_versions, tab_data = st.tabs(["Per class", "Examples", "Versions", "Dataset"],
+                                                            key="home-tab", on_change="rerun")
 with tab_classes:
     c1, c2 = st.columns(2)
     c1.plotly_chart(per_class_figure(ev.per_class_accuracy, data.classes, ev.accuracy), key="per-class", width="stretch")
     c2.plotly_chart(confusion_figure(ev.confusion, data.classes), key="confusion", width="stretch")
 
-with tab_examples:
+
+def examples() -> None:
+    """Test examples, mistakes first, as an image grid."""
     c1, c2, c3 = st.columns([1, 2, 1])
     cls = c1.selectbox("True class", ["all"] + data.classes, key="ex-class")
     only = c2.radio("Show", ["mistakes first", "mistakes only", "correct only"], horizontal=True, key="ex-show")
@@ -54,6 +59,17 @@ with tab_examples:
         caps = [f"{'✗' if wrong[i] else '✓'} {data.classes[ev.labels[i]]} → {data.classes[ev.preds[i]]}" for i in order]
         image_grid(wb, ids[order], caps, key="examples-grid")
         st.caption("Caption: true class → predicted class (✗ = mistake), on the test split.")
+
+
+for _key in ("ex-class", "ex-show", "ex-n"):  # the filters outlive the tab being closed (its widgets unmount)
+    if _key in st.session_state:
+        st.session_state[_key] = st.session_state[_key]
+
+with tab_examples:
+    if tab_examples.open:
+        examples()
+    else:
+        st.caption("Loading the examples…")
 
 with tab_versions:
     versions_panel(wb)

@@ -186,3 +186,23 @@ def test_a_second_tab_shares_the_job_and_a_second_start_is_refused(app_workspace
     one.run()
     no_exceptions(one)
     assert any("Keep as new version" == b.label for b in one.button)
+
+
+def test_examples_tab_draws_only_while_open_and_keeps_its_filters(app_workspace):
+    """The Examples tab's images are not part of every Home run (they held up the first Home after a
+    server start); opening the tab draws them, and its filters survive closing it."""
+    at = new_app(app_workspace).run()
+    no_exceptions(at)
+    assert not [w for w in at.selectbox if w.key == "ex-class"]
+    at.session_state["home-tab"] = "Examples"  # what a click on the tab sets (on_change="rerun")
+    at.run()
+    no_exceptions(at)
+    at.selectbox(key="ex-class").set_value("3").run()
+    assert at.number_input(key="ex-n").value == 24
+    assert "Caption: true class → predicted class" in _texts(at) or "No test examples" in str(at.info)
+    at.session_state["home-tab"] = "Per class"
+    at.run()
+    assert not [w for w in at.selectbox if w.key == "ex-class"]
+    at.session_state["home-tab"] = "Examples"
+    at.run()
+    assert at.selectbox(key="ex-class").value == "3"

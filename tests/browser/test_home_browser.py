@@ -121,6 +121,8 @@ def test_home_shows_accuracy(page: Page, app_url: str):
     expect(page.locator(".st-key-train-panel").get_by_role("button", name="Train", exact=True)).to_be_visible()
     for tab in ("Per class", "Examples", "Versions", "Dataset"):
         expect(page.get_by_role("tab", name=tab)).to_be_visible()
+    page.get_by_role("tab", name="Examples").click()  # drawn only once opened (a rerun)
+    expect(page.locator(".st-key-examples-grid img").first).to_be_visible(timeout=LONG)
     assert_no_exception(page)
 
 
