@@ -281,7 +281,7 @@ def rows_engine_overhead(p: dict, file: str) -> list[dict]:
 
 def rows_app_latency(p: dict, file: str) -> list[dict]:
     name = p["name"]
-    what = {"cached_start": "`streamlit run` to rendered Home, cached base model (median)",
+    what = {"cached_start": "`streamlit run` to a usable Home (accuracy, charts drawn, no widget loading), cached base model (median)",
             "first_start": "first start on an empty workspace (base model trains in the background; median)",
             "first_paint": "opening the app to its first text on screen, Chromium (median of the cached starts)"}
     label = what.get(name, f"idle rerun of page {name.removeprefix('idle_rerun_')} (AppTest, median)")
