@@ -1,0 +1,124 @@
+"""core.study_flow: a participant's steps, progress that survives a restart, budgets and limits."""
+from __future__ import annotations
+
+import pytest
+
+from core.store import Store
+from core.study_flow import ParticipantFlow, Step, normalize_design, steps_for
+from core.study_store import StudyError, StudyStore
+
+DESIGN = {
+    "task": "attention",
+    "conditions": [
+        {"name": "click", "settings": {"mode": "click"}, "budget": 3},
+        {"name": "polygon", "settings": {"mode": "polygon"}, "budget": 2, "time_limit_s": 60},
+        {"name": "random", "settings": {"sampler": "random"}},
+    ],
+    "practice": True,
+    "questionnaires": {"after_each": ["tlx"], "final": ["sus", "likert"]},
+}
+
+
+def _study(tmp_path, participants=2):
+    studies = StudyStore(Store(tmp_path / "ws"))
+    study_id, tokens = studies.create_study("three conditions", DESIGN, participants=participants)
+    return studies, study_id, tokens
+
+
+def test_steps_follow_the_participants_order_with_questionnaires_between():
+    order = ["polygon", "random", "click"]
+    assert steps_for(DESIGN, order) == [
+        Step("intro"), Step("practice", "polygon"),
+        Step("condition", "polygon"), Step("questionnaire", "polygon", "tlx"),
+        Step("condition", "random"), Step("questionnaire", "random", "tlx"),
+        Step("condition", "click"), Step("questionnaire", "click", "tlx"),
+        Step("questionnaire", None, "sus"), Step("questionnaire", None, "likert"), Step("done"),
+    ]
+    assert Step("questionnaire", None, "sus").answers_step == "final"
+
+
+def test_defaults_are_filled_in_and_bad_designs_say_what_to_fix():
+    d = normalize_design({"conditions": [{"name": " a "}, {"name": "b"}]})
+    assert d["task"] == "attention" and [c["name"] for c in d["conditions"]] == ["a", "b"]
+    assert d["conditions"][0]["budget"] == 16 and d["conditions"][0]["time_limit_s"] is None
+    assert d["questionnaires"] == {"after_each": ["sus", "tlx"], "final": ["likert"]}
+    assert [i["id"] for i in d["likert_items"]][:2] == ["Q1", "Q2"]
+    two = [{"name": "a"}, {"name": "b"}]
+    for bad, why in [
+        ({"task": "painting", "conditions": two}, "task must be one of"),
+        ({"conditions": [{"name": "a", "budget": 0}, {"name": "b"}]}, "budget must be a whole number"),
+        ({"conditions": [{"name": "a", "budget": 2.5}, {"name": "b"}]}, "budget must be a whole number"),
+        ({"conditions": [{"name": "a", "time_limit_s": -1}, {"name": "b"}]}, "time limit must be a positive"),
+        ({"conditions": [{"name": "a", "settings": [1]}, {"name": "b"}]}, "settings must be a mapping"),
+        ({"conditions": two, "questionnaires": {"after_each": ["sus", "sus"]}}, "at most once"),
+        ({"conditions": two, "questionnaires": {"final": ["iq"]}}, "at most once"),
+        ({"conditions": two, "likert_items": []}, "has no items"),
+        ({"conditions": [{"name": "a"}]}, "2 to 4 conditions"),
+    ]:
+        with pytest.raises(StudyError, match=why):
+            normalize_design(bad)
+
+
+def test_progress_label_budget_and_resume_after_a_restart(tmp_path):
+    studies, _, tokens = _study(tmp_path)
+    flow = ParticipantFlow(studies, tokens[1])
+    order = flow.participant.conditions
+    assert order != ParticipantFlow(studies, tokens[0]).participant.conditions  # counterbalanced
+    assert flow.step == Step("intro") and flow.label() == "introduction"
+    assert flow.advance(expected=0) == Step("practice", order[0])
+    assert flow.label() == "practice round, image 1 of 2"
+    made = []
+    wb = flow.start_condition(lambda: made.append(1) or "wb-practice", now=100.0)
+    assert wb == "wb-practice" and flow.start_condition(lambda: made.append(1) or "other") == "wb-practice"
+    assert made == [1]  # a refresh resumes the same workbench
+    flow.item_done()
+    flow.item_done()
+    assert flow.condition_finished()
+    step = flow.advance(expected=1)
+    assert step == Step("condition", order[0])
+    flow.start_condition(lambda: "wb-first", now=1000.0)
+    flow.item_done()
+    n = 3 if order[0] == "click" else (2 if order[0] == "polygon" else 16)
+    unit_label = f"condition 1 of 3, image 2 of {n}"
+    assert flow.label() == unit_label
+
+    again = ParticipantFlow(StudyStore(Store(tmp_path / "ws")), tokens[1])  # a server restart
+    assert again.step == step and again.items_done == 1 and again.label() == unit_label
+    assert again.start_condition(lambda: "must-not-be-made") == "wb-first"
+    assert again.progress["workbenches"] == {"practice": "wb-practice", order[0]: "wb-first"}
+
+
+def test_a_stale_tab_cannot_skip_a_step_and_items_need_a_condition(tmp_path):
+    studies, _, tokens = _study(tmp_path)
+    a, b = ParticipantFlow(studies, tokens[0]), ParticipantFlow(studies, tokens[0])
+    a.advance(expected=0)
+    assert b.advance(expected=0) == ParticipantFlow(studies, tokens[0]).step  # b showed step 0: ignored
+    assert ParticipantFlow(studies, tokens[0]).index == 1
+    intro_only = ParticipantFlow(studies, tokens[1])
+    with pytest.raises(StudyError, match="no item to confirm"):
+        intro_only.item_done()
+    with pytest.raises(StudyError, match="not a condition"):
+        intro_only.start_condition(lambda: "x")
+    for _ in range(30):  # advancing past the end stays on "done"
+        intro_only.advance()
+    assert intro_only.step == Step("done") and intro_only.label() == "finished, thank you"
+
+
+def test_time_limit_ends_a_condition(tmp_path):
+    studies, _, tokens = _study(tmp_path)
+    flow = ParticipantFlow(studies, tokens[0])
+    while flow.step != Step("condition", "polygon"):
+        flow.advance()
+    assert flow.time_left() == 60  # not started yet: the whole limit
+    flow.start_condition(lambda: "wb", now=1000.0)
+    assert flow.time_left(now=1030.0) == 30.0 and not flow.condition_finished(now=1030.0)
+    assert flow.time_left(now=1100.0) == 0.0 and flow.condition_finished(now=1100.0)
+    while flow.step.kind != "questionnaire" or flow.step.condition is not None:
+        flow.advance()
+    assert flow.label() == "questionnaire" and flow.time_left() is None and not flow.condition_finished()
+
+
+def test_a_bad_token_is_refused(tmp_path):
+    studies, _, _ = _study(tmp_path)
+    with pytest.raises(StudyError, match="not valid"):
+        ParticipantFlow(studies, "not-a-real-token-at-all")
