@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from core.data import ImageDataset
+from core.engine import evaluate
+from core.models import SteerableModel
 from core.study import SEED001_ITEMS
 from core.study_store import Participant, StudyError, StudyStore, check_design
 
@@ -114,6 +117,19 @@ def condition_of(design: dict[str, Any], name: str) -> dict[str, Any]:
         if c["name"] == name:
             return c
     raise StudyError(f"no condition {name!r} in this study")
+
+
+def condition_outcome(model: SteerableModel, data: ImageDataset) -> dict[str, float | None]:
+    """Accuracy (percent) of a condition's final model: ``test_acc`` over every test image, and
+    for a biased set (one with a ``test_aligned`` split beside its bias-conflicting ``test``
+    split) ``conflicting_acc`` on the bias-conflicting test images (None otherwise)."""
+    test = evaluate(model, *data.split("test"))
+    if "test_aligned" not in data.splits:
+        return {"test_acc": 100 * test.accuracy, "conflicting_acc": None}
+    aligned = evaluate(model, *data.split("test_aligned"))
+    n, m = len(data.ids("test")), len(data.ids("test_aligned"))
+    return {"test_acc": 100 * (test.accuracy * n + aligned.accuracy * m) / (n + m),
+            "conflicting_acc": 100 * test.accuracy}
 
 
 class ParticipantFlow:
@@ -218,6 +234,23 @@ class ParticipantFlow:
         progress["items_done"] = self.items_done + 1
         self._save(progress)
         return progress["items_done"]
+
+    def finish_condition(self, outcome: Mapping[str, float | None], expected: int | None = None) -> Step:
+        """Record the condition's model outcome (see :func:`condition_outcome`) for the results,
+        then go to the next step; both in one write. ``expected`` as in :meth:`advance`."""
+        step = self.step
+        if step.kind not in ("condition", "practice"):
+            raise StudyError(f"the current step is a {step.kind}, not a condition")
+        if expected is not None and expected != self.index:
+            return step
+        progress = copy.deepcopy(self.progress)
+        if step.kind == "condition":  # a practice round's model is not a result
+            progress.setdefault("outcomes", {})[step.condition] = {
+                k: (None if outcome.get(k) is None else float(outcome[k])) for k in ("test_acc", "conflicting_acc")}
+        progress["step"] = min(self.index + 1, len(self.steps) - 1)
+        progress["items_done"] = 0
+        self._save(progress)
+        return self.step
 
     def advance(self, expected: int | None = None) -> Step:
         """Go to the next step (items counted from zero again). ``expected``: the step index

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from core.store import Store
-from core.study_flow import ParticipantFlow, Step, normalize_design, steps_for
+from core.study_flow import ParticipantFlow, Step, condition_outcome, normalize_design, steps_for
 from core.study_store import StudyError, StudyStore
 
 DESIGN = {
@@ -122,3 +122,34 @@ def test_a_bad_token_is_refused(tmp_path):
     studies, _, _ = _study(tmp_path)
     with pytest.raises(StudyError, match="not valid"):
         ParticipantFlow(studies, "not-a-real-token-at-all")
+
+
+def test_a_finished_condition_records_its_models_outcome_for_the_results(tmp_path, tiny_data):
+    import dataclasses
+
+    import numpy as np
+
+    from core.models import build_model
+    from core.study_results import study_tables
+
+    model = build_model("seed-cnn", 1, 16, tiny_data.num_classes, seed=0)
+    plain = condition_outcome(model, tiny_data)
+    assert plain["conflicting_acc"] is None and 0 <= plain["test_acc"] <= 100
+    splits = {**tiny_data.splits, "test_aligned": tiny_data.splits["val"]}
+    biased = condition_outcome(model, dataclasses.replace(tiny_data, splits=splits))
+    assert biased["conflicting_acc"] == plain["test_acc"]
+    n, m = len(tiny_data.ids("test")), len(tiny_data.ids("val"))
+    val = 100 * float(np.mean(model.eval()(tiny_data.split("val")[0]).argmax(1).numpy() == tiny_data.split("val")[1].numpy()))
+    assert abs(biased["test_acc"] - (plain["test_acc"] * n + val * m) / (n + m)) < 1e-6
+
+    studies, study_id, tokens = _study(tmp_path)
+    flow = ParticipantFlow(studies, tokens[0])
+    with pytest.raises(StudyError, match="not a condition"):
+        flow.finish_condition(biased)
+    flow.advance()  # intro -> practice: its model is not a result
+    flow.finish_condition({"test_acc": 1.0, "conflicting_acc": 2.0})
+    first = flow.step.condition
+    assert flow.finish_condition(biased, expected=flow.index).kind == "questionnaire"
+    assert flow.progress["outcomes"] == {first: biased}
+    row = next(r for r in study_tables(studies, study_id)["summary"] if r["participant"] == 0 and r["condition"] == first)
+    assert row["test_acc"] == biased["test_acc"] and row["conflicting_acc"] == biased["conflicting_acc"]
