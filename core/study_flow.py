@@ -235,6 +235,17 @@ class ParticipantFlow:
         self._save(progress)
         return progress["items_done"]
 
+    def sync_items(self, done: int) -> int:
+        """Set the current condition's item count to ``done`` (the confirmed annotations, the
+        truth a page counts from), so a kill between storing an item and counting it heals."""
+        if self.step.kind not in ("condition", "practice"):
+            raise StudyError(f"the current step is a {self.step.kind}: there is no item to count")
+        if done != self.items_done:
+            progress = copy.deepcopy(self.progress)
+            progress["items_done"] = int(done)
+            self._save(progress)
+        return self.items_done
+
     def finish_condition(self, outcome: Mapping[str, float | None], expected: int | None = None) -> Step:
         """Record the condition's model outcome (see :func:`condition_outcome`) for the results,
         then go to the next step; both in one write. ``expected`` as in :meth:`advance`."""
