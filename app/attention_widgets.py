@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,3 +111,33 @@ def render_grid(image: torch.Tensor, saliency: np.ndarray | None, n: int, marked
         draw.line([(x, 0), (x, out.height)], fill=(255, 255, 255), width=1)
         draw.line([(0, y), (out.width, y)], fill=(255, 255, 255), width=1)
     return out
+
+
+def polygon_from_canvas(value: Any, scale: float) -> list[tuple[float, float]]:
+    """The last closed polygon in a drawable-canvas value, in image pixels (canvas pixels / ``scale``).
+
+    streamlit-drawable-canvas 0.13 (fabric 7) reports a closed polygon as a ``Polygon`` object
+    whose ``points`` are ``{x, y}`` in canvas pixels, centred on ``left``/``top``; older
+    releases sent a ``path`` of ``M``/``L`` commands relative to the object's own box. Both are
+    read. The value is the component's session-state entry (a mapping-like object, not a dict).
+    """
+    get = getattr(value, "get", None)
+    drawing = get("drawing") if get else None
+    raw = drawing.get("raw") if hasattr(drawing, "get") else None
+    objects = (raw.get("objects") if hasattr(raw, "get") else None) or []
+    for obj in reversed(list(objects)):
+        if obj.get("points"):
+            pts = [(float(p["x"]), float(p["y"])) for p in obj["points"]]
+        else:
+            pts = [(float(p[1]), float(p[2])) for p in obj.get("path") or []
+                   if isinstance(p, list) and len(p) >= 3 and p[0] in ("M", "L")]
+        if len(pts) < 3:
+            continue
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        left, top = float(obj.get("left", 0) or 0), float(obj.get("top", 0) or 0)
+        if obj.get("points") and obj.get("originX", "left") == "center":  # moved objects keep their points
+            dx, dy = left - (min(xs) + max(xs)) / 2, top - (min(ys) + max(ys)) / 2
+        else:  # path points are relative to the object's own box
+            dx, dy = left - min(xs), top - min(ys)
+        return [((x + dx) / scale, (y + dy) / scale) for x, y in pts]
+    return []

@@ -11,7 +11,7 @@ import streamlit as st
 import torch
 from streamlit_drawable_canvas import st_canvas
 
-from app.attention_widgets import render, scale_for, thumbnail
+from app.attention_widgets import polygon_from_canvas, render, scale_for, thumbnail
 from app.click_image import click_image
 from app.state import current_workbench, notice
 from app.widgets import live_job, offer_biased_digits, start_job
@@ -319,16 +319,7 @@ def candidate_grid(rnd: Round, done: set[int]) -> list[int]:
 
 def polygon_points(example_id: int, k: int) -> list[tuple[float, float]]:
     """The closed polygon drawn on the canvas, in image pixels."""
-    raw = (ss.get(f"att-poly-{example_id}") or {}).get("drawing", {}).get("raw") or {}
-    for obj in reversed(raw.get("objects", [])):
-        path = obj.get("path") or []
-        pts = [(float(p[1]), float(p[2])) for p in path if isinstance(p, list) and len(p) >= 3 and p[0] in ("M", "L")]
-        if len(pts) >= 3:
-            left, top = float(obj.get("left", 0) or 0), float(obj.get("top", 0) or 0)
-            minx, miny = min(p[0] for p in pts), min(p[1] for p in pts)
-            # fabric keeps path points relative to the object's own box: shift them to the canvas
-            return [((x - minx + left) / k, (y - miny + top) / k) for x, y in pts]
-    return []
+    return polygon_from_canvas(ss.get(f"att-poly-{example_id}"), k)
 
 
 def workspace(rnd: Round, current: int, done: set[int], page_ids: list[int]) -> None:

@@ -112,3 +112,29 @@ def test_annotations_and_round_survive_a_refresh(biased_workspace):
     assert load_round(wb).ids == rnd.ids
     assert any("1 of 3 confirmed" in m.value for m in fresh.markdown)
     assert fresh.number_input(key="att-p-per_round").value == 3
+
+
+def test_polygon_from_canvas_reads_what_the_canvas_really_sends():
+    """streamlit-drawable-canvas 0.13 sends a closed polygon as a fabric 7 ``Polygon`` with
+    ``points`` in canvas pixels (recorded from Chromium), inside a mapping-like session-state
+    value that is not a dict; the Attention page read only the older ``path`` form, so polygon
+    mode could never confirm. Both forms are read, and a moved polygon keeps its offset."""
+    from types import MappingProxyType
+
+    from app.attention_widgets import polygon_from_canvas
+
+    recorded = {"type": "Polygon", "originX": "center", "originY": "center", "left": 181.5, "top": 181.21875,
+                "points": [{"x": 109, "y": 108.21875}, {"x": 254, "y": 108.21875}, {"x": 254, "y": 254.21875},
+                           {"x": 109, "y": 254.21875}]}
+
+    def value(*objects):
+        return MappingProxyType({"backgroundFit": {}, "drawing": {"raw": {"version": "7.4.0", "objects": list(objects)}}})
+
+    pts = polygon_from_canvas(value(recorded), 13)
+    assert [(round(x, 2), round(y, 2)) for x, y in pts] == [(8.38, 8.32), (19.54, 8.32), (19.54, 19.56), (8.38, 19.56)]
+    moved = polygon_from_canvas(value({**recorded, "left": 181.5 + 26}), 13)
+    assert [round(x - a, 6) for (x, _), (a, _) in zip(moved, pts)] == [2.0] * 4
+    old = {"left": 109, "top": 108, "path": [["M", 0, 0], ["L", 145, 0], ["L", 145, 146], ["L", 0, 146], ["z"]]}
+    assert polygon_from_canvas(value(old), 1) == [(109, 108), (254, 108), (254, 254), (109, 254)]
+    assert polygon_from_canvas(value({"type": "Polygon", "points": [{"x": 1, "y": 1}]}), 1) == []  # not closed
+    assert polygon_from_canvas(None, 1) == [] and polygon_from_canvas({}, 1) == []
