@@ -83,6 +83,8 @@ PAGES = [
     st.Page(str(ROOT / "pages" / "grid.py"), title="Grid feedback", icon=":material/grid_on:", url_path="grid"),
     st.Page(str(ROOT / "pages" / "workbenches.py"), title="Workbenches", icon=":material/folder_open:",
             url_path="workbenches"),
+    st.Page(str(ROOT / "pages" / "study_admin.py"), title="Study admin", icon=":material/groups:",
+            url_path="study-admin"),
 ]
 
 
@@ -110,6 +112,13 @@ def waiting_for_base(job) -> None:
 
     progress()
 
+
+if st.query_params.get("study"):  # participant mode: the study's steps only, no sidebar, no other page
+    from app.study_participant import page as study_page
+
+    shell.empty()
+    st.navigation([st.Page(study_page, title="Study", url_path="study", default=True)], position="hidden").run()
+    st.stop()
 
 state = boot()
 shell.empty()

@@ -1,0 +1,154 @@
+"""Study admin: define a within-subjects study of attention clicking, hand out participant
+links, follow their progress, and download the results. Behind a password."""
+from __future__ import annotations
+
+import hmac
+import os
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from app.state import get_base_models, get_dataset, get_store
+from core.study import SEED001_ITEMS
+from core.study_flow import INSTRUMENTS, ParticipantFlow, normalize_design
+from core.study_results import condition_means, export_zip, study_tables
+from core.study_store import StudyError, StudyStore
+
+PASSWORD_ENV = "STEERBOARD_ADMIN_PASSWORD"
+SAMPLERS = ["gmm", "entropy", "margin", "kcenter", "random"]
+DATASETS = ["biased-digits", "digits"]
+
+
+def admin_password() -> str | None:
+    """From the environment, else Streamlit secrets (``admin_password``); None when neither is set."""
+    value = os.environ.get(PASSWORD_ENV)
+    if value:
+        return value
+    try:
+        return st.secrets.get("admin_password") or None
+    except Exception:  # no secrets file at all: Streamlit raises its own error type  # noqa: BLE001
+        return None
+
+
+st.title("Study admin")
+expected = admin_password()
+if not expected:
+    st.info(f"Study admin needs a password. Set the environment variable `{PASSWORD_ENV}` before starting the "
+            "server, or `admin_password = \"...\"` in `.streamlit/secrets.toml`, then reload this page.")
+    st.stop()
+if not st.session_state.get("study-admin-ok"):
+    with st.form("study-login"):
+        given = st.text_input("Password", type="password", key="study-password")
+        sent = st.form_submit_button("Log in", type="primary")
+    if sent:
+        if hmac.compare_digest(given.encode(), expected.encode()):
+            st.session_state["study-admin-ok"] = True
+            st.rerun()
+        st.error("Wrong password.")
+    st.stop()
+
+studies = StudyStore(get_store())
+new_tab, list_tab = st.tabs(["New study", "Studies"])
+
+
+def link(token: str) -> str:
+    base = ""
+    try:
+        base = (st.context.url or "").split("?")[0].rsplit("/study-admin", 1)[0]
+    except AttributeError:
+        pass
+    return f"{base}/?study={token}"
+
+
+with new_tab:
+    n = int(st.number_input("Conditions", 2, 4, 2, key="sa-n"))
+    with st.form("study-new"):
+        name = st.text_input("Study name", key="sa-name")
+        c1, c2 = st.columns(2)
+        dataset = c1.selectbox("Dataset", DATASETS, key="sa-data",
+                               help="biased-digits: the digit's colour gives its class away in training, not in test")
+        people = c2.number_input("Participants", 1, 200, 2, key="sa-people")
+        intro = st.text_area("Introduction (Markdown)", key="sa-intro")
+        conditions = []
+        for i in range(n):
+            st.markdown(f"**Condition {i + 1}**")
+            a, b, c, d, e = st.columns([2, 1, 1, 1, 1])
+            conditions.append({
+                "name": a.text_input("Name", value=["click", "polygon", "random", "gmm"][i], key=f"sa-c{i}-name"),
+                "settings": {"mode": b.selectbox("Mode", ["click", "polygon"], index=i % 2, key=f"sa-c{i}-mode"),
+                             "sampler": c.selectbox("Sampler", SAMPLERS, key=f"sa-c{i}-sampler")},
+                "budget": int(d.number_input("Images", 1, 200, 16, key=f"sa-c{i}-budget")),
+                "time_limit_s": (int(e.number_input("Time limit (s)", 0, 7200, 0, key=f"sa-c{i}-limit",
+                                                     help="0: no limit")) or None),
+                "instructions": st.text_area("Instructions (Markdown; empty: the default)", key=f"sa-c{i}-text"),
+            })
+        practice = st.checkbox("Practice round first (2 images, not counted)", key="sa-practice")
+        after = st.multiselect("Questionnaires after each condition", INSTRUMENTS, ["sus", "tlx"], key="sa-after")
+        final = st.multiselect("Questionnaires at the end", INSTRUMENTS, ["likert"], key="sa-final")
+        items = st.text_area("Likert items at the end (one per line; seed 001's as a template)",
+                             "\n".join(i["text"] for i in SEED001_ITEMS if i["kind"] == "likert"), key="sa-items")
+        create = st.form_submit_button("Create study", type="primary")
+    if create:
+        likert = [{"id": f"Q{k + 1}", "kind": "likert", "text": t.strip()}
+                  for k, t in enumerate(items.splitlines()) if t.strip()]
+        design = {"task": "attention", "dataset": dataset, "arch": "seed-cnn", "intro": intro,
+                  "conditions": conditions, "practice": practice,
+                  "questionnaires": {"after_each": after, "final": final}, "likert_items": likert}
+        try:
+            design = normalize_design(design)
+            study_id, tokens = studies.create_study(name, design, participants=int(people))
+        except StudyError as exc:
+            st.error(f"The study was not created: {exc}.")
+        else:
+            data = get_dataset(dataset)  # train the study's base model now, not when the first participant comes
+            get_base_models().status(data, dataset, "seed-cnn", train=True)
+            st.session_state["sa-study"] = study_id
+            st.success(f"Created study {name!r} with {len(tokens)} participant links (see Studies).")
+
+with list_tab:
+    all_studies = studies.studies()
+    if not all_studies:
+        st.info("No study yet: create one in New study.")
+        st.stop()
+    ids = [s["id"] for s in all_studies]
+    names = {s["id"]: f"{s['name']} ({s['participants']} participants)" for s in all_studies}
+    chosen = st.selectbox("Study", ids, format_func=names.get, key="sa-study",
+                          index=ids.index(st.session_state["sa-study"]) if st.session_state.get("sa-study") in ids
+                          else len(ids) - 1)
+    study = studies.study(chosen)
+    st.button("Refresh", key="sa-refresh", help="Read the participants' progress and results again.")
+    rows = []
+    for p in studies.participants(chosen):
+        flow = ParticipantFlow(studies, p.token)
+        rows.append({"participant": p.number + 1, "order": " → ".join(p.conditions), "where": flow.label(),
+                     "link": link(p.token)})
+    st.subheader("Participants")
+    with st.container(key="sa-participants"):
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                     column_config={"link": st.column_config.TextColumn("link (send one to each participant)")})
+    more = st.number_input("Add participants", 1, 100, 1, key="sa-more")
+    if st.button("Add", key="sa-add"):
+        studies.add_participants(chosen, int(more))
+        st.rerun()
+
+    st.subheader("Results")
+    tables = study_tables(studies, chosen)
+    summary = pd.DataFrame(tables["summary"])
+    with st.container(key="sa-results"):
+        if summary.empty or not summary["images"].any():
+            st.info("No annotations yet.")
+        else:
+            st.dataframe(summary, hide_index=True, width="stretch")
+            annotations = pd.DataFrame(tables["annotations"])
+            fig = px.box(annotations, x="condition", y="seconds", points="all",
+                         title="Seconds per image, by condition", labels={"seconds": "seconds per image"})
+            st.plotly_chart(fig, key="sa-box", width="stretch")
+            means = condition_means(tables["summary"], "median_seconds")
+            st.caption("Mean of the participants' median seconds per image: "
+                       + ", ".join(f"{c} {v:.1f} s" for c, v in means.items() if v is not None))
+            if tables["tests"]:
+                st.dataframe(pd.DataFrame(tables["tests"]), hide_index=True, width="stretch")
+    st.download_button("Download results (zip of CSVs and the design)", export_zip(studies, chosen),
+                       file_name=f"study-{study['name']}-{chosen}.zip".replace(" ", "_"), mime="application/zip",
+                       key="sa-export", type="primary")

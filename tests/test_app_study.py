@@ -1,0 +1,124 @@
+"""AppTest of user-study mode: the admin page behind its password, and a participant's steps."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from apptest_helpers import ROOT, app_workspace, new_app, no_exceptions  # noqa: F401  (fixture)
+
+ADMIN = str(ROOT / "pages" / "study_admin.py")
+DESIGN = {"task": "attention", "dataset": "digits", "arch": "seed-cnn",
+          "conditions": [{"name": "click", "settings": {"mode": "click", "sampler": "random", "epochs": 1}, "budget": 2},
+                         {"name": "polygon", "settings": {"mode": "polygon", "sampler": "random", "epochs": 1},
+                          "budget": 1}],
+          "questionnaires": {"after_each": ["sus"], "final": ["tlx"]}}
+
+
+def _texts(at) -> str:
+    parts = list(at.markdown) + list(at.caption) + list(at.info) + list(at.error) + list(at.success) + list(at.title)
+    return "\n".join(str(p.value) for p in parts)
+
+
+def test_admin_without_a_password_set_shows_only_how_to_set_one(app_workspace, monkeypatch):
+    monkeypatch.delenv("STEERBOARD_ADMIN_PASSWORD", raising=False)
+    at = new_app(app_workspace).run()
+    at.switch_page(ADMIN).run()
+    no_exceptions(at)
+    assert "STEERBOARD_ADMIN_PASSWORD" in _texts(at)
+    assert not at.main.text_input and not at.main.dataframe and not at.main.tabs
+
+
+def test_admin_logs_in_and_creates_a_counterbalanced_study(app_workspace, monkeypatch):
+    monkeypatch.setenv("STEERBOARD_ADMIN_PASSWORD", "s3cret")
+    at = new_app(app_workspace).run()
+    at.switch_page(ADMIN).run()
+    at.text_input(key="study-password").input("wrong")
+    at.button[0].click().run()
+    assert "Wrong password" in _texts(at) and not at.tabs
+    at.text_input(key="study-password").input("s3cret")
+    at.button[0].click().run()
+    no_exceptions(at)
+    at.text_input(key="sa-name").input("click vs polygon")
+    at.selectbox(key="sa-data").set_value("digits")
+    at.number_input(key="sa-people").set_value(3)
+    at.number_input(key="sa-c0-budget").set_value(4)
+    at.button(key="FormSubmitter:study-new-Create study").click().run()
+    no_exceptions(at)
+    assert "Created study 'click vs polygon' with 3 participant links" in _texts(at)
+    from app.state import get_store
+    from core.study_store import StudyStore
+
+    studies = StudyStore(get_store())
+    study = next(s for s in studies.studies() if s["name"] == "click vs polygon")
+    assert [c["budget"] for c in study["design"]["conditions"]] == [4, 16]
+    assert [c["settings"]["mode"] for c in study["design"]["conditions"]] == ["click", "polygon"]
+    orders = [p.conditions for p in studies.participants(study["id"])]
+    assert orders[0] != orders[1]
+    table = at.dataframe[0].value
+    assert len(table) == 3 and all("?study=" in link for link in table["link"])
+
+
+def _participant(app_workspace, token):
+    return new_app(app_workspace, query={"study": token}, timeout=120).run()
+
+
+def test_a_participant_goes_through_a_condition_and_a_questionnaire(app_workspace):
+    at = new_app(app_workspace).run()  # the server's caches point at this workspace
+    from app.state import get_registry, get_store
+    from core.study_attention import AttentionCondition
+    from core.study_flow import ParticipantFlow
+    from core.study_results import study_tables
+    from core.study_store import StudyStore
+
+    studies = StudyStore(get_store())
+    study_id, tokens = studies.create_study("AppTest", DESIGN, participants=1)
+    token = tokens[0]
+    at = _participant(app_workspace, token)
+    no_exceptions(at)
+    assert "Welcome" in _texts(at) and "condition" not in _texts(at).lower().split("introduction")[0]
+    assert not at.metric  # no Home, no sidebar workbench
+    at.button(key="study-start").click().run()
+    no_exceptions(at)
+    assert "condition 1 of 2, image 1 of 2" in _texts(at)
+    for k in range(2):
+        flow = ParticipantFlow(studies, token)
+        cond = AttentionCondition(flow, get_registry().get(flow.progress["workbenches"]["click"]))
+        item = cond.current()
+        at.session_state[f"study-{token[:8]}-{flow.index}-draft-{item}"] = {"pos": [(14.0, 14.0)], "neg": [],
+                                                                            "undo": [], "redo": []}
+        at.run()
+        at.button(key="study-confirm").click().run()
+        no_exceptions(at)
+    assert "This part is done" in _texts(at)
+    at.button(key="study-finish").click().run()
+    deadline = time.time() + 60
+    while "Questionnaire" not in _texts(at) and time.time() < deadline:
+        time.sleep(0.5)
+        at.run()
+    no_exceptions(at)
+    assert "Questionnaire" in _texts(at), _texts(at)
+    at.button[0].click().run()  # submit with nothing answered: refused, nothing saved
+    assert "Please answer every question" in _texts(at)
+    assert studies.answers(study_id) == []
+    for radio in at.radio:
+        radio.set_value(4)
+    at.button[0].click().run()
+    no_exceptions(at)
+    answers = studies.answers(study_id)
+    assert answers[0]["instrument"] == "sus" and answers[0]["score"] == pytest.approx(50.0)
+    assert "condition 2 of 2" in _texts(at)
+    tables = study_tables(studies, study_id)
+    rows = [r for r in tables["annotations"] if r["condition"] == "click"]
+    assert len(rows) == 2 and all(r["seconds"] is not None for r in rows)
+    summary = next(r for r in tables["summary"] if r["condition"] == "click")
+    assert summary["test_acc"] is not None and summary["sus"] == pytest.approx(50.0)
+
+    again = _participant(app_workspace, token)  # a refresh resumes where they were
+    assert "condition 2 of 2, image 1 of 1" in _texts(again)
+
+
+def test_a_wrong_token_sees_nothing_of_the_study(app_workspace):
+    at = _participant(app_workspace, "x" * 22)
+    no_exceptions(at)
+    assert "participant link is not valid" in _texts(at)
+    assert not at.button and not at.metric
