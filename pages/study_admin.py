@@ -139,7 +139,8 @@ with list_tab:
         if summary.empty or not summary["images"].any():
             st.info("No annotations yet.")
         else:
-            st.dataframe(summary, hide_index=True, width="stretch")
+            st.dataframe(summary.assign(participant=summary["participant"] + 1), hide_index=True,  # as numbered above
+                         width="stretch")
             annotations = pd.DataFrame(tables["annotations"])
             fig = px.box(annotations, x="condition", y="seconds", points="all",
                          title="Seconds per image, by condition", labels={"seconds": "seconds per image"})
