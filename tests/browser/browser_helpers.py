@@ -42,5 +42,18 @@ def with_text(page: Page, selector: str, text: str | re.Pattern) -> Locator:
 
 
 def expect_text(page: Page, selector: str, text: str | re.Pattern, timeout: int) -> None:
-    """Wait until a live element matching ``selector`` contains ``text``."""
-    expect(with_text(page, selector, text)).to_be_visible(timeout=timeout)
+    """Wait until a live element matching ``selector`` contains ``text``. On a timeout the
+    failure says what the live copies of ``selector`` showed instead (the aria snapshot
+    playwright prints is cut off in CI logs before it reaches the element)."""
+    try:
+        expect(with_text(page, selector, text)).to_be_visible(timeout=timeout)
+    except AssertionError as exc:
+        shown = [t.strip()[:400] for t in page.locator(live(selector)).all_inner_texts()]
+        raise AssertionError(f"{selector} never showed {text!r}; it shows {shown or 'nothing (not on the page)'}"
+                             ) from exc
+
+
+def wait_idle(page: Page, timeout: int = 30_000) -> None:
+    """Wait until no script run of the page is in progress (Streamlit marks the app root),
+    so that a click is not sent while a polling fragment or a rerun replaces the element."""
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from browser_helpers import ROOT, Page, expect, expect_text, live, thread_env
+from browser_helpers import ROOT, Page, expect, expect_text, live, thread_env, wait_idle
 
 from PIL import Image
 
@@ -43,9 +43,12 @@ def hatched(page: Page) -> int:
 
 
 def set_number(page: Page, label: str, value: int) -> None:
+    wait_idle(page)  # a value typed while the previous change's rerun redraws the box can be lost (seen in CI)
     box = page.locator(live(".st-key-grid-params")).get_by_label(label, exact=True)
     box.fill(str(value))
     box.press("Tab")
+    wait_idle(page)
+    expect(page.locator(live(".st-key-grid-params")).get_by_label(label, exact=True)).to_have_value(str(value))
 
 
 def test_click_marks_a_square_refresh_keeps_it_continue_trains_on(start_server, grid_workspace, page: Page):
@@ -75,7 +78,9 @@ def test_click_marks_a_square_refresh_keeps_it_continue_trains_on(start_server, 
     expect_text(page, ".st-key-grid-review", "2 of 49 squares marked", LONG)
     expect(page.locator(IMG)).to_be_visible(timeout=LONG)
     assert hatched(page) >= 100
-    page.locator(".st-key-grid-continue button").click()
+    wait_idle(page)
+    page.locator(live(".st-key-grid-continue") + " button").click()
+    expect_text(page, ".st-key-grid-status", re.compile(r"Training|Finished"), LONG)  # the review was left
     expect_text(page, ".st-key-grid-status", re.compile(r"Finished: version v1\b"), LONG)
     expect_text(page, ".st-key-sb-version", re.compile(r"Model version:\s*v1\b"), LONG)
     expect_text(page, ".st-key-grid-results", "1 in its penalty set", LONG)
