@@ -95,6 +95,10 @@ def intro(flow: ParticipantFlow) -> None:
 # ----------------------------------------------------------------------------- a condition
 def condition(flow: ParticipantFlow) -> None:
     design, step = flow.design, flow.step
+    if design.get("task") != "attention":  # checked before a workbench is made for it
+        st.error(f"This study's task ({design.get('task')}) has no participant page yet: only attention-clicking "
+                 "studies can be run. Ask the researcher; nothing you did was lost.")
+        return
     try:
         wb_id = flow.start_condition(lambda: _fresh_workbench(design, flow.token))
     except NotReady as exc:
@@ -102,7 +106,11 @@ def condition(flow: ParticipantFlow) -> None:
         wait_for_base(exc.job)
         return
     wb = get_registry().get(wb_id)
-    cond = AttentionCondition(flow, wb)
+    try:
+        cond = AttentionCondition(flow, wb)
+    except StudyError as exc:  # a design the attention task cannot run (settings checked by the library)
+        st.error(f"This part cannot start: {exc}. Ask the researcher to fix the study's design.")
+        return
     info = next(c for c in design["conditions"] if c["name"] == step.condition)
     st.title("Practice round" if cond.practice else f"Part {flow.participant.conditions.index(step.condition) + 1}")
     if info["instructions"]:

@@ -122,3 +122,20 @@ def test_a_wrong_token_sees_nothing_of_the_study(app_workspace):
     no_exceptions(at)
     assert "participant link is not valid" in _texts(at)
     assert not at.button and not at.metric
+
+
+def test_a_study_whose_task_has_no_participant_page_says_so(app_workspace):
+    new_app(app_workspace).run()
+    from app.state import get_store
+    from core.study_flow import ParticipantFlow
+    from core.study_store import StudyStore
+
+    studies = StudyStore(get_store())
+    design = {**DESIGN, "task": "grid",
+              "conditions": [{"name": "a", "settings": {}, "budget": 1}, {"name": "b", "settings": {}, "budget": 1}]}
+    _, tokens = studies.create_study("Grid study", design, participants=1)
+    at = _participant(app_workspace, tokens[0])
+    at.button(key="study-start").click().run()
+    no_exceptions(at)
+    assert any("only attention-clicking studies can be run" in e.value for e in at.error), _texts(at)
+    assert ParticipantFlow(studies, tokens[0]).progress.get("workbenches", {}) == {}  # no workbench made for it
