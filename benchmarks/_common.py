@@ -54,6 +54,39 @@ def machine(device: str | None = None) -> dict:
     }
 
 
+ANCHOR_IMG_PER_S = 1260.0  # docs/platform-notes.md: seed CNN, batch 64, bare loop, 2 cores, torch 2.15
+
+
+def speed_anchor(seconds: float = 2.0) -> dict:
+    """How fast this machine is right now, for reading absolute timings (a latency, a start
+    time) that no ratio can normalise: the images/s of the seed CNN's bare training loop
+    (batch 64) over ``seconds``, next to the figure the platform notes give for these
+    machines. Shared machines slow down when a neighbour is busy; a start time measured at
+    half the anchor speed is not comparable to one measured at full speed."""
+    from core.models import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model("seed-cnn", 1, 28, 10)
+        x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def step() -> None:
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        step()
+        n += 64
+    rate = n / (time.perf_counter() - t0)
+    return {"seed_cnn_img_per_s": round(rate, 1), "anchor_img_per_s": ANCHOR_IMG_PER_S,
+            "speed_vs_anchor": round(rate / ANCHOR_IMG_PER_S, 3)}
+
+
 def seeds_record(reported_on: list[int], tuned_on: list[int] | None, tuned: str) -> dict:
     """Which seeds served which purpose (the honesty rule "tune apart"): ``tuned`` says what
     was chosen on ``tuned_on``; the figures are on ``reported_on``."""
