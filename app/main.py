@@ -30,6 +30,15 @@ def preload_components(box, widgets: bool) -> None:
     with box:
         if not widgets:
             st.html("<style>.st-key-shell-preload { display: none; }</style>")
+            # plotly validates any figure against whatever numpy and pandas sys.modules holds (np.isscalar,
+            # pd.Series), without importing them. When a server restarts with many tabs open, another session's
+            # thread may be importing them (with torch, below) at this moment, and plotly met half-initialised
+            # modules ("partially initialized module 'pandas' has no attribute 'Series'", found by
+            # benchmarks/study_load.py). Importing them here waits for that import to finish; the shell's text
+            # is already out, and the torch import below needs both anyway.
+            import numpy  # noqa: F401
+            import pandas  # noqa: F401
+
             st.plotly_chart({"data": [{"type": "scatter", "x": [0], "y": [0]}]}, key="shell-plotly",
                             config={"staticPlot": True})
             return
