@@ -227,3 +227,22 @@ def test_run_all_plans_every_benchmark_into_one_folder(tmp_path, capsys):
     assert run_all.main(["--dry-run", "--out", str(tmp_path), "--only", "streamed_tsne"]) == 0
     assert "benchmarks/streamed_tsne.py" in capsys.readouterr().out
     assert not tmp_path.joinpath("run.json").exists()
+
+
+def test_study_load_rows_report_the_response_memory_and_every_failed_check(report, tmp_path):
+    checks = {"all_finished": True, "nothing_lost_at_kill": True, "own_data_only": True}
+    rec = {"name": "study_load", "p95_busy_s": 2.5, "p95_all_s": 2.6, "peak_rss_mb": 1500.4, "checks": checks,
+           "pass": True, "quick": False, "provenance": PROV,
+           "timing": {"busy": {"n": 40, "p50_s": 1.0, "p95_s": 2.5, "max_s": 4.0},
+                      "all": {"n": 50, "p50_s": 1.0, "p95_s": 2.6, "max_s": 4.0}},
+           "params": {"participants": 8, "budget": 3, "epochs": 20, "machine_speed": {"before": {"speed_vs_anchor": 0.5}}}}
+    write(tmp_path, "study_load.json", rec)
+    rows = table_rows(report.markdown(report.build(tmp_path)))
+    resp = next(r for r in rows if "page response" in r[0])
+    assert "8 participants" in resp[0] and resp[1].startswith("2.50 s") and "0.50x the speed anchor" in resp[1]
+    assert resp[4] == "–"  # no target in the issue: none invented
+    assert next(r for r in rows if "peak server memory" in r[0])[1] == "1500 MB"
+    assert next(r for r in rows if "Study load: checks" in r[0])[1:5] == ["all hold", "–", "all hold", "yes"]
+    write(tmp_path, "study_load.json", {**rec, "checks": {**checks, "own_data_only": False}, "pass": False})
+    row = next(r for r in table_rows(report.markdown(report.build(tmp_path))) if "Study load: checks" in r[0])
+    assert row[1] == "failed: own_data_only" and row[4] == "**no**"
