@@ -12,6 +12,7 @@ import json
 import statistics
 import time
 import zipfile
+from pathlib import Path
 from typing import Any
 
 from core.study import paired_tests, per_item, summarize
@@ -90,19 +91,47 @@ def to_csv(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
     return buf.getvalue()
 
 
-def export_zip(studies: StudyStore, study_id: str) -> bytes:
+def condition_models(studies: StudyStore, study_id: str) -> list[dict[str, Any]]:
+    """The model each finished condition ended with: participant number, condition, workbench
+    version and its checkpoint file (from the condition's ``condition_done`` event and the
+    participant's workbench for that condition). Conditions not finished have none."""
+    people = {p.token: p for p in studies.participants(study_id)}
+    out = []
+    for e in studies.events(study_id):
+        p = people.get(e.participant)
+        if e.kind != "condition_done" or p is None or e.payload.get("version") is None:
+            continue
+        wb_id = (p.progress.get("workbenches") or {}).get(e.condition)
+        versions = {v.number: v for v in studies.store.versions(wb_id)} if wb_id else {}
+        v = versions.get(int(e.payload["version"]))
+        if v is not None and Path(v.checkpoint).is_file():
+            out.append({"participant": p.number, "condition": e.condition, "version": v.number,
+                        "checkpoint": v.checkpoint, "metrics": v.metrics})
+    return out
+
+
+def export_zip(studies: StudyStore, study_id: str, *, models: bool = False,
+               tables: dict[str, list[dict[str, Any]]] | None = None) -> bytes:
     """The results as a zip: events.csv, annotations.csv (one row per annotation, with its
     seconds and condition), questionnaires.csv, summary.csv, tests.csv and manifest.json (the
-    study's design and each participant's condition order)."""
+    study's design and each participant's condition order). With ``models``, also each
+    finished condition's final model as ``models/participant-<n>-<condition>-v<k>.pt`` (listed
+    in the manifest). ``tables``: :func:`study_tables` already computed for this study."""
     study = studies.study(study_id)
-    tables = study_tables(studies, study_id)
+    tables = tables if tables is not None else study_tables(studies, study_id)
+    chosen = condition_models(studies, study_id) if models else []
+    files = {f"models/participant-{m['participant']}-{m['condition']}-v{m['version']}.pt": m for m in chosen}
     manifest = {"study": {"id": study["id"], "name": study["name"], "created": study["created"]},
                 "design": study["design"], "exported": time.time(),
                 "participants": [{"number": p.number, "order": p.conditions} for p in studies.participants(study_id)],
-                "files": {name + ".csv": len(rows) for name, rows in tables.items()}}
+                "files": {name + ".csv": len(rows) for name, rows in tables.items()},
+                "models": [{"file": name, "participant": m["participant"], "condition": m["condition"],
+                            "version": m["version"], "metrics": m["metrics"]} for name, m in files.items()]}
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, rows in tables.items():
             zf.writestr(f"{name}.csv", to_csv(rows))
+        for name, m in files.items():
+            zf.write(m["checkpoint"], name)
         zf.writestr("manifest.json", json.dumps(manifest, indent=2, default=str))
     return buf.getvalue()

@@ -18,6 +18,9 @@ from core.study_store import StudyError, StudyStore
 PASSWORD_ENV = "STEERBOARD_ADMIN_PASSWORD"
 SAMPLERS = ["gmm", "entropy", "margin", "kcenter", "random"]
 DATASETS = ["biased-digits", "digits"]
+BOX_MEASURES = {"seconds": "Seconds per image", "operations_per_image": "Operations per image",
+                "test_acc": "Test accuracy after (%)", "conflicting_acc": "Bias-conflicting accuracy after (%)",
+                "sus": "SUS score (0-100)", "tlx": "Raw NASA-TLX (0-100)"}
 
 
 def admin_password() -> str | None:
@@ -141,15 +144,23 @@ with list_tab:
         else:
             st.dataframe(summary.assign(participant=summary["participant"] + 1), hide_index=True,  # as numbered above
                          width="stretch")
-            annotations = pd.DataFrame(tables["annotations"])
-            fig = px.box(annotations, x="condition", y="seconds", points="all",
-                         title="Seconds per image, by condition", labels={"seconds": "seconds per image"})
+            measures = {m: label for m, label in BOX_MEASURES.items()
+                        if m == "seconds" or (m in summary and summary[m].notna().any())}
+            measure = st.selectbox("Box plot of", list(measures), format_func=measures.get, key="sa-box-measure")
+            if measure == "seconds":  # one point per annotation
+                frame, y = pd.DataFrame(tables["annotations"]), "seconds"
+            else:  # one point per participant and condition
+                frame, y = summary.dropna(subset=[measure]), measure
+            fig = px.box(frame, x="condition", y=y, points="all", title=f"{measures[measure]}, by condition",
+                         labels={y: measures[measure].lower()}, hover_data=["participant"])
             st.plotly_chart(fig, key="sa-box", width="stretch")
             means = condition_means(tables["summary"], "median_seconds")
             st.caption("Mean of the participants' median seconds per image: "
                        + ", ".join(f"{c} {v:.1f} s" for c, v in means.items() if v is not None))
             if tables["tests"]:
                 st.dataframe(pd.DataFrame(tables["tests"]), hide_index=True, width="stretch")
-    st.download_button("Download results (zip of CSVs and the design)", export_zip(studies, chosen),
+    with_models = st.checkbox("Include each condition's final model (checkpoints; a larger file)", key="sa-models")
+    st.download_button("Download results (zip of CSVs and the design)",  # built when clicked, not on every rerun
+                       lambda: export_zip(studies, chosen, models=with_models),
                        file_name=f"study-{study['name']}-{chosen}.zip".replace(" ", "_"), mime="application/zip",
-                       key="sa-export", type="primary")
+                       key="sa-export", type="primary", on_click="ignore")

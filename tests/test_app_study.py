@@ -62,7 +62,7 @@ def _participant(app_workspace, token):
     return new_app(app_workspace, query={"study": token}, timeout=120).run()
 
 
-def test_a_participant_goes_through_a_condition_and_a_questionnaire(app_workspace):
+def test_a_participant_goes_through_a_condition_and_a_questionnaire(app_workspace, monkeypatch):
     at = new_app(app_workspace).run()  # the server's caches point at this workspace
     from app.state import get_registry, get_store
     from core.study_attention import AttentionCondition
@@ -115,6 +115,28 @@ def test_a_participant_goes_through_a_condition_and_a_questionnaire(app_workspac
 
     again = _participant(app_workspace, token)  # a refresh resumes where they were
     assert "condition 2 of 2, image 1 of 1" in _texts(again)
+
+    # the admin sees the results: a box plot per measure the data has (no bias-conflicting accuracy on digits)
+    monkeypatch.setenv("STEERBOARD_ADMIN_PASSWORD", "s3cret")
+    admin = new_app(app_workspace).run()
+    admin.switch_page(ADMIN).run()
+    admin.text_input(key="study-password").input("s3cret")
+    admin.button[0].click().run()
+    box = admin.selectbox(key="sa-box-measure")
+    assert box.options == ["Seconds per image", "Operations per image", "Test accuracy after (%)",
+                           "SUS score (0-100)"], box.options
+    box.set_value("sus").run()
+    no_exceptions(admin)
+    import base64
+    import json
+
+    import numpy as np
+
+    fig = json.loads(admin.get("plotly_chart")[0].proto.spec)
+    assert fig["layout"]["title"]["text"] == "SUS score (0-100), by condition"
+    ys = [t["y"] if isinstance(t["y"], list) else np.frombuffer(base64.b64decode(t["y"]["bdata"]), t["y"]["dtype"])
+          for t in fig["data"]]  # plotly sends arrays base64-encoded
+    assert [list(map(float, y)) for y in ys] == [[50.0]]  # the one SUS score so far, as in the export
 
 
 def test_a_wrong_token_sees_nothing_of_the_study(app_workspace):

@@ -1,6 +1,11 @@
 """core.study_attention: one participant's attention condition, from its images to its outcome."""
 from __future__ import annotations
 
+import io
+import json
+import zipfile
+from pathlib import Path
+
 import pytest
 
 from core import attention_workspace as aw
@@ -9,7 +14,7 @@ from core.store import Store
 from core.study import CONFIRM, SHOW
 from core.study_attention import AttentionCondition, condition_settings
 from core.study_flow import ParticipantFlow, Step
-from core.study_results import study_tables
+from core.study_results import export_zip, study_tables
 from core.study_store import StudyError, StudyStore
 from core.workbench import Workbench
 
@@ -96,6 +101,14 @@ def test_a_participant_annotates_a_condition_and_its_outcome_reaches_the_results
     assert all(r["operations"] == 2 for r in rows)  # click + undo, from the events
     summary = next(r for r in tables["summary"] if r["participant"] == 0 and r["condition"] == "click")
     assert summary["images"] == 3 and summary["test_acc"] is not None
+
+    # the export holds the condition's final model only when asked, byte for byte the fine-tuned version
+    assert not any(n.startswith("models/") for n in zipfile.ZipFile(io.BytesIO(export_zip(studies, study_id))).namelist())
+    zf = zipfile.ZipFile(io.BytesIO(export_zip(studies, study_id, models=True, tables=tables)))
+    assert [n for n in zf.namelist() if n.startswith("models/")] == ["models/participant-0-click-v1.pt"]
+    assert zf.read("models/participant-0-click-v1.pt") == Path(wb.version(1).checkpoint).read_bytes()
+    manifest = json.loads(zf.read("manifest.json"))
+    assert manifest["models"][0]["file"] == "models/participant-0-click-v1.pt" and manifest["models"][0]["version"] == 1
 
 
 def test_a_restart_resumes_the_same_images_and_counts(tmp_path, tiny_data):
