@@ -7,6 +7,7 @@ event before it reacts to the gesture never shows something the record lacks.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
@@ -159,6 +160,20 @@ class StudyStore:
         with self.store._read() as db:
             rows = db.execute(query + " ORDER BY e.id", args).fetchall()
         return [Event(p, c, t, k, i, json.loads(pl)) for p, c, t, k, i, pl in rows]
+
+    def revision(self, study_id: str) -> tuple:
+        """A value that changes whenever anything the results are computed from changes (the
+        study's events, answers, participants and their progress), read in one cheap query
+        each: to know when results computed earlier are still current."""
+        with self.store._read() as db:
+            events = db.execute("SELECT count(*), max(e.id) FROM study_events e JOIN participants p "
+                                "ON p.token = e.participant WHERE p.study_id = ?", (study_id,)).fetchone()
+            answers = db.execute("SELECT count(*), max(a.created) FROM study_answers a JOIN participants p "
+                                 "ON p.token = a.participant WHERE p.study_id = ?", (study_id,)).fetchone()
+            progress = db.execute("SELECT number, conditions, progress FROM participants WHERE study_id = ? "
+                                  "ORDER BY number", (study_id,)).fetchall()
+        digest = hashlib.sha256(json.dumps(progress).encode()).hexdigest()[:16]
+        return (*events, *answers, len(progress), digest)
 
     def answers(self, study_id: str) -> list[dict[str, Any]]:
         with self.store._read() as db:

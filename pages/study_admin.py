@@ -136,7 +136,10 @@ with list_tab:
         st.rerun()
 
     st.subheader("Results")
-    tables = study_tables(studies, chosen)
+    revision = (chosen, studies.revision(chosen))  # the paired tests take ~0.1 s: computed again only on a change
+    if st.session_state.get("sa-tables-rev") != revision:
+        st.session_state["sa-tables"], st.session_state["sa-tables-rev"] = study_tables(studies, chosen), revision
+    tables = st.session_state["sa-tables"]
     summary = pd.DataFrame(tables["summary"])
     with st.container(key="sa-results"):
         if summary.empty or not summary["images"].any():
@@ -161,6 +164,6 @@ with list_tab:
                 st.dataframe(pd.DataFrame(tables["tests"]), hide_index=True, width="stretch")
     with_models = st.checkbox("Include each condition's final model (checkpoints; a larger file)", key="sa-models")
     st.download_button("Download results (zip of CSVs and the design)",  # built when clicked, not on every rerun
-                       lambda: export_zip(studies, chosen, models=with_models),
+                       lambda: export_zip(studies, chosen, models=with_models),  # fresh: what is on disk now
                        file_name=f"study-{study['name']}-{chosen}.zip".replace(" ", "_"), mime="application/zip",
                        key="sa-export", type="primary", on_click="ignore")

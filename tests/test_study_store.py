@@ -83,6 +83,24 @@ def test_answers_are_kept_per_step_and_replaced_on_resubmit(tmp_path):
         studies.save_answers(token, "lasso", "sus", [3] * 10)
 
 
+def test_the_revision_changes_with_everything_the_results_read_and_only_then(tmp_path):
+    studies = StudyStore(Store(tmp_path / "ws"))
+    study_id, (a, b) = studies.create_study("s", DESIGN, participants=2)
+    other_id, (c,) = studies.create_study("other", DESIGN, participants=1)
+    seen = [studies.revision(study_id)]
+    assert studies.revision(study_id) == seen[-1]  # nothing changed
+    studies.log(c, "click", SHOW, "1", t=1.0)  # another study's event
+    assert studies.revision(study_id) == seen[-1]
+    for change in (lambda: studies.log(a, "click", SHOW, "1", t=1.0),
+                   lambda: studies.save_answers(b, "click", "sus", [3] * 10, 50.0),
+                   lambda: studies.save_answers(b, "click", "sus", [4] * 10, 50.0),  # replaced: same count
+                   lambda: studies.set_progress(a, {"step": 1}),
+                   lambda: studies.add_participants(study_id, 1)):
+        change()
+        assert studies.revision(study_id) not in seen
+        seen.append(studies.revision(study_id))
+
+
 def test_a_schema_1_workspace_gets_the_study_tables(tmp_path):
     store = Store(tmp_path / "ws")
     with sqlite3.connect(store.db_path) as db:  # as the previous release left it
