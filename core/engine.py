@@ -209,6 +209,42 @@ def batch_order(n: int, batch_size: int, generator: torch.Generator, shuffle: bo
     return list(order.split(batch_size))
 
 
+@dataclass(frozen=True)
+class DataParallel:
+    """Data-parallel training over processes (``torch.distributed``, started by torchrun):
+    this process's ``rank`` among ``world_size``, and ``module``, the model wrapped in
+    PyTorch's ``DistributedDataParallel`` (its forward pass sets up the gradient all-reduce)."""
+
+    rank: int
+    world_size: int
+    module: nn.Module
+
+
+def shard(idx: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's part of one global batch, with ``DistributedSampler``'s semantics: the
+    batch is padded by repeating its first indices to a multiple of ``world_size``, and rank
+    r takes every ``world_size``-th index from position r. Every rank then holds the same
+    number of examples (so the averaged gradients weigh each example alike), and the ranks'
+    parts together are the global batch the single-process run takes at the same step."""
+    pad = (-len(idx)) % world_size
+    if pad:
+        idx = torch.cat([idx, idx.repeat(math.ceil(pad / len(idx)))[:pad]])
+    return idx[rank::world_size]
+
+
+def data_parallel(model: SteerableModel, device: torch.device) -> DataParallel | None:
+    """Wrap ``model`` (already on ``device``) for the process group this process belongs to,
+    or None when there is none or it has one process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    return DataParallel(dist.get_rank(), dist.get_world_size(), DistributedDataParallel(model, device_ids=ids))
+
+
 # ----------------------------------------------------------------------------- evaluation
 @dataclass
 class EvalResult:
@@ -428,13 +464,19 @@ def train_one_epoch(
     step0: int = 0,
     schedule: Callable[[int], float] | None = None,
     guard: DivergenceGuard | None = None,
+    parallel: DataParallel | None = None,
 ) -> tuple[float, float, int, bool]:
     """One pass over ``images``. Returns (mean loss, accuracy, steps done, stopped).
 
     Loss = weights["cls"] * CE + sum(weights[name] * term(model, batch)). Raises
     :class:`NonFiniteLoss` before the optimiser step when the loss is not finite or, given a
-    ``guard``, when it runs away.
+    ``guard``, when it runs away. With ``parallel``, each global batch is sharded over the
+    processes (see :func:`shard`), the forward pass goes through DistributedDataParallel, and
+    the loss and accuracy reported are those of the whole global batch (all-reduced), so every
+    process takes the same decisions; extra loss terms are not supported there.
     """
+    if parallel is not None and loss_terms:
+        raise ValueError("extra loss terms are not supported in data-parallel training")
     loss_terms = dict(loss_terms or {})
     weights = dict(weights or {})
     w_cls = float(weights.get("cls", 1.0))
@@ -458,11 +500,16 @@ def train_one_epoch(
         if schedule is not None:
             for group in optimizer.param_groups:
                 group["lr"] = schedule(step)
+        if parallel is not None:
+            idx = shard(idx, parallel.rank, parallel.world_size)
         x = images[idx].to(device, non_blocking=True)
         y = labels[idx].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        feats = model.features(x)
-        logits = model.head(feats)
+        if parallel is not None:
+            feats, logits = None, parallel.module(x)
+        else:
+            feats = model.features(x)
+            logits = model.head(feats)
         loss = F.cross_entropy(logits, y)
         term_values: dict[str, float] = {}
         if loss_terms:
@@ -472,15 +519,22 @@ def train_one_epoch(
                 value = term(model, batch)
                 term_values[name] = float(value.detach())
                 loss = loss + float(weights.get(name, 1.0)) * value
-        loss_value = float(loss.detach())
+        correct = int((logits.detach().argmax(1) == y).sum())
+        n = len(y)
+        if parallel is not None:  # the global batch's loss and accuracy, the same on every process
+            import torch.distributed as dist
+
+            totals = torch.tensor([float(loss.detach()) * n, correct, n], dtype=torch.float64, device=device)
+            dist.all_reduce(totals)
+            loss_value, correct, n = float(totals[0] / totals[2]), int(totals[1]), int(totals[2])
+        else:
+            loss_value = float(loss.detach())
         if guard is not None:
             guard.check(loss_value, epoch=epoch, step=step)
         elif not math.isfinite(loss_value):
             raise NonFiniteLoss(f"the loss became {loss_value} at epoch {epoch + 1}, step {step + 1}", step)
         loss.backward()
         optimizer.step()
-        correct = int((logits.detach().argmax(1) == y).sum())
-        n = len(y)
         total_loss += loss_value * n
         total_correct += correct
         total_seen += n
@@ -515,6 +569,7 @@ def fit(
     control: TrainControl | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     start_val_acc: float | None = None,
+    distributed: bool = False,
 ) -> FitResult:
     """Train ``model`` for ``config.epochs`` epochs on ``train`` = (images, labels), with an
     evaluation on ``val`` after each epoch.
@@ -525,10 +580,15 @@ def fit(
     validation accuracy was not worse than at the start, or to the weights it had before the
     run; ``FitResult.diverged`` is set and ``message`` says which. ``start_val_acc`` (the
     model's validation accuracy before the run) saves one evaluation when the caller knows it.
+
+    ``distributed``: train data-parallel over the ``torch.distributed`` process group this
+    process belongs to (torchrun; see :func:`data_parallel`), ``config.batch_size`` being the
+    global batch. Every process runs this with the same arguments and ends with the same weights.
     """
     config = config or TrainConfig()
     device = pick_device(config.device)
     model.to(device)
+    parallel = data_parallel(model, device) if distributed else None
     optimizer = optimizer or make_optimizer(model, config)
     generator = torch.Generator().manual_seed(config.seed)
     images, labels = train
@@ -548,6 +608,7 @@ def fit(
                 model, optimizer, images, labels, epoch=epoch, config=config, generator=generator,
                 device=device, ids=train_ids, loss_terms=loss_terms, weights=weights,
                 callbacks=callbacks, control=control, step0=steps, schedule=schedule, guard=guard,
+                parallel=parallel,
             )
         except NonFiniteLoss as exc:
             model.load_state_dict(fallback)

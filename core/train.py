@@ -1,20 +1,61 @@
 """Train a base model headless and write a checkpoint the app can open.
 
     python -m core.train --data digits --model seed-cnn --epochs 8 --out runs/digits
+
+Data-parallel on several processes or GPUs with PyTorch's own launcher (DistributedDataParallel;
+NCCL with one GPU per process, gloo on CPUs); ``--batch-size`` is then the global batch, and only
+rank 0 prints, evaluates and writes:
+
+    torchrun --standalone --nproc-per-node=2 -m core.train --data digits --model seed-cnn --epochs 8 --out runs/digits
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
+
+import torch
 
 from core.base_models import base_meta
 from core.data import DataError, load_dataset
 from core.engine import Callback, EpochInfo, TrainConfig
 from core.models import list_models, save_checkpoint
 from core.workbench import base_key, train_base_model, version_metrics
+
+
+class _StepLosses(Callback):
+    """The loss of the first ``keep`` steps (the global batch's under torchrun), for metrics.json."""
+
+    def __init__(self, keep: int = 200) -> None:
+        self.keep, self.losses = keep, []
+
+    def on_step(self, info) -> None:
+        if len(self.losses) < self.keep:
+            self.losses.append(info.loss)
+
+
+def init_distributed(device: str | None) -> tuple[int, int, str | None]:
+    """Join the process group torchrun set up (``WORLD_SIZE`` > 1 in the environment): NCCL with
+    the GPU ``LOCAL_RANK`` when CUDA is there and not refused by ``device``, else gloo on the
+    CPU. Returns (rank, world size, the device this process trains on); (0, 1, ``device``)
+    without torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world < 2:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    elif device is None or device == "auto":
+        device = "cpu"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
 
 
 class _Printer(Callback):
@@ -37,13 +78,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="folder for the checkpoint and a metrics.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    rank, world, device = init_distributed(args.device)
+    try:
+        return _train(args, rank, world, device)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace, rank: int, world: int, device: str | None) -> int:
+    steps = _StepLosses()
     try:
         data = load_dataset(args.data, seed=args.seed, limit_per_class=args.limit_per_class)
-        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device)
-        model, result = train_base_model(data, args.model, config=config, callbacks=[_Printer()])
+        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=device)
+        model, result = train_base_model(data, args.model, config=config, callbacks=[steps] + [_Printer()] * (rank == 0),
+                                         distributed=world > 1)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if rank != 0:  # every process holds the same weights; one writes them
+        return 0
     if result.rolled_back:
         print(f"warning: {result.message}", file=sys.stderr)
     out = Path(args.out).expanduser()
@@ -52,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     path = out / f"{base_key(source, args.model, args.seed)}.pt"
     metrics = version_metrics(model, data)
     save_checkpoint(model, path, data.classes, base_meta(args.data, data, metrics, epochs=args.epochs))
-    (out / "metrics.json").write_text(json.dumps({"checkpoint": str(path), **metrics}, indent=2))
+    (out / "metrics.json").write_text(json.dumps({"checkpoint": str(path), **metrics, "processes": world,
+                                                  "first_step_losses": steps.losses}, indent=2))
     print(f"test accuracy {100 * metrics.get('test_acc', float('nan')):.2f}%  -> {path}")
     return 0
 

@@ -75,12 +75,15 @@ def train_base_model(
     config: TrainConfig | None = None,
     callbacks: Sequence[Callback] = (),
     control=None,
+    distributed: bool = False,
 ) -> tuple[SteerableModel, FitResult]:
-    """Build ``arch`` for ``data`` and train it from scratch on the train split."""
+    """Build ``arch`` for ``data`` and train it from scratch on the train split
+    (``distributed``: data-parallel over the torchrun process group, see ``core.engine.fit``)."""
     config = config or TrainConfig()
     c, h, _ = data.image_shape
     model = build_model(arch, c, h, data.num_classes, seed=config.seed)
-    result = fit(model, data.split("train"), data.split("val"), config=config, callbacks=callbacks, control=control)
+    result = fit(model, data.split("train"), data.split("val"), config=config, callbacks=callbacks, control=control,
+                 distributed=distributed)
     return model.cpu(), result
 
 
