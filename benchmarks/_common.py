@@ -54,6 +54,29 @@ def machine(device: str | None = None) -> dict:
     }
 
 
+def device_or_exit(name: str) -> str:
+    """The device a benchmark's ``--device`` asks for, when this machine has it. A CUDA (or
+    MPS) device that is not there is not an error of the benchmark: it says so and the process
+    exits 0 without writing a result, so a CPU-only CI can call the GPU command."""
+    from core.engine import available_devices
+
+    name = name.lower()
+    have = available_devices()
+    if name.split(":")[0] not in ("cpu", "cuda", "mps"):  # a typo is an error, not a missing GPU
+        print(f"--device {name}: not a device (cpu, cuda, cuda:N or mps)", file=sys.stderr)
+        raise SystemExit(2)
+    if name != "cpu" and name.split(":")[0] not in have:
+        print(f"--device {name}: this machine has no such device (available: {', '.join(have)}); nothing measured.")
+        raise SystemExit(0)
+    return name
+
+
+def sync(device: str) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously): a timing ends here."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 ANCHOR_IMG_PER_S = 1260.0  # docs/platform-notes.md: seed CNN, batch 64, bare loop, 2 cores, torch 2.15
 
 

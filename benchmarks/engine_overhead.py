@@ -5,7 +5,11 @@ Entries: ``engine`` (no statistics), ``engine_stats`` (per-layer and per-filter 
 every step), ``frozen`` (seed-cnn with conv1-2 frozen, against a bare loop with the same
 layers frozen).
 
-    python benchmarks/engine_overhead.py [--data digits] [--pairs 7] [--json PATH]
+    python benchmarks/engine_overhead.py [--data digits] [--pairs 7] [--device cpu|cuda] [--json PATH]
+
+On CUDA the images stay in host memory and each batch is copied to the GPU, in both loops (as
+the engine does); the times are absolute seconds on the GPU named in the provenance, next to
+the ratios. ``--device cuda`` on a machine without CUDA says so and exits 0.
 """
 from __future__ import annotations
 
@@ -15,14 +19,15 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from _common import interleaved, machine, print_table, seeds_record, write_json  # noqa: I001
+from _common import device_or_exit, interleaved, machine, print_table, seeds_record, sync, write_json  # noqa: I001
 from core.data import load_dataset
 from core.engine import TrainConfig, apply_freeze, fit
 from core.models import build_model
 from core.monitor import LayerStats
 
 
-def bare_epoch(model, images, labels, batch_size: int, seed: int, lr: float, frozen: tuple[str, ...] = ()) -> None:
+def bare_epoch(model, images, labels, batch_size: int, seed: int, lr: float, frozen: tuple[str, ...] = (),
+               device: str = "cpu") -> None:
     """What a user would write by hand: shuffle, forward, CE, backward, SGD step, log loss."""
     for g in frozen:
         for p in model.group_parameters(g):
@@ -32,7 +37,7 @@ def bare_epoch(model, images, labels, batch_size: int, seed: int, lr: float, fro
     model.train()
     total, correct = 0.0, 0
     for idx in torch.randperm(len(images), generator=gen).split(batch_size):
-        x, y = images[idx], labels[idx]
+        x, y = images[idx].to(device, non_blocking=True), labels[idx].to(device, non_blocking=True)
         opt.zero_grad(set_to_none=True)
         out = model(x)
         loss = F.cross_entropy(out, y)
@@ -51,8 +56,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--repeat", type=int, default=2, help="epochs per timed run")
     ap.add_argument("--seed", type=int, default=100)
     ap.add_argument("--quick", action="store_true", help="small run for CI")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (on a machine without it: says so, exits 0)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    device = device_or_exit(args.device)
     if args.quick:
         args.pairs, args.repeat = 3, 1
 
@@ -61,7 +68,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     c, h, _ = data.image_shape
     base = build_model(args.model, c, h, data.num_classes, seed=args.seed)
     lr = 0.01
-    cfg = TrainConfig(epochs=args.repeat, batch_size=args.batch_size, lr=lr, seed=args.seed, device="cpu")
+    cfg = TrainConfig(epochs=args.repeat, batch_size=args.batch_size, lr=lr, seed=args.seed, device=device)
     first_two = tuple(list(base.layer_groups)[:2])
 
     def ours(stats: bool = False, frozen: tuple[str, ...] = ()):
@@ -73,16 +80,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     fit(m, (images, labels), None, config=cfg, callbacks=[st])
             else:
                 fit(m, (images, labels), None, config=cfg)
+            sync(device)
         return run
 
     def ref(frozen: tuple[str, ...] = ()):
         def run():
-            m = copy.deepcopy(base)
+            m = copy.deepcopy(base).to(device)
             for e in range(args.repeat):
-                bare_epoch(m, images, labels, args.batch_size, args.seed + e, lr, frozen)
+                bare_epoch(m, images, labels, args.batch_size, args.seed + e, lr, frozen, device)
+            sync(device)
         return run
 
-    prov = machine("cpu")
+    prov = machine(device)
     rows = []
     for name, a, b, target in [
         ("engine", ours(), ref(), 1.05),
@@ -94,7 +103,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "name": name, "ours_s": r["ours_s"], "reference_s": r["reference_s"], "ratio": r["ratio"],
             "target": target, "pass": r["ratio"] <= target, "quick": args.quick,
             "seeds": seeds_record([args.seed], [], "nothing (a timing)"),
-            "params": {"data": args.data, "model": args.model, "batch_size": args.batch_size,
+            "params": {"data": args.data, "model": args.model, "batch_size": args.batch_size, "device": device,
+                       "gpu": prov.get("cuda"),
                        "train_images": len(images), "epochs_per_run": args.repeat, "pairs": args.pairs,
                        "frozen": list(first_two) if name == "frozen" else [],
                        "ours_all": r["ours_all"], "reference_all": r["reference_all"]},
