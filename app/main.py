@@ -77,7 +77,7 @@ from app import sidebar  # noqa: E402  (imports torch and the model library: the
 if first_run:
     preload_components(preload, widgets=True)
 
-from app.state import boot, configure_threads, show_notices  # noqa: E402
+from app.state import boot, configure_threads, show_notices, store_or_stop  # noqa: E402
 from app.widgets import remember_job  # noqa: E402
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -122,6 +122,7 @@ def waiting_for_base(job) -> None:
     progress()
 
 
+store_or_stop(shell)  # before any page: a workspace another server holds stops here with a message
 if st.query_params.get("study"):  # participant mode: the study's steps only, no sidebar, no other page
     from app.study_participant import page as study_page
 

@@ -21,7 +21,7 @@ from core.jobs import ComputeBudget, compute_plan
 from core.models import CheckpointError
 from core.paths import PathNotAllowed, check_user_path, data_roots
 from core.registry import DEFAULT_IDLE_S, WorkbenchRegistry
-from core.store import Store, WorkspaceError, valid_workbench_id
+from core.store import Store, WorkspaceError, claim_workspace, valid_workbench_id
 from core.workbench import Workbench, WorkbenchError
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,20 @@ def configure_threads() -> int:
 
 @st.cache_resource(show_spinner=False)
 def get_store() -> Store:
-    return Store()
+    """The workspace's store, claimed for this server process: a second server started on
+    the same workspace (a replica given the same volume) gets a message naming the first one
+    instead of running its jobs beside it (see ``core.store.claim_workspace``)."""
+    store = Store()
+    claim = _CLAIMS.get(store.root)
+    if claim is None or not claim.holds():  # one descriptor per workspace for the process's life
+        claim = _CLAIMS[store.root] = claim_workspace(store.root)
+    store.server_claim = claim
+    return store
+
+
+# The server process's workspace claims, kept past a cleared resource cache: a claim is a
+# POSIX lock, which closing any descriptor of the file would drop, so each is made once.
+_CLAIMS: dict = {}
 
 
 @st.cache_resource(show_spinner=False)
@@ -127,15 +140,24 @@ def _open(wb_id: str, why_fresh: str) -> Workbench | None:
     return None
 
 
+def store_or_stop(shell=None) -> Store:
+    """The server's store; when the workspace cannot be used (another server holds it, a newer
+    release wrote it, the database is unreadable) the page says why, in place of ``shell``
+    (the start shell) when given, and stops."""
+    try:
+        return get_store()
+    except WorkspaceError as exc:
+        if shell is not None:
+            shell.empty()
+        st.error(f"The workspace cannot be used: {exc}")
+        st.stop()
+
+
 def boot() -> Boot:
     """This tab's workbench: the one it shows, else the URL's, else a fresh one on the
     default data (training the shared default base model if needed)."""
     ss = st.session_state
-    try:
-        store = get_store()
-    except WorkspaceError as exc:
-        st.error(f"The workspace cannot be used: {exc}")
-        st.stop()
+    store = store_or_stop()
     wanted = ss.get(SESSION_KEY) or st.query_params.get(QUERY_KEY)
     if wanted:
         gone = ss.get(SESSION_KEY) == wanted

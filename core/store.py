@@ -9,9 +9,11 @@ Layout::
     <workspace>/base/<key>.pt          read-only base models shared by all workbenches
 
 The schema is versioned with ``PRAGMA user_version``; opening an older workspace migrates it
-in one transaction (see :data:`MIGRATIONS`). One server process writes a workspace at a time
-is the supported setup (SQLite allows one writer); several processes on one machine are safe
-for correctness, each write being a short transaction.
+in one transaction (see :data:`MIGRATIONS`). One server process per workspace is the supported
+setup (SQLite allows one writer, and a server's live workbenches and jobs are in its memory):
+the app's server claims its workspace with :func:`claim_workspace`. Other processes (the CLI,
+benchmarks, notebooks) may read and write it beside the server, each write being a short
+transaction.
 """
 from __future__ import annotations
 
@@ -200,6 +202,71 @@ def resolve_workspace(path: str | os.PathLike | None = None) -> Path:
     return Path(raw).expanduser().resolve()
 
 
+SERVER_LOCK = "server.lock"
+
+
+@dataclass
+class ServerClaim:
+    """This process's claim to be the one server of a workspace (see :func:`claim_workspace`).
+
+    The claim is a POSIX record lock on ``<workspace>/server.lock``: the kernel drops it when
+    the process ends in any way (SIGKILL included), so a crashed server leaves no stale lock.
+    The lock is held on a raw descriptor that garbage collection never closes (a POSIX lock
+    is dropped when the process closes *any* descriptor of the file), so a claim lasts until
+    :meth:`release` or the end of the process. For the same reason nothing in the server's
+    process may open ``server.lock`` (other processes may read it)."""
+
+    path: Path
+    fd: int | None = None
+
+    def holds(self) -> bool:
+        """True while the claim's file is still the workspace's lock file (not released, not
+        deleted with its workspace and made again)."""
+        if self.fd is None:
+            return False
+        try:
+            return os.fstat(self.fd).st_ino == self.path.stat().st_ino
+        except OSError:
+            return False
+
+    def release(self) -> None:
+        """Give the workspace up (this process's every claim on it ends)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def claim_workspace(root: str | os.PathLike) -> ServerClaim:
+    """Claim ``root`` for this server process, or raise :class:`WorkspaceError` naming the
+    server that holds it.
+
+    SQLite allows one writer, and a server keeps its live workbenches, job runners and queue
+    in memory, so two servers on one workspace would each run jobs for the same workbench.
+    Several replicas of the app therefore each need their own workspace. A second claim by
+    the same process succeeds (POSIX locks belong to the process). On platforms without
+    ``fcntl`` (Windows) nothing is checked."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / SERVER_LOCK
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here; one server per workspace is on the user
+        return ServerClaim(path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+        os.close(fd)
+        raise WorkspaceError(
+            f"the workspace {root} is in use by another steerboard server ({holder}). One server "
+            "process per workspace: give each replica its own STEERBOARD_WORKSPACE, or stop the "
+            "other server first.") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {HOST}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+    return ServerClaim(path, fd)
+
+
 def new_workbench_id() -> str:
     """A random 12-hex-digit id (safe in a URL and a folder name)."""
     return uuid.uuid4().hex[:12]
@@ -296,6 +363,7 @@ class Store:
 
     def __init__(self, workspace: str | os.PathLike | None = None) -> None:
         self.root = resolve_workspace(workspace)
+        self.server_claim: ServerClaim | None = None  # set by the app's server (claim_workspace)
         self.db_path = self.root / "steerboard.db"
         self._write_lock = threading.Lock()
         self._init_lock = threading.Lock()

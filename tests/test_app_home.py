@@ -206,3 +206,36 @@ def test_examples_tab_draws_only_while_open_and_keeps_its_filters(app_workspace)
     at.session_state["home-tab"] = "Examples"
     at.run()
     assert at.selectbox(key="ex-class").value == "3"
+
+
+def test_a_workspace_another_server_holds_is_refused_with_a_message(tmp_path):
+    """A replica started on a workspace another server uses: every entry (Home, a study link)
+    says which server holds it and what to do, before any workbench or study is touched."""
+    import subprocess
+    import sys
+
+    from apptest_helpers import ROOT, prepare_workspace
+
+    ws = prepare_workspace(tmp_path / "workspace")  # its base model cached, so the last run draws Home
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from core.store import claim_workspace; "
+                               "claim_workspace(sys.argv[1]); print('held', flush=True); time.sleep(120)", str(ws)],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for query in ({}, {"study": "0" * 32}):
+            at = new_app(ws, query)
+            at.run()
+            no_exceptions(at)
+            assert len(at.error) == 1, [e.value for e in at.error]
+            message = at.error[0].value
+            assert f"in use by another steerboard server (pid {holder.pid} on " in message
+            assert "own STEERBOARD_WORKSPACE" in message
+            assert not at.metric and "wb" not in at.query_params
+        assert not (ws / "workbenches").exists()  # no workbench was made
+    finally:
+        holder.kill()
+        holder.wait()
+    at = new_app(ws)  # the holder is gone: this server claims the workspace and starts
+    at.run(timeout=120)
+    no_exceptions(at)
+    assert not at.error and any(m.label == "Test accuracy" for m in at.metric)

@@ -8,12 +8,15 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 
 from core.models import build_model, model_from_checkpoint, save_checkpoint
 from core.store import SCHEMA_VERSION, Store, VersionRecord, WorkspaceError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _base(store: Store) -> str:
@@ -210,3 +213,53 @@ def test_workspace_deleted_under_a_running_server_is_created_again(workspace):
     assert store.get_workbench(wb_id) is None
     assert store.generation == 1 and store.db_path.exists()
     assert store.list_workbenches() == []
+
+
+# --------------------------------------------------------------------------- one server per workspace
+
+HOLD = ("import sys, time; from core.store import claim_workspace; claim_workspace(sys.argv[1]); "
+        "print('held', flush=True); time.sleep(120)")
+
+
+def hold_claim(root) -> subprocess.Popen:
+    """Another process that claims ``root`` and keeps it (a running server, for the lock)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(root)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_workspace_has_one_server_and_a_killed_one_leaves_no_stale_claim(tmp_path):
+    from core.store import SERVER_LOCK, WorkspaceError, claim_workspace
+
+    root = tmp_path / "workspace"
+    holder = hold_claim(root)
+    try:
+        with pytest.raises(WorkspaceError, match=rf"in use by another steerboard server \(pid {holder.pid} on "):
+            claim_workspace(root)
+        assert (root / SERVER_LOCK).read_text().startswith(f"pid {holder.pid} ")  # the refusal left it as it was
+    finally:
+        holder.kill()  # SIGKILL: no clean-up runs
+        holder.wait()
+    claim = claim_workspace(root)
+    again = claim_workspace(root)  # the same process may claim again (the app's cache can be cleared)
+    assert claim.holds() and again.holds()
+    # (not read here: a process that closes any descriptor of its lock file loses the lock)
+    probe = subprocess.run([sys.executable, "-c", HOLD.replace("time.sleep(120)", "pass"), str(root)], cwd=ROOT,
+                           capture_output=True, text=True)
+    assert probe.returncode != 0 and f"in use by another steerboard server (pid {os.getpid()} on " in probe.stderr
+    claim.release()
+    assert not claim.holds()
+
+
+def test_a_claim_ends_with_its_workspace_folder(tmp_path):
+    import shutil
+
+    from core.store import claim_workspace
+
+    root = tmp_path / "workspace"
+    claim = claim_workspace(root)
+    shutil.rmtree(root)
+    assert not claim.holds()  # the app claims the new folder's lock file instead of trusting this one
+    root.mkdir()
+    assert not claim.holds()
+    assert claim_workspace(root).holds()
