@@ -7,6 +7,7 @@ workers to start, which matters on a 2-core machine and keeps every run determin
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -348,6 +349,24 @@ class TrainConfig:
     # None switches the second test off.
     diverge_factor: float | None = 10.0
     diverge_margin: float = 5.0
+    # "bf16": the training forward pass and loss under torch.autocast with bfloat16 (meant for
+    # CUDA; it also runs on a CPU, usually slower). Evaluation stays in float32.
+    precision: str = "fp32"
+    # torch.compile the training forward pass (plain training only: no extra loss terms). Off
+    # by default: benchmarks/compile_speed.py measures whether it pays on a machine.
+    compile: bool = False
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The context a training step's forward pass runs in for ``precision`` on ``device``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 LR_RANGE = (1e-5, 1.0)  # learning rates the pages accept (SGD; above 1 every zoo model diverges)
@@ -465,6 +484,7 @@ def train_one_epoch(
     schedule: Callable[[int], float] | None = None,
     guard: DivergenceGuard | None = None,
     parallel: DataParallel | None = None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[float, float, int, bool]:
     """One pass over ``images``. Returns (mean loss, accuracy, steps done, stopped).
 
@@ -473,10 +493,16 @@ def train_one_epoch(
     ``guard``, when it runs away. With ``parallel``, each global batch is sharded over the
     processes (see :func:`shard`), the forward pass goes through DistributedDataParallel, and
     the loss and accuracy reported are those of the whole global batch (all-reduced), so every
-    process takes the same decisions; extra loss terms are not supported there.
+    process takes the same decisions; extra loss terms are not supported there. ``forward``
+    (a compiled model, see ``TrainConfig.compile``) computes the logits in place of the
+    model's features and head; not with extra loss terms either, which need the features.
+    The forward pass and loss run under :func:`autocast_for` ``config.precision``.
     """
     if parallel is not None and loss_terms:
         raise ValueError("extra loss terms are not supported in data-parallel training")
+    if forward is not None and loss_terms:
+        raise ValueError("extra loss terms are not supported with a compiled forward pass")
+    amp = autocast_for(config.precision, device)
     loss_terms = dict(loss_terms or {})
     weights = dict(weights or {})
     w_cls = float(weights.get("cls", 1.0))
@@ -505,20 +531,21 @@ def train_one_epoch(
         x = images[idx].to(device, non_blocking=True)
         y = labels[idx].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        if parallel is not None:
-            feats, logits = None, parallel.module(x)
-        else:
-            feats = model.features(x)
-            logits = model.head(feats)
-        loss = F.cross_entropy(logits, y)
         term_values: dict[str, float] = {}
-        if loss_terms:
-            loss = w_cls * loss
-            batch = Batch(x, y, (ids[idx] if ids is not None else idx), feats, logits)
-            for name, term in loss_terms.items():
-                value = term(model, batch)
-                term_values[name] = float(value.detach())
-                loss = loss + float(weights.get(name, 1.0)) * value
+        with amp:
+            if forward is not None or parallel is not None:
+                feats, logits = None, (forward if forward is not None else parallel.module)(x)
+            else:
+                feats = model.features(x)
+                logits = model.head(feats)
+            loss = F.cross_entropy(logits, y)
+            if loss_terms:
+                loss = w_cls * loss
+                batch = Batch(x, y, (ids[idx] if ids is not None else idx), feats, logits)
+                for name, term in loss_terms.items():
+                    value = term(model, batch)
+                    term_values[name] = float(value.detach())
+                    loss = loss + float(weights.get(name, 1.0)) * value
         correct = int((logits.detach().argmax(1) == y).sum())
         n = len(y)
         if parallel is not None:  # the global batch's loss and accuracy, the same on every process
@@ -589,6 +616,12 @@ def fit(
     device = pick_device(config.device)
     model.to(device)
     parallel = data_parallel(model, device) if distributed else None
+    autocast_for(config.precision, device)  # an unknown precision fails here, before any step
+    forward = None
+    if config.compile:
+        if loss_terms:
+            raise ValueError("TrainConfig.compile is for plain training: extra loss terms need the features")
+        forward = torch.compile(parallel.module if parallel is not None else model)
     optimizer = optimizer or make_optimizer(model, config)
     generator = torch.Generator().manual_seed(config.seed)
     images, labels = train
@@ -608,7 +641,7 @@ def fit(
                 model, optimizer, images, labels, epoch=epoch, config=config, generator=generator,
                 device=device, ids=train_ids, loss_terms=loss_terms, weights=weights,
                 callbacks=callbacks, control=control, step0=steps, schedule=schedule, guard=guard,
-                parallel=parallel,
+                parallel=parallel, forward=forward,
             )
         except NonFiniteLoss as exc:
             model.load_state_dict(fallback)

@@ -21,7 +21,7 @@ import torch
 
 from core.base_models import base_meta
 from core.data import DataError, load_dataset
-from core.engine import Callback, EpochInfo, TrainConfig
+from core.engine import PRECISIONS, Callback, EpochInfo, TrainConfig
 from core.models import list_models, save_checkpoint
 from core.workbench import base_key, train_base_model, version_metrics
 
@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
+    ap.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                    help="bf16: mixed precision (torch.autocast with bfloat16), meant for CUDA GPUs")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the training forward pass (off by default: see benchmarks/compile_speed.py)")
     ap.add_argument("--limit-per-class", type=int, default=None)
     ap.add_argument("--out", required=True, help="folder for the checkpoint and a metrics.json")
     args = ap.parse_args(argv)
@@ -92,7 +96,8 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: str | None) 
     steps = _StepLosses()
     try:
         data = load_dataset(args.data, seed=args.seed, limit_per_class=args.limit_per_class)
-        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=device)
+        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=device,
+                             precision=args.precision, compile=args.compile)
         model, result = train_base_model(data, args.model, config=config, callbacks=[steps] + [_Printer()] * (rank == 0),
                                          distributed=world > 1)
     except (DataError, ValueError) as exc:
@@ -109,6 +114,7 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: str | None) 
     metrics = version_metrics(model, data)
     save_checkpoint(model, path, data.classes, base_meta(args.data, data, metrics, epochs=args.epochs))
     (out / "metrics.json").write_text(json.dumps({"checkpoint": str(path), **metrics, "processes": world,
+                                                  "precision": args.precision, "compiled": args.compile,
                                                   "first_step_losses": steps.losses}, indent=2))
     print(f"test accuracy {100 * metrics.get('test_acc', float('nan')):.2f}%  -> {path}")
     return 0

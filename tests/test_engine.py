@@ -252,3 +252,77 @@ def test_evaluate_confusion_matches_predictions(tiny_data):
     assert ev.confusion.sum() == len(tiny_data.ids("test"))
     assert ev.accuracy == pytest.approx((ev.preds == ev.labels).mean())
     assert ev.probs.shape == (len(ev.labels), tiny_data.num_classes)
+
+
+# --------------------------------------------------------------------------- precision and compile
+
+
+class _FirstLosses(Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_step(self, info) -> None:
+        self.losses.append(info.loss)
+
+
+def test_bf16_runs_the_training_forward_in_bfloat16_and_still_learns(tiny_data):
+    seen: list[tuple[bool, torch.dtype]] = []
+    fp32, bf16 = _model(tiny_data), _model(tiny_data)
+    start = _state(bf16)
+    last_linear = [m for m in bf16.modules() if isinstance(m, torch.nn.Linear)][-1]  # the logits' layer
+    handle = last_linear.register_forward_hook(lambda mod, inp, out: seen.append((mod.training, out.dtype)))
+    a, b = _FirstLosses(), _FirstLosses()
+    fit(fp32, tiny_data.split("train"), None, config=TrainConfig(epochs=2, batch_size=16, seed=3), callbacks=[a])
+    result = fit(bf16, tiny_data.split("train"), tiny_data.split("val"),
+                 config=TrainConfig(epochs=2, batch_size=16, seed=3, precision="bf16"), callbacks=[b])
+    handle.remove()
+    assert [dtype for training, dtype in seen if training] == [torch.bfloat16] * len(b.losses)  # each training step
+    assert {dtype for training, dtype in seen if not training} == {torch.float32}  # evaluation stays float32
+    assert all(p.dtype == torch.float32 for p in bf16.parameters())  # the weights stay float32 (autocast)
+    assert not result.diverged and all(torch.isfinite(torch.tensor(b.losses)))
+    assert any(not torch.equal(start[k], v) for k, v in bf16.state_dict().items())
+    # the option changes the arithmetic (it is not ignored), within bf16's precision of fp32
+    assert b.losses[0] != a.losses[0] and abs(b.losses[0] - a.losses[0]) < 0.05 * a.losses[0]
+    assert result.history[-1].val_acc is not None
+
+
+def test_an_unknown_precision_is_refused_before_any_step(tiny_data):
+    model = _model(tiny_data)
+    start = _state(model)
+    with pytest.raises(ValueError, match=r"precision must be one of fp32, bf16; got 'fp8'"):
+        fit(model, tiny_data.split("train"), None, config=TrainConfig(epochs=1, precision="fp8"))
+    assert all(torch.equal(start[k], v) for k, v in model.state_dict().items())
+
+
+def test_compile_trains_through_the_compiled_model_as_eager_does(tiny_data, monkeypatch):
+    """The compiled module computes every step's logits. TorchDynamo traces the real model;
+    the "eager" backend (no code generation: seconds, not a minute) keeps the test quick,
+    and its results equal eager mode's, so the losses must agree closely."""
+    calls = {"compiled": 0, "steps": 0}
+    real_compile = torch.compile
+
+    def compile_eagerly(module, **kwargs):
+        compiled = real_compile(module, backend="eager")
+
+        def forward(x):
+            calls["steps"] += 1
+            return compiled(x)
+        calls["compiled"] += 1
+        forward.__wrapped__ = compiled
+        return forward
+
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    eager, compiled = _model(tiny_data), _model(tiny_data)
+    a, b = _FirstLosses(), _FirstLosses()
+    fit(eager, tiny_data.split("train"), None, config=TrainConfig(epochs=1, batch_size=16, seed=5), callbacks=[a])
+    fit(compiled, tiny_data.split("train"), None, config=TrainConfig(epochs=1, batch_size=16, seed=5, compile=True),
+        callbacks=[b])
+    assert calls["compiled"] == 1 and calls["steps"] == len(b.losses) > 0
+    assert max(abs(x - y) for x, y in zip(a.losses, b.losses)) < 1e-4
+
+
+def test_compile_is_refused_with_extra_loss_terms(tiny_data):
+    model = _model(tiny_data)
+    with pytest.raises(ValueError, match="compile is for plain training"):
+        fit(model, tiny_data.split("train"), None, config=TrainConfig(epochs=1, compile=True),
+            loss_terms={"zero": lambda m, batch: batch.logits.sum() * 0})
