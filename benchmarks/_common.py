@@ -71,6 +71,18 @@ def device_or_exit(name: str) -> str:
     return name
 
 
+def device_params(device: str, note: str | None = None) -> dict:
+    """What a speed benchmark records in ``params`` about where it ran: ``device``, on CUDA the
+    GPU's name (``device_name``: absolute times mean little without it) and ``device_note``
+    (what stayed on the CPU whatever ``--device`` said) when there is one."""
+    out: dict = {"device": device}
+    if device.startswith("cuda"):
+        out["device_name"] = torch.cuda.get_device_name(torch.device(device))
+    if note:
+        out["device_note"] = note
+    return out
+
+
 def sync(device: str) -> None:
     """Wait for the device's queued work (CUDA runs asynchronously): a timing ends here."""
     if device.startswith("cuda"):

@@ -19,7 +19,8 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from _common import device_or_exit, interleaved, machine, print_table, seeds_record, sync, write_json  # noqa: I001
+from _common import (device_or_exit, device_params, interleaved, machine, print_table, seeds_record, sync,  # noqa: I001
+                     write_json)
 from core.data import load_dataset
 from core.engine import TrainConfig, apply_freeze, fit
 from core.models import build_model
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "name": name, "ours_s": r["ours_s"], "reference_s": r["reference_s"], "ratio": r["ratio"],
             "target": target, "pass": r["ratio"] <= target, "quick": args.quick,
             "seeds": seeds_record([args.seed], [], "nothing (a timing)"),
-            "params": {"data": args.data, "model": args.model, "batch_size": args.batch_size, "device": device,
+            "params": {"data": args.data, "model": args.model, "batch_size": args.batch_size, **device_params(device),
                        "gpu": prov.get("cuda"),
                        "train_images": len(images), "epochs_per_run": args.repeat, "pairs": args.pairs,
                        "frozen": list(first_two) if name == "frozen" else [],

@@ -19,7 +19,14 @@ a callback that calls ``control.set_frozen({"conv1", "conv2"})`` at the end of e
 ``--freeze-after``. They run in lockstep, one epoch each in turn (``pause_at_epoch_end``),
 so a change in the machine's load hits both alike.
 
-    python benchmarks/freezing.py [--data ../shared/data/cifar10] [--seeds 3] [--lrs 0.02 0.05] [--json PATH]
+    python benchmarks/freezing.py [--data ../shared/data/cifar10] [--seeds 3] [--lrs 0.02 0.05] [--device cpu|cuda]
+                                  [--json PATH]
+
+``--device cuda``: both runs train (and are evaluated) on the GPU, batches copied from host
+memory as the engine does. The epoch times are the engine's own, and each step reads its loss,
+which waits for the GPU, so they are real GPU times; the JSON keeps them next to the ratios
+(absolute seconds per epoch, on the GPU it names). On a machine without the device it says so
+and exits 0.
 """
 from __future__ import annotations
 
@@ -32,7 +39,8 @@ from pathlib import Path
 
 import torch
 
-from _common import ROOT, machine, mean_sd, print_table, seeds_record, write_json  # noqa: I001
+from _common import (ROOT, device_or_exit, device_params, machine, mean_sd, print_table, seeds_record,  # noqa: I001
+                     write_json)
 from core.data import DataError, load_dataset
 from core.engine import Callback, EpochInfo, FitResult, TrainConfig, TrainControl, evaluate, fit
 from core.models import build_model
@@ -101,7 +109,7 @@ def run_seed(args, data, seed: int, lr: float) -> dict:
     held_y = torch.cat([data.split("val")[1], data.split("test")[1]])
     c, h, _ = data.image_shape
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=lr, momentum=0.9,
-                      weight_decay=5e-4, seed=seed, device="cpu", cosine=True)
+                      weight_decay=5e-4, seed=seed, device=args.device, cosine=True)
     runs = {}
     for name in ("freeze", "nofreeze"):
         model = build_model("vgg6", c, h, data.num_classes, seed=seed)
@@ -126,6 +134,9 @@ def run_seed(args, data, seed: int, lr: float) -> dict:
     fa = args.freeze_after
     before = slice(1 if fa > 1 else 0, fa)  # skip the first epoch (warm-up) when there is another
     after = slice(fa, None)
+    # the absolute seconds behind the ratios: median epoch time after the change, each run
+    out["epoch_s_after_freeze"] = _median(times["freeze"][after])
+    out["epoch_s_after_nofreeze"] = _median(times["nofreeze"][after])
     out["epoch_time_ratio"] = _median(times["freeze"][after]) / _median(times["freeze"][before])
     out["ratio_vs_nofreeze"] = _median(times["freeze"][after]) / _median(times["nofreeze"][after])
     # The no-freeze run's own after/before ratio: ~1 unless the load drifted or the cosine
@@ -145,7 +156,7 @@ TUNED = "the app's and this benchmark's lr 0.02, picked on the no-freeze run's a
 def summarize_lr(per_seed: list[dict]) -> dict:
     out = {}
     for key in ("ratio_vs_nofreeze", "epoch_time_ratio", "nofreeze_after_before", "val_acc_freeze",
-                "val_acc_nofreeze", "acc_diff"):
+                "val_acc_nofreeze", "acc_diff", "epoch_s_after_freeze", "epoch_s_after_nofreeze"):
         m, sd = mean_sd(r[key] for r in per_seed)
         out[key] = {"mean": m, "sd": sd, "values": [r[key] for r in per_seed]}
     out["met"] = {"ratio_vs_nofreeze": out["ratio_vs_nofreeze"]["mean"] <= RATIO_TARGET,
@@ -174,8 +185,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run for CI: 1 seed, 4 epochs, freeze after 2, 40 images per class "
                          "(its accuracies mean nothing)")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu or cuda, both runs (on a machine without it: says so, exits 0)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    args.device = device_or_exit(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
@@ -185,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     if ("/" in args.data or "\\" in args.data) and not Path(args.data).exists():
         sys.exit(f"freezing: no data at {args.data} (expected CIFAR-10 as train.tar.gz + test.tar.gz; "
                  "see ../shared/data/README.md). Pass another source with --data.")
-    prov = machine("cpu")
+    prov = machine(args.device)
 
     t0 = time.perf_counter()
     seeds = list(range(args.seed, args.seed + args.seeds))
@@ -211,6 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
                              "same epochs (same seed, lockstep)"},
         "ratio": head["ratio_vs_nofreeze"]["mean"],
         "ratio_sd": head["ratio_vs_nofreeze"]["sd"],
+        "ours_s": head["epoch_s_after_freeze"]["mean"],  # per epoch after the change, headline lr
+        "reference_s": head["epoch_s_after_nofreeze"]["mean"],
         "by_lr": by_lr,
         "lr_roles": {f"{APP_LR:g}": "the app's default", f"{ENGINE_LR:g}": "the engine's default (TrainConfig.lr)"},
         "target": {"ratio_vs_nofreeze": RATIO_TARGET, "acc_diff_abs": ACC_TOLERANCE},
@@ -223,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
             "limit_per_class": args.limit_per_class, "batch_size": args.batch_size,
             "momentum": 0.9, "weight_decay": 5e-4, "cosine": True,
             "train_images": per_seed[0]["train_images"], "eval_images": per_seed[0]["eval_images"],
-            "eval_on": "val+test splits", "wall_s": time.perf_counter() - t0,
+            "eval_on": "val+test splits", "wall_s": time.perf_counter() - t0, **device_params(args.device),
         },
         "provenance": prov,
     }

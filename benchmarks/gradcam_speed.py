@@ -2,12 +2,20 @@
 the same model, layer, batch of images and target classes, with the same output: maps
 upsampled to the image size and min-max normalised, as numpy on the CPU.
 
-    python benchmarks/gradcam_speed.py [--models seed-cnn,vgg6,resnet18] [--batch 64] [--pairs 9] [--json PATH]
+    python benchmarks/gradcam_speed.py [--models seed-cnn,vgg6,resnet18] [--batch 64] [--pairs 9]
+                                       [--device cpu|cuda] [--json PATH]
 
 Each model is timed in interleaved pairs (ours, reference, ours, ...) after a warm-up; the
 ratio is ours / reference (target <= 0.33, i.e. 3x faster). Models are at the image sizes of
 the app's data: seed-cnn on 28x28x1, vgg6 and resnet18 on 32x32x3; random weights (speed does
 not depend on them) and random images, fixed by ``--seed``.
+
+``--device cuda``: the model, the images and both Grad-CAMs run on the GPU (pytorch-grad-cam
+on the same model, on the same device), each timed call ending with a CUDA sync; the times are
+absolute seconds on the GPU named in the JSON, next to the ratios. The GMM entry's mixture fit
+and ranking are scikit-learn and stay on the CPU (as in the app); its pool stays in host
+memory and goes to the GPU batch by batch, in both of its sides. On a machine without the
+device it says so and exits 0.
 """
 from __future__ import annotations
 
@@ -16,7 +24,7 @@ import sys
 
 import torch
 
-from _common import interleaved, machine, print_table, write_json  # noqa: I001
+from _common import device_or_exit, device_params, interleaved, machine, print_table, sync, write_json  # noqa: I001
 from core.explain import gradcam, layer_of, normalize_cams
 from core.models import build_model
 
@@ -25,6 +33,8 @@ TARGET = 0.33
 
 
 POOL_TARGET = 1.5
+POOL_NOTE = ("Grad-CAMs and probabilities on the device; the mixture's fit and ranking (scikit-learn) on the CPU, "
+             "as in the app")
 
 
 def pool_scoring(args, device: torch.device) -> dict:
@@ -45,19 +55,23 @@ def pool_scoring(args, device: torch.device) -> dict:
 
     def ours() -> None:
         gmm.rank(pool_view(model, x, ids, gmm.needs, batch_size=256), k=64)
+        sync(str(device))
 
     def reference() -> None:
         for start in range(0, args.pool, 256):
             model.zero_grad(set_to_none=True)
             F.cross_entropy(model(x[start:start + 256].to(device)), y[start:start + 256].to(device)).backward()
         model.zero_grad(set_to_none=True)
+        sync(str(device))
 
     timing = interleaved(ours, reference, pairs=max(3, args.pairs // 2), warmup=1)
+    prov = machine(str(device))
     return {"name": "gmm_pool_scoring", "ours_s": timing["ours_s"], "reference_s": timing["reference_s"],
             "ratio": timing["ratio"], "target": POOL_TARGET, "pass": timing["ratio"] <= POOL_TARGET,
             "params": {"model": "seed-cnn", "pool": args.pool, "batch": 256, "picks": 64,
                        "reference": "one forward+backward pass over the pool (CE, parameter gradients), batches of 256",
-                       "quick": bool(args.quick), **machine(str(device))}}
+                       "quick": bool(args.quick), **prov, **device_params(str(device), POOL_NOTE)},
+            "provenance": prov}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -66,18 +80,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--pairs", type=int, default=9)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu or cuda: where the model, images and both Grad-CAMs run (on a machine without it: "
+                         "says so, exits 0)")
     ap.add_argument("--pool", type=int, default=10_000, help="pool size for the GMM scoring entry")
     ap.add_argument("--no-pool", action="store_true", help="leave out the GMM pool-scoring entry")
     ap.add_argument("--quick", action="store_true", help="3 pairs and a pool of 1,000: a smoke test")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    device = torch.device(device_or_exit(args.device))  # before anything is imported or built
     if args.quick:
         args.pairs, args.pool = 3, 1000
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    device = torch.device(args.device)
+    prov = machine(str(device))
     rows = []
     for arch in args.models.split(","):
         c, s = SHAPES[arch]
@@ -90,9 +107,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
         def ours() -> None:
             normalize_cams(gradcam(model, x, targets).cams).cpu().numpy()
+            sync(str(device))
 
         def theirs() -> None:
-            reference(input_tensor=x, targets=ref_targets)
+            reference(input_tensor=x, targets=ref_targets)  # returns numpy maps: on the CPU, like ours
+            sync(str(device))
 
         timing = interleaved(ours, theirs, pairs=args.pairs, warmup=1)
         reference.__exit__(None, None, None)  # release its hooks
@@ -103,7 +122,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                        "reference": "pytorch-grad-cam 1.5.7 GradCAM (numpy maps, resized and normalised)",
                        "ours": "core.explain.gradcam + normalize_cams, to numpy", "seed": args.seed,
                        "quick": bool(args.quick), "ours_all": timing["ours_all"], "reference_all": timing["reference_all"],
-                       **machine(str(device))},
+                       **prov, **device_params(str(device))},
+            "provenance": prov,  # not write_json's default, which names the device torch would pick
         })
     if not args.no_pool:
         rows.append(pool_scoring(args, device))

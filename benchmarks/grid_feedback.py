@@ -2,7 +2,7 @@
 
     python benchmarks/grid_feedback.py --data biased-digits:../shared/data/mnist --rho 0.997 --epochs 5 \\
         --review-k 10 --seeds 3 [--seed-base 0] [--share S] [--quick] [--json PATH] [--threads N]
-    python benchmarks/grid_feedback.py --speed-only [--pairs 7] [--json PATH]      # the penalty's cost
+    python benchmarks/grid_feedback.py --speed-only [--pairs 7] [--device cpu|cuda] [--json PATH]  # the penalty's cost
 
 Per seed, seed-cnn is trained FROM SCRATCH on the (biased) training split three times with the
 same config, seed and therefore the same initial weights and batch order:
@@ -36,7 +36,11 @@ was used); ``--limit-per-class 0`` uses all of it.
 ``fit``, seed-cnn, batch 64) with the grid penalty holding R = 50 reviewed images against the
 same steps without it, same model, start weights, batches and threads, interleaved A B A B
 after a warm-up; it writes a speed record ``grid_penalty_cost`` (target ratio <= 1.5). Run it
-on a quiet machine.
+on a quiet machine. ``--device cuda`` runs both sides on the GPU (each batch, and the reviewed
+images of the penalty, copied from host memory as the engine does; each timed run ends with a
+CUDA sync) and records the absolute seconds next to the ratio, with the GPU's name; without
+``--speed-only`` it trains every run there (no-feedback models cached apart from the CPU's).
+On a machine without the device it says so and exits 0.
 
 ``--data`` may be any ImageFolder tree with a ``masks/`` mirror (``test/`` its test split);
 ``--rho`` then does not apply. Tuning: ``--share`` was compared on seeds 100-102
@@ -54,7 +58,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import interleaved, machine, mean_sd, paired, print_table, seeds_record, write_json  # noqa: I001
+from _common import (device_or_exit, device_params, interleaved, machine, mean_sd, paired, print_table,  # noqa: I001
+                     seeds_record, sync, write_json)
 from core.data import DataError, load_dataset
 from core.engine import Callback, StepInfo, TrainConfig, evaluate, fit
 from core.feedback.grid import FEEDBACK as GRID
@@ -126,7 +131,9 @@ def _conflicting_share(data, ids) -> float | None:
 
 def _cache_key(source: str, limit: int | None, cfg: TrainConfig, seed: int) -> str:
     slug = "".join(ch if ch.isalnum() else "-" for ch in source)[-80:]
-    return f"grid-baseline_{slug}_l{limit}_e{cfg.epochs}_lr{cfg.lr:g}_b{cfg.batch_size}_s{seed}.pt"
+    # a model trained on a GPU differs in its last bits: not the CPU's entry (whose key is unchanged)
+    dev = f"_{str(cfg.device).replace(':', '')}" if cfg.device not in (None, "cpu") else ""
+    return f"grid-baseline_{slug}_l{limit}_e{cfg.epochs}_lr{cfg.lr:g}_b{cfg.batch_size}_s{seed}{dev}.pt"
 
 
 def baseline_run(data, cfg: TrainConfig, seed: int, cache: Path | None, source: str, limit: int | None):
@@ -148,7 +155,7 @@ def baseline_run(data, cfg: TrainConfig, seed: int, cache: Path | None, source: 
 
 
 def run_seed(data, seed: int, args, settings: GridSettings, cache: Path | None, source: str) -> dict:
-    cfg = replace(BASE, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=seed)
+    cfg = replace(BASE, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=seed, device=args.device)
     c, h, _ = data.image_shape
     unmasked = without_masks(data).tolist()  # the simulated user needs the object's mask
     row: dict = {"seed": seed}
@@ -217,8 +224,9 @@ def time_penalty(data, args) -> dict:
     loss term differs. Interleaved A B A B after a warm-up pair, medians and the median of the
     pair-wise ratios."""
     c, h, _ = data.image_shape
-    model0 = build_model("seed-cnn", c, h, data.num_classes, seed=args.seed_base)
-    cfg = replace(BASE, epochs=1, lr=args.lr, batch_size=args.batch_size, seed=args.seed_base)
+    # both sides copy the same start, already on the device; the images stay in host memory
+    model0 = build_model("seed-cnn", c, h, data.num_classes, seed=args.seed_base).to(args.device)
+    cfg = replace(BASE, epochs=1, lr=args.lr, batch_size=args.batch_size, seed=args.seed_base, device=args.device)
     train = np.asarray(data.ids("train"), dtype=np.int64)
     n = min(len(train), args.cost_steps * args.batch_size)
     ids = torch.as_tensor(train[:n])
@@ -232,9 +240,11 @@ def time_penalty(data, args) -> dict:
     def ours():
         fit(copy.deepcopy(model0), (x, y), None, config=cfg, train_ids=ids, loss_terms={KIND: penalty},
             weights={"cls": 1.0, KIND: 1.0})
+        sync(args.device)
 
     def reference():
         fit(copy.deepcopy(model0), (x, y), None, config=cfg, train_ids=ids)
+        sync(args.device)
 
     r = interleaved(ours, reference, pairs=args.pairs, warmup=1)  # lambda is calibrated in the warm-up
     steps = -(-n // args.batch_size)
@@ -244,7 +254,8 @@ def time_penalty(data, args) -> dict:
             "params": {"reviewed_images": args.cost_r, "per_step": penalty.per_step, "steps": steps,
                        "batch_size": args.batch_size, "model": "seed-cnn", "pairs": args.pairs, "warmup": 1,
                        "lambda": penalty.lam, "data": data.name, "ours_all": r["ours_all"],
-                       "reference_all": r["reference_all"], "threads": torch.get_num_threads()}}
+                       "reference_all": r["reference_all"], "threads": torch.get_num_threads(),
+                       **device_params(args.device)}}
 
 
 # ----------------------------------------------------------------------------- main
@@ -272,8 +283,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--runs", default=",".join(RUNS),
                     help="which runs (tuning may leave out random_squares; feedback is always run)")
     ap.add_argument("--quick", action="store_true", help="a smoke test: small data, one seed, 2 epochs")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu or cuda: where every run trains, both sides of --speed-only included (on a machine "
+                         "without it: says so, exits 0)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    args.device = device_or_exit(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
@@ -305,6 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
         rec["quick"] = bool(args.quick)
         rec["params"] |= {"source": source, "limit_per_class": args.limit_per_class}
         rec["seconds"] = time.perf_counter() - t_start
+        rec["provenance"] = machine(args.device)  # not write_json's default, which names the device torch would pick
         print(f"training with the grid penalty over R = {args.cost_r} reviewed images: {rec['ours_s']:.3f} s; "
               f"without it: {rec['reference_s']:.3f} s ({rec['params']['steps']} steps, {args.pairs} pairs)")
         print(f"ratio {rec['ratio']:.3f} (target <= {COST_TARGET})")
@@ -342,11 +358,13 @@ def main(argv: list[str] | None = None) -> dict:
                    "reviews": max(args.epochs - 1, 0),
                    "simulated_user": "every square of the default grid that holds no object pixel (object masks), on "
                                      "the K highest-entropy training mistakes not reviewed yet",
-                   "control": "the same images at the same epoch ends, as many squares each, chosen at random"},
+                   "control": "the same images at the same epoch ends, as many squares each, chosen at random",
+                   **device_params(args.device)},
         "seeds": seeds_record(seeds, None if tuning else TUNED_ON, TUNED if not tuning else
                               f"tuning run (share {args.share:g})"),
         "seconds": time.perf_counter() - t_start,
-        "machine": machine(),
+        "machine": machine(args.device),
+        "provenance": machine(args.device),
     }
     done = [r for r in RUNS if f"conflicting_acc_{r}" in payload and payload[f"conflicting_acc_{r}"] is not None]
     def pm(key: str, r: str) -> str:

@@ -24,6 +24,12 @@ test accuracy on the whole test split. Mean and sd over the seeds.
 Also times Update against the same fine-tune written as a bare PyTorch loop (``--speed-only``
 does just that, for a quiet machine).
 
+``--device cuda`` trains everything on the GPU (base model, fine-tunes, baselines; base models
+cached apart from the CPU's); in the timing both fine-tunes run there, each batch copied from
+host memory as the engine does, each timed run ending with a CUDA sync, and the JSON keeps the
+absolute seconds next to the ratio, with the GPU's name. The projection branch's fit (PCA) is
+numpy on the CPU, untimed. On a machine without the device it says so and exits 0.
+
     python benchmarks/latent_editing.py --data ../shared/data/quickdraw --moves 30 --epochs 2 --seeds 3 --json out.json
 """
 from __future__ import annotations
@@ -38,7 +44,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from _common import interleaved, machine, pair_figures, paired, print_table, seeds_record, summarize, write_json  # noqa: I001
+from _common import (device_or_exit, device_params, interleaved, machine, pair_figures, paired,  # noqa: I001
+                     print_table, seeds_record, summarize, sync, write_json)
 from core.data import load_dataset
 from core.engine import TrainConfig, evaluate, fine_tune, fit, predict
 from core.feedback.latent import PAPER_WEIGHTS, VARIANTS, LatentMoveLoss, class_centroids, implied_labels, lift_targets
@@ -58,13 +65,14 @@ TUNED_ON = [0, 1, 2]
 TUNED = "default variant 'lifted' and implied-label CE weight 0.25, chosen on Quick Draw and digits seeds 0-2"
 
 
-def base_model(data, seed: int, epochs: int, cache: Path | None, tag: str):
-    """Train (or load from ``cache``) the base seed-cnn for this data and seed."""
+def base_model(data, seed: int, epochs: int, cache: Path | None, tag: str, device: str = "cpu"):
+    """Train (or load from ``cache``) the base seed-cnn for this data and seed, on ``device``."""
     path = cache / f"{tag}_s{seed}_e{epochs}.pt" if cache else None
     if path is not None and path.is_file():
         return model_from_checkpoint(path)
     model = build_model("seed-cnn", *data.image_shape[:2], data.num_classes, seed=seed)
-    fit(model, data.split("train"), data.split("val"), config=TrainConfig(epochs=epochs, lr=0.02, seed=seed))
+    fit(model, data.split("train"), data.split("val"),
+        config=TrainConfig(epochs=epochs, lr=0.02, seed=seed, device=device))
     if path is not None:
         save_checkpoint(model, path, data.classes)
     return model
@@ -87,18 +95,24 @@ def moved_pairs(labels: np.ndarray, preds: np.ndarray) -> list[tuple[int, int]]:
     return sorted({(int(min(a, b)), int(max(a, b))) for a, b in zip(labels, preds)})
 
 
-def bare_latent_fine_tune(model, data, branch, images, targets, epochs, seed, w_cls, w_dis, lr, momentum, batch_size=64):
+def bare_latent_fine_tune(model, data, branch, images, targets, epochs, seed, w_cls, w_dis, lr, momentum,
+                          batch_size=64, device: str = "cpu"):
     """The same fine-tune as Update, written by hand: CE on the batch + w_dis * mean L2 of the
-    moved examples' projections to their targets, SGD with momentum."""
+    moved examples' projections to their targets, SGD with momentum. On ``device`` (the model
+    is moved there): each batch is copied from host memory, as the engine does; the moved
+    examples and their targets once, as a hand-written loop would."""
     x_all, y_all = data.split("train")
+    model, branch = model.to(device), branch.to(device)
+    images, targets = images.to(device), targets.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=5e-4)
     gen = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(epochs):
         for idx in torch.randperm(len(x_all), generator=gen).split(batch_size):
             opt.zero_grad(set_to_none=True)
-            out = model(x_all[idx])
-            loss = w_cls * F.cross_entropy(out, y_all[idx])
+            x, y = x_all[idx].to(device, non_blocking=True), y_all[idx].to(device, non_blocking=True)
+            out = model(x)
+            loss = w_cls * F.cross_entropy(out, y)
             proj = branch(model.features(images))
             loss = loss + w_dis * ((proj - targets).pow(2).sum(1) + 1e-8).sqrt().mean()
             loss.backward()
@@ -124,7 +138,7 @@ def score(tuned, before_model_preds: dict, data, moved_x, moved_y, pairs) -> dic
 def run_seed(args, seed: int, variants: list[str], cache: Path | None, tag: str) -> tuple[dict, dict]:
     t0 = time.perf_counter()
     data = load_dataset(args.data, seed=seed, limit_per_class=args.limit_per_class)
-    model = base_model(data, seed, args.base_epochs, cache, tag)
+    model = base_model(data, seed, args.base_epochs, cache, tag, args.device)
     _, train_f = predict(model, data.split("train")[0][:5000], with_features=True)
     branch = fit_projection(train_f.numpy(), seed=seed)
     _, pool_f = predict(model, data.split("pool")[0], with_features=True)
@@ -141,7 +155,8 @@ def run_seed(args, seed: int, variants: list[str], cache: Path | None, tag: str)
            "test_acc_before": 100 * ev_test.accuracy,
            "moved_fixed_before": 100 * evaluate(model, moved_x, moved_y).accuracy}
     before = {"test": ev_test.preds}
-    c = dataclasses.replace(TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum), seed=seed)
+    c = dataclasses.replace(TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum), seed=seed,
+                            device=args.device)
     weights = {"cls": args.w_cls, "latent": args.w_dis}
     for variant in variants:
         tuned = copy.deepcopy(model)
@@ -171,17 +186,20 @@ def run_seed(args, seed: int, variants: list[str], cache: Path | None, tag: str)
 
 def time_update(args, ctx: dict, seed: int) -> dict:
     """Update (``fine_tune`` with the paper's latent term) vs the same fine-tune in a bare loop."""
-    data, model, branch = ctx["data"], ctx["model"], ctx["branch"]
+    data, branch = ctx["data"], ctx["branch"]
+    model = ctx["model"].to(args.device)  # both sides copy the same start, already on the device
     moved_x, c, weights = ctx["moved_x"], ctx["config"], ctx["weights"]
     tgt = torch.as_tensor(ctx["targets"])
 
     def ours():
         fine_tune(copy.deepcopy(model), data, {"latent": LatentMoveLoss(branch, moved_x, tgt)}, weights,
                   epochs=args.epochs, config=c)
+        sync(args.device)
 
     def ref():
         bare_latent_fine_tune(copy.deepcopy(model), data, branch, moved_x, tgt, args.epochs, seed,
-                              args.w_cls, args.w_dis, args.lr, args.momentum)
+                              args.w_cls, args.w_dis, args.lr, args.momentum, device=args.device)
+        sync(args.device)
 
     r = interleaved(ours, ref, pairs=args.speed_pairs, warmup=1)
     return {"ours_s": r["ours_s"], "reference_s": r["reference_s"], "ratio": r["ratio"], "target": 1.15,
@@ -212,8 +230,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cache", default=None, help="folder to keep base models between runs")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--quick", action="store_true", help="tiny run for CI: digits, 1 seed, 1 epoch")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu or cuda: where every model trains, both sides of the timing included (on a machine "
+                         "without it: says so, exits 0)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    args.device = device_or_exit(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
@@ -221,22 +243,26 @@ def main(argv: list[str] | None = None) -> dict:
         args.speed_pairs = min(args.speed_pairs, 2) if args.speed_pairs else 0
     if args.speed_only and not args.speed_pairs:
         args.speed_pairs = 2 if args.quick else 5
-    prov = machine()
+    prov = machine(args.device)
     variants = list(VARIANTS) if args.variant == "all" else [args.variant]
     cache = Path(args.cache) if args.cache else None
     if cache:
         cache.mkdir(parents=True, exist_ok=True)
     tag = "".join(c if c.isalnum() else "-" for c in args.data)[-40:] + (f"_l{args.limit_per_class}" if args.limit_per_class else "")
+    if args.device != "cpu":  # a base model trained on a GPU differs in its last bits: not the CPU's cache entry
+        tag += "_" + args.device.replace(":", "")
     seeds = list(range(args.seed, args.seed + (1 if args.speed_only else args.seeds)))
-    params = {k: v for k, v in vars(args).items() if k != "json"} | {"variants_run": variants, "baselines": BASELINES}
+    params = ({k: v for k, v in vars(args).items() if k != "json"} | {"variants_run": variants, "baselines": BASELINES}
+              | device_params(args.device))
 
     if args.speed_only:
         data = load_dataset(args.data, seed=seeds[0], limit_per_class=args.limit_per_class)
-        model = base_model(data, seeds[0], args.base_epochs, cache, tag)
+        model = base_model(data, seeds[0], args.base_epochs, cache, tag, args.device)
         _, train_f = predict(model, data.split("train")[0][:5000], with_features=True)
         branch = fit_projection(train_f.numpy(), seed=seeds[0])
         pick, targets, _, _ = simulated_user(model, branch, data, args.moves)
-        c = dataclasses.replace(TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum), seed=seeds[0])
+        c = dataclasses.replace(TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum), seed=seeds[0],
+                                device=args.device)
         ctx = {"data": data, "model": model, "branch": branch, "moved_x": data.split("pool")[0][pick],
                "targets": targets, "config": c, "weights": {"cls": args.w_cls, "latent": args.w_dis}}
         speed = time_update(args, ctx, seeds[0])

@@ -18,7 +18,13 @@ The reference is a bare hand-written PyTorch loop (``bare_epoch`` from
 server's for one training job, ``core.jobs.compute_plan``); interleaved
 pairs of ``--epochs`` epochs each (default 10, the page's default run), medians.
 
-    python benchmarks/monitor_overhead.py [--data digits] [--model seed-cnn] [--pairs 9] [--json PATH]
+    python benchmarks/monitor_overhead.py [--data digits] [--model seed-cnn] [--pairs 9] [--device cpu|cuda]
+                                          [--json PATH]
+
+``--device cuda``: both loops train on the GPU, the images staying in host memory and each
+batch copied there (as the engine does); the probe's sample goes to the GPU as the page's
+does; each timed run ends with a CUDA sync. The times are absolute seconds on the GPU named in
+the JSON, next to the ratio. On a machine without the device it says so and exits 0.
 """
 from __future__ import annotations
 
@@ -28,7 +34,8 @@ import threading
 
 import torch
 
-from _common import interleaved, machine, print_table, seeds_record, write_json  # noqa: I001
+from _common import (device_or_exit, device_params, interleaved, machine, print_table, seeds_record, sync,  # noqa: I001
+                     write_json)
 from engine_overhead import bare_epoch
 from core.data import load_dataset
 from core.engine import TrainConfig, fit
@@ -94,13 +101,15 @@ def main(argv: list[str] | None = None) -> dict:
                     help="torch threads on both sides (default: what the server gives a training job on this "
                          "machine, core.jobs.compute_plan: 1 on 2 cores, one core being left for the server)")
     ap.add_argument("--quick", action="store_true", help="small run for CI")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda, both loops (on a machine without it: says so, exits 0)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    device = device_or_exit(args.device)
     torch.set_num_threads(args.threads or compute_plan()[1])
     if args.quick:
         args.pairs, args.epochs = 3, 1
     budget = None if args.probe_budget.lower() == "none" else float(args.probe_budget)
-    prov = machine("cpu")
+    prov = machine(device)
 
     data = load_dataset(args.data, seed=args.seed, limit_per_class=args.limit_per_class)
     images, labels = data.split("train")
@@ -108,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     c, h, _ = data.image_shape
     base = build_model(args.model, c, h, data.num_classes, seed=args.seed)
     lr = 0.01
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=lr, seed=args.seed, device="cpu")
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=lr, seed=args.seed, device=device)
     polls: list[int] = []
     paces: list[dict | None] = []
 
@@ -119,15 +128,17 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             with PagePoller(mons, args.poll) as poller:
                 fit(m, (images, labels), None, config=cfg, callbacks=callbacks)
+                sync(device)
         finally:
             mons.stats.close()
         polls.append(poller.polls)
         paces.append(mons.probe.pace())
 
     def reference() -> None:
-        m = copy.deepcopy(base)
+        m = copy.deepcopy(base).to(device)
         for e in range(args.epochs):
-            bare_epoch(m, images, labels, args.batch_size, args.seed + e, lr)
+            bare_epoch(m, images, labels, args.batch_size, args.seed + e, lr, device=device)
+        sync(device)
 
     r = interleaved(ours, reference, pairs=args.pairs)
     timed = [p for p in paces[-args.pairs:] if p]
@@ -141,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
                   "probe_s": [p["probe_s"] for p in timed]},
         "seeds": seeds_record([args.seed], [], "nothing (a timing; the probe budget is a design choice, not tuned)"),
         "params": {
-            "data": args.data, "model": args.model, "batch_size": args.batch_size,
+            "data": args.data, "model": args.model, "batch_size": args.batch_size, **device_params(device),
             "train_images": len(images), "epochs_per_run": args.epochs, "pairs": args.pairs,
             "poll_s": args.poll, "polls_per_run": sorted(polls), "seed": args.seed,
             "callbacks": ["LayerStats", "SettleTracker", "ActivationProbe"], "reader_thread": True,

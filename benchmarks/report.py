@@ -5,7 +5,8 @@
 Reads every ``*.json`` a benchmark wrote into DIR (default ``bench-results/``, git-ignored),
 prints one Markdown table with a row per figure (what ours measured, the baseline or
 reference it is compared with, the target and whether it is met, the seeds it was reported
-on and tuned on, and the file), followed by the provenance of the files (git commit and
+on and tuned on, and the file; a figure measured with ``--device`` other than the CPU names the
+device and the GPU next to its value), followed by the provenance of the files (git commit and
 whether the tree was dirty, device, torch and Python versions, CPUs and threads) and the
 benchmarks that have no file in DIR. With ``--write-readme`` the block replaces what lies
 between ``<!-- results:start -->`` and ``<!-- results:end -->`` in the README, so that no
@@ -48,6 +49,7 @@ COMMANDS = {
                      "--epochs 5 --review-k 10 --seeds 3 --cache bench-results/cache "
                      "--json bench-results/grid_feedback.json",
     "grid_penalty_cost": "python benchmarks/grid_feedback.py --speed-only --json bench-results/grid_penalty_cost.json",
+    "compile_speed": "python benchmarks/compile_speed.py --json bench-results/compile_speed.json",
     "study_load": "python benchmarks/study_load.py --participants 8 --budget 3 --epochs 20 --kill-after 8 "
                   "--json bench-results/study_load.json",
 }
@@ -102,7 +104,23 @@ def change(per_seed: list[dict], after: str, before: str) -> str:
     return f", {num(m, '+.2f')} ± {num(sd)} points vs before"
 
 
+def on_device(payload: dict) -> str:
+    """"; on cuda (GPU name)" for a record measured with ``--device`` other than the CPU
+    (``params.device``; the GPU's name from ``params.device_name``, or ``params.gpu`` in
+    engine_overhead's first files), with ``params.device_note`` (what stayed on the CPU) when
+    there is one; empty for CPU runs and files written before ``--device``."""
+    prm = payload.get("params")
+    prm = prm if isinstance(prm, dict) else {}
+    device = str(prm.get("device") or "cpu")
+    if device == "cpu":
+        return ""
+    name = prm.get("device_name") or prm.get("gpu")
+    note = prm.get("device_note")
+    return f"; on {device}" + (f" ({name})" if name else "") + (f"; {note}" if note else "")
+
+
 def row(figure: str, ours: str, baseline: str, target: str, met, payload: dict, file: str) -> dict:
+    ours += on_device(payload)  # absolute times on a GPU mean little without its name
     if payload.get("quick"):
         figure += " (quick smoke run: not a result)"
         met = None
@@ -153,7 +171,8 @@ def rows_latent_editing(p: dict, file: str) -> list[dict]:
                    f"CE only {ms(runs['ce_only']['test_acc_after'], unit=' %')}",
                    ">= CE only - 0.2 points", None if None in (t_ours, t_base) else t_ours >= t_base - 0.2, p, file))
     if p.get("speed"):
-        out += rows_latent_update_speed({**p["speed"], "seeds": p.get("seeds"), "quick": p.get("quick")}, file)
+        out += rows_latent_update_speed({**p["speed"], "seeds": p.get("seeds"), "quick": p.get("quick"),
+                                         "params": p.get("params")}, file)
     return out
 
 
@@ -252,7 +271,10 @@ def rows_freezing(p: dict, file: str) -> list[dict]:
     tgt = p.get("target", {})
     out = [
         row(f"Layer freezing ({setup}): epoch time after the change / the unfrozen run's same epochs (lr {lr0})",
-            ms(h["ratio_vs_nofreeze"], ".3f"), "the same run without freezing, same seeds, in lockstep",
+            ms(h["ratio_vs_nofreeze"], ".3f")
+            + (f" ({ms(h['epoch_s_after_freeze'])} s vs {ms(h['epoch_s_after_nofreeze'])} s per epoch)"
+               if "epoch_s_after_freeze" in h else ""),  # files from before the absolute times: the ratio alone
+            "the same run without freezing, same seeds, in lockstep",
             f"<= {tgt.get('ratio_vs_nofreeze', 0.8)}", h["met"]["ratio_vs_nofreeze"], p, file),
         row(f"Layer freezing: within-run ratio, epochs after / before the change (lr {lr0}; counts any speed-up both "
             f"runs share: the unfrozen run's own after/before is {ms(h['nofreeze_after_before'], '.3f')})",
@@ -408,6 +430,15 @@ def rows_gradcam(p: dict, file: str) -> list[dict]:
                 f"<= {p['target']}", p["ratio"] <= p["target"], p, file)]
 
 
+def rows_compile_speed(p: dict, file: str) -> list[dict]:
+    prm = p.get("params", {})
+    extra = f"; compile {num(prm['compile_s'], '.1f')} s once, not counted" if "compile_s" in prm else ""
+    return [row(f"Training step, {prm.get('model')}, batch {prm.get('batch_size')}: {prm.get('ours')} / "
+                f"{prm.get('reference')} (a ratio < 1 is a speed-up; decides the default)",
+                f"{num(p['ratio'], '.3f')} ({num(p['ours_s'], '.3f')} s vs {num(p['reference_s'], '.3f')} s{extra})",
+                f"the same steps, {prm.get('reference')}", "– (off by default unless < 1)", None, p, file)]
+
+
 def rows_long_session(p: dict, file: str) -> list[dict]:
     out = []
     for r in p["rows"]:
@@ -468,6 +499,8 @@ SOURCE = {"engine": "engine_overhead", "engine_stats": "engine_overhead", "froze
 def builder(name: str) -> tuple[str, Callable[[dict, str], list[dict]]] | None:
     if name in BUILDERS:
         return SOURCE.get(name, name), BUILDERS[name]
+    if name.startswith(("compile_", "bf16_")):
+        return "compile_speed", rows_compile_speed
     if name.startswith("idle_rerun_") or name in ("cached_start", "first_start", "first_paint"):
         return "app_latency", rows_app_latency
     return None

@@ -21,7 +21,13 @@ rounds (rotating order, ``--rounds``, after a warm-up):
 The issue's figure "GMM scoring with CAMs <= 1.5x one forward+backward pass" is measured by
 ``gradcam_speed.py`` / ``attention_guidance.py``; this one is the samplers alone.
 
-    python benchmarks/sampler_speed.py [--n 10000] [--k 256] [--rounds 5] [--seed 0] [--quick] [--json PATH]
+    python benchmarks/sampler_speed.py [--n 10000] [--k 256] [--rounds 5] [--seed 0] [--quick] [--device cpu|cuda]
+                                       [--json PATH]
+
+``--device`` is taken for the same command line as the other speed benchmarks, but nothing
+here runs on a GPU: the samplers and their references are numpy / scikit-learn code and are
+timed on the CPU whatever it says (the JSON's ``params.device_note`` says so). On a machine
+without the device it says so and exits 0.
 """
 from __future__ import annotations
 
@@ -29,7 +35,8 @@ import argparse
 import math
 
 import numpy as np
-from _common import interleaved_many, machine, print_table, seeds_record, write_json
+from _common import (device_or_exit, device_params, interleaved_many, machine, print_table, seeds_record,
+                     write_json)
 from scipy.stats import entropy
 from sklearn.metrics import pairwise_distances
 from sklearn.mixture import GaussianMixture
@@ -37,6 +44,7 @@ from sklearn.mixture import GaussianMixture
 from core.select import PoolView, get_sampler
 
 NAMES = ["random", "entropy", "margin", "kcenter", "gmm"]
+DEVICE_NOTE = "nothing runs on a GPU here: the samplers and references are numpy / scikit-learn, timed on the CPU"
 
 
 def synthetic_pool(n: int, seed: int, *, classes: int = 10, dim: int = 128, side: int = 14) -> PoolView:
@@ -128,11 +136,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="small run for CI")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu or cuda, for the same command line as the other speed benchmarks; the samplers are "
+                         "numpy / scikit-learn and always run on the CPU (on a machine without it: says so, exits 0)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    device = device_or_exit(args.device)
     if args.quick:
         args.n, args.k, args.rounds = 2_000, 64, 3
-    prov = machine("cpu")
+    prov = machine("cpu")  # where every timing ran, whatever --device said
 
     pool = synthetic_pool(args.n, args.seed)
     exclude = pool.ids[:: 100]
@@ -159,7 +171,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                        "features_dim": 128, "classes": 10, "cams": "14x14", "rounds": args.rounds,
                        "calls_per_timing": reps, "ours_all": [x / reps for x in full["all_s"][name]],
                        "reference_all": [x / reps for x in full["all_s"][f"ref:{name}"]],
-                       **({"same_picks_as_reference": same_kcenter} if name == "kcenter" else {})},
+                       **({"same_picks_as_reference": same_kcenter} if name == "kcenter" else {}),
+                       **device_params(device, DEVICE_NOTE), "timed_on": "cpu"},
             "provenance": prov,
         })
     print_table(rows, ["sampler", "n", "k", "ours_s", "quarter_s", "scaling_exponent", "reference_s", "ratio"])

@@ -246,3 +246,40 @@ def test_study_load_rows_report_the_response_memory_and_every_failed_check(repor
     write(tmp_path, "study_load.json", {**rec, "checks": {**checks, "own_data_only": False}, "pass": False})
     row = next(r for r in table_rows(report.markdown(report.build(tmp_path))) if "Study load: checks" in r[0])
     assert row[1] == "failed: own_data_only" and row[4] == "**no**"
+
+
+def test_rows_measured_on_a_gpu_name_it_next_to_the_figure(report, tmp_path):
+    gpu = engine_rows()
+    gpu[0]["params"] |= {"device": "cuda", "device_name": "NVIDIA H100 80GB HBM3"}
+    gpu[1]["params"] |= {"device": "cuda", "gpu": "NVIDIA H100 80GB HBM3"}  # engine_overhead's first GPU files
+    gpu[2]["params"] |= {"device": "cpu"}
+    write(tmp_path, "engine_overhead.json", gpu)
+    tsne_like = monitor(1.05)
+    tsne_like["params"] |= {"device": "cuda:1", "device_note": "t-SNE is CPU-only"}
+    write(tmp_path, "monitor_overhead.json", tsne_like)
+    rows = table_rows(report.markdown(report.build(tmp_path)))
+    engine = next(r for r in rows if "engine `fit`" in r[0])
+    assert engine[1].startswith("1.020 (1.02 s vs 1.00 s)") and engine[1].endswith("; on cuda (NVIDIA H100 80GB HBM3)")
+    assert next(r for r in rows if "per-filter statistics" in r[0])[1].endswith("; on cuda (NVIDIA H100 80GB HBM3)")
+    frozen = next(r for r in rows if "conv1-2 frozen" in r[0])
+    assert " on " not in frozen[1]  # a CPU figure, as in the files from before --device, says nothing
+    mon = next(r for r in rows if r[6] == "`monitor_overhead.json`")
+    assert mon[1].endswith("; on cuda:1; t-SNE is CPU-only") and mon[4] == "yes"
+
+
+def test_compile_speed_rows_give_each_ratio_with_its_times_and_no_invented_target(report, tmp_path):
+    common = {"model": "vgg6", "batch_size": 64, "device": "cpu", "reference": "eager, float32"}
+    recs = [{"name": "compile_vgg6", "ours_s": 0.943, "reference_s": 1.0, "ratio": 0.943, "target": None,
+             "pass": None, "provenance": PROV,
+             "params": {**common, "ours": "torch.compile (default mode), float32", "compile_s": 26.8}},
+            {"name": "bf16_vgg6", "ours_s": 15.1, "reference_s": 1.0, "ratio": 15.1, "target": None, "pass": None,
+             "provenance": PROV, "params": {**common, "ours": "eager, torch.autocast bfloat16"}}]
+    write(tmp_path, "compile_speed.json", recs)
+    rep = report.build(tmp_path)
+    assert "compile_speed" not in rep["missing"]
+    rows = table_rows(report.markdown(rep))
+    comp = next(r for r in rows if "torch.compile" in r[0])
+    assert "vgg6" in comp[0] and comp[1] == "0.943 (0.943 s vs 1.000 s; compile 26.8 s once, not counted)"
+    bf16 = next(r for r in rows if "bfloat16" in r[0])
+    assert bf16[1].startswith("15.100") and "compile" not in bf16[1]
+    assert comp[4] == bf16[4] == "–"  # the issue sets no target: the figures decide the default
