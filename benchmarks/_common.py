@@ -2,6 +2,7 @@
 state, seeds), mean and sd over seeds, JSON output."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -19,9 +20,15 @@ if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
 
+# What a figure depends on: two commits with the same trees here measure the same code (a later
+# commit that changed only tests or the README), so a run of every benchmark may span them.
+MEASURED_PATHS = ("core", "app", "pages", "benchmarks", "requirements.txt", ".streamlit")
+
+
 def git_state() -> dict:
     """The commit the benchmark ran on, and whether the working tree differed from it (with
-    the paths that did, so a reader can tell whether they touch what was measured)."""
+    the paths that did, so a reader can tell whether they touch what was measured);
+    ``git_code``: a hash of the committed trees of :data:`MEASURED_PATHS`."""
     def git(*cmd: str) -> str:
         return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=20,
                               check=True).stdout
@@ -29,9 +36,10 @@ def git_state() -> dict:
     try:
         commit = git("rev-parse", "HEAD").strip()
         changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line]
+        code = hashlib.sha1(git("ls-tree", "HEAD", "--", *MEASURED_PATHS).encode()).hexdigest()
     except (OSError, subprocess.SubprocessError):
-        return {"git_commit": None, "git_dirty": None, "git_dirty_paths": []}
-    return {"git_commit": commit, "git_dirty": bool(changed), "git_dirty_paths": changed[:50]}
+        return {"git_commit": None, "git_dirty": None, "git_dirty_paths": [], "git_code": None}
+    return {"git_commit": commit, "git_dirty": bool(changed), "git_dirty_paths": changed[:50], "git_code": code}
 
 
 def machine(device: str | None = None) -> dict:

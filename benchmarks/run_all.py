@@ -1,14 +1,21 @@
 """Every benchmark in one run, at one commit, then the results table.
 
-    python benchmarks/run_all.py [--out DIR] [--only NAME ...] [--skip NAME ...] [--dry-run] [--allow-dirty]
+    python benchmarks/run_all.py [--out DIR] [--resume] [--only NAME ...] [--skip NAME ...] [--dry-run] [--allow-dirty]
 
 Runs each command of ``report.COMMANDS`` (the README's commands) one after another, with its
-JSON file and log in DIR (default ``bench-results/run-<commit>``), then writes DIR's table with
+JSON file and log in DIR (default ``bench-results/run-<code>``, ``git_code`` below), then writes DIR's table with
 ``report.py``. This is the "one run" the README's table should come from: every file then
 names the same commit. The full run takes several hours on a 2-core machine (the attention
 and grid simulated users are the longest); run it with nothing else on the machine, since
 the speed figures are measured as it goes. ``run.json`` in DIR records each command, its exit
 status, start and duration. A failed benchmark is recorded and the run goes on.
+
+The full run is longer than a working session here, so it can be resumed: ``--resume``
+continues the run in DIR, skipping each benchmark that already finished there with exit 0
+and wrote its JSON file, but only while the measured code is the same (``git_code``: the
+committed trees of core/, app/, pages/, benchmarks/, requirements.txt and .streamlit/; a later
+commit that touched only tests or the README measures the same code). If the code changed it
+refuses and names what changed: the figures of one run come from one state of the code.
 
 Refuses a dirty work tree unless ``--allow-dirty``: a figure must come from committed code.
 """
@@ -23,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, git_state  # noqa: E402
+from _common import MEASURED_PATHS, ROOT, git_state  # noqa: E402
 from report import COMMANDS  # noqa: E402
 
 # Speed figures first (they need the quiet machine most), then the long effect runs.
@@ -50,17 +57,45 @@ def planned(out: Path, only: list[str] | None = None, skip: list[str] | None = N
     return plan
 
 
+def resumed(out: Path, git: dict) -> tuple[dict, set[str]]:
+    """The run recorded in ``out``/run.json and the benchmarks it finished (exit 0, JSON file
+    present). SystemExit when there is none, or when the measured code is not the same now."""
+    path = out / "run.json"
+    if not path.exists():
+        raise SystemExit(f"--resume: no run in {out} (no run.json); start one without --resume")
+    record = json.loads(path.read_text())
+    then = record.get("git", {})
+    if not then.get("git_code") or then.get("git_code") != git.get("git_code"):
+        diff = subprocess.run(["git", "diff", "--stat", f"{then.get('git_commit')}", "HEAD", "--", *MEASURED_PATHS],
+                              cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        raise SystemExit(f"--resume: the measured code changed since the run in {out} began at "
+                         f"{str(then.get('git_commit'))[:10]} ({', '.join(MEASURED_PATHS)}):\n"
+                         f"{diff or '(no record of its code)'}\nstart a new run in another folder")
+    done = set()
+    for run in record.get("runs", []):
+        outs = [a for a in shlex.split(run["command"]) if a.endswith(".json")]
+        if run["exit"] == 0 and all((ROOT / a).exists() for a in outs):
+            done.add(run["name"])
+        else:
+            done.discard(run["name"])
+    record.setdefault("resumed", []).append({"at": time.strftime("%Y-%m-%d %H:%M:%S"), "git_commit": git.get("git_commit")})
+    return record, done
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", help="folder for the JSON files and logs (default bench-results/run-<commit>)")
     ap.add_argument("--only", nargs="+", help="run only these benchmarks")
     ap.add_argument("--skip", nargs="+", help="leave these out")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the run in DIR: skip what finished there (only if the measured code is the same)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     ap.add_argument("--allow-dirty", action="store_true", help="run on uncommitted changes (the files say so)")
     args = ap.parse_args(argv)
 
     git = git_state()
-    out = Path(args.out) if args.out else ROOT / "bench-results" / f"run-{(git.get('git_commit') or 'nogit')[:8]}"
+    # named by the measured code, so that a later commit with the same code resumes in the same folder
+    out = Path(args.out) if args.out else ROOT / "bench-results" / f"run-{(git.get('git_code') or 'nogit')[:8]}"
     plan = planned(out, args.only, args.skip)
     if args.dry_run:
         for name, cmd in plan:
@@ -70,8 +105,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the work tree has uncommitted changes ({', '.join(git.get('git_dirty_paths', [])[:5])}); "
               "commit them, or pass --allow-dirty", file=sys.stderr)
         return 2
-    out.mkdir(parents=True, exist_ok=True)
     record = {"git": git, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": []}
+    if args.resume:
+        record, done = resumed(out, git)
+        plan = [(name, cmd) for name, cmd in plan if name not in done]
+        print(f"resuming {out}: {len(done)} done ({', '.join(sorted(done)) or 'none'}), {len(plan)} to run", flush=True)
+    elif (out / "run.json").exists():
+        print(f"{out} already holds a run: pass --resume to continue it, or --out for a new folder", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
     for name, cmd in plan:
         t0 = time.perf_counter()
         started = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -81,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         took = time.perf_counter() - t0
         print(f"  exit {rc} after {took / 60:.1f} min", flush=True)
         record["runs"].append({"name": name, "command": shlex.join(cmd), "exit": rc, "started": started,
-                               "seconds": round(took, 1)})
+                               "seconds": round(took, 1), "git_commit": git.get("git_commit")})
         (out / "run.json").write_text(json.dumps(record, indent=2))
     report = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), str(out)], cwd=ROOT,
                             capture_output=True, text=True)

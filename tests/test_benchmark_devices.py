@@ -86,3 +86,9 @@ def test_device_params_name_the_gpu_only_on_cuda(monkeypatch):
     assert common.device_params("cpu", "t-SNE on the CPU") == {"device": "cpu", "device_note": "t-SNE on the CPU"}
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"Test GPU {torch.device(device)}")
     assert common.device_params("cuda:1") == {"device": "cuda:1", "device_name": "Test GPU cuda:1"}
+
+
+def test_compile_speed_refuses_an_unknown_option(tmp_path):
+    proc, _ = bench("compile_speed", "--options", "compile,fp8", "--json", str(tmp_path / "c.json"))
+    assert proc.returncode == 2 and "--options" in proc.stderr and "fp8" in proc.stderr
+    assert not (tmp_path / "c.json").exists()

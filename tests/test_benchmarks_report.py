@@ -283,3 +283,27 @@ def test_compile_speed_rows_give_each_ratio_with_its_times_and_no_invented_targe
     bf16 = next(r for r in rows if "bfloat16" in r[0])
     assert bf16[1].startswith("15.100") and "compile" not in bf16[1]
     assert comp[4] == bf16[4] == "–"  # the issue sets no target: the figures decide the default
+
+
+def test_run_all_resumes_only_the_same_measured_code_and_skips_what_finished(tmp_path):
+    spec = importlib.util.spec_from_file_location("run_all", ROOT / "benchmarks" / "run_all.py")
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
+    git = run_all.git_state()
+    assert git["git_code"] and len(git["git_code"]) == 40
+    plan = dict(run_all.planned(tmp_path))
+    (tmp_path / "freezing.json").write_text("{}")  # finished and wrote its file
+    runs = [{"name": "freezing", "command": " ".join(plan["freezing"]), "exit": 0},
+            {"name": "gradcam_speed", "command": " ".join(plan["gradcam_speed"]), "exit": 1},  # failed: run again
+            {"name": "streamed_tsne", "command": " ".join(plan["streamed_tsne"]), "exit": 0}]  # its JSON is gone
+    (tmp_path / "run.json").write_text(json.dumps({"git": git, "runs": runs}))
+    record, done = run_all.resumed(tmp_path, git)
+    assert done == {"freezing"} and record["runs"] == runs and len(record["resumed"]) == 1
+    # a run of other code is not continued: its figures and these would not be one run
+    (tmp_path / "run.json").write_text(json.dumps({"git": {**git, "git_code": "0" * 40}, "runs": runs}))
+    with pytest.raises(SystemExit, match="the measured code changed"):
+        run_all.resumed(tmp_path, git)
+    with pytest.raises(SystemExit, match="no run in"):
+        run_all.resumed(tmp_path / "elsewhere", git)
+    # without --resume, a folder that holds a run is not written over
+    assert run_all.main(["--out", str(tmp_path), "--only", "freezing", "--allow-dirty"]) == 2
