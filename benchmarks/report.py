@@ -432,11 +432,12 @@ def rows_gradcam(p: dict, file: str) -> list[dict]:
 
 def rows_compile_speed(p: dict, file: str) -> list[dict]:
     prm = p.get("params", {})
-    extra = f"; compile {num(prm['compile_s'], '.1f')} s once, not counted" if "compile_s" in prm else ""
+    extra = (f"; compile {num(prm['compile_s'], '.1f')} s once, not counted, shorter when an earlier run left "
+             "inductor's cache warm") if "compile_s" in prm else ""
     return [row(f"Training step, {prm.get('model')}, batch {prm.get('batch_size')}: {prm.get('ours')} / "
                 f"{prm.get('reference')} (a ratio < 1 is a speed-up; decides the default)",
                 f"{num(p['ratio'], '.3f')} ({num(p['ours_s'], '.3f')} s vs {num(p['reference_s'], '.3f')} s{extra})",
-                f"the same steps, {prm.get('reference')}", "– (off by default unless < 1)", None, p, file)]
+                f"the same steps, {prm.get('reference')}", "– (none set)", None, p, file)]
 
 
 def rows_long_session(p: dict, file: str) -> list[dict]:

@@ -279,7 +279,7 @@ def test_compile_speed_rows_give_each_ratio_with_its_times_and_no_invented_targe
     assert "compile_speed" not in rep["missing"]
     rows = table_rows(report.markdown(rep))
     comp = next(r for r in rows if "torch.compile" in r[0])
-    assert "vgg6" in comp[0] and comp[1] == "0.943 (0.943 s vs 1.000 s; compile 26.8 s once, not counted)"
+    assert "vgg6" in comp[0] and comp[1].startswith("0.943 (0.943 s vs 1.000 s; compile 26.8 s once, not counted")
     bf16 = next(r for r in rows if "bfloat16" in r[0])
     assert bf16[1].startswith("15.100") and "compile" not in bf16[1]
     assert comp[4] == bf16[4] == "–"  # the issue sets no target: the figures decide the default
