@@ -525,8 +525,12 @@ def load(folder: Path) -> list[tuple[str, dict]]:
 
 def _note_provenance(provs: dict[tuple, list[str]], rec: dict, file: str) -> None:
     prov = rec.get("provenance") or {}
-    key = (prov.get("git_commit"), prov.get("git_dirty"), prov.get("device"), prov.get("cuda"), prov.get("torch"),
-           prov.get("python"), prov.get("cpus"), prov.get("torch_threads"))
+    # one run = one state of the measured code (git_code): a run resumed across sessions spans
+    # commits that changed only tests, the README or the results; files without git_code (older
+    # than it) are told apart by their commit
+    code = prov.get("git_code") or prov.get("git_commit")
+    key = (code, prov.get("git_commit"), prov.get("git_dirty"), prov.get("device"), prov.get("cuda"),
+           prov.get("torch"), prov.get("python"), prov.get("cpus"), prov.get("torch_threads"))
     provs.setdefault(key, [])
     if file not in provs[key]:
         provs[key].append(file)
@@ -561,16 +565,17 @@ def build(folder: Path, *, display: str | None = None) -> dict:
         quick |= bool(rec.get("quick"))
         _note_provenance(provs, rec, file)
     prov_lines = []
-    for (commit, dirty, device, cuda, torch_v, py, cpus, threads), files in provs.items():
+    for (code, commit, dirty, device, cuda, torch_v, py, cpus, threads), files in provs.items():
         where = f"{device or '?'}" + (f" ({cuda})" if cuda and str(device).startswith("cuda") else "")
         prov_lines.append(
             f"commit `{(commit or 'unknown')[:10]}`"
-            f"{' (working tree dirty: see the JSON for the paths)' if dirty else ''}, "
-            f"{where}, {cpus} CPUs, {threads} torch threads, torch {torch_v}, Python {py}: "
+            + (f" (measured code `{code[:8]}`)" if code and code != commit else "")
+            + f"{' (working tree dirty: see the JSON for the paths)' if dirty else ''}, "
+            + f"{where}, {cpus} CPUs, {threads} torch threads, torch {torch_v}, Python {py}: "
             + ", ".join(f"`{f}`" for f in files))
-    commits = {k[0] for k in provs}
-    if len(commits) > 1:
-        notes.append(f"the files come from {len(commits)} different commits: not one run")
+    codes = {k[0] for k in provs}
+    if len(codes) > 1:
+        notes.append(f"the files come from {len(codes)} different commits of the measured code: not one run")
     missing = [n for n in COMMANDS if n not in seen]
     return {"rows": rows, "provenance": prov_lines, "notes": notes, "missing": missing, "quick": quick,
             "folder": display or str(folder)}
@@ -616,7 +621,8 @@ def splice(readme: str, block: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("folder", nargs="?", default="bench-results", help="folder with the run's JSON files")
+    ap.add_argument("folder", nargs="?", default="bench-results",
+                    help="folder with the run's JSON files (run_all.py's: results/run-<code>)")
     ap.add_argument("--write-readme", action="store_true", help="splice the table into the README between the markers")
     ap.add_argument("--readme", default=str(ROOT / "README.md"))
     ap.add_argument("--allow-quick", action="store_true", help="let --write-readme take files from --quick runs")

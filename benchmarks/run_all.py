@@ -1,10 +1,13 @@
 """Every benchmark in one run, at one commit, then the results table.
 
-    python benchmarks/run_all.py [--out DIR] [--resume] [--only NAME ...] [--skip NAME ...] [--dry-run] [--allow-dirty]
+    python benchmarks/run_all.py [--out DIR] [--resume] [--commit] [--only NAME ...] [--skip NAME ...] [--dry-run] [--allow-dirty]
 
 Runs each command of ``report.COMMANDS`` (the README's commands) one after another, with its
-JSON file and log in DIR (default ``bench-results/run-<code>``, ``git_code`` below), then writes DIR's table with
-``report.py``. This is the "one run" the README's table should come from: every file then
+JSON file and log in DIR (default ``results/run-<code>``, ``git_code`` below), then writes DIR's table with
+``report.py``. ``results/`` is tracked by git (only the base-model cache in it is ignored), and
+``--commit`` commits DIR after each benchmark: a working copy that does not outlive the session
+(a CI runner, a lent machine) keeps what finished, and the README's table can name the files it
+came from. This is the "one run" the README's table should come from: every file then
 names the same commit. The full run takes several hours on a 2-core machine (the attention
 and grid simulated users are the longest); run it with nothing else on the machine, since
 the speed figures are measured as it goes. ``run.json`` in DIR records each command, its exit
@@ -40,12 +43,15 @@ ORDER = ["monitor_overhead", "engine_overhead", "streamed_tsne", "gradcam_speed"
 
 
 def planned(out: Path, only: list[str] | None = None, skip: list[str] | None = None) -> list[tuple[str, list[str]]]:
-    """(name, argv) of every benchmark to run, writing into ``out`` instead of bench-results/."""
+    """(name, argv) of every benchmark to run, writing into ``out`` instead of bench-results/
+    (relative to the repository when ``out`` is inside it, so that another checkout resumes it)."""
     names = [n for n in ORDER if n in COMMANDS] + [n for n in COMMANDS if n not in ORDER]
     unknown = [n for n in (only or []) + (skip or []) if n not in COMMANDS]
     if unknown:
         raise SystemExit(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(names)}")
     names = [n for n in names if (not only or n in only) and n not in (skip or [])]
+    if out.is_absolute() and out.resolve().is_relative_to(ROOT):
+        out = out.resolve().relative_to(ROOT)
     plan = []
     for name in names:
         argv = shlex.split(COMMANDS[name])
@@ -82,9 +88,26 @@ def resumed(out: Path, git: dict) -> tuple[dict, set[str]]:
     return record, done
 
 
+def commit_results(out: Path, message: str, root: Path = ROOT) -> bool:
+    """Commit ``out`` (what git does not ignore in it) and nothing else; False, with a warning,
+    when git cannot (no repository, ``out`` outside it, a lock held by another git command)."""
+    try:
+        rel = out.resolve().relative_to(root.resolve())
+        for cmd in (["git", "add", "--", str(rel)], ["git", "commit", "--quiet", "-m", message, "--", str(rel)]):
+            done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=60)
+            if done.returncode != 0:
+                raise RuntimeError(f"{shlex.join(cmd)}: {(done.stderr or done.stdout).strip()}")
+    except (ValueError, OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        print(f"  not committed: {exc}", file=sys.stderr, flush=True)
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", help="folder for the JSON files and logs (default bench-results/run-<commit>)")
+    ap.add_argument("--out", help="folder for the JSON files and logs (default results/run-<code>)")
+    ap.add_argument("--commit", action="store_true",
+                    help="commit the folder after each benchmark (only the folder: nothing else staged is taken)")
     ap.add_argument("--only", nargs="+", help="run only these benchmarks")
     ap.add_argument("--skip", nargs="+", help="leave these out")
     ap.add_argument("--resume", action="store_true",
@@ -95,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     git = git_state()
     # named by the measured code, so that a later commit with the same code resumes in the same folder
-    out = Path(args.out) if args.out else ROOT / "bench-results" / f"run-{(git.get('git_code') or 'nogit')[:8]}"
+    out = Path(args.out) if args.out else ROOT / "results" / f"run-{(git.get('git_code') or 'nogit')[:8]}"
     plan = planned(out, args.only, args.skip)
     if args.dry_run:
         for name, cmd in plan:
@@ -125,10 +148,15 @@ def main(argv: list[str] | None = None) -> int:
         record["runs"].append({"name": name, "command": shlex.join(cmd), "exit": rc, "started": started,
                                "seconds": round(took, 1), "git_commit": git.get("git_commit")})
         (out / "run.json").write_text(json.dumps(record, indent=2))
+        if args.commit:
+            commit_results(out, f"results: {name} (exit {rc}, {took / 60:.1f} min) in {out.name}, measured code "
+                                f"{(git.get('git_code') or '?')[:8]} at {(git.get('git_commit') or '?')[:10]}")
     report = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), str(out)], cwd=ROOT,
                             capture_output=True, text=True)
     (out / "results.md").write_text(report.stdout)
     print(report.stdout)
+    if args.commit:
+        commit_results(out, f"results: the table of {out.name}")
     failed = [r["name"] for r in record["runs"] if r["exit"] != 0]
     if failed:
         print(f"failed: {', '.join(failed)} (see their logs in {out})", file=sys.stderr)

@@ -307,3 +307,47 @@ def test_run_all_resumes_only_the_same_measured_code_and_skips_what_finished(tmp
         run_all.resumed(tmp_path / "elsewhere", git)
     # without --resume, a folder that holds a run is not written over
     assert run_all.main(["--out", str(tmp_path), "--only", "freezing", "--allow-dirty"]) == 2
+
+
+def test_run_all_commits_its_folder_and_nothing_else(tmp_path):
+    """--commit: what finished is committed (a checkout that does not outlive the session keeps
+    it), without the ignored base-model cache and without anything else the user had staged."""
+    spec = importlib.util.spec_from_file_location("run_all", ROOT / "benchmarks" / "run_all.py")
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
+    import subprocess
+
+    def git(*cmd):
+        return subprocess.run(["git", *cmd], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.org")
+    git("config", "user.name", "t")
+    (tmp_path / ".gitignore").write_text("/results/*/cache/\n")
+    (tmp_path / "other.txt").write_text("staged, not a result\n")
+    git("add", ".gitignore", "other.txt")
+    out = tmp_path / "results" / "run-abc"
+    (out / "cache").mkdir(parents=True)
+    (out / "cache" / "base.pt").write_bytes(b"weights")
+    (out / "freezing.json").write_text("{}")
+    (out / "run.json").write_text("{}")
+    assert run_all.commit_results(out, "results: freezing", root=tmp_path)
+    assert git("log", "--format=%s") == "results: freezing\n"
+    assert sorted(git("ls-tree", "-r", "--name-only", "HEAD").split()) == ["results/run-abc/freezing.json",
+                                                                            "results/run-abc/run.json"]
+    assert "A  other.txt" in git("status", "--porcelain")  # still staged, not committed
+    # outside the repository: said, not raised, and the run goes on
+    assert not run_all.commit_results(tmp_path.parent / "elsewhere", "x", root=tmp_path)
+    # a folder inside the repository is planned with relative paths, so another checkout resumes it
+    plan = dict(run_all.planned(ROOT / "results" / "run-test", only=["freezing"]))
+    assert any(a == "results/run-test/freezing.json" for a in plan["freezing"])
+
+
+def test_a_run_resumed_across_commits_of_the_same_measured_code_is_one_run(report, tmp_path):
+    code = {"git_code": "c0de" * 10}
+    write(tmp_path, "a.json", monitor(1.05) | {"provenance": PROV | code})
+    write(tmp_path, "b.json", monitor(1.06) | {"provenance": PROV | code | {"git_commit": "0123456789abcdef"}})
+    md = report.markdown(report.build(tmp_path))
+    assert "different commits" not in md and "measured code `c0dec0de`" in md
+    write(tmp_path, "b.json", monitor(1.06) | {"provenance": PROV | {"git_code": "beef" * 10}})
+    assert "2 different commits of the measured code" in report.markdown(report.build(tmp_path))
