@@ -351,3 +351,17 @@ def test_a_run_resumed_across_commits_of_the_same_measured_code_is_one_run(repor
     assert "different commits" not in md and "measured code `c0dec0de`" in md
     write(tmp_path, "b.json", monitor(1.06) | {"provenance": PROV | {"git_code": "beef" * 10}})
     assert "2 different commits of the measured code" in report.markdown(report.build(tmp_path))
+
+
+def test_attention_page_run_loads_the_browser_harness_outside_pytest():
+    """benchmarks/attention_page_run.py reuses tests/browser/conftest.py by path, in a plain
+    process where pytest has not put tests/browser on sys.path (it once failed there)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, importlib.util; sys.path.insert(0, 'benchmarks'); "
+            "spec = importlib.util.spec_from_file_location('apr', 'benchmarks/attention_page_run.py'); "
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); print(m._conftest().BASE_NAME)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith(".pt")

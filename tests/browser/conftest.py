@@ -32,9 +32,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from browser_helpers import ROOT, TEST_THREADS, thread_env  # noqa: F401  (thread_env re-exported)
 
 HERE = Path(__file__).resolve().parent
+# pytest puts this folder on sys.path; benchmarks/attention_page_run.py loads this file by path
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+from browser_helpers import ROOT, TEST_THREADS, thread_env  # noqa: E402,F401  (thread_env re-exported)
+
 BASE_NAME = "digits__seed-cnn__s0.pt"  # what the app looks for: base/<data>__<arch>__s<seed>.pt
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
