@@ -525,15 +525,54 @@ def load(folder: Path) -> list[tuple[str, dict]]:
 
 def _note_provenance(provs: dict[tuple, list[str]], rec: dict, file: str) -> None:
     prov = rec.get("provenance") or {}
-    # one run = one state of the measured code (git_code): a run resumed across sessions spans
-    # commits that changed only tests, the README or the results; files without git_code (older
-    # than it) are told apart by their commit
-    code = prov.get("git_code") or prov.get("git_commit")
-    key = (code, prov.get("git_commit"), prov.get("git_dirty"), prov.get("device"), prov.get("cuda"),
-           prov.get("torch"), prov.get("python"), prov.get("cpus"), prov.get("torch_threads"))
+    key = (prov.get("git_dirty"), prov.get("device"), prov.get("cuda"), prov.get("torch"),
+           prov.get("python"), prov.get("cpus"), prov.get("torch_threads"))
     provs.setdefault(key, [])
-    if file not in provs[key]:
-        provs[key].append(file)
+    if (file, prov.get("git_commit")) not in provs[key]:
+        provs[key].append((file, prov.get("git_commit")))
+
+
+def scripts_by_file() -> dict[str, str]:
+    """JSON file name -> the benchmark script that writes it, from :data:`COMMANDS`."""
+    out = {}
+    for cmd in COMMANDS.values():
+        words = cmd.split()
+        script = next((Path(w).name for w in words if w.endswith(".py")), None)
+        for w in words:
+            if w.endswith(".json") and script:
+                out[Path(w).name] = script
+    return out
+
+
+def one_run_notes(files: list[tuple[str, dict]]) -> list[str]:
+    """Whether ``files`` (name, provenance) are one run: every figure measured with the code it
+    depends on as it is at the newest of their commits (``_runs.benchmark_code``, so a run
+    resumed across commits that changed only the results, tests, the README, or another
+    benchmark's script is one run). Files whose commit is not in this repository are told
+    apart by ``git_code`` (the committed ``benchmarks/`` tree and the product) or their commit."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _runs import benchmark_code, commit_time
+
+    scripts = scripts_by_file()
+    known, unknown = [], {}
+    for file, prov in files:
+        commit, script = prov.get("git_commit"), scripts.get(file)
+        code = benchmark_code(script, commit) if script and commit else None
+        if code is not None:
+            known.append((file, script, commit, code))
+        else:
+            unknown.setdefault(prov.get("git_code") or commit, []).append(file)
+    notes = []
+    if known:
+        latest = max({c for _, _, c, _ in known}, key=lambda c: commit_time(c) or 0)
+        stale = [f for f, script, _, code in known if code != benchmark_code(script, latest)]
+        if stale:
+            notes.append(f"{', '.join(f'`{f}`' for f in stale)} measured other code than the files of "
+                         f"commit `{latest[:10]}` (product, helpers or their own script): not one run")
+    if len(unknown) > 1 or (unknown and known):
+        n = len(unknown) + (1 if known else 0)
+        notes.append(f"the files come from {n} different commits of the measured code: not one run")
+    return notes
 
 
 def build(folder: Path, *, display: str | None = None) -> dict:
@@ -564,18 +603,22 @@ def build(folder: Path, *, display: str | None = None) -> dict:
         seen.add(source)
         quick |= bool(rec.get("quick"))
         _note_provenance(provs, rec, file)
-    prov_lines = []
-    for (code, commit, dirty, device, cuda, torch_v, py, cpus, threads), files in provs.items():
+    prov_lines, files = [], []
+    for (dirty, device, cuda, torch_v, py, cpus, threads), entries in provs.items():
         where = f"{device or '?'}" + (f" ({cuda})" if cuda and str(device).startswith("cuda") else "")
+        commits = sorted({(c or "unknown")[:10] for _, c in entries})
+        named = (f"commit `{commits[0]}`" if len(commits) == 1 else
+                 f"commits {', '.join(f'`{c}`' for c in commits)}" if len(commits) <= 3 else
+                 f"{len(commits)} commits (`{commits[0]}`, ..., `{commits[-1]}`)")
         prov_lines.append(
-            f"commit `{(commit or 'unknown')[:10]}`"
-            + (f" (measured code `{code[:8]}`)" if code and code != commit else "")
+            named
             + f"{' (working tree dirty: see the JSON for the paths)' if dirty else ''}, "
             + f"{where}, {cpus} CPUs, {threads} torch threads, torch {torch_v}, Python {py}: "
-            + ", ".join(f"`{f}`" for f in files))
-    codes = {k[0] for k in provs}
-    if len(codes) > 1:
-        notes.append(f"the files come from {len(codes)} different commits of the measured code: not one run")
+            + ", ".join(dict.fromkeys(f"`{f}`" for f, _ in entries)))
+    for file, rec in records:
+        if (rec.get("provenance") or {}) and file not in dict(files):
+            files.append((file, rec["provenance"]))
+    notes += one_run_notes(files)
     missing = [n for n in COMMANDS if n not in seen]
     return {"rows": rows, "provenance": prov_lines, "notes": notes, "missing": missing, "quick": quick,
             "folder": display or str(folder)}

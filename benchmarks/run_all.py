@@ -3,22 +3,24 @@
     python benchmarks/run_all.py [--out DIR] [--resume] [--commit] [--only NAME ...] [--skip NAME ...] [--dry-run] [--allow-dirty]
 
 Runs each command of ``report.COMMANDS`` (the README's commands) one after another, with its
-JSON file and log in DIR (default ``results/run-<code>``, ``git_code`` below), then writes DIR's table with
+JSON file and log in DIR (default ``results/run-<code>``, named by the product code below), then writes DIR's table with
 ``report.py``. ``results/`` is tracked by git (only the base-model cache in it is ignored), and
 ``--commit`` commits DIR after each benchmark: a working copy that does not outlive the session
 (a CI runner, a lent machine) keeps what finished, and the README's table can name the files it
-came from. This is the "one run" the README's table should come from: every file then
-names the same commit. The full run takes several hours on a 2-core machine (the attention
+came from. This is the "one run" the README's table should come from: every figure then
+comes from the same state of the code it depends on. The full run takes several hours on a 2-core machine (the attention
 and grid simulated users are the longest); run it with nothing else on the machine, since
 the speed figures are measured as it goes. ``run.json`` in DIR records each command, its exit
 status, start and duration. A failed benchmark is recorded and the run goes on.
 
 The full run is longer than a working session here, so it can be resumed: ``--resume``
 continues the run in DIR, skipping each benchmark that already finished there with exit 0
-and wrote its JSON file, but only while the measured code is the same (``git_code``: the
-committed trees of core/, app/, pages/, benchmarks/, requirements.txt and .streamlit/; a later
-commit that touched only tests or the README measures the same code). If the code changed it
-refuses and names what changed: the figures of one run come from one state of the code.
+and wrote its JSON file, as long as the code its figures depend on is the same now
+(``_runs.benchmark_code``: the product, ``core/``, ``app/``, ``pages/``, ``requirements.txt``
+and ``.streamlit/``, the shared ``_common.py``, and the benchmark's own script with what it
+imports or loads). A benchmark whose code changed runs again, and says why; a change to the
+product changes every benchmark's code, and the run's folder (named by ``_runs.product_code``)
+with it: a new run.
 
 Refuses a dirty work tree unless ``--allow-dirty``: a figure must come from committed code.
 """
@@ -33,7 +35,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import MEASURED_PATHS, ROOT, git_state  # noqa: E402
+from _common import ROOT, git_state  # noqa: E402
+from _runs import benchmark_code, changed_paths, product_code  # noqa: E402
 from report import COMMANDS  # noqa: E402
 
 # Speed figures first (they need the quiet machine most), then the long effect runs.
@@ -63,27 +66,34 @@ def planned(out: Path, only: list[str] | None = None, skip: list[str] | None = N
     return plan
 
 
+def script_of(command: str) -> str | None:
+    """The benchmark script a command runs (``benchmarks/x.py`` -> ``x.py``)."""
+    return next((Path(a).name for a in shlex.split(command) if a.endswith(".py") and "benchmarks/" in a), None)
+
+
 def resumed(out: Path, git: dict) -> tuple[dict, set[str]]:
     """The run recorded in ``out``/run.json and the benchmarks it finished (exit 0, JSON file
-    present). SystemExit when there is none, or when the measured code is not the same now."""
+    present) with the same code as now (:func:`_runs.benchmark_code` at the commit it ran on
+    and at HEAD). SystemExit when there is no run there."""
     path = out / "run.json"
     if not path.exists():
         raise SystemExit(f"--resume: no run in {out} (no run.json); start one without --resume")
     record = json.loads(path.read_text())
-    then = record.get("git", {})
-    if not then.get("git_code") or then.get("git_code") != git.get("git_code"):
-        diff = subprocess.run(["git", "diff", "--stat", f"{then.get('git_commit')}", "HEAD", "--", *MEASURED_PATHS],
-                              cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        raise SystemExit(f"--resume: the measured code changed since the run in {out} began at "
-                         f"{str(then.get('git_commit'))[:10]} ({', '.join(MEASURED_PATHS)}):\n"
-                         f"{diff or '(no record of its code)'}\nstart a new run in another folder")
     done = set()
     for run in record.get("runs", []):
         outs = [a for a in shlex.split(run["command"]) if a.endswith(".json")]
-        if run["exit"] == 0 and all((ROOT / a).exists() for a in outs):
+        script = script_of(run["command"])
+        then = run.get("git_commit") or record.get("git", {}).get("git_commit")
+        same = bool(script and then) and benchmark_code(script, then) is not None and \
+            benchmark_code(script, then) == benchmark_code(script, "HEAD")
+        if run["exit"] == 0 and all((ROOT / a).exists() for a in outs) and same:
             done.add(run["name"])
         else:
             done.discard(run["name"])
+            if run["exit"] == 0 and not same:
+                what = changed_paths(script, then) if script and then else []
+                print(f"{run['name']}: its code changed since {str(then)[:10]} "
+                      f"({', '.join(what) or 'that commit is not in this repository'}): runs again", flush=True)
     record.setdefault("resumed", []).append({"at": time.strftime("%Y-%m-%d %H:%M:%S"), "git_commit": git.get("git_commit")})
     return record, done
 
@@ -118,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     git = git_state()
     # named by the measured code, so that a later commit with the same code resumes in the same folder
-    out = Path(args.out) if args.out else ROOT / "results" / f"run-{(git.get('git_code') or 'nogit')[:8]}"
+    out = Path(args.out) if args.out else ROOT / "results" / f"run-{(product_code() or 'nogit')[:8]}"
     plan = planned(out, args.only, args.skip)
     if args.dry_run:
         for name, cmd in plan:
@@ -146,11 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         took = time.perf_counter() - t0
         print(f"  exit {rc} after {took / 60:.1f} min", flush=True)
         record["runs"].append({"name": name, "command": shlex.join(cmd), "exit": rc, "started": started,
-                               "seconds": round(took, 1), "git_commit": git.get("git_commit")})
+                               "seconds": round(took, 1), "git_commit": git.get("git_commit"),
+                               "benchmark_code": benchmark_code(script_of(shlex.join(cmd)) or "", "HEAD")})
         (out / "run.json").write_text(json.dumps(record, indent=2))
         if args.commit:
-            commit_results(out, f"results: {name} (exit {rc}, {took / 60:.1f} min) in {out.name}, measured code "
-                                f"{(git.get('git_code') or '?')[:8]} at {(git.get('git_commit') or '?')[:10]}")
+            commit_results(out, f"results: {name} (exit {rc}, {took / 60:.1f} min) in {out.name}, measured at "
+                                f"{(git.get('git_commit') or '?')[:10]}")
     report = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), str(out)], cwd=ROOT,
                             capture_output=True, text=True)
     (out / "results.md").write_text(report.stdout)

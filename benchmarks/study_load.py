@@ -308,7 +308,17 @@ async def run_participant(context, url: str, shared: Shared, p: Participant, del
                     await timed(page, shared, gen, p, "continue",
                                 lambda: page.locator(".st-key-study-finish button").first.click(), js, None)
                 elif state == "tune":
-                    text = await page.locator(".st-key-study-fine-tune").first.inner_text()
+                    # read at once, not through a waiting locator: the fine-tune may end and its
+                    # element go between state_of and this read (a participant once waited 120 s
+                    # on a vanished element while the page showed the questionnaire)
+                    try:
+                        text = await page.evaluate(
+                            "() => Array.from(document.querySelectorAll('.st-key-study-fine-tune'))"
+                            ".filter(e => e.getAttribute('data-stale') !== 'true').map(e => e.innerText).join(' ')")
+                    except Exception as exc:  # a rerun or navigation in between: look again
+                        if shared.generation != gen:
+                            raise Restarted() from exc
+                        text = ""
                     m = re.search(r"place (\d+) in the queue", text)
                     if m:
                         p.queue_places.append(int(m.group(1)))

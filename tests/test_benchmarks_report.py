@@ -285,28 +285,84 @@ def test_compile_speed_rows_give_each_ratio_with_its_times_and_no_invented_targe
     assert comp[4] == bf16[4] == "–"  # the issue sets no target: the figures decide the default
 
 
-def test_run_all_resumes_only_the_same_measured_code_and_skips_what_finished(tmp_path):
+def test_run_all_resumes_what_finished_with_the_same_code(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("run_all", ROOT / "benchmarks" / "run_all.py")
     run_all = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(run_all)
     git = run_all.git_state()
-    assert git["git_code"] and len(git["git_code"]) == 40
     plan = dict(run_all.planned(tmp_path))
-    (tmp_path / "freezing.json").write_text("{}")  # finished and wrote its file
-    runs = [{"name": "freezing", "command": " ".join(plan["freezing"]), "exit": 0},
-            {"name": "gradcam_speed", "command": " ".join(plan["gradcam_speed"]), "exit": 1},  # failed: run again
-            {"name": "streamed_tsne", "command": " ".join(plan["streamed_tsne"]), "exit": 0}]  # its JSON is gone
+    for name in ("freezing", "engine_overhead"):
+        (tmp_path / f"{name}.json").write_text("{}")  # finished and wrote its file
+    runs = [{"name": "freezing", "command": " ".join(plan["freezing"]), "exit": 0, "git_commit": git["git_commit"]},
+            {"name": "gradcam_speed", "command": " ".join(plan["gradcam_speed"]), "exit": 1,  # failed: run again
+             "git_commit": git["git_commit"]},
+            {"name": "streamed_tsne", "command": " ".join(plan["streamed_tsne"]), "exit": 0,  # its JSON is gone
+             "git_commit": git["git_commit"]},
+            # measured at a commit this repository does not know: its code cannot be shown the same
+            {"name": "engine_overhead", "command": " ".join(plan["engine_overhead"]), "exit": 0,
+             "git_commit": "0" * 40}]
     (tmp_path / "run.json").write_text(json.dumps({"git": git, "runs": runs}))
     record, done = run_all.resumed(tmp_path, git)
     assert done == {"freezing"} and record["runs"] == runs and len(record["resumed"]) == 1
-    # a run of other code is not continued: its figures and these would not be one run
-    (tmp_path / "run.json").write_text(json.dumps({"git": {**git, "git_code": "0" * 40}, "runs": runs}))
-    with pytest.raises(SystemExit, match="the measured code changed"):
-        run_all.resumed(tmp_path, git)
+    assert "engine_overhead: its code changed" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no run in"):
         run_all.resumed(tmp_path / "elsewhere", git)
     # without --resume, a folder that holds a run is not written over
     assert run_all.main(["--out", str(tmp_path), "--only", "freezing", "--allow-dirty"]) == 2
+
+
+def test_benchmark_code_follows_the_product_the_helpers_and_the_own_script_only(tmp_path):
+    """A fix to one benchmark's script reruns that benchmark alone (and those importing it);
+    a change to the product or to _common.py changes every benchmark's code."""
+    spec = importlib.util.spec_from_file_location("bench_runs", ROOT / "benchmarks" / "_runs.py")
+    runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runs)
+    import subprocess
+
+    def git(*cmd):
+        return subprocess.run(["git", *cmd], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+
+    def commit(path, text):
+        f = tmp_path / path
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+        git("add", path)
+        git("commit", "-q", "-m", path)
+        return git("rev-parse", "HEAD")
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.org")
+    git("config", "user.name", "t")
+    commit("core/engine.py", "x = 1\n")
+    commit("benchmarks/_common.py", "ROOT = 1\n")
+    commit("benchmarks/engine_overhead.py", "from _common import ROOT\n")
+    commit("benchmarks/monitor_overhead.py", "from _common import ROOT\nfrom engine_overhead import x\n")
+    c0 = commit("benchmarks/freezing.py", "import json\n\ndef f():\n    import _common\n")
+
+    def codes(c):
+        return {s: runs.benchmark_code(s, c, tmp_path) for s in ("engine_overhead.py", "monitor_overhead.py",
+                                                                 "freezing.py")}
+
+    assert runs.code_paths("monitor_overhead.py", c0, tmp_path) == (
+        ".streamlit", "app", "benchmarks/_common.py", "benchmarks/engine_overhead.py",
+        "benchmarks/monitor_overhead.py", "core", "pages", "requirements.txt")
+    before = codes(c0)
+    c1 = commit("benchmarks/freezing.py", "import json\n# a fix of the driver\n")
+    c2 = commit("README.md", "results\n")
+    after = codes(c2)
+    assert after["freezing.py"] != before["freezing.py"]
+    assert {k: v for k, v in after.items() if k != "freezing.py"} == \
+        {k: v for k, v in before.items() if k != "freezing.py"}
+    assert runs.changed_paths("freezing.py", c0, c2, tmp_path) == ["benchmarks/freezing.py"]
+    assert codes(c1) == after  # the README is not measured code
+    c3 = commit("benchmarks/engine_overhead.py", "from _common import ROOT\nx = 2\n")
+    assert codes(c3)["monitor_overhead.py"] != after["monitor_overhead.py"]  # it imports engine_overhead
+    assert codes(c3)["freezing.py"] == after["freezing.py"]
+    c4 = commit("core/engine.py", "x = 2\n")
+    assert all(codes(c4)[k] != codes(c3)[k] for k in after)  # the product: every benchmark
+    assert runs.product_code(c4, tmp_path) != runs.product_code(c3, tmp_path)
+    assert runs.product_code(c3, tmp_path) == runs.product_code(c1, tmp_path)
+    assert runs.benchmark_code("freezing.py", "0" * 40, tmp_path) is None
 
 
 def test_run_all_commits_its_folder_and_nothing_else(tmp_path):
@@ -348,7 +404,7 @@ def test_a_run_resumed_across_commits_of_the_same_measured_code_is_one_run(repor
     write(tmp_path, "a.json", monitor(1.05) | {"provenance": PROV | code})
     write(tmp_path, "b.json", monitor(1.06) | {"provenance": PROV | code | {"git_commit": "0123456789abcdef"}})
     md = report.markdown(report.build(tmp_path))
-    assert "different commits" not in md and "measured code `c0dec0de`" in md
+    assert "not one run" not in md and "commits `0123456789`, `abcdef1234`" in md
     write(tmp_path, "b.json", monitor(1.06) | {"provenance": PROV | {"git_code": "beef" * 10}})
     assert "2 different commits of the measured code" in report.markdown(report.build(tmp_path))
 
