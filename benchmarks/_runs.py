@@ -81,6 +81,14 @@ def benchmark_code(script: str, commit: str = "HEAD", root: Path = ROOT) -> str 
     return hashlib.sha1(tree.encode()).hexdigest()
 
 
+def dirty_code(script: str, commit: str, dirty_paths: list[str], root: Path = ROOT) -> list[str]:
+    """Among the uncommitted paths a benchmark recorded (``git_dirty_paths``), those its figures
+    depend on: a run's own log, modified in ``results/`` while the next benchmark measures,
+    is not one."""
+    deps = code_paths(script, commit, root)
+    return [p for p in dirty_paths if any(p == d or p.startswith(d.rstrip("/") + "/") for d in deps)]
+
+
 def product_code(commit: str = "HEAD", root: Path = ROOT) -> str | None:
     """A hash of what every benchmark depends on (the product and the shared helpers): the name
     of a run's folder, since a change there means a new run."""

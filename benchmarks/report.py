@@ -523,9 +523,23 @@ def load(folder: Path) -> list[tuple[str, dict]]:
     return out
 
 
+def code_dirty(prov: dict, file: str) -> bool | None:
+    """Whether the working tree differed from the commit in what ``file``'s figures depend on
+    (``_runs.dirty_code``); a changed path outside it (the run's own log in ``results/``) does
+    not count. The recorded flag when the benchmark or its commit is unknown here."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _runs import benchmark_code, dirty_code
+
+    script, commit, paths = scripts_by_file().get(file), prov.get("git_commit"), prov.get("git_dirty_paths")
+    if not prov.get("git_dirty") or not script or not commit or not paths or len(paths) >= 50 \
+            or benchmark_code(script, commit) is None:
+        return prov.get("git_dirty")
+    return bool(dirty_code(script, commit, paths))
+
+
 def _note_provenance(provs: dict[tuple, list[str]], rec: dict, file: str) -> None:
     prov = rec.get("provenance") or {}
-    key = (prov.get("git_dirty"), prov.get("device"), prov.get("cuda"), prov.get("torch"),
+    key = (code_dirty(prov, file), prov.get("device"), prov.get("cuda"), prov.get("torch"),
            prov.get("python"), prov.get("cpus"), prov.get("torch_threads"))
     provs.setdefault(key, [])
     if (file, prov.get("git_commit")) not in provs[key]:
@@ -612,7 +626,7 @@ def build(folder: Path, *, display: str | None = None) -> dict:
                  f"{len(commits)} commits (`{commits[0]}`, ..., `{commits[-1]}`)")
         prov_lines.append(
             named
-            + f"{' (working tree dirty: see the JSON for the paths)' if dirty else ''}, "
+            + f"{' (working tree dirty in the measured code: see the JSON for the paths)' if dirty else ''}, "
             + f"{where}, {cpus} CPUs, {threads} torch threads, torch {torch_v}, Python {py}: "
             + ", ".join(dict.fromkeys(f"`{f}`" for f, _ in entries)))
     for file, rec in records:

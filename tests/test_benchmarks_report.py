@@ -363,6 +363,11 @@ def test_benchmark_code_follows_the_product_the_helpers_and_the_own_script_only(
     assert runs.product_code(c4, tmp_path) != runs.product_code(c3, tmp_path)
     assert runs.product_code(c3, tmp_path) == runs.product_code(c1, tmp_path)
     assert runs.benchmark_code("freezing.py", "0" * 40, tmp_path) is None
+    # uncommitted paths: the run's own log is not measured code, the product and the script are
+    dirty = ["results/run-x/freezing.log", "core/engine.py", "benchmarks/freezing.py", "benchmarks/engine_overhead.py",
+             "corex.py"]
+    assert runs.dirty_code("freezing.py", c4, dirty, tmp_path) == ["core/engine.py", "benchmarks/freezing.py"]
+    assert runs.dirty_code("freezing.py", c4, dirty[:1], tmp_path) == []
 
 
 def test_run_all_commits_its_folder_and_nothing_else(tmp_path):
@@ -407,6 +412,20 @@ def test_a_run_resumed_across_commits_of_the_same_measured_code_is_one_run(repor
     assert "not one run" not in md and "commits `0123456789`, `abcdef1234`" in md
     write(tmp_path, "b.json", monitor(1.06) | {"provenance": PROV | {"git_code": "beef" * 10}})
     assert "2 different commits of the measured code" in report.markdown(report.build(tmp_path))
+
+
+def test_a_dirty_log_of_the_run_itself_does_not_mark_the_figures_dirty(report, tmp_path):
+    """run_all's log of the running benchmark is tracked in results/ and modified while it runs:
+    the figure still comes from committed code. A modified product file does mark it."""
+    import subprocess
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    prov = PROV | {"git_commit": head, "git_dirty": True}
+    write(tmp_path, "monitor_overhead.json",
+          monitor(1.05) | {"provenance": prov | {"git_dirty_paths": ["results/run-1/monitor_overhead.log"]}})
+    assert "working tree dirty" not in report.markdown(report.build(tmp_path))
+    write(tmp_path, "monitor_overhead.json",
+          monitor(1.05) | {"provenance": prov | {"git_dirty_paths": ["core/engine.py"]}})
+    assert "working tree dirty in the measured code" in report.markdown(report.build(tmp_path))
 
 
 def test_attention_page_run_loads_the_browser_harness_outside_pytest():
