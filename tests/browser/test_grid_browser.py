@@ -44,6 +44,9 @@ def hatched(page: Page) -> int:
 
 def set_number(page: Page, label: str, value: int) -> None:
     wait_idle(page)  # a value typed while the previous change's rerun redraws the box can be lost (seen in CI)
+    # under load, the panel of the run before "Open biased digits" can linger beside the new one
+    expect(page.locator(live(".st-key-grid-params"))).to_have_count(1, timeout=LONG)
+    wait_idle(page)
     box = page.locator(live(".st-key-grid-params")).get_by_label(label, exact=True)
     box.fill(str(value))
     box.press("Tab")
@@ -51,7 +54,7 @@ def set_number(page: Page, label: str, value: int) -> None:
     expect(page.locator(live(".st-key-grid-params")).get_by_label(label, exact=True)).to_have_value(str(value))
 
 
-def test_click_marks_a_square_refresh_keeps_it_continue_trains_on(start_server, grid_workspace, page: Page):
+def test_click_marks_a_square_refresh_keeps_it_continue_trains_on(start_server, grid_workspace, page: Page, tmp_path):
     server = start_server(grid_workspace)
     page.goto(f"{server.url}/grid")
     page.get_by_role("button", name="Open biased digits").click(timeout=LONG)
@@ -63,21 +66,25 @@ def test_click_marks_a_square_refresh_keeps_it_continue_trains_on(start_server, 
     expect_text(page, ".st-key-grid-review", "Epoch 1 ended", LONG)
     img = page.locator(IMG)
     expect(img).to_be_visible(timeout=LONG)
-    assert hatched(page) < 20  # nothing marked yet
+    # before any mark: the saliency overlay itself may hold a few pixels of the hatch's colour
+    # (91 seen with a deep red map), so the marks are measured against this count
+    base = hatched(page)
+    page.locator(IMG).screenshot(path=str(tmp_path / "before_marks.png"))
+    assert base < 300, f"{base} hatch-coloured pixels before any mark"
     box = img.bounding_box()
     img.click(position={"x": box["width"] * 0.05, "y": box["height"] * 0.05})  # the top-left square
     expect_text(page, ".st-key-grid-review", "1 of 49 squares marked", LONG)
     img.click(position={"x": box["width"] * 0.95, "y": box["height"] * 0.95})  # the bottom-right square
     expect_text(page, ".st-key-grid-review", "2 of 49 squares marked", LONG)
     deadline = 40
-    while deadline and hatched(page) < 100:
+    while deadline and hatched(page) < base + 100:
         page.wait_for_timeout(300)
         deadline -= 1
-    assert hatched(page) >= 100, "no hatched square after the clicks"
+    assert hatched(page) >= base + 100, "no hatched square after the clicks"
     page.reload()  # the job still waits; the marks were saved with each click
     expect_text(page, ".st-key-grid-review", "2 of 49 squares marked", LONG)
     expect(page.locator(IMG)).to_be_visible(timeout=LONG)
-    assert hatched(page) >= 100
+    assert hatched(page) >= base + 100
     wait_idle(page)
     page.locator(live(".st-key-grid-continue") + " button").click()
     expect_text(page, ".st-key-grid-status", re.compile(r"Training|Finished"), LONG)  # the review was left
