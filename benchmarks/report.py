@@ -620,7 +620,11 @@ def build(folder: Path, *, display: str | None = None) -> dict:
     prov_lines, files = [], []
     for (dirty, device, cuda, torch_v, py, cpus, threads), entries in provs.items():
         where = f"{device or '?'}" + (f" ({cuda})" if cuda and str(device).startswith("cuda") else "")
-        commits = sorted({(c or "unknown")[:10] for _, c in entries})
+        # oldest first (commit time where the commit is here), so "first, ..., last" spans the run
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _runs import commit_time
+        full = sorted({c or "unknown" for _, c in entries}, key=lambda c: (commit_time(c) or 0, c))
+        commits = list(dict.fromkeys(c[:10] for c in full))
         named = (f"commit `{commits[0]}`" if len(commits) == 1 else
                  f"commits {', '.join(f'`{c}`' for c in commits)}" if len(commits) <= 3 else
                  f"{len(commits)} commits (`{commits[0]}`, ..., `{commits[-1]}`)")
