@@ -113,6 +113,12 @@ def commit_results(out: Path, message: str, root: Path = ROOT) -> bool:
     return True
 
 
+def failed_runs(record: dict) -> list[str]:
+    """The benchmarks of a run whose latest try failed (a resumed run keeps the earlier tries)."""
+    last = {r["name"]: r for r in record.get("runs", [])}
+    return [name for name, r in last.items() if r["exit"] != 0]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", help="folder for the JSON files and logs (default results/run-<code>)")
@@ -168,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report.stdout)
     if args.commit:
         commit_results(out, f"results: the table of {out.name}")
-    failed = [r["name"] for r in record["runs"] if r["exit"] != 0]
+    failed = failed_runs(record)
     if failed:
         print(f"failed: {', '.join(failed)} (see their logs in {out})", file=sys.stderr)
     return 1 if failed else 0

@@ -370,6 +370,17 @@ def test_benchmark_code_follows_the_product_the_helpers_and_the_own_script_only(
     assert runs.dirty_code("freezing.py", c4, dirty[:1], tmp_path) == []
 
 
+def test_run_all_counts_the_latest_try_of_each_benchmark():
+    """A benchmark that failed and then passed on --resume is not reported as failed."""
+    spec = importlib.util.spec_from_file_location("bench_run_all", ROOT / "benchmarks" / "run_all.py")
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
+    runs = [{"name": "a", "exit": 1}, {"name": "b", "exit": 0}, {"name": "a", "exit": 0}, {"name": "c", "exit": 0},
+            {"name": "c", "exit": 2}]
+    assert run_all.failed_runs({"runs": runs}) == ["c"]
+    assert run_all.failed_runs({"runs": runs[:1]}) == ["a"]
+
+
 def test_run_all_commits_its_folder_and_nothing_else(tmp_path):
     """--commit: what finished is committed (a checkout that does not outlive the session keeps
     it), without the ignored base-model cache and without anything else the user had staged."""
