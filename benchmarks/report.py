@@ -335,18 +335,34 @@ def rows_attention_guidance(p: dict, file: str) -> list[dict]:
     prm, per = p.get("params", {}), p["per_sampler"]
     data = str(p.get("data", "?")).replace("../shared/data/", "")
     out = []
+
+    def diverged(name: str, key: str) -> str:
+        """Fine-tune rounds stopped by the divergence guard, over the seeds (older files: not recorded)."""
+        counts = [s["per_sampler"][name].get(key) for s in p.get("per_seed", []) if name in s.get("per_sampler", {})]
+        if not counts or any(c is None for c in counts):
+            return ""
+        return f"; rounds diverged {sum(counts)} of {len(counts) * prm.get('rounds', 0)}"
+
+    before = p.get("conflicting_acc_before")
     for name in p.get("ranking", list(per)):
         r = per[name]
+        vs_before = (f" ({num(r['acc_after'] - before, '+.2f')} points vs before)"
+                     if isinstance(before, (int, float)) else "")
+        base_aligned = (f"; bias-aligned {num(r['baseline_aligned_acc_after'])} %"
+                        if r.get("baseline_aligned_acc_after") is not None else "")
+        base_mask = (f"; attention on the object {num(r['baseline_attention_in_mask_after'], '.1f')} %"
+                     if r.get("baseline_attention_in_mask_after") is not None else "")
         out.append(row(
             f"Attention clicks ({data}, {prm.get('budget')} images in {prm.get('rounds')} rounds), sampler {name}"
             f"{' (best)' if name == p.get('best_sampler') else ''}: bias-conflicting test accuracy, "
-            f"{num(p.get('conflicting_acc_before'))} % before",
-            f"{num(r['acc_after'])} ± {num(r['acc_after_sd'])} %; {num(r['gain_over_baseline'], '+.2f')} ± "
+            f"{num(before)} % before",
+            f"{num(r['acc_after'])} ± {num(r['acc_after_sd'])} %{vs_before}; {num(r['gain_over_baseline'], '+.2f')} ± "
             f"{num(r.get('gain_over_baseline_sd'))} points over the baseline; attention on the object "
             f"{num(r['attention_in_mask_before'], '.1f')} → {num(r['attention_in_mask_after'], '.1f')} %; "
-            f"bias-aligned {num(r['aligned_acc_after'])} %",
+            f"bias-aligned {num(r['aligned_acc_after'])} %{diverged(name, 'rounds_diverged')}",
             f"CE only on the same images with their labels, same steps (same information): "
-            f"{num(r['baseline_acc_after'])} ± {num(r.get('baseline_acc_after_sd'))} %",
+            f"{num(r['baseline_acc_after'])} ± {num(r.get('baseline_acc_after_sd'))} %{base_aligned}{base_mask}"
+            f"{diverged(name, 'baseline_rounds_diverged')}",
             f">= +{p.get('target_points', 15):g} points (best sampler)",
             (r["gain_over_baseline"] >= p.get("target_points", 15)) if name == p.get("best_sampler") else None,
             p, file))

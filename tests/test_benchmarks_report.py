@@ -451,3 +451,28 @@ def test_attention_page_run_loads_the_browser_harness_outside_pytest():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith(".pt")
+
+
+def attention(div_ours: list[int], div_base: list[int]) -> dict:
+    r = {"acc_after": 19.0, "acc_after_sd": 4.0, "aligned_acc_after": 73.0, "attention_in_mask_before": 19.4,
+         "attention_in_mask_after": 42.2, "baseline_acc_after": 10.5, "baseline_acc_after_sd": 0.5,
+         "baseline_aligned_acc_after": 19.7, "baseline_attention_in_mask_after": 6.5, "gain_over_baseline": 8.5,
+         "gain_over_baseline_sd": 3.7}
+    seeds = [{"seed": i, "per_sampler": {"entropy": {"rounds_diverged": o, "baseline_rounds_diverged": b}}}
+             for i, (o, b) in enumerate(zip(div_ours, div_base))]
+    return {"name": "attention_guidance", "data": "biased-digits", "quick": False, "conflicting_acc_before": 13.5,
+            "per_sampler": {"entropy": r}, "ranking": ["entropy"], "best_sampler": "entropy", "target_points": 15,
+            "per_seed": seeds, "params": {"budget": 256, "rounds": 4},
+            "seeds": {"reported_on": [0, 1, 2], "tuned_on": [100], "tuned": "lr", "overlap": []}, "provenance": PROV}
+
+
+def test_attention_rows_show_the_baselines_collapse_and_the_gain_over_before(report, tmp_path):
+    """A baseline that collapsed to one class flatters 'points over the baseline': the row gives
+    its bias-aligned accuracy, the divergences of both sides and the gain over the accuracy before."""
+    write(tmp_path, "attention_guidance.json", attention([1, 0, 0], [4, 2, 0]))
+    rows = [r for r in table_rows(report.markdown(report.build(tmp_path))) if r[0].startswith("Attention clicks")]
+    assert len(rows) == 1
+    ours, base = rows[0][1], rows[0][2]
+    assert "(+5.50 points vs before)" in ours and "rounds diverged 1 of 12" in ours
+    assert "bias-aligned 19.70 %" in base and "rounds diverged 6 of 12" in base and "on the object 6.5 %" in base
+    assert rows[0][4] == "**no**"
