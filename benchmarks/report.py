@@ -344,6 +344,10 @@ def rows_attention_guidance(p: dict, file: str) -> list[dict]:
         return f"; rounds diverged {sum(counts)} of {len(counts) * prm.get('rounds', 0)}"
 
     before = p.get("conflicting_acc_before")
+    ours_ft, base_ft = prm.get("fine_tune") or {}, prm.get("baseline_fine_tune") or {}
+    own_lr = (f", its own lr {base_ft['lr']:g} (ours {ours_ft['lr']:g}, tuned apart)"
+              if base_ft.get("lr") is not None and ours_ft.get("lr") is not None and base_ft["lr"] != ours_ft["lr"]
+              else "")
     for name in p.get("ranking", list(per)):
         r = per[name]
         vs_before = (f" ({num(r['acc_after'] - before, '+.2f')} points vs before)"
@@ -360,7 +364,7 @@ def rows_attention_guidance(p: dict, file: str) -> list[dict]:
             f"{num(r.get('gain_over_baseline_sd'))} points over the baseline; attention on the object "
             f"{num(r['attention_in_mask_before'], '.1f')} → {num(r['attention_in_mask_after'], '.1f')} %; "
             f"bias-aligned {num(r['aligned_acc_after'])} %{diverged(name, 'rounds_diverged')}",
-            f"CE only on the same images with their labels, same steps (same information): "
+            f"CE only on the same images with their labels, same steps{own_lr} (same information): "
             f"{num(r['baseline_acc_after'])} ± {num(r.get('baseline_acc_after_sd'))} %{base_aligned}{base_mask}"
             f"{diverged(name, 'baseline_rounds_diverged')}",
             f">= +{p.get('target_points', 15):g} points (best sampler)",

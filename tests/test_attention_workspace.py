@@ -122,3 +122,7 @@ def test_benchmark_quick_runs_and_writes_its_json(tmp_path):
                     "attention_in_mask_after", "clicks_per_image", "baseline_acc_after"):
             assert key in r, (name, key)
     assert "conflicting_acc_before" in saved and "baseline_acc_after" in saved and saved["provenance"]["git_commit"]
+    # the baseline fine-tunes at its own tuned lr, recorded beside ours
+    assert saved["params"]["baseline_fine_tune"]["lr"] == attention_guidance.BASELINE_LR
+    assert saved["params"]["fine_tune"]["lr"] == attention_guidance.TUNED_FINE_TUNE["lr"]
+    assert saved["params"]["baseline_fine_tune"]["epochs"] == saved["params"]["fine_tune"]["epochs"]

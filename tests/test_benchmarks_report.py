@@ -476,3 +476,9 @@ def test_attention_rows_show_the_baselines_collapse_and_the_gain_over_before(rep
     assert "(+5.50 points vs before)" in ours and "rounds diverged 1 of 12" in ours
     assert "bias-aligned 19.70 %" in base and "rounds diverged 6 of 12" in base and "on the object 6.5 %" in base
     assert rows[0][4] == "**no**"
+    assert "its own lr" not in base  # an older file: one lr for both
+    payload = attention([0, 0, 0], [0, 0, 0])
+    payload["params"] |= {"fine_tune": {"lr": 0.03}, "baseline_fine_tune": {"lr": 0.001}}
+    write(tmp_path, "attention_guidance.json", payload)
+    md = report.markdown(report.build(tmp_path))
+    assert "same steps, its own lr 0.001 (ours 0.03, tuned apart)" in md
