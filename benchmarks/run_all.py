@@ -80,7 +80,8 @@ def resumed(out: Path, git: dict) -> tuple[dict, set[str]]:
         raise SystemExit(f"--resume: no run in {out} (no run.json); start one without --resume")
     record = json.loads(path.read_text())
     done = set()
-    for run in record.get("runs", []):
+    latest = {r["name"]: r for r in record.get("runs", [])}  # an earlier try of a benchmark that ran again says nothing
+    for run in latest.values():
         outs = [a for a in shlex.split(run["command"]) if a.endswith(".json")]
         script = script_of(run["command"])
         then = run.get("git_commit") or record.get("git", {}).get("git_commit")
@@ -89,7 +90,6 @@ def resumed(out: Path, git: dict) -> tuple[dict, set[str]]:
         if run["exit"] == 0 and all((ROOT / a).exists() for a in outs) and same:
             done.add(run["name"])
         else:
-            done.discard(run["name"])
             if run["exit"] == 0 and not same:
                 what = changed_paths(script, then) if script and then else []
                 print(f"{run['name']}: its code changed since {str(then)[:10]} "

@@ -305,6 +305,11 @@ def test_run_all_resumes_what_finished_with_the_same_code(tmp_path, capsys):
     record, done = run_all.resumed(tmp_path, git)
     assert done == {"freezing"} and record["runs"] == runs and len(record["resumed"]) == 1
     assert "engine_overhead: its code changed" in capsys.readouterr().out
+    # a try at an unknown commit, then a finished rerun: the latest try decides, silently
+    runs2 = runs + [dict(runs[3], git_commit=git["git_commit"])]
+    (tmp_path / "run.json").write_text(json.dumps({"git": git, "runs": runs2}))
+    record, done = run_all.resumed(tmp_path, git)
+    assert done == {"freezing", "engine_overhead"} and "its code changed" not in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no run in"):
         run_all.resumed(tmp_path / "elsewhere", git)
     # without --resume, a folder that holds a run is not written over
