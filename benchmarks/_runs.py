@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import shlex
 import subprocess
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +28,16 @@ ROOT = BENCH.parent
 PRODUCT_PATHS = ("core", "app", "pages", "requirements.txt", ".streamlit", "benchmarks/_common.py")
 # files a benchmark loads by path rather than by import
 LOADS = {"attention_page_run.py": ("tests/browser/conftest.py", "tests/browser/browser_helpers.py")}
+
+
+def script_of(command: str) -> str | None:
+    """The benchmark script a command runs (``python benchmarks/x.py ...`` -> ``x.py``)."""
+    return next((Path(a).name for a in shlex.split(command) if a.endswith(".py") and "benchmarks/" in a), None)
+
+
+def latest_tries(record: dict) -> dict[str, dict]:
+    """Each benchmark's latest entry in a run's ``run.json`` record (a resumed run keeps earlier tries)."""
+    return {r["name"]: r for r in record.get("runs", [])}
 
 
 def _git(*cmd: str, root: Path = ROOT) -> str | None:

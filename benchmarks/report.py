@@ -23,6 +23,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _runs import benchmark_code, commit_time, dirty_code, script_of  # noqa: E402  (standard library only)
+
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 COLUMNS = ["figure", "ours", "baseline / reference", "target", "met", "seeds (reported / tuned on)", "file"]
@@ -547,9 +550,6 @@ def code_dirty(prov: dict, file: str) -> bool | None:
     """Whether the working tree differed from the commit in what ``file``'s figures depend on
     (``_runs.dirty_code``); a changed path outside it (the run's own log in ``results/``) does
     not count. The recorded flag when the benchmark or its commit is unknown here."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _runs import benchmark_code, dirty_code
-
     script, commit, paths = scripts_by_file().get(file), prov.get("git_commit"), prov.get("git_dirty_paths")
     if not prov.get("git_dirty") or not script or not commit or not paths or len(paths) >= 50 \
             or benchmark_code(script, commit) is None:
@@ -570,9 +570,8 @@ def scripts_by_file() -> dict[str, str]:
     """JSON file name -> the benchmark script that writes it, from :data:`COMMANDS`."""
     out = {}
     for cmd in COMMANDS.values():
-        words = cmd.split()
-        script = next((Path(w).name for w in words if w.endswith(".py")), None)
-        for w in words:
+        script = script_of(cmd)
+        for w in cmd.split():
             if w.endswith(".json") and script:
                 out[Path(w).name] = script
     return out
@@ -584,9 +583,6 @@ def one_run_notes(files: list[tuple[str, dict]]) -> list[str]:
     resumed across commits that changed only the results, tests, the README, or another
     benchmark's script is one run). Files whose commit is not in this repository are told
     apart by ``git_code`` (the committed ``benchmarks/`` tree and the product) or their commit."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _runs import benchmark_code, commit_time
-
     scripts = scripts_by_file()
     known, unknown = [], {}
     for file, prov in files:
@@ -641,8 +637,6 @@ def build(folder: Path, *, display: str | None = None) -> dict:
     for (dirty, device, cuda, torch_v, py, cpus, threads), entries in provs.items():
         where = f"{device or '?'}" + (f" ({cuda})" if cuda and str(device).startswith("cuda") else "")
         # oldest first (commit time where the commit is here), so "first, ..., last" spans the run
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from _runs import commit_time
         full = sorted({c or "unknown" for _, c in entries}, key=lambda c: (commit_time(c) or 0, c))
         commits = list(dict.fromkeys(c[:10] for c in full))
         named = (f"commit `{commits[0]}`" if len(commits) == 1 else

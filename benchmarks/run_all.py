@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, git_state  # noqa: E402
-from _runs import benchmark_code, changed_paths, product_code  # noqa: E402
+from _runs import benchmark_code, changed_paths, latest_tries, product_code, script_of  # noqa: E402
 from report import COMMANDS  # noqa: E402
 
 # Speed figures first (they need the quiet machine most), then the long effect runs.
@@ -66,11 +66,6 @@ def planned(out: Path, only: list[str] | None = None, skip: list[str] | None = N
     return plan
 
 
-def script_of(command: str) -> str | None:
-    """The benchmark script a command runs (``benchmarks/x.py`` -> ``x.py``)."""
-    return next((Path(a).name for a in shlex.split(command) if a.endswith(".py") and "benchmarks/" in a), None)
-
-
 def resumed(out: Path, git: dict) -> tuple[dict, set[str]]:
     """The run recorded in ``out``/run.json and the benchmarks it finished (exit 0, JSON file
     present) with the same code as now (:func:`_runs.benchmark_code` at the commit it ran on
@@ -80,13 +75,12 @@ def resumed(out: Path, git: dict) -> tuple[dict, set[str]]:
         raise SystemExit(f"--resume: no run in {out} (no run.json); start one without --resume")
     record = json.loads(path.read_text())
     done = set()
-    latest = {r["name"]: r for r in record.get("runs", [])}  # an earlier try of a benchmark that ran again says nothing
-    for run in latest.values():
+    for run in latest_tries(record).values():  # an earlier try of a benchmark that ran again says nothing
         outs = [a for a in shlex.split(run["command"]) if a.endswith(".json")]
         script = script_of(run["command"])
         then = run.get("git_commit") or record.get("git", {}).get("git_commit")
-        same = bool(script and then) and benchmark_code(script, then) is not None and \
-            benchmark_code(script, then) == benchmark_code(script, "HEAD")
+        code = benchmark_code(script, then) if script and then else None
+        same = code is not None and code == benchmark_code(script, "HEAD")
         if run["exit"] == 0 and all((ROOT / a).exists() for a in outs) and same:
             done.add(run["name"])
         else:
@@ -115,8 +109,7 @@ def commit_results(out: Path, message: str, root: Path = ROOT) -> bool:
 
 def failed_runs(record: dict) -> list[str]:
     """The benchmarks of a run whose latest try failed (a resumed run keeps the earlier tries)."""
-    last = {r["name"]: r for r in record.get("runs", [])}
-    return [name for name, r in last.items() if r["exit"] != 0]
+    return [name for name, r in latest_tries(record).items() if r["exit"] != 0]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,7 +54,7 @@ def set_number(page: Page, label: str, value: int) -> None:
     expect(page.locator(live(".st-key-grid-params")).get_by_label(label, exact=True)).to_have_value(str(value))
 
 
-def test_click_marks_a_square_refresh_keeps_it_continue_trains_on(start_server, grid_workspace, page: Page, tmp_path):
+def test_click_marks_a_square_refresh_keeps_it_continue_trains_on(start_server, grid_workspace, page: Page):
     server = start_server(grid_workspace)
     page.goto(f"{server.url}/grid")
     page.get_by_role("button", name="Open biased digits").click(timeout=LONG)
@@ -69,7 +69,6 @@ def test_click_marks_a_square_refresh_keeps_it_continue_trains_on(start_server, 
     # before any mark: the saliency overlay itself may hold a few pixels of the hatch's colour
     # (91 seen with a deep red map), so the marks are measured against this count
     base = hatched(page)
-    page.locator(IMG).screenshot(path=str(tmp_path / "before_marks.png"))
     assert base < 300, f"{base} hatch-coloured pixels before any mark"
     box = img.bounding_box()
     img.click(position={"x": box["width"] * 0.05, "y": box["height"] * 0.05})  # the top-left square
