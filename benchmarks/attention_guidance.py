@@ -37,6 +37,7 @@ import torch
 
 from _common import mean_sd, machine, print_table, seeds_record, write_json  # noqa: I001
 from core.attention_workspace import (
+    AttentionAnnotation,
     FineTuneSettings,
     annotate_like_a_person,
     bias_report,
@@ -92,6 +93,20 @@ def base_model(data, seed: int, cache: Path | None, source: str, config: TrainCo
     return model
 
 
+def annotate_oracle(data, ids) -> list:
+    """The most a negative annotation can say: the mask's centroid as the positive point and
+    EVERY pixel off the object as the negative region (a diagnostic upper bound for the click
+    loss, ``--user oracle``; no person clicks this much)."""
+    out = []
+    for i in map(int, ids):
+        mask = data.masks[i, 0].numpy() > 0
+        ys, xs = np.nonzero(mask)
+        pos = [(float(xs.mean() + 0.5), float(ys.mean() + 0.5))] if len(xs) else []
+        out.append(AttentionAnnotation.from_masks(i, int(data.labels[i]), positives=pos, negative=~mask,
+                                                  operations=len(pos) + 1))
+    return out
+
+
 def run_sampler(base, data, sampler: str, args, settings: FineTuneSettings, seed: int,
                 base_settings: FineTuneSettings | None = None) -> dict:
     """One sampler's rounds for ours and the same-information baseline (CE alone on the same
@@ -106,7 +121,8 @@ def run_sampler(base, data, sampler: str, args, settings: FineTuneSettings, seed
     for r in range(args.rounds):
         ids = select_candidates(ours, data, sampler, per_round, seed=seed * 1000 + r,
                                 exclude=[a.example_id for a in annotated] + unmasked)
-        annotated += annotate_like_a_person(ours, data, ids, target=settings.target)
+        annotated += (annotate_oracle(data, ids) if args.user == "oracle"
+                      else annotate_like_a_person(ours, data, ids, target=settings.target))
         ends.append(fine_tune(ours, data, annotated, replace(settings, seed=seed * 1000 + r)).status)
         base_ends.append(fine_tune(baseline, data, annotated, replace(base_settings, seed=seed * 1000 + r),
                                    guidance=False).status)
@@ -151,6 +167,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lr", type=float, default=TUNED_FINE_TUNE["lr"])
     ap.add_argument("--baseline-lr", type=float, default=BASELINE_LR,
                     help="the CE-only baseline's fine-tune lr, tuned for it apart from ours; same epochs and steps")
+    ap.add_argument("--w-g", type=float, default=FineTuneSettings.w_g, help="weight of the attention loss (paper 0.75)")
+    ap.add_argument("--w-c", type=float, default=FineTuneSettings.w_c, help="weight of CE in our fine-tune (paper 0.25)")
+    ap.add_argument("--user", choices=("clicks", "oracle"), default="clicks",
+                    help="clicks: the simulated person (the figures); oracle: a diagnostic upper bound whose negative "
+                         "region is every pixel off the object")
+    ap.add_argument("--gradcam-layer", default=None,
+                    help="a diagnostic: the conv layer whose Grad-CAM the user sees, the loss guides and the attention "
+                         "figures measure (default: the model's own, conv4 for seed-cnn)")
     ap.add_argument("--batch-size", type=int, default=FineTuneSettings.batch_size)
     ap.add_argument("--base-epochs", type=int, default=BASE.epochs)
     ap.add_argument("--base-lr", type=float, default=BASE.lr)
@@ -172,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         raise SystemExit(f"unknown samplers {unknown}; choose from {', '.join(SAMPLER_NAMES)}")
     source = source_of(args.data, args.rho)
-    settings = FineTuneSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
+    settings = FineTuneSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, w_g=args.w_g, w_c=args.w_c)
     base_settings = replace(settings, lr=args.baseline_lr)
     base_cfg = replace(BASE, epochs=args.base_epochs, lr=args.base_lr)
     cache = Path(args.cache) if args.cache else None
@@ -188,6 +212,10 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"{source} has no object masks; the simulated user needs them (an ImageFolder tree "
                              "with a masks/ mirror, or biased-digits)")
         base = base_model(data, seed, cache, f"{source}|{args.limit_per_class}", base_cfg)
+        if args.gradcam_layer:  # this instance only (copies keep it); the class default is untouched
+            if args.gradcam_layer not in dict(base.named_modules()):
+                raise SystemExit(f"--gradcam-layer {args.gradcam_layer}: seed-cnn has no such layer")
+            base.gradcam_layer = args.gradcam_layer
         before = bias_report(base, data)
         row = {"seed": seed, "before": before, "per_sampler": {}}
         for name in samplers:
@@ -210,6 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
         "params": {"budget": args.budget, "rounds": args.rounds, "samplers": samplers, "fine_tune": asdict(settings),
                    "baseline_fine_tune": asdict(base_settings),
                    "base": asdict(base_cfg), "limit_per_class": args.limit_per_class, "model": "seed-cnn",
+                   "user": args.user, "gradcam_layer": args.gradcam_layer,
                    "simulated_user": "positive: mask centroid; negatives: superpixels with < 5% of their pixels on the "
                                      "mask and mean attention above the image mean, at most 5, most attended first"},
         "seeds": seeds_record(seeds, TUNED_ON if args.seed_base != TUNED_ON[0] else None, TUNED),

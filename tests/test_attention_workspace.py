@@ -126,3 +126,41 @@ def test_benchmark_quick_runs_and_writes_its_json(tmp_path):
     assert saved["params"]["baseline_fine_tune"]["lr"] == attention_guidance.BASELINE_LR
     assert saved["params"]["fine_tune"]["lr"] == attention_guidance.TUNED_FINE_TUNE["lr"]
     assert saved["params"]["baseline_fine_tune"]["epochs"] == saved["params"]["fine_tune"]["epochs"]
+
+
+def test_oracle_user_marks_every_pixel_off_the_object(tiny_data):
+    import sys
+
+    from support import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import attention_guidance
+
+    ids = [int(i) for i in np.asarray(tiny_data.ids("pool"))[:3]]
+    anns = attention_guidance.annotate_oracle(tiny_data, ids)
+    for a, i in zip(anns, ids):
+        mask = tiny_data.masks[i, 0].numpy() > 0
+        assert a.example_id == i and a.label == int(tiny_data.labels[i])
+        np.testing.assert_array_equal(a.negative_mask(), ~mask)
+        ys, xs = np.nonzero(mask)
+        assert a.positives == ((xs.mean() + 0.5, ys.mean() + 0.5),)
+
+
+@pytest.mark.slow
+def test_benchmark_diagnostics_record_the_user_and_layer(tmp_path):
+    import json
+    import sys
+
+    from support import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import attention_guidance
+
+    out = tmp_path / "oracle.json"
+    attention_guidance.main(["--data", "biased-digits", "--quick", "--samplers", "random", "--user", "oracle",
+                             "--gradcam-layer", "conv2", "--w-g", "0.5", "--w-c", "0.5", "--json", str(out)])
+    params = json.loads(out.read_text())["params"]
+    assert params["user"] == "oracle" and params["gradcam_layer"] == "conv2"
+    assert params["fine_tune"]["w_g"] == 0.5 and params["fine_tune"]["w_c"] == 0.5
+    with pytest.raises(SystemExit, match="no such layer"):
+        attention_guidance.main(["--data", "biased-digits", "--quick", "--gradcam-layer", "conv9"])
