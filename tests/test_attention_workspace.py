@@ -2,6 +2,8 @@
 clicks, fine-tuning with and without guidance, the bias report, and the benchmark's --quick."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -103,15 +105,21 @@ def test_bias_report(tiny_data):
     assert 0 <= rep["test_acc"] <= 100 and rep["aligned_acc"] is None and 0 <= rep["attention_in_mask"] <= 100
 
 
-@pytest.mark.slow
-def test_benchmark_quick_runs_and_writes_its_json(tmp_path):
-    import json
+def _benchmark():
+    """benchmarks/attention_guidance.py as a module (benchmarks/ is not a package)."""
     import sys
 
     from support import ROOT
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import attention_guidance
+
+    return attention_guidance
+
+
+@pytest.mark.slow
+def test_benchmark_quick_runs_and_writes_its_json(tmp_path):
+    attention_guidance = _benchmark()
 
     out = tmp_path / "attention.json"
     payload = attention_guidance.main(["--data", "biased-digits", "--quick", "--json", str(out)])
@@ -129,12 +137,7 @@ def test_benchmark_quick_runs_and_writes_its_json(tmp_path):
 
 
 def test_oracle_user_marks_every_pixel_off_the_object(tiny_data):
-    import sys
-
-    from support import ROOT
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import attention_guidance
+    attention_guidance = _benchmark()
 
     ids = [int(i) for i in np.asarray(tiny_data.ids("pool"))[:3]]
     anns = attention_guidance.annotate_oracle(tiny_data, ids)
@@ -148,13 +151,7 @@ def test_oracle_user_marks_every_pixel_off_the_object(tiny_data):
 
 @pytest.mark.slow
 def test_benchmark_diagnostics_record_the_user_and_layer(tmp_path):
-    import json
-    import sys
-
-    from support import ROOT
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import attention_guidance
+    attention_guidance = _benchmark()
 
     out = tmp_path / "oracle.json"
     attention_guidance.main(["--data", "biased-digits", "--quick", "--samplers", "random", "--user", "oracle",
