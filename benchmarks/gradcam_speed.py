@@ -6,9 +6,12 @@ upsampled to the image size and min-max normalised, as numpy on the CPU.
                                        [--device cpu|cuda] [--json PATH]
 
 Each model is timed in interleaved pairs (ours, reference, ours, ...) after a warm-up; the
-ratio is ours / reference (target <= 0.33, i.e. 3x faster). Models are at the image sizes of
-the app's data: seed-cnn on 28x28x1, vgg6 and resnet18 on 32x32x3; random weights (speed does
-not depend on them) and random images, fixed by ``--seed``.
+ratio is ours / reference (target <= 0.33, i.e. 3x faster). ``floor_ratio``: the model's
+forward pass alone, without autograd, against the same reference, timed the same way; no
+Grad-CAM can cost less than the forward pass it explains, so no ratio can go below this
+one. Models are at the image sizes of the app's data: seed-cnn on 28x28x1, vgg6 and resnet18
+on 32x32x3; random weights (speed does not depend on them) and random images, fixed by
+``--seed``.
 
 ``--device cuda``: the model, the images and both Grad-CAMs run on the GPU (pytorch-grad-cam
 on the same model, on the same device), each timed call ending with a CUDA sync; the times are
@@ -113,11 +116,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
             reference(input_tensor=x, targets=ref_targets)  # returns numpy maps: on the CPU, like ours
             sync(str(device))
 
+        def forward_only() -> None:
+            # the floor under any Grad-CAM: the forward pass it cannot skip, without autograd
+            with torch.no_grad():
+                model(x)
+            sync(str(device))
+
         timing = interleaved(ours, theirs, pairs=args.pairs, warmup=1)
+        floor = interleaved(forward_only, theirs, pairs=args.pairs, warmup=1)
         reference.__exit__(None, None, None)  # release its hooks
         rows.append({
             "name": f"gradcam_{arch}", "ours_s": timing["ours_s"], "reference_s": timing["reference_s"],
             "ratio": timing["ratio"], "target": TARGET, "pass": timing["ratio"] <= TARGET,
+            "forward_s": floor["ours_s"], "floor_ratio": floor["ratio"],
             "params": {"model": arch, "image": [c, s, s], "batch": args.batch, "pairs": args.pairs, "layer": model.gradcam_layer,
                        "reference": "pytorch-grad-cam 1.5.7 GradCAM (numpy maps, resized and normalised)",
                        "ours": "core.explain.gradcam + normalize_cams, to numpy", "seed": args.seed,

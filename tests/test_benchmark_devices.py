@@ -74,6 +74,8 @@ def test_on_the_cpu_the_json_records_the_device(tmp_path, name, args):
     rows = json.loads(out.read_text())
     assert rows and all(r["params"]["device"] == "cpu" and "device_name" not in r["params"] for r in rows)
     assert all(r["provenance"]["device"] == "cpu" and r["ours_s"] > 0 and r["reference_s"] > 0 for r in rows)
+    if name == "gradcam_speed":  # the forward pass alone, timed against the same reference: the ratio's floor
+        assert all(r["forward_s"] > 0 and r["floor_ratio"] > 0 for r in rows if r["name"].startswith("gradcam_"))
     if name == "sampler_speed":  # numpy / scikit-learn: said plainly, whatever --device was
         assert all("CPU" in r["params"]["device_note"] and r["params"]["timed_on"] == "cpu" for r in rows)
 

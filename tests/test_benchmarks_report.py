@@ -267,6 +267,20 @@ def test_rows_measured_on_a_gpu_name_it_next_to_the_figure(report, tmp_path):
     assert mon[1].endswith("; on cuda:1; t-SNE is CPU-only") and mon[4] == "yes"
 
 
+def test_gradcam_rows_give_the_forward_pass_floor_when_it_was_measured(report, tmp_path):
+    base = {"ours_s": 0.024, "reference_s": 0.052, "target": 0.33, "quick": False, "provenance": PROV,
+            "params": {"model": "seed-cnn", "batch": 64}}
+    recs = [{**base, "name": "gradcam_seed-cnn", "ratio": 0.45, "pass": False, "forward_s": 0.021, "floor_ratio": 0.41},
+            {**base, "name": "gradcam_vgg6", "ratio": 0.38, "pass": False, "params": {"model": "vgg6", "batch": 64}}]
+    write(tmp_path, "gradcam_speed.json", recs)
+    rows = table_rows(report.markdown(report.build(tmp_path)))
+    cnn = next(r for r in rows if "seed-cnn, batch 64" in r[0])
+    assert cnn[1] == ("0.450 (0.024 s vs 0.052 s; the forward pass alone, without autograd: 0.410, "
+                      "the lowest any Grad-CAM can reach)") and cnn[4] == "**no**"
+    vgg = next(r for r in rows if "vgg6, batch 64" in r[0])
+    assert vgg[1] == "0.380 (0.024 s vs 0.052 s)"  # a file from before the floor was measured: nothing invented
+
+
 def test_compile_speed_rows_give_each_ratio_with_its_times_and_no_invented_target(report, tmp_path):
     common = {"model": "vgg6", "batch_size": 64, "device": "cpu", "reference": "eager, float32"}
     recs = [{"name": "compile_vgg6", "ours_s": 0.943, "reference_s": 1.0, "ratio": 0.943, "target": None,
