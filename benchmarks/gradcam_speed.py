@@ -7,11 +7,12 @@ upsampled to the image size and min-max normalised, as numpy on the CPU.
 
 Each model is timed in interleaved pairs (ours, reference, ours, ...) after a warm-up; the
 ratio is ours / reference (target <= 0.33, i.e. 3x faster). ``floor_ratio``: the model's
-forward pass alone, without autograd, against the same reference, timed the same way; no
-Grad-CAM can cost less than the forward pass it explains, so no ratio can go below this
-one. Models are at the image sizes of the app's data: seed-cnn on 28x28x1, vgg6 and resnet18
-on 32x32x3; random weights (speed does not depend on them) and random images, fixed by
-``--seed``.
+forward pass alone, without autograd, against the same reference, timed the same way. No
+Grad-CAM can cost less than the forward pass it explains, so no ratio can go below this one
+by more than the timing's noise (ours skips autograd below the Grad-CAM layer, so on a deep
+model such as resnet18 it costs about one forward pass). Models are at the image sizes of
+the app's data: seed-cnn on 28x28x1, vgg6 and resnet18 on 32x32x3; random weights (speed
+does not depend on them) and random images, fixed by ``--seed``.
 
 ``--device cuda``: the model, the images and both Grad-CAMs run on the GPU (pytorch-grad-cam
 on the same model, on the same device), each timed call ending with a CUDA sync; the times are

@@ -448,7 +448,7 @@ def rows_gradcam(p: dict, file: str) -> list[dict]:
                     "one forward+backward pass (a training step without the update)", f"<= {p['target']}",
                     p["ratio"] <= p["target"], p, file)]
     floor = (f"; the forward pass alone, without autograd: {num(p['floor_ratio'], '.3f')}, "
-             "the lowest any Grad-CAM can reach") if "floor_ratio" in p else ""
+             "a pass every Grad-CAM must make") if "floor_ratio" in p else ""
     return [row(f"Grad-CAM, {prm.get('model')}, batch {prm.get('batch')}: ours / pytorch-grad-cam",
                 f"{num(p['ratio'], '.3f')} ({num(p['ours_s'], '.3f')} s vs {num(p['reference_s'], '.3f')} s{floor})",
                 "pytorch-grad-cam 1.5.7, same model, layer, images and targets, same output",
