@@ -342,7 +342,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"seed {seed}: bias-conflicting " + ", ".join(f"{r} {row[f'conflicting_acc_{r}']:.1f}" for r in done)
               + "; gradient on the object " + " / ".join(f"{row[f'gradient_in_mask_{r}']:.1f}" for r in done)
               + f" %; {row['images_reviewed']} images, {row['squares_marked']} squares; lambda "
-              f"{row['lambda_feedback']:.4g}; status " + "/".join(row[f"status_{r}"] for r in done)
+              # no lambda when the run diverged before its first reviewed step
+              + ("-" if row["lambda_feedback"] is None else f"{row['lambda_feedback']:.4g}")
+              + "; status " + "/".join(row[f"status_{r}"] for r in done)
               + " (" + "+".join(f"{row[f'seconds_{r}']:.0f}" for r in done) + " s)", flush=True)
     summary = summarize(per_seed)
     tuning = args.seed_base in TUNED_ON

@@ -35,3 +35,20 @@ def test_grid_benchmark_quick_runs_and_writes_its_json(tmp_path):
     saved = json.loads(cost.read_text())
     assert saved["name"] == "grid_penalty_cost" and saved["target"] == 1.5 and saved["ratio"] == rec["ratio"] > 0
     assert saved["params"]["reviewed_images"] == 50 and saved["quick"]  # R = 50, as the acceptance says
+
+
+def test_grid_benchmark_reports_runs_that_diverge_before_any_review(tmp_path):
+    """A learning rate that blows up in the first epoch: every run diverges before a reviewed
+    step, so no lambda was calibrated; the benchmark still writes its JSON and counts them."""
+    from support import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import grid_feedback
+
+    out = tmp_path / "grid.json"
+    grid_feedback.main(["--data", "biased-digits", "--quick", "--threads", "1", "--lr", "50", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    (seed,) = saved["per_seed"]
+    assert saved["diverged_runs"] == 3 and saved["diverged"] == {r: 1 for r in grid_feedback.RUNS}
+    assert seed["lambda_feedback"] is None and seed["images_reviewed"] == 0
+    assert saved["target_met"] is False
