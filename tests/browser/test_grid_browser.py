@@ -42,7 +42,7 @@ def hatched(page: Page) -> int:
     return int((np.abs(img - HATCH).max(axis=2) < 25).sum())
 
 
-def set_number(page: Page, label: str, value: int) -> None:
+def set_number(page: Page, label: str, value: float, shown: str | None = None) -> None:
     wait_idle(page)  # a value typed while the previous change's rerun redraws the box can be lost (seen in CI)
     # under load, the panel of the run before "Open biased digits" can linger beside the new one
     expect(page.locator(live(".st-key-grid-params"))).to_have_count(1, timeout=LONG)
@@ -51,7 +51,7 @@ def set_number(page: Page, label: str, value: int) -> None:
     box.fill(str(value))
     box.press("Tab")
     wait_idle(page)
-    expect(page.locator(live(".st-key-grid-params")).get_by_label(label, exact=True)).to_have_value(str(value))
+    expect(page.locator(live(".st-key-grid-params")).get_by_label(label, exact=True)).to_have_value(shown or str(value))
 
 
 def test_click_marks_a_square_refresh_keeps_it_continue_trains_on(start_server, grid_workspace, page: Page):
@@ -61,6 +61,10 @@ def test_click_marks_a_square_refresh_keeps_it_continue_trains_on(start_server, 
     expect(page.get_by_text(re.compile(r"Started workbench \w+ on biased-digits"))).to_be_visible(timeout=LONG)
     set_number(page, "Epochs", 2)
     set_number(page, "Mistakes per review", 3)
+    # the page seeds each run from the clock; at the default lr (0.005) an occasional seed made this
+    # base model's run diverge in its second epoch (seen once in a full suite), which is not what
+    # this test is about: a gentler lr keeps "Continue trains on to a new version" testable
+    set_number(page, "Learning rate", 0.001, shown="0.0010")
     page.wait_for_timeout(500)
     page.get_by_role("button", name="Start training with reviews").click()
     expect_text(page, ".st-key-grid-review", "Epoch 1 ended", LONG)
