@@ -20,6 +20,7 @@ from core.attention_workspace import (
     without_masks,
 )
 from core.models import build_model
+from support import benchmark
 
 
 def _model(data):
@@ -105,21 +106,9 @@ def test_bias_report(tiny_data):
     assert 0 <= rep["test_acc"] <= 100 and rep["aligned_acc"] is None and 0 <= rep["attention_in_mask"] <= 100
 
 
-def _benchmark():
-    """benchmarks/attention_guidance.py as a module (benchmarks/ is not a package)."""
-    import sys
-
-    from support import ROOT
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import attention_guidance
-
-    return attention_guidance
-
-
 @pytest.mark.slow
 def test_benchmark_quick_runs_and_writes_its_json(tmp_path):
-    attention_guidance = _benchmark()
+    attention_guidance = benchmark("attention_guidance")
 
     out = tmp_path / "attention.json"
     payload = attention_guidance.main(["--data", "biased-digits", "--quick", "--json", str(out)])
@@ -137,7 +126,7 @@ def test_benchmark_quick_runs_and_writes_its_json(tmp_path):
 
 
 def test_oracle_user_marks_every_pixel_off_the_object(tiny_data):
-    attention_guidance = _benchmark()
+    attention_guidance = benchmark("attention_guidance")
 
     ids = [int(i) for i in np.asarray(tiny_data.ids("pool"))[:3]]
     anns = attention_guidance.annotate_oracle(tiny_data, ids)
@@ -151,7 +140,7 @@ def test_oracle_user_marks_every_pixel_off_the_object(tiny_data):
 
 @pytest.mark.slow
 def test_benchmark_diagnostics_record_the_user_and_layer(tmp_path):
-    attention_guidance = _benchmark()
+    attention_guidance = benchmark("attention_guidance")
 
     out = tmp_path / "oracle.json"
     attention_guidance.main(["--data", "biased-digits", "--quick", "--samplers", "random", "--user", "oracle",

@@ -3,17 +3,14 @@ results table reads (the effect run and the penalty's cost record)."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
+from support import benchmark
 
 
 @pytest.mark.slow
 def test_grid_benchmark_quick_runs_and_writes_its_json(tmp_path):
-    from support import ROOT
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import grid_feedback
+    grid_feedback = benchmark("grid_feedback")
 
     out = tmp_path / "grid.json"
     payload = grid_feedback.main(["--data", "biased-digits", "--quick", "--threads", "1", "--json", str(out)])
@@ -40,10 +37,7 @@ def test_grid_benchmark_quick_runs_and_writes_its_json(tmp_path):
 def test_grid_benchmark_reports_runs_that_diverge_before_any_review(tmp_path):
     """A learning rate that blows up in the first epoch: every run diverges before a reviewed
     step, so no lambda was calibrated; the benchmark still writes its JSON and counts them."""
-    from support import ROOT
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import grid_feedback
+    grid_feedback = benchmark("grid_feedback")
 
     out = tmp_path / "grid.json"
     grid_feedback.main(["--data", "biased-digits", "--quick", "--threads", "1", "--lr", "50", "--json", str(out)])
