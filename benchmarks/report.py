@@ -417,6 +417,14 @@ def rows_grid_feedback(p: dict, file: str) -> list[dict]:
         + (f"; diverged runs: {div.get('feedback', 0)} / {div.get('baseline', 0)} / {div.get('random_squares', 0)}"
            if div else ""),
         "– (secondary)", None, p, file))
+    if p.get("conflicting_acc_reviewed_ce") is not None and p.get("gain_over_reviewed_ce"):
+        out.append(row(
+            "Grid feedback against a second control, not in the issue: the same reviewed images at the same epoch "
+            "ends, their cross-entropy in the penalty's place (no squares; same lambda rule, lambda = share): "
+            "bias-conflicting test accuracy",
+            f"{acc('feedback')}; {gain(p['gain_over_reviewed_ce'])} over this control",
+            f"reviewed images' CE, no squares: {acc('reviewed_ce')}; fit {num(p.get('reviewed_fit_acc_reviewed_ce'), '.1f')} %",
+            "– (secondary: what fitting the reviewed mistakes alone does)", None, p, file))
     return out
 
 

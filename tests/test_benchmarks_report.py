@@ -207,6 +207,22 @@ def test_grid_feedback_rows_compare_with_both_baselines_and_the_cost_row(report,
     assert next(r for r in rows if "bias-conflicting" in r[0])[4] == "yes"
 
 
+def test_grid_feedback_shows_the_reviewed_ce_control_when_measured(report, tmp_path):
+    """The second control (the reviewed images' CE, no squares) gets its own row, outside the
+    target; a file from before it was measured has no such row."""
+    write(tmp_path, "grid_feedback.json", grid())
+    assert not [r for r in table_rows(report.markdown(report.build(tmp_path))) if "second control" in r[0]]
+    ce = grid() | {"conflicting_acc_reviewed_ce": 35.0, "conflicting_acc_reviewed_ce_sd": 4.0,
+                   "reviewed_fit_acc_reviewed_ce": 100.0,
+                   "gain_over_reviewed_ce": {"mean": -3.0, "sd": 2.0, "higher_on": 0, "seeds": 3, "beats": False}}
+    write(tmp_path, "grid_feedback.json", ce)
+    rows = table_rows(report.markdown(report.build(tmp_path)))
+    (control,) = [r for r in rows if "second control" in r[0]]
+    assert "-3.00 ± 2.00 points, higher on 0/3 seeds" in control[1] and "35.00 ± 4.00 %" in control[2]
+    assert control[4] == "–"  # not the issue's target
+    assert next(r for r in rows if "bias-conflicting" in r[0])[4] == "**no**"  # the headline row is unchanged
+
+
 def test_run_all_plans_every_benchmark_into_one_folder(tmp_path, capsys):
     """run_all.py runs every command the README's table needs, each writing into the run's
     own folder (JSON files and the base-model cache), speed figures first."""

@@ -23,6 +23,12 @@ def test_grid_benchmark_quick_runs_and_writes_its_json(tmp_path):
     assert 0 < seed["images_reviewed"] <= 10 and seed["squares_marked"] > 0  # --quick: one review of K = 10
     assert seed["squares_marked_random_squares"] == seed["squares_marked"]  # the control marks as many squares
     assert seed["images_reviewed_random_squares"] == seed["images_reviewed"]
+    # the CE control trains on the same reviewed images with their CE in the penalty's place: calibrated to
+    # `share` x their CE, its lambda is the share itself (the grid penalty's lambda is not)
+    assert seed["images_reviewed_reviewed_ce"] == seed["images_reviewed"]
+    assert seed["lambda_reviewed_ce"] == pytest.approx(saved["params"]["share"], rel=1e-4)
+    assert seed["lambda_feedback"] != pytest.approx(saved["params"]["share"], rel=1e-2)
+    assert payload["gain_over_reviewed_ce"]["seeds"] == 1
     assert saved["seeds"]["reported_on"] == [0] and saved["seeds"]["tuned_on"] == grid_feedback.TUNED_ON
     assert payload["gain_over_baseline"]["seeds"] == 1 and saved["diverged_runs"] >= 0
 
@@ -43,6 +49,6 @@ def test_grid_benchmark_reports_runs_that_diverge_before_any_review(tmp_path):
     grid_feedback.main(["--data", "biased-digits", "--quick", "--threads", "1", "--lr", "50", "--json", str(out)])
     saved = json.loads(out.read_text())
     (seed,) = saved["per_seed"]
-    assert saved["diverged_runs"] == 3 and saved["diverged"] == {r: 1 for r in grid_feedback.RUNS}
+    assert saved["diverged_runs"] == len(grid_feedback.RUNS) and saved["diverged"] == {r: 1 for r in grid_feedback.RUNS}
     assert seed["lambda_feedback"] is None and seed["images_reviewed"] == 0
     assert saved["target_met"] is False
