@@ -16,21 +16,12 @@ import runpy
 import sys
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
 ROOT = Path(__file__).resolve().parents[3]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import core.feedback.grid as grid  # noqa: E402
+from grid_feedback import reviewed_ce_values  # noqa: E402  (the benchmark's reviewed_ce control uses the same)
 
-
-def reviewed_ce(model, images, labels, weights, *, create_graph: bool = True) -> torch.Tensor:
-    """Per-image CE of the reviewed images (N,), with its graph; ``weights`` unused."""
-    device = next(model.parameters()).device
-    return F.cross_entropy(model(images.to(device)), labels.to(device), reduction="none")
-
-
-grid.grid_penalty_values = reviewed_ce  # GridPenalty looks the name up at call time
+grid.grid_penalty_values = reviewed_ce_values  # GridPenalty looks the name up at call time
 sys.argv[0] = str(ROOT / "benchmarks" / "grid_feedback.py")
 runpy.run_path(sys.argv[0], run_name="__main__")
