@@ -64,6 +64,7 @@ import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+
 from unittest import mock
 
 import numpy as np
@@ -72,8 +73,8 @@ import torch.nn.functional as F
 
 from _common import (device_or_exit, device_params, interleaved, machine, mean_sd, paired, print_table,  # noqa: I001
                      seeds_record, sync, write_json)
-import core.feedback.grid as grid_loss
 from core.data import DataError, load_dataset
+import core.feedback.grid as grid_loss
 from core.engine import Callback, StepInfo, TrainConfig, evaluate, fit
 from core.feedback.grid import FEEDBACK as GRID
 from core.feedback.grid import KIND, PER_STEP, SHARE, GridSettings
