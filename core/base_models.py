@@ -2,6 +2,8 @@
 ``base/`` folder, or trained once in the background and written there."""
 from __future__ import annotations
 
+import dataclasses
+import math
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +16,50 @@ from core.store import Store
 from core.workbench import base_checkpoint_path, train_base_model, version_metrics
 
 # Defaults from a sweep on the bundled digits: about 98% test accuracy in ~10 s on 2 cores.
-DEFAULT_BASE_CONFIG = TrainConfig(epochs=10, batch_size=64, lr=0.02, seed=0)
+DEFAULT_BASE_CONFIG = TrainConfig(epochs=10, batch_size=64, lr=0.02, seed=0, keep_best=True)
+# Colour/shortcut sets learn their shortcut fast and then bounce at lr 0.02 (biased-digits, seed 0:
+# val 94% at epoch 4, 46% at epoch 10, test at chance); at 0.005 val reaches 100% on seeds 0-2.
+SHORTCUT_PREFIXES = ("biased-digits", "decoy-digits", "texture-digits")
+SHORTCUT_LR = 0.005
+SMALL_COLOUR_TRAIN = 5000  # 3-channel sets with at most this many training images get SHORTCUT_LR too
+
+
+def base_config(source: str, data: ImageDataset, seed: int = 0) -> TrainConfig:
+    """The settings every base model of ``source`` trains with (the app's and ``python -m
+    core.train``'s defaults): DEFAULT_BASE_CONFIG (10 epochs, batch 64, lr 0.02, best validation
+    epoch kept), with lr 0.005 for the colour/shortcut sets (sources starting with one of
+    SHORTCUT_PREFIXES) and for small 3-channel sets (at most SMALL_COLOUR_TRAIN training images
+    of at most 32 pixels a side)."""
+    lr = DEFAULT_BASE_CONFIG.lr
+    c, h, w = data.image_shape
+    if str(source).strip().lower().startswith(SHORTCUT_PREFIXES):
+        lr = SHORTCUT_LR
+    elif c == 3 and max(h, w) <= 32 and len(data.ids("train")) <= SMALL_COLOUR_TRAIN:
+        lr = SHORTCUT_LR
+    return dataclasses.replace(DEFAULT_BASE_CONFIG, lr=lr, seed=seed)
+
+
+CHANCE_FACTOR = 1.5  # "at chance": accuracy below 1.5 x chance (and below chance + 20% of the rest)
+
+
+def chance_warning(metrics: dict[str, Any] | None, num_classes: int, *, can_reset: bool = True) -> str | None:
+    """One line when a model's validation accuracy (its test accuracy if it has no val) is at or
+    near chance for ``num_classes`` classes, saying what to do; None otherwise or without metrics.
+    Near chance: below min(1.5 / num_classes, chance + 0.2 * (1 - chance)), so two classes need 60%.
+    ``can_reset``: whether "Reset to base" is an option (False for the base version itself)."""
+    if not metrics or num_classes < 2:
+        return None
+    split, acc = "val", metrics.get("val_acc")
+    if acc is None:
+        split, acc = "test", metrics.get("test_acc")
+    if acc is None or not isinstance(acc, (int, float)) or math.isnan(acc):
+        return None
+    chance = 1.0 / num_classes
+    if acc >= min(CHANCE_FACTOR * chance, chance + 0.2 * (1 - chance)):
+        return None
+    todo = f"train it again from Home with a lower learning rate (e.g. {SHORTCUT_LR:g})"
+    todo += ", or Reset to base." if can_reset else "."
+    return f"This model is at chance level ({split} {100 * acc:.1f}%, chance {100 * chance:.3g}%): {todo}"
 
 
 @dataclass
@@ -31,6 +76,11 @@ def base_meta(source: str, data: ImageDataset, metrics: dict[str, Any], **extra:
     """Checkpoint meta of a base model: its source, its metrics, and the fingerprint of the
     splits they were computed on (a later load reuses them only for the same splits)."""
     return {"data": source, **extra, "metrics": metrics, "eval_fingerprint": data.eval_fingerprint()}
+
+
+def config_meta(config: TrainConfig) -> dict[str, Any]:
+    """The settings a base model was trained with, for its checkpoint meta."""
+    return {k: getattr(config, k) for k in ("epochs", "batch_size", "lr", "seed", "keep_best")}
 
 
 class BaseModels:
@@ -52,7 +102,8 @@ class BaseModels:
                config: TrainConfig | None = None) -> BaseStatus:
         """The base model for ``source`` and ``arch``: from memory, from disk, or (with
         ``train``) trained in the background on first request."""
-        path = base_checkpoint_path(self.store, source, arch, (config or DEFAULT_BASE_CONFIG).seed)
+        config = config or base_config(source, data)
+        path = base_checkpoint_path(self.store, source, arch, config.seed)
         key = str(path)
         with self._lock:
             if key not in self._models and path.is_file():
@@ -71,7 +122,7 @@ class BaseModels:
             if job is None or job.status in ("failed", "stopped", "diverged"):
                 if not train:
                     return BaseStatus(None, job, key)
-                job = self._start(data, source, arch, config or DEFAULT_BASE_CONFIG, key)
+                job = self._start(data, source, arch, config, key)
             return BaseStatus(None, job, key)
 
     def _start(self, data: ImageDataset, source: str, arch: str, config: TrainConfig, key: str) -> Job:
@@ -86,7 +137,12 @@ class BaseModels:
             if result.stopped:
                 raise RuntimeError(result.message or "base training was stopped")
             metrics = version_metrics(model, data)
-            save_checkpoint(model, key, data.classes, base_meta(source, data, metrics))
+            extra = {"config": config_meta(config)}
+            if result.restored_best:
+                extra["message"] = result.message
+                with job._lock:
+                    job.message = f"Base model: {result.message}."
+            save_checkpoint(model, key, data.classes, base_meta(source, data, metrics, **extra))
             with self._lock:
                 self._metrics[key] = metrics
             with self._lock:

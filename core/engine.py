@@ -355,6 +355,11 @@ class TrainConfig:
     # torch.compile the training forward pass (plain training only: no extra loss terms). Off
     # by default: benchmarks/compile_speed.py measures whether it pays on a machine.
     compile: bool = False
+    # Keep the best validation epoch (base models): when the last epoch's validation accuracy
+    # ends more than ``keep_best_margin`` below the best epoch's, fit puts that epoch's weights
+    # back (FitResult.restored_best). Off: the model is the last epoch's, as always.
+    keep_best: bool = False
+    keep_best_margin: float = 0.05
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -398,6 +403,10 @@ class FitResult:
     message: str = ""
     diverged: bool = False
     kept_epochs: int = 0
+    # With TrainConfig.keep_best: the epoch (1-based) of the best validation accuracy, and
+    # whether its weights were put back because the last epoch's were far worse.
+    best_epoch: int | None = None
+    restored_best: bool = False
 
     @property
     def ok(self) -> bool:
@@ -608,6 +617,10 @@ def fit(
     run; ``FitResult.diverged`` is set and ``message`` says which. ``start_val_acc`` (the
     model's validation accuracy before the run) saves one evaluation when the caller knows it.
 
+    ``config.keep_best``: remember the weights of the epoch with the best validation accuracy;
+    when the run ends (not stopped) with the last epoch's more than ``config.keep_best_margin``
+    below it, put them back and say so in ``message`` (``FitResult.restored_best``).
+
     ``distributed``: train data-parallel over the ``torch.distributed`` process group this
     process belongs to (torchrun; see :func:`data_parallel`), ``config.batch_size`` being the
     global batch. Every process runs this with the same arguments and ends with the same weights.
@@ -634,6 +647,7 @@ def fit(
     steps = 0
     start_state = copy.deepcopy(model.state_dict())
     fallback, fallback_epochs = start_state, 0  # what a divergence rolls back to
+    best: tuple[float, int, dict] | None = None  # (val acc, epoch, weights) of the best epoch (keep_best)
     for epoch in range(config.epochs):
         t0 = time.perf_counter()
         try:
@@ -659,6 +673,8 @@ def fit(
         if val is not None and len(val[0]):
             ev = evaluate(model, val[0], val[1], batch_size=config.eval_batch_size, device=device)
             val_loss, val_acc = ev.loss, ev.accuracy
+            if config.keep_best and (best is None or val_acc > best[0]):  # the weights just evaluated
+                best = (val_acc, epoch + 1, copy.deepcopy(model.state_dict()))
         info = EpochInfo(
             epoch=epoch, train_loss=loss, train_acc=acc, val_loss=val_loss, val_acc=val_acc,
             epoch_time=epoch_time, lr=optimizer.param_groups[0]["lr"], steps=n,
@@ -679,7 +695,17 @@ def fit(
             if control.stop_requested:
                 return FitResult(history, steps, stopped=True, message="Stopped after a pause.")
     stopped = bool(control and control.stop_requested)
-    return FitResult(history, steps, stopped=stopped, message="Stopped by request." if stopped else "")
+    result = FitResult(history, steps, stopped=stopped, message="Stopped by request." if stopped else "")
+    if best is not None:
+        result.best_epoch = best[1]
+        last = history[-1]
+        if not stopped and last.val_acc is not None and best[0] - last.val_acc > config.keep_best_margin:
+            model.load_state_dict(best[2])
+            result.restored_best = True
+            result.message = (f"validation accuracy fell from {100 * best[0]:.1f}% at epoch {best[1]} to "
+                              f"{100 * last.val_acc:.1f}% at epoch {last.epoch + 1}; kept epoch {best[1]}'s weights")
+            log.warning(result.message)
+    return result
 
 
 def _accuracy_of(model: SteerableModel, state: dict, val: tuple[torch.Tensor, torch.Tensor], config: TrainConfig,
