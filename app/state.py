@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from core.base_models import BaseModels, untrained_model
-from core.data import DataError, ImageDataset, load_dataset
+from core.data import DataError, ImageDataset, load_dataset, parse_shortcut_source, shortcut_kind
 from core.engine import available_devices
 from core.jobs import ComputeBudget, compute_plan
 from core.models import CheckpointError
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SOURCE = "digits"
 DEFAULT_ARCH = "seed-cnn"
-BUILTIN_CHOICES = ["digits", "biased-digits"]
+BUILTIN_CHOICES = ["digits", "biased-digits", "decoy-digits", "texture-digits"]
 QUERY_KEY = "wb"
 SESSION_KEY = "wb_id"
 
@@ -94,10 +94,16 @@ def data_roots_now():
 
 
 def resolve_source(text: str) -> str:
-    """A built-in name as is; a typed path checked against the allowed data roots."""
+    """A built-in name as is; a typed path checked against the allowed data roots; a shortcut
+    set over another source ("biased-digits:SOURCE?rho=R", also decoy- and texture-digits)
+    with its SOURCE resolved the same way."""
     text = (text or "").strip()
     if text in BUILTIN_CHOICES or text in ("mnist", "fashion-mnist", "cifar10"):
         return text
+    if shortcut_kind(text) is not None:
+        kind, base, _ = parse_shortcut_source(text)
+        query = "?" + text.rpartition("?")[2] if "?" in text[len(kind):] else ""
+        return f"{kind}{'' if base == 'digits' else ':' + resolve_source(base)}{query}"
     return str(check_user_path(text, data_roots_now()))
 
 

@@ -362,33 +362,48 @@ def _restore(wb: Workbench, number: int) -> None:
 
 
 # ----------------------------------------------------------------------------- biased digits
+# The bundled shortcut sets a page can offer: (source, button label, key suffix, what the shortcut is).
+SHORTCUT_OFFERS = [
+    ("biased-digits", "Open biased digits", "biased", "the background colour gives the class away"),
+    ("decoy-digits", "Open decoy digits", "decoy", "a grey square in a corner, whose shade gives the class away "
+                                                   "(Decoy-MNIST)"),
+    ("texture-digits", "Open texture digits", "texture", "the background's stripes give the class away"),
+]
+
+
 def offer_biased_digits(wb: Workbench, prefix: str, why: str, *, busy: bool) -> None:
-    """An info box saying ``why`` this page shows more on the bundled biased digits, with a
-    button that opens them (training their base model once, in the background, with progress)."""
+    """An info box saying ``why`` this page shows more on the bundled shortcut sets (biased,
+    decoy or texture digits), with a button for each that opens it (training its base model
+    once, in the background, with progress). Keys: ``{prefix}-open-biased``, ``-decoy``, ``-texture``."""
     ss = st.session_state
+    want_key = f"{prefix}-want-shortcut"
     with st.container(key=f"{prefix}-no-masks"):
-        st.info(f"{why} The bundled **biased digits** have object masks and a known bias (the background colour "
-                "gives the class away).", icon=":material/info:")
-        if st.button("Open biased digits", key=f"{prefix}-open-biased", disabled=busy):
-            ss[f"{prefix}-want-biased"] = True
-    if not ss.get(f"{prefix}-want-biased"):
+        st.info(f"{why} The bundled **biased**, **decoy** and **texture digits** have object masks (the digit "
+                "strokes) and a known shortcut: " + "; ".join(f"{label[5:]}: {what}" for _, label, _, what in
+                                                              SHORTCUT_OFFERS) + ".", icon=":material/info:")
+        for column, (source, label, suffix, _) in zip(st.columns(len(SHORTCUT_OFFERS)), SHORTCUT_OFFERS):
+            if column.button(label, key=f"{prefix}-open-{suffix}", disabled=busy, width="stretch"):
+                ss[want_key] = source
+    source = ss.get(want_key)
+    if not source:
         return
-    base_job = base_model_job("biased-digits", wb.arch)
+    label = source.replace("-", " ")
+    base_job = base_model_job(source, wb.arch)
 
     @st.fragment(run_every=0.5 if base_job is not None else None)
     def wait_for_base() -> None:
-        j = base_model_job("biased-digits", wb.arch)
+        j = base_model_job(source, wb.arch)
         if j is not None and j.running:
             v = j.view(steps=False)
-            st.progress(v["progress"], text=f"Training the base model for biased digits: step {v['done_steps']} / "
+            st.progress(v["progress"], text=f"Training the base model for {label}: step {v['done_steps']} / "
                                             f"{v['total_steps']} (once; later workbenches reuse it)")
             return
         if j is not None and j.status != "done":
             st.error(f"Training the base model did not finish ({j.error or j.message or j.status}).")
-            ss[f"{prefix}-want-biased"] = False
+            ss[want_key] = None
             return
-        ss[f"{prefix}-want-biased"] = False
-        if switch_workbench("biased-digits", wb.arch):
+        ss[want_key] = None
+        if switch_workbench(source, wb.arch):
             st.rerun(scope="app")
 
     wait_for_base()

@@ -33,6 +33,7 @@ def _on_biased_digits(ws):
     at = new_app(ws).run()
     at.switch_page(PAGE).run()
     no_exceptions(at)
+    assert {"att-open-biased", "att-open-decoy", "att-open-texture"} <= {b.key for b in at.button}
     at.button(key="att-open-biased").click().run()
     deadline = time.time() + 60
     while workbench_of(at).data.name != "biased-digits" and time.time() < deadline:
@@ -112,6 +113,38 @@ def test_annotations_and_round_survive_a_refresh(biased_workspace):
     assert load_round(wb).ids == rnd.ids
     assert any("1 of 3 confirmed" in m.value for m in fresh.markdown)
     assert fresh.number_input(key="att-p-per_round").value == 3
+
+
+def _save_untrained_base(ws, source: str) -> None:
+    """A cached (untrained) base model for ``source``, so opening it does not train one."""
+    from core.base_models import untrained_model
+    from core.data import load_dataset
+    from core.models import save_checkpoint
+    from core.store import Store
+    from core.workbench import base_checkpoint_path
+
+    data = load_dataset(source)
+    save_checkpoint(untrained_model(data, "seed-cnn"), base_checkpoint_path(Store(ws), source, "seed-cnn", 0),
+                    data.classes)
+
+
+def test_open_decoy_digits_from_the_page(biased_workspace):
+    _save_untrained_base(biased_workspace, "decoy-digits")
+    at = new_app(biased_workspace).run()
+    at.switch_page(PAGE).run()
+    no_exceptions(at)
+    assert workbench_of(at).data.name == "digits"  # a new session starts on plain digits: no masks
+    assert any("decoy" in m.value for m in at.info)
+    at.button(key="att-open-decoy").click().run()
+    deadline = time.time() + 60
+    while workbench_of(at).data.name != "decoy-digits" and time.time() < deadline:
+        at.run()
+    wb = workbench_of(at)
+    assert wb.data.name == "decoy-digits" and wb.data_source == "decoy-digits"
+    assert wb.data.masks is not None and "test_aligned" in wb.data.splits
+    at.switch_page(PAGE).run()
+    no_exceptions(at)
+    assert not any(b.key == "att-open-decoy" for b in at.button)  # it has masks: nothing to offer
 
 
 def test_polygon_from_canvas_reads_what_the_canvas_really_sends():

@@ -53,6 +53,7 @@ def test_pause_mark_two_squares_continue_and_the_penalty_series(biased_workspace
     at = new_app(biased_workspace).run()
     at.switch_page(PAGE).run()
     no_exceptions(at)
+    assert {"grid-open-biased", "grid-open-decoy", "grid-open-texture"} <= {b.key for b in at.button}
     at.button(key="grid-open-biased").click().run()
     _until(at, lambda: workbench_of(at).data.name == "biased-digits", what="the biased-digits workbench")
     at.switch_page(PAGE).run()
@@ -117,3 +118,25 @@ def test_skip_resumes_without_feedback(biased_workspace):
     assert job.status == "done"
     assert job.context["reviews"][0]["skipped"] is True
     assert len(job.context["penalty"]) == start_size  # the set it started with, nothing added
+
+
+def test_open_texture_digits_from_the_page(biased_workspace):
+    """The texture set opens from the page's offer and the page draws on it (it has test_aligned)."""
+    from core.base_models import untrained_model
+    from core.data import load_dataset
+    from core.models import save_checkpoint
+    from core.store import Store
+    from core.workbench import base_checkpoint_path
+
+    data = load_dataset("texture-digits")
+    path = base_checkpoint_path(Store(biased_workspace), "texture-digits", "seed-cnn", 0)
+    save_checkpoint(untrained_model(data, "seed-cnn"), path, data.classes)
+    at = new_app(biased_workspace).run()
+    at.switch_page(PAGE).run()
+    no_exceptions(at)
+    assert workbench_of(at).data.name == "digits"
+    at.button(key="grid-open-texture").click().run()
+    _until(at, lambda: workbench_of(at).data.name == "texture-digits", what="the texture-digits workbench")
+    at.switch_page(PAGE).run()
+    no_exceptions(at)
+    assert not any(b.key == "grid-open-texture" for b in at.button)  # a known shortcut: nothing to offer

@@ -114,7 +114,9 @@ def _check_spec(ds: ImageDataset) -> None:
 
 
 def test_list_builtin():
-    assert list_builtin() == ["digits", "biased-digits", "mnist", "fashion-mnist", "cifar10"]
+    assert list_builtin() == [
+        "digits", "biased-digits", "decoy-digits", "texture-digits", "mnist", "fashion-mnist", "cifar10",
+    ]
 
 
 def test_digits_builtin_is_upsampled_load_digits():

@@ -98,11 +98,13 @@ def _strokes(base: ImageDataset) -> tuple[torch.Tensor, list[str]]:
 
 
 def _assign_colours(
-    labels: np.ndarray, splits: dict[str, np.ndarray], k: int, rho: float, seed: int
+    labels: np.ndarray, splits: dict[str, np.ndarray], k: int, rho: float, seed: int, stream: int = 2020
 ) -> np.ndarray:
-    """Palette index per row: biased in train/val/pool, balanced and class-independent in test."""
+    """Palette index per row: biased in train/val/pool, balanced and class-independent in test.
+
+    ``stream`` names the random stream (the other shortcut sets draw from streams of their own)."""
     # A stream of its own, so colours do not depend on how the splits consumed randomness.
-    rng = np.random.default_rng([seed, 2020])
+    rng = np.random.default_rng([seed, stream])
     colours = np.empty(len(labels), dtype=np.int64)
     for split in BIASED_SPLITS:
         rows = splits[split]
