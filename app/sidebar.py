@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.base_models import chance_warning
 from core.data import DEFAULT_RHO
 from core.data.spec import DataError
 from core.data.uploads import discard_upload, store_upload
@@ -20,6 +21,8 @@ def with_bias(source: str, biased: bool, rho: float) -> str:
     rho_part = "" if abs(rho - DEFAULT_RHO) < 1e-9 else f"?rho={rho:g}"
     if source == "biased-digits":
         return source + rho_part
+    if source in ("decoy-digits", "texture-digits"):  # shortcut sets of their own, at their own default rho
+        return source
     return f"biased-digits:{source}{rho_part}" if biased else source
 
 
@@ -81,7 +84,9 @@ def draw(wb: Workbench) -> None:
                                      help="For digit images: paint each image's background in a colour that goes with "
                                           "its class for a share rho of the training images, a shortcut the model can "
                                           "learn (what the Attention and Grid feedback pages correct). The built-in "
-                                          "'biased-digits' choice always has it.")
+                                          "'biased-digits' choice always has it; 'decoy-digits' (a grey corner square "
+                                          "whose shade names the class) and 'texture-digits' (background stripes that "
+                                          "name the class) have shortcuts of their own and ignore this.")
                 rho = st.number_input("rho: share of training images whose colour matches the class", min_value=0.0,
                                       max_value=1.0, value=DEFAULT_RHO, step=0.005, format="%.3f", key="sb-rho")
             models = list_models()
@@ -98,6 +103,12 @@ def draw(wb: Workbench) -> None:
         with st.container(key="sb-version"):
             st.markdown(f"**Model version:** v{version.number}  \n{version.description}  \n"
                         f"test accuracy **{pct(version.metrics.get('test_acc'))}**")
+        untrained = version.number == 0 and version.description.startswith("untrained")  # said just above
+        at_chance = None if untrained else chance_warning(version.metrics, wb.data.num_classes,
+                                                          can_reset=wb.current_version != 0)
+        if at_chance:  # on every page: a model at chance makes every page's view of it meaningless
+            with st.container(key="sb-chance"):
+                st.warning(at_chance, icon=":material/warning:")
         sidebar_job(wb)
         st.caption(f"Workbench `{wb.id}` · {wb.data.name} · {wb.arch}. Bookmark this page's URL to come back to it; "
                    "every tab on it shares its model, versions and running job.")

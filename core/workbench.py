@@ -37,6 +37,7 @@ from core.models import (
     read_checkpoint,
     save_checkpoint,
 )
+from core.shortcut import shortcut_meter
 from core.store import Annotation, Store, VersionRecord, new_workbench_id
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,22 @@ def version_metrics(model: SteerableModel, data: ImageDataset, device: torch.dev
             out[f"{split}_acc"] = ev.accuracy
             if split == "test":
                 out["test_per_class_acc"] = [None if np.isnan(a) else float(a) for a in ev.per_class_accuracy]
+    out.update(shortcut_metrics(model, data, device=device))
     return out
+
+
+SHORTCUT_ROWS = 1000  # rows the shortcut meter uses per version: two forward passes over at most this many
+
+
+def shortcut_metrics(model: SteerableModel, data: ImageDataset, device: torch.device | None = None) -> dict[str, Any]:
+    """The shortcut meter (:func:`core.shortcut.shortcut_meter`) as version-metric keys
+    ``shortcut_plain_acc`` / ``shortcut_swapped_acc`` (fractions in [0, 1]) and
+    ``shortcut_rows``; empty when the data has no object masks."""
+    meter = shortcut_meter(model, data, max_rows=SHORTCUT_ROWS, device=device)
+    if meter is None:
+        return {}
+    return {"shortcut_plain_acc": meter["plain_acc"] / 100, "shortcut_swapped_acc": meter["swapped_acc"] / 100,
+            "shortcut_rows": meter["rows"]}
 
 
 def train_base_model(

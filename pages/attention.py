@@ -13,6 +13,7 @@ from streamlit_drawable_canvas import st_canvas
 
 from app.attention_widgets import polygon_from_canvas, render, scale_for, thumbnail
 from app.click_image import click_image
+from app.shortcut_widgets import shortcut_compare
 from app.state import current_workbench, notice
 from app.widgets import live_job, offer_biased_digits, start_job
 from core.attention_workspace import (
@@ -227,6 +228,7 @@ def draw_test_mode() -> None:
         if after["attention_in_mask"] is not None:
             c3.metric("Attention on the object", f"{after['attention_in_mask']:.1f}%", delta("attention_in_mask"),
                       help="Share of the Grad-CAM's mass inside the object masks of the test images.")
+        shortcut_compare(wb, base_v, cur_v, key="att-shortcut")
         if biased:
             st.caption("Bias-conflicting: background colour independent of the class; bias-aligned: the same digits on "
                        "their class's colour.")

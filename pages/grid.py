@@ -19,6 +19,7 @@ import torch
 
 from app.attention_widgets import render_grid
 from app.click_image import click_image
+from app.shortcut_widgets import shortcut_compare
 from app.state import current_workbench, notice
 from app.widgets import live_job, offer_biased_digits, pct, start_job, training_figure
 from core.engine import predict
@@ -306,6 +307,7 @@ def results_panel() -> None:
                 c3.metric("Input gradient on the object", f"{after['gradient_in_mask']:.1f}%",
                           f"{after['gradient_in_mask'] - before['gradient_in_mask']:+.1f} pts",
                           help="Share of the squared input gradient inside the object masks of the test images.")
+            shortcut_compare(wb, origin, wb.current_version, key="grid-shortcut")
             if biased:
                 st.caption("Bias-conflicting: background colour independent of the class; bias-aligned: the same "
                            "digits on their class's colour. Training from v" f"{origin} without reviews is the fair "

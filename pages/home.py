@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from app.shortcut_widgets import points_delta, shortcut_help, shortcut_line, version_shortcut
 from app.state import current_workbench
 from app.widgets import confusion_figure, image_grid, pct, per_class_figure, train_panel, versions_panel
 
@@ -16,12 +17,19 @@ st.title("Home")
 st.caption(f"{data.name}: {data.card.total} images of {'x'.join(map(str, data.image_shape))}, "
            f"{data.num_classes} classes · model {wb.arch} · workbench {wb.id}")
 
+shortcut = version_shortcut(wb, version.number)  # None for a dataset without object masks
 with st.container(key="home-metrics"):
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2, c3, c4, *c5 = st.columns(5 if shortcut else 4)
     c1.metric("Test accuracy", pct(ev.accuracy))
     c2.metric("Validation accuracy", pct(version.metrics.get("val_acc")))
     c3.metric("Version", f"v{version.number}")
     c4.metric("Mistakes on test", int((ev.preds != ev.labels).sum()))
+    if shortcut:
+        c5[0].metric("Shortcut meter", pct(shortcut["swapped"]),
+                     **points_delta(shortcut["swapped"], shortcut["plain"], f" vs {pct(shortcut['plain'])} plain"),
+                     help=shortcut_help(data))
+        st.caption(f"Shortcut meter: {shortcut_line(shortcut, data)}. A model that reads the class off the "
+                   "background loses accuracy when the background is swapped; one that looks at the object does not.")
 
 st.subheader("Train")
 train_panel(wb, key="train", default_epochs=5)

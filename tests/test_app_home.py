@@ -239,3 +239,22 @@ def test_a_workspace_another_server_holds_is_refused_with_a_message(tmp_path):
     at.run(timeout=120)
     no_exceptions(at)
     assert not at.error and any(m.label == "Test accuracy" for m in at.metric)
+
+
+def test_home_shows_the_shortcut_meter_only_for_data_with_masks(app_workspace):
+    at = new_app(app_workspace).run()
+    no_exceptions(at)
+    assert workbench_of(at).data.masks is None  # plain digits: no object masks, no meter
+    assert "Shortcut meter" not in {m.label for m in at.metric}
+    at.selectbox(key="sb-dataset").set_value("biased-digits")
+    at.button(key="sb-open").click().run()
+    no_exceptions(at)
+    wb = workbench_of(at)
+    assert wb.data.name.startswith("biased-digits")
+    meter = {m.label: m for m in at.metric}["Shortcut meter"]
+    m = wb.version(wb.current_version).metrics
+    assert meter.value == f"{100 * m['shortcut_swapped_acc']:.1f}%"
+    assert f"vs {100 * m['shortcut_plain_acc']:.1f}% plain" in meter.delta
+    assert "background" in meter.help
+    assert (f"accuracy with backgrounds swapped **{100 * m['shortcut_swapped_acc']:.1f}%** vs "
+            f"{100 * m['shortcut_plain_acc']:.1f}% plain") in _texts(at)
