@@ -24,6 +24,7 @@ from core.feedback.attention import (
     AttentionSettings,
     attention_in_mask,
 )
+from core.feedback.counterexamples import KIND as CEX, CounterexampleSettings, counterexample_term
 from core.models.base import SteerableModel
 from core.select import PoolView, get_sampler
 
@@ -48,6 +49,9 @@ class FineTuneSettings:
     def config(self) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
                            weight_decay=self.weight_decay, seed=self.seed, device=self.device)
+
+    def attention(self) -> AttentionSettings:
+        return AttentionSettings(target=self.target, seed=self.seed)
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -154,27 +158,37 @@ def annotate_like_a_person(model: SteerableModel, data: ImageDataset, ids: Seque
 # ----------------------------------------------------------------------------- fine-tuning
 def fine_tune(model: SteerableModel, data: ImageDataset, annotations: Sequence[AttentionAnnotation],
               settings: FineTuneSettings = FineTuneSettings(), *, guidance: bool = True,
+              counterexamples: CounterexampleSettings | None = None,
               callbacks: Sequence[Callback] = (), control: TrainControl | None = None) -> FitResult:
     """Fine-tune ``model`` in place on the annotated images: ``w_c`` x CE on them with their
     labels plus ``w_g`` x the attention loss (``guidance=False``: CE alone with weight 1, the
-    same-information baseline with the same steps)."""
-    plan = fine_tune_plan(data, annotations, settings, guidance=guidance)
+    same-information baseline with the same steps), plus, when ``counterexamples`` is
+    enabled, the CE of copies whose negative regions come from other training images."""
+    plan = fine_tune_plan(data, annotations, settings, guidance=guidance, counterexamples=counterexamples)
     return fit(model, plan["train"], None, config=settings.config(), train_ids=plan["train_ids"],
                loss_terms=plan["loss_terms"], weights=plan["weights"], callbacks=callbacks, control=control)
 
 
 def fine_tune_plan(data: ImageDataset, annotations: Sequence[AttentionAnnotation],
-                   settings: FineTuneSettings = FineTuneSettings(), *, guidance: bool = True) -> dict[str, Any]:
-    """What :func:`core.engine.fit` (or ``Workbench.start_training``) takes for one round."""
+                   settings: FineTuneSettings = FineTuneSettings(), *, guidance: bool = True,
+                   counterexamples: CounterexampleSettings | None = None) -> dict[str, Any]:
+    """What :func:`core.engine.fit` takes for one round (the page goes through
+    :meth:`core.workbench.Workbench.start_feedback_training`, which builds the same terms)."""
     if not annotations:
         raise ValueError("Confirm at least one annotation before fine-tuning.")
     ids = torch.as_tensor([a.example_id for a in annotations], dtype=torch.long)
     plan: dict[str, Any] = {"train": (data.images[ids], data.labels[ids]), "train_ids": ids,
                             "loss_terms": None, "weights": None}
+    terms: dict[str, Any] = {}
+    weights: dict[str, float] = {"cls": 1.0}
     if guidance:
-        plan["loss_terms"] = {KIND: ATTENTION.loss_term(data, annotations, AttentionSettings(target=settings.target,
-                                                                                              seed=settings.seed))}
-        plan["weights"] = {"cls": settings.w_c, KIND: settings.w_g}
+        terms[KIND] = ATTENTION.loss_term(data, annotations, settings.attention())
+        weights = {"cls": settings.w_c, KIND: settings.w_g}
+    if counterexamples is not None and counterexamples.enabled:
+        terms[CEX] = counterexample_term(data, annotations, counterexamples)
+        weights[CEX] = counterexamples.weight
+    if terms:
+        plan["loss_terms"], plan["weights"] = terms, weights
     return plan
 
 
@@ -210,6 +224,9 @@ def without_masks(data: ImageDataset, split: str = "pool") -> np.ndarray:
 
 # ----------------------------------------------------------------------------- the page's rounds
 ROUND_KEY = "attention.round"
+# Counterexamples on by default: on the tuning seeds of benchmarks/attention_guidance.py they were
+# the arm that moved the bias-conflicting accuracy (see the README's results table).
+COUNTEREXAMPLES_ON = True
 SETTINGS_KEY = "attention"  # in the workbench's settings
 
 
@@ -218,7 +235,7 @@ class PageSettings:
     """The Attention page's parameters (paper defaults), saved with the workbench."""
 
     sampler: str = "gmm"
-    per_round: int = 64  # candidates per round (paper: batches of 64)
+    per_round: int = 16  # candidates per round (the paper shows batches of 64; 16 is one screenful and a quick first round)
     per_page: int = 8  # shown at a time (paper: 8-16)
     w_g: float = PAPER_WEIGHTS[KIND]
     w_c: float = PAPER_WEIGHTS["cls"]
@@ -227,6 +244,13 @@ class PageSettings:
     target: str = "true"  # the class whose Grad-CAM is shown and guided: "true" or "predicted"
     opacity: float = 0.45
     mode: str = "click"  # or "polygon" (the paper's user-study baseline)
+    guidance: bool = True  # the attention loss (off: CE on the annotated images, plus counterexamples if on)
+    counterexamples: bool = COUNTEREXAMPLES_ON
+    cex_k: int = CounterexampleSettings.k  # copies per annotated image
+
+    def counterexample_settings(self, seed: int = 0) -> CounterexampleSettings:
+        """The counterexamples this page's fine-tune adds (disabled when the option is off)."""
+        return CounterexampleSettings(enabled=bool(self.counterexamples), k=int(self.cex_k), seed=int(seed))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> "PageSettings":
@@ -316,15 +340,14 @@ def confirm(wb, rnd: Round, annotation: AttentionAnnotation, now: float | None =
 
 def start_fine_tune(wb, settings: PageSettings):
     """Fine-tune a copy of the current model on every confirmed annotation, in the
-    background; it becomes a new version described by the annotations."""
+    background, through the attention feedback kind (with counterexamples of the negative
+    regions when the page asks); it becomes a new version described by the annotations."""
     anns = annotations_of(wb)
     ft = settings.fine_tune(seed=int(time.time()) % 10_000, device=wb.settings.get("device", "cpu"))
-    plan = fine_tune_plan(wb.data, anns, ft)
-    feedback = {"kind": KIND, "annotations": len(anns), "example_ids": [a.example_id for a in anns],
-                "settings": asdict(settings)}
-    return wb.start_training(ft.config(), description=ATTENTION.describe(anns), train=plan["train"],
-                             train_ids=plan["train_ids"], loss_terms=plan["loss_terms"], weights=plan["weights"],
-                             feedback=feedback, kind="attention")
+    return wb.start_feedback_training(ATTENTION, anns, ft.attention(), ft.config(), guidance=bool(settings.guidance),
+                                      counterexamples=settings.counterexample_settings(ft.seed),
+                                      cls_weight=ft.w_c if settings.guidance else 1.0, kind_weight=ft.w_g,
+                                      feedback={"settings": asdict(settings)}, kind="attention")
 
 
 def annotation_rows(annotations: Sequence[AttentionAnnotation], classes: Sequence[str]) -> list[dict[str, Any]]:

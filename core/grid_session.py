@@ -43,12 +43,15 @@ from core.feedback.grid import (
     GridSettings,
     default_grid,
 )
+from core.feedback.counterexamples import KIND as CEX, CounterexampleSettings
 from core.grid_workspace import REVIEW_K, REVIEW_SAMPLERS, review_candidates
 from core.models.base import SteerableModel
 
 SETTINGS_KEY = "grid"  # in the workbench's settings
 PENDING_KEY = "grid.review"  # in the workbench's page state
 JOB_KIND = "grid"
+# Counterexamples on by default, as on the Attention page (chosen on the benchmarks' tuning seeds).
+COUNTEREXAMPLES_ON = True
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,13 @@ class GridPageSettings:
     share: float = SHARE  # lambda: the penalty starts at this share of the CE
     opacity: float = 0.5
     top_percent: float = 10.0  # "all squares outside the saliency's top x%"
+    penalty: bool = True  # the input-gradient penalty (off: counterexamples alone, when on)
+    counterexamples: bool = COUNTEREXAMPLES_ON  # copies of each reviewed image, marked squares from other images
+    cex_k: int = CounterexampleSettings.k
+
+    def counterexample_settings(self, seed: int = 0) -> CounterexampleSettings:
+        """The counterexamples this page's run adds (disabled when the option is off)."""
+        return CounterexampleSettings(enabled=bool(self.counterexamples), k=int(self.cex_k), seed=int(seed))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> GridPageSettings:
@@ -93,6 +103,10 @@ def check_settings(s: GridPageSettings) -> list[str]:
         problems.append(f"The review sampler must be one of {', '.join(REVIEW_SAMPLERS)}.")
     if not (float(s.share) > 0 and np.isfinite(float(s.share))):
         problems.append("The penalty's starting share of the loss must be above 0.")
+    if s.counterexamples and not 1 <= int(s.cex_k) <= 64:
+        problems.append("Make 1 to 64 counterexamples per reviewed image.")
+    if not s.penalty and not s.counterexamples:
+        problems.append("Turn on the penalty, the counterexamples or both: with neither, the marks would change nothing.")
     return problems
 
 
@@ -157,15 +171,17 @@ def start_grid_training(wb, settings: GridPageSettings, *, seed: int | None = No
     inherited = reviews_of_version(wb)
     shape = tuple(data.image_shape[1:])
     inherited = [a for a in inherited if a.shape == shape]
-    penalty = GRID.loss_term(data, inherited, GridSettings(per_step=PER_STEP, share=float(settings.share)))
+    grid_settings = GridSettings(per_step=PER_STEP, share=float(settings.share))
+    # the review set; also the loss term when the penalty is on (the page adds each review to it)
+    penalty = GRID.loss_term(data, inherited, grid_settings)
     seed = int(time.time()) % 10_000 if seed is None else int(seed)
     config = TrainConfig(epochs=int(settings.epochs), lr=float(settings.lr), batch_size=int(settings.batch_size),
                          seed=seed, device=wb.settings.get("device", "cpu"))
     reviews: list[dict[str, Any]] = []
-    context: dict[str, Any] = {"penalty": penalty, "reviews": reviews, "settings": asdict(settings),
-                               "candidates": {}, "grid": settings.grid(shape)}
-    feedback = {"kind": KIND, "grid": {"inherited": [_payload(a) for a in inherited], "reviews": reviews,
-                                       "settings": asdict(settings), "from_version": wb.current_version}}
+    context: dict[str, Any] = {"penalty": penalty, "reviews": reviews, "settings": asdict(settings), "candidates": {},
+                               "grid": settings.grid(shape)}
+    feedback = {"grid": {"inherited": [_payload(a) for a in inherited], "reviews": reviews,
+                         "settings": asdict(settings), "from_version": wb.current_version}}
     desc = (f"grid feedback: {settings.epochs} epochs, reviews at epoch ends"
             + (f", {len(inherited)} reviewed images from v{wb.current_version}" if inherited else ""))
 
@@ -173,9 +189,11 @@ def start_grid_training(wb, settings: GridPageSettings, *, seed: int | None = No
         return [CandidateFinder(model, data, context, epochs=config.epochs, k=int(settings.k),
                                 sampler=settings.sampler, seed=seed)]
 
-    return wb.start_training(config, description=desc, loss_terms={KIND: penalty}, weights={"cls": 1.0, KIND: 1.0},
-                             feedback=feedback, attach=attach, pause_at_epoch_end=True, kind=JOB_KIND,
-                             context=context)
+    job = wb.start_feedback_training(GRID, inherited, grid_settings, config, guidance=bool(settings.penalty),
+                                     counterexamples=settings.counterexample_settings(seed), on_annotated=False,
+                                     feedback=feedback, description=desc, attach=attach, pause_at_epoch_end=True,
+                                     kind=JOB_KIND, context=context, term=penalty)
+    return job
 
 
 def job_token(job) -> str:
@@ -302,6 +320,8 @@ def continue_training(wb, job, pending: PendingReview, *, now: float | None = No
         wb.replace_annotations(KIND, kept + [GRID.to_payload(a) for a in anns])
     if anns:
         job.context["penalty"].add(anns)
+        if CEX in job.context.get("terms", {}):
+            job.context["terms"][CEX].add(anns)
     _record(job, pending, anns, now, skipped=False)
     save_pending(wb, None)
     job.control.resume()

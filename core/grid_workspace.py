@@ -24,6 +24,7 @@ from core.feedback.grid import (
     default_grid,
     squares_without_object,
 )
+from core.feedback.counterexamples import KIND as CEX, CounterexampleSettings, counterexample_term
 from core.models.base import SteerableModel
 from core.select import PoolView, get_sampler
 
@@ -133,7 +134,8 @@ class ReviewCallback(Callback):
     def __init__(self, model: SteerableModel, data: ImageDataset, penalty: GridPenalty, *, epochs: int,
                  k: int = REVIEW_K, sampler: str = "entropy", marks: str = "objects",
                  ids_by_epoch: Mapping[int, Sequence[int]] | None = None, exclude: Iterable[int] = (),
-                 n: int | None = None, method: str = "gradient", seed: int = 0) -> None:
+                 n: int | None = None, method: str = "gradient", seed: int = 0,
+                 also: Sequence[Any] = ()) -> None:
         if marks not in ("objects", "random"):
             raise ValueError("marks must be 'objects' or 'random'")
         self.model, self.data, self.penalty = model, data, penalty
@@ -141,6 +143,7 @@ class ReviewCallback(Callback):
         self.ids_by_epoch = None if ids_by_epoch is None else {int(e): list(v) for e, v in ids_by_epoch.items()}
         self.exclude = [int(i) for i in exclude]
         self.n, self.method, self.seed = n, method, seed
+        self.also = list(also)  # other terms the marks feed (counterexamples), each with ``add``
         self.reviews: list[Review] = []
 
     @property
@@ -162,6 +165,9 @@ class ReviewCallback(Callback):
             anns = random_review(self.data, ids, n=self.n, method=self.method, epoch=info.epoch,
                                  seed=self.seed * 1000 + info.epoch)
         size = self.penalty.add(anns) if anns else len(self.penalty)
+        for term in self.also:
+            if anns:
+                term.add(anns)
         self.reviews.append(Review(info.epoch, ids, anns, time.perf_counter() - t0, size))
 
 
@@ -187,23 +193,32 @@ def train_with_reviews(model: SteerableModel, data: ImageDataset, config: TrainC
                        ids_by_epoch: Mapping[int, Sequence[int]] | None = None,
                        settings: GridSettings | None = None, n: int | None = None, method: str = "gradient",
                        exclude: Iterable[int] = (), callbacks: Sequence[Callback] = (),
-                       control: TrainControl | None = None) -> ReviewedRun:
+                       control: TrainControl | None = None, penalty: bool = True,
+                       counterexamples: CounterexampleSettings | None = None) -> ReviewedRun:
     """Train ``model`` in place on ``data``'s train split (validating on val) for
     ``config.epochs`` epochs, reviewing at each epoch end that has training after it
     (:class:`ReviewCallback`) and training on with CE + the grid penalty (``settings``: default
-    :class:`GridSettings`). ``marks=None``: the
-    same training without reviews or penalty (the baseline)."""
+    :class:`GridSettings`). ``penalty=False`` leaves the penalty out of the loss (the reviews
+    still happen); ``counterexamples`` (enabled) adds the CE of copies of each reviewed image
+    whose marked squares come from other training images. ``marks=None``: the same training
+    without reviews or penalty (the baseline)."""
     train_ids = torch.as_tensor(data.ids("train"), dtype=torch.long)
     if marks is None:
         result = fit(model, data.split("train"), data.split("val"), config=config, train_ids=train_ids,
                      callbacks=callbacks, control=control)
         return ReviewedRun(result, None, [])
-    penalty = GRID.loss_term(data, [], settings)
-    reviewer = ReviewCallback(model, data, penalty, epochs=config.epochs, k=k, sampler=sampler, marks=marks,
-                              ids_by_epoch=ids_by_epoch, exclude=exclude, n=n, method=method, seed=config.seed)
+    review_set = GRID.loss_term(data, [], settings)
+    terms: dict[str, Any] = {KIND: review_set} if penalty else {}
+    weights = {"cls": 1.0, KIND: 1.0}
+    if counterexamples is not None and counterexamples.enabled:
+        terms[CEX] = counterexample_term(data, [], counterexamples)
+        weights[CEX] = counterexamples.weight
+    reviewer = ReviewCallback(model, data, review_set, epochs=config.epochs, k=k, sampler=sampler, marks=marks,
+                              ids_by_epoch=ids_by_epoch, exclude=exclude, n=n, method=method, seed=config.seed,
+                              also=[t for name, t in terms.items() if name == CEX])
     result = fit(model, data.split("train"), data.split("val"), config=config, train_ids=train_ids,
-                 loss_terms={KIND: penalty}, weights={"cls": 1.0, KIND: 1.0},
-                 callbacks=[reviewer, *callbacks], control=control)
+                 loss_terms=terms or None, weights=weights, callbacks=[reviewer, *callbacks], control=control)
+    penalty = review_set
     return ReviewedRun(result, penalty, reviewer.reviews)
 
 

@@ -12,7 +12,7 @@ import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +39,10 @@ from core.models import (
 )
 from core.shortcut import shortcut_meter
 from core.store import Annotation, Store, VersionRecord, new_workbench_id
+
+if TYPE_CHECKING:
+    from core.feedback import FeedbackKind
+    from core.feedback.counterexamples import CounterexampleSettings
 
 log = logging.getLogger(__name__)
 
@@ -443,6 +447,78 @@ class Workbench:
 
         return self.jobs.start(job, work, recorder=StoreJobRecorder(self.store, self.id, base_version))
 
+    def start_feedback_training(
+        self,
+        kind: "FeedbackKind | str",
+        annotations: Sequence[Any],
+        settings: Any,
+        config: TrainConfig,
+        /,  # positional-only: ``kind=`` (the job's kind) goes on to start_training with **training
+        *,
+        guidance: bool = True,
+        counterexamples: "CounterexampleSettings | None" = None,
+        cls_weight: float = 1.0,
+        kind_weight: float = 1.0,
+        on_annotated: bool = True,
+        feedback: Mapping[str, Any] | None = None,
+        description: str | None = None,
+        term: LossTerm | None = None,
+        **training: Any,
+    ) -> Job:
+        """Fine-tune a copy of the current model with a feedback kind's loss, through the
+        :class:`core.feedback.FeedbackKind` interface; returns the job (see :meth:`start_training`).
+
+        The loss is ``cls_weight`` x CE + ``kind_weight`` x the kind's term built from
+        ``annotations`` and ``settings`` (``guidance=False`` leaves it out) + the
+        counterexamples' term (:mod:`core.feedback.counterexamples`) when ``counterexamples``
+        is enabled. ``on_annotated``: the CE runs on the annotated images only (attention
+        rounds); otherwise on the training split (grid). The kind's and the counterexamples'
+        terms are in ``job.context["terms"]`` (a page can add annotations while the job
+        waits); the version's feedback records the kind, the annotations' ids and the
+        counterexample settings. ``term``: the kind's term when the caller built it already
+        with ``kind.loss_term`` (one it adds to while the job waits). Other keyword arguments go
+        to :meth:`start_training`; ``context`` is updated in place.
+        """
+        from core.feedback import get_kind
+        from core.feedback.counterexamples import KIND as CEX, counterexample_term, describe as describe_cex
+
+        kind = get_kind(kind) if isinstance(kind, str) else kind
+        annotations = list(annotations)
+        cex = counterexamples if counterexamples is not None and counterexamples.enabled else None
+        if on_annotated and not annotations:
+            raise ValueError("Confirm at least one annotation before fine-tuning.")
+        if not guidance and cex is None and not on_annotated:
+            raise ValueError("Nothing to fine-tune with: turn on the page's loss or the counterexamples.")
+        terms: dict[str, LossTerm] = {}
+        weights: dict[str, float] = {"cls": float(cls_weight)}
+        if guidance:
+            terms[kind.name] = term if term is not None else kind.loss_term(self.data, annotations, settings)
+            weights[kind.name] = float(kind_weight)
+        if cex is not None:
+            terms[CEX] = counterexample_term(self.data, annotations, cex)
+            weights[CEX] = float(cex.weight)
+        context = training.pop("context", None)
+        context = {} if context is None else context
+        context["terms"] = terms
+        fb = {"kind": kind.name, "annotations": len(annotations),
+              "example_ids": [int(a.example_id) for a in annotations], "guidance": bool(guidance),
+              "counterexamples": (cex.to_dict() | {"made": len(terms[CEX])}) if cex is not None else None,
+              **dict(feedback or {})}
+        desc = description or kind.describe(annotations)
+        if cex is not None:
+            # attention rounds know the count now; a grid run adds copies at each review, so its
+            # count is kept up to date in the feedback (below) and left out of the description
+            desc = f"{desc} {describe_cex(cex, len(terms[CEX]) if on_annotated else None)}"
+            training["listeners"] = [*training.get("listeners", ()), _CountMade(fb["counterexamples"], terms[CEX])]
+        if not guidance:
+            desc = f"{desc} (without the {kind.name} loss)"
+        train = None
+        if on_annotated:
+            ids = torch.as_tensor([int(a.example_id) for a in annotations], dtype=torch.long)
+            train, training["train_ids"] = (self.data.images[ids], self.data.labels[ids]), ids
+        return self.start_training(config, description=desc, loss_terms=terms or None, weights=weights,
+                                   feedback=fb, train=train, context=context, **training)
+
     def keep_partial(self, job: Job) -> VersionRecord:
         """Make the partly trained model of a stopped or diverged ``job`` a new version (the
         user chose to keep it). Raises ``ValueError`` when there is nothing to keep."""
@@ -453,6 +529,19 @@ class Workbench:
                                      {**fb, "kept_partial": True, "ended_as": job.status}, history, parent=base_version)
         job.kept, job.partial = record, None
         return record
+
+
+class _CountMade(Callback):
+    """Keeps a version's ``feedback["counterexamples"]["made"]`` equal to the number of
+    counterexamples its term holds (a grid run adds each review's copies while it waits)."""
+
+    def __init__(self, record: dict[str, Any], term: Any) -> None:
+        self.record, self.term = record, term
+
+    def on_step(self, info: Any) -> None:
+        self.record["made"] = len(self.term)
+
+    on_epoch = on_step
 
 
 class StoreJobRecorder:

@@ -126,6 +126,20 @@ def parameter_panel() -> None:
     st.radio("Annotate by", ["click", "polygon"], key="att-p-mode", on_change=save_settings, horizontal=True,
              help="click: left-click where to look, right-click what to ignore. polygon: draw around the object "
                   "(the paper's user-study baseline; pixel-level supervision).")
+    with st.container(key="att-cex-panel"):
+        st.markdown("**What the fine-tune uses**")
+        st.toggle("Attention loss", key="att-p-guidance", on_change=save_settings,
+                  help="w_g x the click loss (the paper's): the Grad-CAM's barycentre toward your positive clicks, "
+                       "and less attention in what you marked to ignore.")
+        st.toggle("Counterexamples from the 'ignore' marks", key="att-p-counterexamples", on_change=save_settings,
+                  help="For each annotated image, copies whose right-clicked regions (or everything outside the "
+                       "polygon) come from other training images, with the label kept: a background colour or texture "
+                       "that a region penalty cannot fence off stops naming the class (Teso & Kersting 2019).")
+        st.number_input("Counterexamples per image", 1, 64, step=1, key="att-p-cex_k", on_change=save_settings,
+                        disabled=not ss.get("att-p-counterexamples"),
+                        help="k: copies made of each annotated image that has marks, each with another donor image.")
+        if not ss.get("att-p-guidance") and not ss.get("att-p-counterexamples"):
+            st.caption("Neither is on: FINE-TUNE trains with cross-entropy on the annotated images only.")
 
 
 # ---------------------------------------------------------------- drafts: one image's clicks before CONFIRM
@@ -216,6 +230,8 @@ def draw_test_mode() -> None:
         same = cur_v == base_v
         st.markdown(f"**v{cur_v}** (current) against **v{base_v}** (base model)" if not same else
                     f"The current version is the base model (v{base_v}): fine-tune to compare.")
+        if not same:  # how it was made: the annotations, and the counterexamples when there were any
+            st.caption(f"v{cur_v}: {wb.version(cur_v).description}")
 
         def delta(key: str) -> str | None:  # no arrow at all when there is nothing to compare
             return None if same else f"{after[key] - before[key]:+.1f} pts"

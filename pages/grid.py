@@ -24,6 +24,7 @@ from app.state import current_workbench, notice
 from app.widgets import live_job, offer_biased_digits, pct, start_job, training_figure
 from core.engine import predict
 from core.explain.saliency import METHODS, saliency_maps
+from core.feedback.counterexamples import feedback_line
 from core.feedback.grid import square_of, squares_outside_top
 from core.grid_session import (
     SETTINGS_KEY,
@@ -64,6 +65,19 @@ def save_settings() -> None:
     wb.update_settings(**{SETTINGS_KEY: asdict(replace(settings, **values))})
 
 
+def marks_use(job_now) -> tuple[bool, int | None]:
+    """What a grid run does with the marked images: (the penalty on, counterexamples per image
+    or None), read from the run's own terms (the page's settings may have changed since)."""
+    terms = (job_now.context.get("terms") or {}) if job_now is not None else {}
+    cex = terms.get("counterexamples")
+    return "grid" in terms, (int(cex.settings.k) if cex is not None else None)
+
+
+def marks_phrase(penalty: bool, cex_k: int | None) -> str:
+    parts = (["the penalty"] if penalty else []) + ([f"{cex_k} counterexamples per image"] if cex_k else [])
+    return " and ".join(parts) or "nothing"
+
+
 def parameter_panel() -> None:
     st.markdown("**Parameters**")
     defaults = asdict(settings)
@@ -91,10 +105,23 @@ def parameter_panel() -> None:
                          "share of that step's cross-entropy; it stays fixed afterwards. Works across datasets without "
                          "tuning lambda itself.")
     st.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="grid-p-opacity", on_change=save_settings)
+    with st.container(key="grid-cex-panel"):
+        st.markdown("**What the marks do**")
+        st.toggle("Input-gradient penalty", key="grid-p-penalty", on_change=save_settings,
+                  help="The paper's: lambda x the squared input gradients inside the marked squares.")
+        st.toggle("Counterexamples from the marked squares", key="grid-p-counterexamples", on_change=save_settings,
+                  help="For each reviewed image, copies whose marked squares come from other training images, with "
+                       "the label kept, trained on with the rest of the run (Teso & Kersting 2019).")
+        st.number_input("Counterexamples per image", 1, 64, step=1, key="grid-p-cex_k", on_change=save_settings,
+                        disabled=not ss.get("grid-p-counterexamples"),
+                        help="k: copies made of each reviewed image that has marks, each with another donor image.")
+        if not ss.get("grid-p-penalty") and not ss.get("grid-p-counterexamples"):
+            st.warning("Turn on the penalty, the counterexamples or both: with neither, the marks change nothing.")
 
 
 def start_panel() -> None:
     inherited = reviews_of_version(wb)
+    cex_k = int(settings.cex_k) if settings.counterexamples else None
     with st.container(key="grid-start"):
         c1, c2 = st.columns([1, 3])
         clicked = c1.button("Start training with reviews", type="primary", key="grid-start-btn", disabled=busy,
@@ -105,8 +132,11 @@ def start_panel() -> None:
         elif not busy:
             c2.caption(f"Trains v{wb.current_version} for {settings.epochs} epochs and pauses after each epoch but the last "
                        f"to show {settings.k} uncertain mistakes. "
-                       + (f"The penalty starts with the {len(inherited)} images reviewed for v{wb.current_version}."
-                          if inherited else "The penalty set starts empty."))
+                       + (f"Marked images go to {marks_phrase(settings.penalty, cex_k)}; the run starts with "
+                          + (f"the {len(inherited)} images reviewed for v{wb.current_version}."
+                             if inherited else "no reviewed images.")
+                          if settings.penalty or cex_k else "With the penalty and the counterexamples both off, "
+                          "marks would change nothing (see the parameters)."))
         if busy and job is not None and job.kind != "grid":
             c2.caption("Another job is running on this workbench; wait for it or stop it first.")
     if clicked:
@@ -185,7 +215,8 @@ def review_panel(pending) -> None:
                     f"{'s' if len(pending.ids) != 1 else ''}")
         st.caption("Training waits. Mark the squares the model must **not** use for its decision (background, "
                    "colour patches, anything that is not the object): click a square to mark or unmark it. Continue "
-                   "adds the marked images to the penalty; Skip goes on without feedback.")
+                   f"trains on with the marked images ({marks_phrase(*marks_use(job))}); Skip goes on without "
+                   "feedback.")
         if not pending.ids:
             st.info("The model makes no mistakes on the training images it has not reviewed yet: nothing to review.")
             if st.button("Continue training", type="primary", key="grid-continue"):
@@ -267,11 +298,16 @@ def draw_live(job_now, view) -> None:
             st.plotly_chart(training_figure(view), key="grid-chart", width="stretch")
         return
     penalty = job_now.context.get("penalty")
-    if penalty is not None:
+    penalty_on, cex_k = marks_use(job_now)
+    cex = (job_now.context.get("terms") or {}).get("counterexamples")
+    made = f" · counterexamples: **{len(cex)}** ({cex_k} per image)" if cex is not None else ""
+    if penalty is not None and not penalty_on:
+        st.caption(f"Reviewed images: **{len(penalty)}** (the penalty is off){made}.")
+    elif penalty is not None:
         lam = f"{penalty.lam:.3g}" if penalty.lam is not None else "set at the first step with reviews"
         last = (f"; last step: penalty {penalty.last_weighted:.4g}" if penalty.last_weighted is not None else "")
         st.caption(f"Penalty set: **{len(penalty)}** reviewed image{'s' if len(penalty) != 1 else ''} · lambda {lam}"
-                   f"{last}. The 'grid term' series is the penalty (already times lambda).")
+                   f"{last}{made}. The 'grid term' series is the penalty (already times lambda).")
     if view["steps"]:
         st.plotly_chart(training_figure(view), key="grid-chart", width="stretch")
 
@@ -317,7 +353,8 @@ def results_panel() -> None:
             return
         reviewed = sum(len(r.get("ids", [])) for r in records)
         st.caption(f"v{wb.current_version}: {len(records)} review{'s' if len(records) != 1 else ''} in its run, "
-                   f"{reviewed} images shown, {len(anns)} in its penalty set (a run started from it begins with them).")
+                   f"{reviewed} images shown, {len(anns)} in its penalty set (a run started from it begins with them)."
+                   + (f" {cex_line}" if (cex_line := feedback_line(fb)) else ""))
         rows = review_rows(anns, classes)
         if rows:
             st.dataframe(pd.DataFrame([{**r, "squares": len(r["squares"])} for r in rows]), hide_index=True,
@@ -326,7 +363,8 @@ def results_panel() -> None:
             c1.download_button("Reviews (CSV)", pd.DataFrame([{**r, "squares": json.dumps(r["squares"])} for r in rows])
                                .to_csv(index=False), file_name=f"grid-{wb.id}-v{wb.current_version}.csv",
                                mime="text/csv", key="grid-dl-csv", on_click="ignore", width="stretch")
-            c2.download_button("Reviews with timing (JSON)", json.dumps({"reviews": records, "penalty_set": rows},
+            c2.download_button("Reviews with timing (JSON)", json.dumps({"reviews": records, "penalty_set": rows,
+                                                                         "counterexamples": fb.get("counterexamples")},
                                                                         indent=1),
                                file_name=f"grid-{wb.id}-v{wb.current_version}.json", mime="application/json",
                                key="grid-dl-json", on_click="ignore", width="stretch")

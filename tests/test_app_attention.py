@@ -92,6 +92,71 @@ def test_round_annotate_confirm_fine_tune_and_test_mode(biased_workspace):
     assert metrics["Attention on the object"] == f"{lib['attention_in_mask']:.1f}%"
 
 
+def _annotate_round_and_fine_tune(at, wb):
+    """START a round, confirm each candidate with a look-here click and an ignore click,
+    FINE-TUNE, and wait for the new version; returns it."""
+    at.button(key="att-start").click().run()
+    no_exceptions(at)
+    rnd = load_round(wb)
+    for n, example in enumerate(rnd.ids, start=1):
+        if at.session_state["att-current"] != example:
+            at.button(key=f"att-pick-{example}").click().run()
+        _click(at, example, 14.0, 14.0, 0, n)
+        _click(at, example, 1.0, 1.0, 2, n + 10)
+        at.button(key="att-confirm").click().run()
+        no_exceptions(at)
+    before = wb.current_version
+    at.button(key="att-finetune").click().run()
+    no_exceptions(at)
+    job = wb.jobs.current
+    assert job is not None and job.kind == "attention"
+    assert job.wait(120) and job.status == "done", job.error
+    at.run()
+    no_exceptions(at)
+    assert wb.current_version == before + 1
+    return wb.version(wb.current_version)
+
+
+def test_counterexample_toggles_are_saved_and_reach_the_version(biased_workspace):
+    at = _on_biased_digits(biased_workspace)
+    wb = workbench_of(at)
+    # the panel's defaults: attention loss and counterexamples on, 4 per image
+    assert at.toggle(key="att-p-guidance").value is True
+    assert at.toggle(key="att-p-counterexamples").value is True
+    k_box = at.number_input(key="att-p-cex_k")
+    assert k_box.value == 4 and not k_box.disabled
+    at.number_input(key="att-p-per_round").set_value(1).run()
+    at.number_input(key="att-p-epochs").set_value(1).run()
+    at.number_input(key="att-p-cex_k").set_value(3).run()
+    no_exceptions(at)
+    assert wb.settings["attention"]["cex_k"] == 3 and wb.settings["attention"]["counterexamples"] is True
+    record = _annotate_round_and_fine_tune(at, wb)
+    cex = record.feedback["counterexamples"]
+    assert cex["enabled"] and cex["k"] == 3 and cex["made"] == 3  # one marked image, 3 copies
+    assert record.feedback["guidance"] is True
+    assert record.description.endswith("+ counterexamples (3 per marked image, 3 made)")
+    # off: saved, the k box greys out, and the next version records None
+    at.toggle(key="att-p-counterexamples").set_value(False).run()
+    no_exceptions(at)
+    assert wb.settings["attention"]["counterexamples"] is False
+    assert at.number_input(key="att-p-cex_k").disabled
+    at.toggle(key="att-test-mode").set_value(True).run()
+    no_exceptions(at)
+    assert any("3 per marked image" in c.value for c in at.caption)  # test mode says how the version was made
+    at.toggle(key="att-test-mode").set_value(False).run()
+    record = _annotate_round_and_fine_tune(at, wb)
+    assert record.feedback["counterexamples"] is None
+    assert "counterexamples" not in record.description
+    # the attention loss off too: CE alone on the annotated images, said in the description
+    at.toggle(key="att-p-guidance").set_value(False).run()
+    no_exceptions(at)
+    assert wb.settings["attention"]["guidance"] is False
+    assert any("Neither is on" in c.value for c in at.caption)
+    record = _annotate_round_and_fine_tune(at, wb)
+    assert record.feedback["guidance"] is False and record.feedback["counterexamples"] is None
+    assert "without the attention loss" in record.description
+
+
 def test_annotations_and_round_survive_a_refresh(biased_workspace):
     at = _on_biased_digits(biased_workspace)
     wb = workbench_of(at)

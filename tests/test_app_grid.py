@@ -96,6 +96,77 @@ def test_pause_mark_two_squares_continue_and_the_penalty_series(biased_workspace
     assert any(b.proto.label.startswith("Reviews") for b in at.get("download_button"))
 
 
+def _grid_run(at, wb, mark: bool):
+    """Start a 2-epoch run, at its pause mark one square of the first image (or not) and
+    continue; returns the job once it ended."""
+    at.button(key="grid-start-btn").click().run()
+    no_exceptions(at)
+    job = wb.jobs.current
+    assert job is not None and job.kind == "grid"
+    _until(at, lambda: waiting_epoch(job) == 0 and any(b.key == "grid-continue" for b in at.button), what="the pause")
+    if mark:
+        example = wb.get_state(PENDING_KEY)["ids"][0]
+        at.session_state[f"grid-img-0-{example}"] = {"click": {"x": 1.0, "y": 1.0, "button": 0, "n": 1}}
+        at.run()
+        no_exceptions(at)
+    at.button(key="grid-continue").click().run()
+    no_exceptions(at)
+    _until(at, lambda: not job.running, what="the end of the run")
+    assert job.status == "done", job.error or job.message
+    return job
+
+
+def test_counterexample_toggles_are_saved_and_reach_the_version(biased_workspace):
+    at = new_app(biased_workspace).run()
+    at.switch_page(PAGE).run()
+    no_exceptions(at)
+    wb = workbench_of(at)
+    if wb.data.name != "biased-digits":
+        at.button(key="grid-open-biased").click().run()
+        _until(at, lambda: workbench_of(at).data.name == "biased-digits", what="the biased-digits workbench")
+        at.switch_page(PAGE).run()
+        wb = workbench_of(at)
+    # the panel's defaults: the penalty and the counterexamples on, 4 per image
+    assert at.toggle(key="grid-p-penalty").value is True
+    assert at.toggle(key="grid-p-counterexamples").value is True
+    assert at.number_input(key="grid-p-cex_k").value == 4 and not at.number_input(key="grid-p-cex_k").disabled
+    at.number_input(key="grid-p-epochs").set_value(2).run()
+    at.number_input(key="grid-p-k").set_value(2).run()
+    at.number_input(key="grid-p-cex_k").set_value(3).run()
+    no_exceptions(at)
+    assert wb.settings["grid"]["cex_k"] == 3
+    assert any("3 counterexamples per image" in c.value for c in at.caption)  # the start caption says so
+    job = _grid_run(at, wb, mark=True)
+    record = wb.version(wb.current_version)
+    cex = record.feedback["counterexamples"]
+    assert cex["enabled"] and cex["k"] == 3
+    assert cex["made"] == 3 * len(job.context["penalty"]) > 0  # every reviewed image's copies, made during the run
+    assert record.description.endswith("+ counterexamples (3 per marked image)")
+    assert any("Counterexamples: 3 per marked image" in c.value for c in at.caption)  # the results panel
+    # off: saved, the k box greys out, and the next version records None
+    at.toggle(key="grid-p-counterexamples").set_value(False).run()
+    no_exceptions(at)
+    assert wb.settings["grid"]["counterexamples"] is False
+    assert at.number_input(key="grid-p-cex_k").disabled
+    _grid_run(at, wb, mark=True)
+    record = wb.version(wb.current_version)
+    assert record.feedback["counterexamples"] is None and "counterexamples" not in record.description
+    # both off: the page warns and refuses to start
+    at.toggle(key="grid-p-penalty").set_value(False).run()
+    no_exceptions(at)
+    assert wb.settings["grid"]["penalty"] is False
+    assert any("Turn on the penalty" in w.value for w in at.warning)
+    at.button(key="grid-start-btn").click().run()
+    assert any("Not started" in e.value for e in at.error)
+    # counterexamples alone (the penalty off)
+    at.toggle(key="grid-p-counterexamples").set_value(True).run()
+    no_exceptions(at)
+    job = _grid_run(at, wb, mark=True)
+    record = wb.version(wb.current_version)
+    assert set(job.context["terms"]) == {"counterexamples"}
+    assert record.feedback["guidance"] is False and record.feedback["counterexamples"]["made"] > 0
+
+
 def test_skip_resumes_without_feedback(biased_workspace):
     at = new_app(biased_workspace).run()
     at.switch_page(PAGE).run()

@@ -49,3 +49,32 @@ def test_bundle_holds_everything_made_on_the_workbench(workspace, tiny_data):
     assert with_ckpt.read("checkpoints/v1.pt") == wb.checkpoint_bytes(1)
     with pytest.raises(KeyError):
         workbench_bundle(store, "0123456789ab")
+
+
+def test_bundle_carries_a_versions_counterexample_settings(workspace, tiny_data):
+    import numpy as np
+
+    from core.feedback.attention import AttentionAnnotation
+    from core.feedback.counterexamples import CounterexampleSettings
+
+    store = Store(workspace)
+    wb = Workbench.create(store, tiny_data, "tiny", build_model("seed-cnn", 1, 16, tiny_data.num_classes, seed=0))
+    neg = np.zeros((16, 16), bool)
+    neg[:, :4] = True
+    anns = [AttentionAnnotation.from_masks(int(i), int(tiny_data.labels[i]), positives=[(8, 8)], negative=neg)
+            for i in tiny_data.ids("pool")[:2]]
+    job = wb.start_feedback_training("attention", anns, None, TrainConfig(epochs=1, batch_size=4),
+                                     counterexamples=CounterexampleSettings(k=2))
+    assert job.wait(120) and job.status == "done", job.error
+    job = wb.start_feedback_training("attention", anns, None, TrainConfig(epochs=1, batch_size=4),
+                                     counterexamples=CounterexampleSettings(enabled=False))
+    assert job.wait(120) and job.status == "done", job.error
+
+    z = zipfile.ZipFile(io.BytesIO(workbench_bundle(store, wb.id)))
+    expected = CounterexampleSettings(k=2).to_dict() | {"made": 4}
+    versions = json.loads(z.read("versions.json"))
+    assert [v["feedback"].get("counterexamples") for v in versions] == [None, expected, None]
+    rows = list(csv.DictReader(io.StringIO(z.read("versions.csv").decode())))
+    assert json.loads(rows[1]["feedback"])["counterexamples"] == expected
+    assert json.loads(rows[2]["feedback"])["counterexamples"] is None  # off: recorded as such, not left out
+    assert rows[1]["description"].endswith("+ counterexamples (2 per marked image, 4 made)")

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from browser_helpers import ROOT, Page, expect, expect_text, live, thread_env
+from browser_helpers import ROOT, Page, expect, expect_text, live, thread_env, wait_idle
 
 from PIL import Image
 
@@ -53,9 +53,16 @@ def open_biased(page: Page, url: str) -> None:
 
 
 def set_number(page: Page, label: str, value: int) -> None:
+    # as on the Grid page: a value typed while the previous change's rerun redraws the panel can
+    # be lost, and for a moment two live copies of the panel can be in the DOM (seen under load)
+    wait_idle(page)
+    expect(page.locator(live(".st-key-att-params"))).to_have_count(1, timeout=LONG)
     box = page.locator(live(".st-key-att-params")).get_by_label(label, exact=True)
     box.fill(str(value))
     box.press("Tab")
+    wait_idle(page)
+    expect(page.locator(live(".st-key-att-params")).get_by_label(label, exact=True)).to_have_value(str(value),
+                                                                                                  timeout=LONG)
 
 
 IMG = ".st-key-att-workspace .sb-click-wrap img"
@@ -98,4 +105,64 @@ def test_clicks_confirm_refresh_and_fine_tune(start_server, attention_workspace,
     page.locator(".st-key-att-finetune button").click()
     expect_text(page, ".st-key-att-status", re.compile(r"Finished: version v1\b"), LONG)
     expect_text(page, ".st-key-sb-version", re.compile(r"Model version:\s*v1\b"), LONG)
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+
+def workbench_id(page: Page) -> str:
+    from urllib.parse import parse_qs, urlparse
+
+    page.wait_for_url(re.compile(r"[?&]wb=[0-9a-f]{12}"), timeout=LONG)
+    return parse_qs(urlparse(page.url).query)["wb"][0]
+
+
+def flip(page: Page, key: str) -> None:
+    """Click a toggle's label, as a person does (its input is visually hidden)."""
+    expect(page.locator(live(f".st-key-{key}"))).to_have_count(1, timeout=LONG)
+    page.locator(live(f".st-key-{key}")).locator("label").first.click()
+    wait_idle(page, LONG)
+
+
+def test_counterexamples_set_in_the_panel_reach_the_version(start_server, attention_workspace, page: Page):
+    """The panel's counterexample toggle greys the k box out and back; k typed in the box is
+    what the fine-tune uses: the version's feedback and description say 3 per image, 3 made."""
+    import sys as _sys
+
+    server = start_server(attention_workspace)
+    open_biased(page, server.url)
+    wb_id = workbench_id(page)
+    switch = page.locator(live(".st-key-att-p-counterexamples")).get_by_role("switch")
+    expect(switch).to_be_checked(timeout=LONG)  # on by default
+    k_box = page.locator(live(".st-key-att-params")).get_by_label("Counterexamples per image", exact=True)
+    expect(k_box).to_be_enabled()
+    flip(page, "att-p-counterexamples")
+    expect(page.locator(live(".st-key-att-p-counterexamples")).get_by_role("switch")).not_to_be_checked(timeout=LONG)
+    expect(k_box).to_be_disabled(timeout=LONG)
+    flip(page, "att-p-counterexamples")
+    expect(k_box).to_be_enabled(timeout=LONG)
+    set_number(page, "Counterexamples per image", 3)
+    set_number(page, "Candidates per round", 1)
+    set_number(page, "Epochs", 1)
+    page.get_by_role("button", name="START", exact=True).click()
+    expect_text(page, ".st-key-att-grid", "0 of 1 confirmed", LONG)
+    img = page.locator(IMG)
+    expect(img).to_be_visible(timeout=LONG)
+    box = img.bounding_box()
+    img.click(position={"x": box["width"] * 0.5, "y": box["height"] * 0.5})  # left: look here
+    expect(page.locator(".st-key-att-undo button")).to_be_enabled(timeout=LONG)
+    page.locator(IMG).click(position={"x": box["width"] * 0.04, "y": box["height"] * 0.04}, button="right")
+    deadline = 40
+    while deadline and count_near(pixels(page, IMG), HATCH, 25) < 50:  # the ignored region is drawn
+        page.wait_for_timeout(500)
+        deadline -= 1
+    page.locator(".st-key-att-confirm button").click()
+    expect_text(page, ".st-key-att-grid", "1 of 1 confirmed", LONG)
+    page.locator(".st-key-att-finetune button").click()
+    expect_text(page, ".st-key-att-status", re.compile(r"Finished: version v1\b"), LONG)
+    expect_text(page, ".st-key-sb-version", "+ counterexamples (3 per marked image, 3 made)", LONG)
+    _sys.path.insert(0, str(ROOT))
+    from core.store import Store
+
+    version = Store(server.workspace).versions(wb_id)[-1]
+    assert version.number == 1
+    assert version.feedback["counterexamples"]["k"] == 3 and version.feedback["counterexamples"]["made"] == 3
     assert page.locator('[data-testid="stException"]').count() == 0

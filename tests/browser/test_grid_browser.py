@@ -95,3 +95,45 @@ def test_click_marks_a_square_refresh_keeps_it_continue_trains_on(start_server, 
     expect_text(page, ".st-key-sb-version", re.compile(r"Model version:\s*v1\b"), LONG)
     expect_text(page, ".st-key-grid-results", "1 in its penalty set", LONG)
     assert page.locator('[data-testid="stException"]').count() == 0
+
+
+def test_counterexamples_turned_off_in_the_panel_stay_off_in_the_version(start_server, grid_workspace, page: Page):
+    """The counterexample toggle, turned off in the browser, greys out the k box and the run's
+    version records no counterexamples (the penalty alone, as in the paper)."""
+    from urllib.parse import parse_qs, urlparse
+
+    server = start_server(grid_workspace)
+    page.goto(f"{server.url}/grid")
+    page.get_by_role("button", name="Open biased digits").click(timeout=LONG)
+    expect(page.get_by_text(re.compile(r"Started workbench \w+ on biased-digits"))).to_be_visible(timeout=LONG)
+    page.wait_for_url(re.compile(r"[?&]wb=[0-9a-f]{12}"), timeout=LONG)
+    wb_id = parse_qs(urlparse(page.url).query)["wb"][0]
+    set_number(page, "Epochs", 2)
+    set_number(page, "Mistakes per review", 2)
+    set_number(page, "Learning rate", 0.001, shown="0.0010")  # see the test above
+    switch = page.locator(live(".st-key-grid-p-counterexamples")).get_by_role("switch")
+    expect(switch).to_be_checked(timeout=LONG)  # on by default
+    page.locator(live(".st-key-grid-p-counterexamples")).locator("label").first.click()
+    wait_idle(page)
+    expect(page.locator(live(".st-key-grid-p-counterexamples")).get_by_role("switch")).not_to_be_checked(timeout=LONG)
+    expect(page.locator(live(".st-key-grid-params")).get_by_label("Counterexamples per image", exact=True)
+           ).to_be_disabled(timeout=LONG)
+    expect_text(page, ".st-key-grid-start", "Marked images go to the penalty;", LONG)
+    page.get_by_role("button", name="Start training with reviews").click()
+    expect_text(page, ".st-key-grid-review", "Epoch 1 ended", LONG)
+    img = page.locator(IMG)
+    expect(img).to_be_visible(timeout=LONG)
+    box = img.bounding_box()
+    img.click(position={"x": box["width"] * 0.05, "y": box["height"] * 0.05})
+    expect_text(page, ".st-key-grid-review", "1 of 49 squares marked", LONG)
+    wait_idle(page)
+    page.locator(live(".st-key-grid-continue") + " button").click()
+    expect_text(page, ".st-key-grid-status", re.compile(r"Finished: version v1\b"), LONG)
+    expect_text(page, ".st-key-grid-results", "Counterexamples: off.", LONG)
+    sys.path.insert(0, str(ROOT))
+    from core.store import Store
+
+    version = Store(server.workspace).versions(wb_id)[-1]
+    assert version.number == 1 and version.feedback["counterexamples"] is None
+    assert "counterexamples" not in version.description
+    assert page.locator('[data-testid="stException"]').count() == 0
