@@ -19,7 +19,11 @@ from core.study_store import StudyError
 from core.workbench import Workbench
 
 #: settings a study may lock per condition (the rest of the Attention page's settings keep their defaults)
-LOCKABLE = frozenset({"mode", "sampler", "per_page", "target", "epochs", "lr", "w_g", "w_c", "opacity"})
+LOCKABLE = frozenset({"mode", "sampler", "per_page", "target", "epochs", "lr", "w_g", "w_c", "opacity",
+                      "counterexamples", "cex_k"})
+#: a condition that does not say (every study made before the option existed) fine-tunes without
+#: counterexamples, as those studies' participants did; the admin form sets it on each condition
+COUNTEREXAMPLES_IF_MISSING = False
 
 
 def condition_settings(design: dict[str, Any], name: str, *, practice: bool = False) -> aw.PageSettings:
@@ -32,8 +36,11 @@ def condition_settings(design: dict[str, Any], name: str, *, practice: bool = Fa
                          f"(settings: {', '.join(sorted(LOCKABLE))})")
     known = {f.name for f in fields(aw.PageSettings)}
     budget = design.get("practice_budget", 2) if practice else condition["budget"]
-    settings = aw.PageSettings.from_dict({**{k: v for k, v in condition["settings"].items() if k in known},
+    settings = aw.PageSettings.from_dict({"counterexamples": COUNTEREXAMPLES_IF_MISSING,
+                                          **{k: v for k, v in condition["settings"].items() if k in known},
                                           "per_round": int(budget)})
+    if not isinstance(settings.counterexamples, bool):
+        raise StudyError(f"condition {name!r}: counterexamples must be true or false (got {settings.counterexamples!r})")
     if settings.mode not in ("click", "polygon"):
         raise StudyError(f"condition {name!r}: mode must be click or polygon (got {settings.mode!r})")
     return settings

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core.study import paired_tests, per_item, summarize
-from core.study_store import StudyStore
+from core.study_store import StudyError, StudyStore
 
 #: summary columns compared between conditions (higher or lower is better depends on the column)
 COMPARED = ("median_seconds", "operations_per_image", "sus", "tlx", "test_acc", "conflicting_acc")
@@ -127,6 +127,18 @@ def export_zip(studies: StudyStore, study_id: str, *, models: bool = False,
                 "files": {name + ".csv": len(rows) for name, rows in tables.items()},
                 "models": [{"file": name, "participant": m["participant"], "condition": m["condition"],
                             "version": m["version"], "metrics": m["metrics"]} for name, m in files.items()]}
+    if study["design"].get("task", "attention") == "attention":
+        from core.study_attention import condition_settings
+
+        # what each condition's fine-tune used, resolved (a design made before the option has no key: off)
+        manifest["fine_tune"] = {}
+        for c in study["design"]["conditions"]:
+            try:
+                s = condition_settings(study["design"], c["name"])
+            except StudyError:  # a design the participant page refuses too: nothing was fine-tuned
+                continue
+            manifest["fine_tune"][c["name"]] = {"counterexamples": s.counterexamples,
+                                                "cex_k": s.cex_k if s.counterexamples else None}
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, rows in tables.items():

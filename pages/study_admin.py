@@ -80,7 +80,12 @@ with new_tab:
             conditions.append({
                 "name": a.text_input("Name", value=["click", "polygon", "random", "gmm"][i], key=f"sa-c{i}-name"),
                 "settings": {"mode": b.selectbox("Mode", ["click", "polygon"], index=i % 2, key=f"sa-c{i}-mode"),
-                             "sampler": c.selectbox("Sampler", SAMPLERS, key=f"sa-c{i}-sampler")},
+                             "sampler": c.selectbox("Sampler", SAMPLERS, key=f"sa-c{i}-sampler"),
+                             "counterexamples": st.checkbox(
+                                 "Fine-tune with counterexamples of the 'ignore' marks", value=True, key=f"sa-c{i}-cex",
+                                 help="As on the Attention page: copies of each annotated image whose ignored regions "
+                                      "come from other training images. Off: the attention loss alone (studies made "
+                                      "before this option fine-tune without them).")},
                 "budget": int(d.number_input("Images", 1, 200, 16, key=f"sa-c{i}-budget")),
                 "time_limit_s": (int(e.number_input("Time limit (s)", 0, 7200, 0, key=f"sa-c{i}-limit",
                                                      help="0: no limit")) or None),

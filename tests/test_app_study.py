@@ -42,6 +42,8 @@ def test_admin_logs_in_and_creates_a_counterbalanced_study(app_workspace, monkey
     at.selectbox(key="sa-data").set_value("digits")
     at.number_input(key="sa-people").set_value(3)
     at.number_input(key="sa-c0-budget").set_value(4)
+    assert at.checkbox(key="sa-c0-cex").value and at.checkbox(key="sa-c1-cex").value  # counterexamples on by default
+    at.checkbox(key="sa-c1-cex").uncheck()
     at.button(key="FormSubmitter:study-new-Create study").click().run()
     no_exceptions(at)
     assert "Created study 'click vs polygon' with 3 participant links" in _texts(at)
@@ -52,6 +54,7 @@ def test_admin_logs_in_and_creates_a_counterbalanced_study(app_workspace, monkey
     study = next(s for s in studies.studies() if s["name"] == "click vs polygon")
     assert [c["budget"] for c in study["design"]["conditions"]] == [4, 16]
     assert [c["settings"]["mode"] for c in study["design"]["conditions"]] == ["click", "polygon"]
+    assert [c["settings"]["counterexamples"] for c in study["design"]["conditions"]] == [True, False]
     orders = [p.conditions for p in studies.participants(study["id"])]
     assert orders[0] != orders[1]
     table = at.dataframe[0].value

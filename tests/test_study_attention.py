@@ -48,6 +48,14 @@ def test_condition_settings_are_locked_from_the_design():
     s = condition_settings(DESIGN, "polygon")
     assert (s.mode, s.sampler, s.epochs, s.per_round) == ("polygon", "entropy", 1, 2)
     assert condition_settings({**DESIGN, "practice_budget": 4}, "click", practice=True).per_round == 4
+    # counterexamples: off for a condition that does not say (studies made before the option), else as locked
+    assert not condition_settings(DESIGN, "click").counterexamples
+    on = {**DESIGN, "conditions": [{"name": "a", "settings": {"counterexamples": True, "cex_k": 2}}, {"name": "b"}]}
+    assert (condition_settings(on, "a").counterexamples, condition_settings(on, "a").cex_k) == (True, 2)
+    assert condition_settings(on, "a", practice=True).counterexamples  # the practice round fine-tunes alike
+    with pytest.raises(StudyError, match="counterexamples must be true or false"):
+        condition_settings({**DESIGN, "conditions": [{"name": "a", "settings": {"counterexamples": "yes"}},
+                                                     {"name": "b"}]}, "a")
     bad = {**DESIGN, "conditions": [{"name": "a", "settings": {"device": "cuda"}}, {"name": "b"}]}
     with pytest.raises(StudyError, match="device cannot be set"):
         condition_settings(bad, "a")
@@ -90,6 +98,7 @@ def test_a_participant_annotates_a_condition_and_its_outcome_reaches_the_results
     job = cond.start_fine_tune()
     assert job.wait(120) and job.status == "done", job.error
     assert wb.current_version == 1 and any(not v.equal(before[k]) for k, v in wb.model.state_dict().items())
+    assert wb.version(1).feedback["counterexamples"] is None  # the design does not say: off, as before the option
     assert cond.finish(expected=flow.index) == Step("questionnaire", "click", "tlx")
 
     events = studies.events(study_id, tokens[0])
@@ -109,6 +118,40 @@ def test_a_participant_annotates_a_condition_and_its_outcome_reaches_the_results
     assert zf.read("models/participant-0-click-v1.pt") == Path(wb.version(1).checkpoint).read_bytes()
     manifest = json.loads(zf.read("manifest.json"))
     assert manifest["models"][0]["file"] == "models/participant-0-click-v1.pt" and manifest["models"][0]["version"] == 1
+    assert manifest["fine_tune"] == {"click": {"counterexamples": False, "cex_k": None},
+                                     "polygon": {"counterexamples": False, "cex_k": None}}
+
+
+def test_a_condition_with_counterexamples_fine_tunes_with_them_and_exports_it(tmp_path, tiny_data):
+    import numpy as np
+
+    store = Store(tmp_path / "ws")
+    studies = StudyStore(store)
+    design = {**DESIGN, "conditions": [
+        {"name": "click", "settings": {"mode": "click", "sampler": "random", "epochs": 1, "counterexamples": True,
+                                       "cex_k": 2}, "budget": 1},
+        {"name": "polygon", "settings": {"mode": "polygon", "epochs": 1, "counterexamples": False}, "budget": 1}]}
+    study_id, tokens = studies.create_study("counterexamples", design, participants=1)
+    base = build_model("seed-cnn", 1, 16, tiny_data.num_classes, seed=0)
+    flow = ParticipantFlow(studies, tokens[0])
+    flow.advance()
+    assert flow.step == Step("condition", "click")
+    wb = _open(store, flow.start_condition(lambda: Workbench.create(store, tiny_data, "tiny", base).id), tiny_data)
+    cond = AttentionCondition(flow, wb)
+    (example,) = cond.round().ids
+    neg = np.zeros((16, 16), bool)
+    neg[:, :4] = True  # "ignore the left edge"
+    cond.show(example, now=1.0)
+    cond.confirm(aw.AttentionAnnotation.from_masks(example, int(tiny_data.labels[example]), positives=[(8.0, 8.0)],
+                                                   negative=neg), now=2.0)
+    job = cond.start_fine_tune()
+    assert job.wait(120) and job.status == "done", job.error
+    cex = wb.version(wb.current_version).feedback["counterexamples"]
+    assert cex["enabled"] and cex["k"] == 2 and cex["made"] == 2
+    manifest = json.loads(zipfile.ZipFile(io.BytesIO(export_zip(studies, study_id))).read("manifest.json"))
+    assert manifest["design"]["conditions"][0]["settings"]["counterexamples"] is True
+    assert manifest["fine_tune"] == {"click": {"counterexamples": True, "cex_k": 2},
+                                     "polygon": {"counterexamples": False, "cex_k": None}}
 
 
 def test_a_restart_resumes_the_same_images_and_counts(tmp_path, tiny_data):
