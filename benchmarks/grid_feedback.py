@@ -71,17 +71,33 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from _effect import effect_record, oracle_accuracy
 from _common import (device_or_exit, device_params, interleaved, machine, mean_sd, paired, print_table,  # noqa: I001
                      seeds_record, sync, write_json)
-from core.data import DataError, load_dataset
+from core.data import DataError, load_dataset, shortcut_kind
 import core.feedback.grid as grid_loss
 from core.engine import Callback, StepInfo, TrainConfig, evaluate, fit
 from core.feedback.grid import FEEDBACK as GRID
+from core.feedback.counterexamples import CounterexampleSettings
 from core.feedback.grid import KIND, PER_STEP, SHARE, GridSettings
 from core.grid_workspace import bias_report, simulated_review, train_with_reviews, without_masks
 from core.models import build_model, model_from_checkpoint, read_checkpoint, save_checkpoint
 
-RUNS = ("baseline", "random_squares", "reviewed_ce", "feedback")
+RUNS = ("baseline", "random_squares", "reviewed_ce", "feedback", "counterexamples", "both", "counterexamples_random")
+# What each run does with the reviews: whose squares (the simulated user's or random ones), the
+# penalty on or off, counterexamples of the squares on or off, the CE in the penalty's place.
+RUN_SPECS = {
+    "feedback": {"marks": "objects", "penalty": True, "cex": False},
+    "random_squares": {"marks": "random", "penalty": True, "cex": False},
+    "reviewed_ce": {"marks": "objects", "penalty": True, "cex": False, "swap": True},
+    "counterexamples": {"marks": "objects", "penalty": False, "cex": True},
+    "both": {"marks": "objects", "penalty": True, "cex": True},
+    "counterexamples_random": {"marks": "random", "penalty": False, "cex": True},
+}
+HEADLINE = "counterexamples"  # the arm the effect record reports (chosen on the tuning seeds: see TUNED)
+LEAD = "feedback"  # the run whose own model picks the images every other run reviews at the same epoch ends
+# the random-region control of each arm
+RANDOM_OF = {"feedback": "random_squares", "counterexamples": "counterexamples_random", "both": None}
 TUNED_ON = [100, 101, 102]
 TUNED = ("the penalty's starting share of the reviewed images' CE (core.feedback.grid.SHARE = 0.3), chosen on seeds "
          "100-102 among 0.1 / 0.3 / 1, first by the feedback run's bias-conflicting accuracy alone, then re-checked "
@@ -102,12 +118,12 @@ COST_TARGET = 1.5
 def source_of(data: str, rho: float | None) -> str:
     """``--data`` with ``--rho`` folded into a biased-digits source string (default
     :data:`RHO` when neither ``--rho`` nor the string's ``?rho=`` gives one)."""
-    if not data.startswith("biased-digits"):
+    if shortcut_kind(data) is None:
         if rho is not None:
-            print(f"note: --rho applies to biased-digits sources only; ignored for {data}")
+            print(f"note: --rho applies to the built-in shortcut sets only; ignored for {data}")
         return data
     if rho is None:
-        return data if "?rho=" in data else f"{data}?rho={RHO}"
+        return data if "?rho=" in data or not data.startswith("biased-digits") else f"{data}?rho={RHO}"
     return f"{data.split('?')[0]}?rho={rho}"
 
 
@@ -189,20 +205,22 @@ def run_seed(data, seed: int, args, settings: GridSettings, cache: Path | None, 
     base, row["status_baseline"], row["seconds_baseline"] = baseline_run(data, cfg, seed, cache, source,
                                                                          args.limit_per_class)
     models["baseline"] = base
-    for name, marks in (("feedback", "objects"), ("random_squares", "random"), ("reviewed_ce", "objects")):
+    for name in [LEAD] + [r for r in RUNS if r not in ("baseline", LEAD)]:  # the lead picks the reviewed images
         if name not in args.runs:
             continue
+        spec = RUN_SPECS[name]
         model = build_model("seed-cnn", c, h, data.num_classes, seed=seed)  # the same initial weights as baseline
         share = PenaltyShare()
         t0 = time.perf_counter()
         # the CE control swaps the penalty's per-image values (looked up at each step) for the reviewed
         # images' CE, for this run only; everything else is the product's GridPenalty
-        swap = (mock.patch.object(grid_loss, "grid_penalty_values", reviewed_ce_values) if name == "reviewed_ce"
+        swap = (mock.patch.object(grid_loss, "grid_penalty_values", reviewed_ce_values) if spec.get("swap")
                 else contextlib.nullcontext())
+        cex = CounterexampleSettings(k=args.k, seed=seed) if spec["cex"] else None
         with swap:
-            run = train_with_reviews(model, data, cfg, marks=marks, k=args.review_k, sampler=args.sampler,
+            run = train_with_reviews(model, data, cfg, marks=spec["marks"], k=args.review_k, sampler=args.sampler,
                                      ids_by_epoch=ids_by_epoch, settings=settings, exclude=unmasked,
-                                     callbacks=[share])
+                                     callbacks=[share], penalty=spec["penalty"], counterexamples=cex)
         row[f"seconds_{name}"] = time.perf_counter() - t0
         row[f"status_{name}"] = run.result.status
         row[f"lambda_{name}"] = run.penalty.lam
@@ -210,14 +228,14 @@ def run_seed(data, seed: int, args, settings: GridSettings, cache: Path | None, 
         row[f"penalty_by_epoch_{name}"] = share.summary()
         row[f"images_reviewed_{name}"] = len(run.penalty)
         row[f"squares_marked_{name}"] = sum(len(a.squares) for a in run.annotations)
-        if name == "feedback":
+        if name == LEAD:
             ids_by_epoch = run.ids_by_epoch  # the control reviews exactly these images, at the same epoch ends
             reviewed = [i for r in run.reviews for i in r.ids]
             row["reviewed_ids_by_epoch"] = {str(e + 1): v for e, v in ids_by_epoch.items()}
             row["review_seconds"] = sum(r.seconds for r in run.reviews)
         models[name] = model
-    row["images_reviewed"] = row["images_reviewed_feedback"]
-    row["squares_marked"] = row["squares_marked_feedback"]
+    row["images_reviewed"] = row[f"images_reviewed_{LEAD}"]
+    row["squares_marked"] = row[f"squares_marked_{LEAD}"]
     row["squares_per_image"] = row["squares_marked"] / max(row["images_reviewed"], 1)
     row["reviewed_conflicting_share"] = _conflicting_share(data, reviewed)
     for name, model in models.items():
@@ -246,8 +264,27 @@ def summarize(per_seed: list[dict]) -> dict:
                        if f"status_{r}" in per_seed[0]}
     out["diverged_runs"] = sum(out["diverged"].values())
     gains = [out["gain_over_baseline"]["mean"], out["gain_over_random_squares"]["mean"]]
-    out["target_met"] = None if None in gains else all(g >= TARGET_POINTS for g in gains)
+    out["penalty_target_met"] = None if None in gains else all(g >= TARGET_POINTS for g in gains)
     return out
+
+
+def grid_effect(per_seed: list[dict], source: str, seeds: list[int], headline: str = HEADLINE) -> dict:
+    """The ``"effect"`` record: the headline arm against the same-information control (the
+    reviewed images' CE at the same epoch ends) and its random-squares control; before = no
+    feedback. The grid's target is +10 over both controls (``target_met``)."""
+    rows = [{"seed": r["seed"], "before": {"test_acc": r["conflicting_acc_baseline"]}, "oracle": r.get("oracle"),
+             "arms": {name: {"test_acc": r[f"conflicting_acc_{name}"]} for name in RUNS
+                      if f"conflicting_acc_{name}" in r}} for r in per_seed]
+    random_arm = RANDOM_OF.get(headline)
+    random_arm = random_arm if random_arm and all(random_arm in r["arms"] for r in rows) else None
+    same = "reviewed_ce" if all("reviewed_ce" in r["arms"] for r in rows) else "baseline"
+    rows = [{**r, "arms": {**r["arms"], "baseline": {"test_acc": r["before"]["test_acc"]}}} for r in rows]
+    rec = effect_record(rows, headline, same, random_arm, seeds, source)
+    gains = [rec["gain_over_same_information"]["mean"],
+             rec["gain_over_random_region"]["mean"] if rec["gain_over_random_region"] else None]
+    rec["targets"] = {"over_same_information": TARGET_POINTS, "over_random_region": TARGET_POINTS}
+    rec["target_met"] = None not in gains and all(g >= TARGET_POINTS for g in gains)
+    return rec
 
 
 # ----------------------------------------------------------------------------- the penalty's cost
@@ -303,6 +340,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed-base", type=int, default=0, help="first seed (figures: 0; tuning: 100)")
     ap.add_argument("--share", type=float, default=SHARE, help="the penalty's starting share of the CE")
     ap.add_argument("--per-step", type=int, default=PER_STEP, help="reviewed images in each step's penalty")
+    ap.add_argument("--k", type=int, default=CounterexampleSettings.k, help="counterexamples per reviewed image")
+    ap.add_argument("--no-oracle", action="store_true", help="skip training the unbiased oracle")
     ap.add_argument("--lr", type=float, default=BASE.lr)
     ap.add_argument("--batch-size", type=int, default=BASE.batch_size)
     ap.add_argument("--limit-per-class", type=int, default=LIMIT_PER_CLASS,
@@ -328,7 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.seeds, args.epochs = 1, min(args.epochs, 2)
         args.limit_per_class = min(args.limit_per_class or 40, 40)
         args.pairs, args.cost_steps = 2, 3
-    args.runs = {r for r in args.runs.split(",") if r} | {"feedback"}
+    args.runs = {r for r in args.runs.split(",") if r} | {LEAD}
     if args.runs - set(RUNS):
         raise SystemExit(f"unknown runs {sorted(args.runs - set(RUNS))}; choose from {', '.join(RUNS)}")
     if args.limit_per_class == 0:
@@ -368,6 +407,9 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{data.name}: {len(data.ids('train'))} training images, {len(data.ids('test'))} test; "
                   f"{args.epochs} epochs, K = {args.review_k}, share {args.share:g}", flush=True)
         row = run_seed(data, seed, args, settings, cache, f"{source}|{args.limit_per_class}")
+        oracle_cfg = replace(BASE, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, device=args.device)
+        row["oracle"] = (None if args.no_oracle else
+                         oracle_accuracy(source, data, seed, oracle_cfg, cache, args.limit_per_class))
         per_seed.append(row)
         done = [r for r in RUNS if f"status_{r}" in row]
         print(f"seed {seed}: bias-conflicting " + ", ".join(f"{r} {row[f'conflicting_acc_{r}']:.1f}" for r in done)
@@ -378,6 +420,8 @@ def main(argv: list[str] | None = None) -> dict:
               + "; status " + "/".join(row[f"status_{r}"] for r in done)
               + " (" + "+".join(f"{row[f'seconds_{r}']:.0f}" for r in done) + " s)", flush=True)
     summary = summarize(per_seed)
+    summary["effect"] = grid_effect(per_seed, source, seeds)
+    summary["target_met"] = summary["effect"]["target_met"]
     tuning = args.seed_base in TUNED_ON
     payload = {
         "name": "grid_feedback", "data": source, "quick": bool(args.quick),

@@ -43,14 +43,26 @@ COMMANDS = {
     "engine_overhead": "python benchmarks/engine_overhead.py --pairs 9 --json bench-results/engine_overhead.json",
     "app_latency": "python benchmarks/app_latency.py --first-start --json bench-results/app_latency.json",
     "attention_guidance": "python benchmarks/attention_guidance.py --data biased-digits:../shared/data/mnist --rho 0.997 "
-                          "--budget 256 --rounds 4 --seeds 3 --cache bench-results/cache "
+                          "--budget 256 --seeds 3 --cache bench-results/cache "
                           "--json bench-results/attention_guidance.json",
+    "attention_guidance_decoy": "python benchmarks/attention_guidance.py --data decoy-digits:../shared/data/mnist "
+                                "--budget 256 --seeds 3 --cache bench-results/cache "
+                                "--json bench-results/attention_guidance_decoy.json",
+    "attention_guidance_texture": "python benchmarks/attention_guidance.py --data texture-digits:../shared/data/mnist "
+                                  "--rho 0.997 --budget 256 --seeds 3 --cache bench-results/cache "
+                                  "--json bench-results/attention_guidance_texture.json",
     "attention_page_run": "python benchmarks/attention_page_run.py --json bench-results/attention_page_run.json",
     "gradcam_speed": "python benchmarks/gradcam_speed.py --json bench-results/gradcam_speed.json",
     "long_session": "python benchmarks/long_session.py --json bench-results/long_session.json",
     "grid_feedback": "python benchmarks/grid_feedback.py --data biased-digits:../shared/data/mnist --rho 0.997 "
                      "--epochs 5 --review-k 10 --seeds 3 --cache bench-results/cache "
                      "--json bench-results/grid_feedback.json",
+    "grid_feedback_decoy": "python benchmarks/grid_feedback.py --data decoy-digits:../shared/data/mnist "
+                           "--epochs 5 --review-k 10 --seeds 3 --cache bench-results/cache "
+                           "--json bench-results/grid_feedback_decoy.json",
+    "grid_feedback_texture": "python benchmarks/grid_feedback.py --data texture-digits:../shared/data/mnist --rho 0.997 "
+                             "--epochs 5 --review-k 10 --seeds 3 --cache bench-results/cache "
+                             "--json bench-results/grid_feedback_texture.json",
     "grid_penalty_cost": "python benchmarks/grid_feedback.py --speed-only --json bench-results/grid_penalty_cost.json",
     "compile_speed": "python benchmarks/compile_speed.py --json bench-results/compile_speed.json",
     "study_load": "python benchmarks/study_load.py --participants 8 --budget 3 --epochs 20 --kill-after 8 "
@@ -333,8 +345,46 @@ def rows_generic(p: dict, file: str) -> list[dict]:
                 str(ref), f"<= {target}", met, p, file)]
 
 
+def effect_row(p: dict, file: str, what: str) -> dict:
+    """The ``"effect"`` record of an effect benchmark: the headline arm against the same-information
+    baseline, the random-region control and the oracle, with the gap closed and the targets."""
+    e = p["effect"]
+    data = str(p.get("data", "?")).replace("../shared/data/", "")
+
+    def gain(g: dict | None) -> str:
+        if not g:
+            return "–"
+        return f"{num(g.get('mean'), '+.2f')} ± {num(g.get('sd'))} (higher on {g.get('higher_on')}/{g.get('seeds')})"
+
+    targets = e.get("targets") or {}
+    words = []
+    if "over_same_information" in targets:
+        words.append(f">= +{targets['over_same_information']:g} over same information")
+    if "over_random_region" in targets:
+        words.append(f">= +{targets['over_random_region']:g} over random regions")
+    if "gap_closed" in targets:
+        words.append(f">= {100 * targets['gap_closed']:.0f} % of the gap to the oracle closed")
+    oracle = "–" if e.get("oracle") is None else f"{num(e['oracle'])} %"
+    gap = "–" if e.get("gap_closed") is None else f"{100 * e['gap_closed']:.0f} %"
+    return row(f"{what} ({data}): arm {e['arm']}, bias-conflicting test accuracy, {num(e.get('before'))} % before",
+               f"{num(e.get('ours'))} %; {gain(e.get('gain_over_same_information'))} points over same information, "
+               f"{gain(e.get('gain_over_random_region'))} over random regions; gap to the oracle closed {gap}",
+               f"same information {num(e.get('same_information'))} %; random regions "
+               f"{num(e.get('random_region'))} %; oracle (unbiased training split) {oracle}",
+               "; ".join(words) or "–", e.get("target_met"), p, file)
+
+
 def rows_attention_guidance(p: dict, file: str) -> list[dict]:
-    """Seed 001's simulated user: bias-conflicting accuracy per sampler against CE on the same images."""
+    """Seed 001's simulated user: every arm against CE on the same images (``effect``), or, in
+    files written before the arms, bias-conflicting accuracy per sampler."""
+    if "effect" in p:
+        prm = p.get("params", {})
+        out = [effect_row(p, file, f"Attention feedback, {prm.get('budget')} images ({prm.get('sampler')} sampler)")]
+        arms = p.get("arms", {})
+        cells = "; ".join(f"{a} {num(v['mean'])} ± {num(v['sd'])}" for a, v in arms.items())
+        out.append(row("Attention feedback: every arm's bias-conflicting test accuracy (%)", cells,
+                       "same images and steps for every arm", "– (secondary)", None, p, file))
+        return out
     prm, per = p.get("params", {}), p["per_sampler"]
     data = str(p.get("data", "?")).replace("../shared/data/", "")
     out = []
@@ -380,6 +430,10 @@ def rows_grid_feedback(p: dict, file: str) -> list[dict]:
     """Seed 002's simulated user: bias-conflicting accuracy after training with grid reviews,
     against the same training without feedback and with randomly chosen squares."""
     prm = p.get("params", {})
+    lead = []
+    if "effect" in p:
+        lead = [effect_row(p, file, f"Grid feedback, {num(p.get('images_reviewed'), '.0f')} images reviewed")]
+        p = {**p, "target_met": p.get("penalty_target_met")}  # the rows below are the penalty's own
     data = str(p.get("data", "?")).replace("../shared/data/", "")
     size = f", {prm['limit_per_class']} images per class" if prm.get("limit_per_class") else ""
 
@@ -425,7 +479,7 @@ def rows_grid_feedback(p: dict, file: str) -> list[dict]:
             f"{acc('feedback')}; {gain(p['gain_over_reviewed_ce'])} over this control",
             f"reviewed images' CE, no squares: {acc('reviewed_ce')}; fit {num(p.get('reviewed_fit_acc_reviewed_ce'), '.1f')} %",
             "– (secondary: what fitting the reviewed mistakes alone does)", None, p, file))
-    return out
+    return lead + out
 
 
 def rows_grid_penalty_cost(p: dict, file: str) -> list[dict]:

@@ -42,7 +42,8 @@ from report import COMMANDS  # noqa: E402
 # Speed figures first (they need the quiet machine most), then the long effect runs.
 ORDER = ["monitor_overhead", "engine_overhead", "streamed_tsne", "gradcam_speed", "grid_penalty_cost",
          "latent_update_speed", "app_latency", "attention_page_run", "freezing", "long_session", "study_load",
-         "select_retrain", "latent_editing", "grid_feedback", "attention_guidance"]
+         "select_retrain", "latent_editing", "grid_feedback", "attention_guidance", "attention_guidance_decoy",
+         "attention_guidance_texture", "grid_feedback_decoy", "grid_feedback_texture"]
 
 
 def planned(out: Path, only: list[str] | None = None, skip: list[str] | None = None) -> list[tuple[str, list[str]]]:

@@ -113,16 +113,34 @@ def test_benchmark_quick_runs_and_writes_its_json(tmp_path):
     out = tmp_path / "attention.json"
     payload = attention_guidance.main(["--data", "biased-digits", "--quick", "--json", str(out)])
     saved = json.loads(out.read_text())
-    assert saved["quick"] and saved["per_sampler"].keys() == payload["per_sampler"].keys() == {"random", "gmm"}
-    for name, r in saved["per_sampler"].items():
-        for key in ("acc_after", "acc_after_sd", "aligned_acc_after", "attention_in_mask_before",
-                    "attention_in_mask_after", "clicks_per_image", "baseline_acc_after"):
-            assert key in r, (name, key)
-    assert "conflicting_acc_before" in saved and "baseline_acc_after" in saved and saved["provenance"]["git_commit"]
-    # the baseline fine-tunes at its own tuned lr, recorded beside ours
-    assert saved["params"]["baseline_fine_tune"]["lr"] == attention_guidance.BASELINE_LR
-    assert saved["params"]["fine_tune"]["lr"] == attention_guidance.TUNED_FINE_TUNE["lr"]
-    assert saved["params"]["baseline_fine_tune"]["epochs"] == saved["params"]["fine_tune"]["epochs"]
+    assert saved["quick"] and set(saved["arms"]) == set(payload["arms"]) == set(attention_guidance.ARMS)
+    effect = saved["effect"]
+    for key in ("arm", "before", "ours", "same_information", "random_region", "oracle", "seeds", "per_seed"):
+        assert key in effect, key
+    assert effect["arm"] == attention_guidance.HEADLINE and effect["seeds"] == [0]
+    row = saved["per_seed"][0]
+    # the effect's figures are the per-seed arms', not typed: ours is the headline arm, etc.
+    assert effect["ours"] == row["arms"][attention_guidance.HEADLINE]["test_acc"]
+    assert effect["same_information"] == row["arms"]["same_information"]["test_acc"]
+    assert effect["random_region"] == row["arms"][f"{attention_guidance.HEADLINE}_random"]["test_acc"]
+    assert effect["before"] == row["before"]["test_acc"] and effect["oracle"] == row["oracle"] is not None
+    # the baseline fine-tunes at its own tuned lr, recorded beside ours; same epochs for every arm
+    assert saved["params"]["lr"]["same_information"] == attention_guidance.LR["same_information"]
+    assert saved["params"]["lr"]["counterexamples"] == attention_guidance.LR["counterexamples"]
+    assert saved["seeds"]["tuned_on"] == attention_guidance.TUNED_ON and saved["provenance"]["git_commit"]
+
+
+def test_random_regions_have_as_many_pixels_as_the_marks(tiny_data):
+    attention_guidance = benchmark("attention_guidance")
+
+    ids = [int(i) for i in np.asarray(tiny_data.ids("pool"))[:4]]
+    anns = attention_guidance.annotate_oracle(tiny_data, ids)
+    rand = attention_guidance.randomised(tiny_data, anns, seed=0)
+    for a, r in zip(anns, rand):
+        want, got = a.negative_mask().sum(), r.negative_mask().sum()
+        assert got >= want and a.positives == r.positives
+        assert not np.array_equal(a.negative_mask(), r.negative_mask())
+    assert [r.negative for r in rand] == [r.negative for r in attention_guidance.randomised(tiny_data, anns, seed=0)]
 
 
 def test_oracle_user_marks_every_pixel_off_the_object(tiny_data):
@@ -143,10 +161,13 @@ def test_benchmark_diagnostics_record_the_user_and_layer(tmp_path):
     attention_guidance = benchmark("attention_guidance")
 
     out = tmp_path / "oracle.json"
-    attention_guidance.main(["--data", "biased-digits", "--quick", "--samplers", "random", "--user", "oracle",
-                             "--gradcam-layer", "conv2", "--w-g", "0.5", "--w-c", "0.5", "--json", str(out)])
-    params = json.loads(out.read_text())["params"]
-    assert params["user"] == "oracle" and params["gradcam_layer"] == "conv2"
-    assert params["fine_tune"]["w_g"] == 0.5 and params["fine_tune"]["w_c"] == 0.5
+    attention_guidance.main(["--data", "biased-digits", "--quick", "--sampler", "random", "--user", "oracle",
+                             "--arms", "same_information,loss", "--no-oracle", "--gradcam-layer", "conv2",
+                             "--w-g", "0.5", "--w-c", "0.5", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    params = saved["params"]
+    assert params["user"] == "oracle" and params["gradcam_layer"] == "conv2" and params["arms"] == ["same_information", "loss"]
+    assert params["w_g"] == 0.5 and params["w_c"] == 0.5
+    assert saved["effect"]["arm"] == "loss" and saved["effect"]["random_region"] is None and saved["effect"]["oracle"] is None
     with pytest.raises(SystemExit, match="no such layer"):
         attention_guidance.main(["--data", "biased-digits", "--quick", "--gradcam-layer", "conv9"])

@@ -30,7 +30,16 @@ def test_grid_benchmark_quick_runs_and_writes_its_json(tmp_path):
     assert seed["lambda_feedback"] != pytest.approx(saved["params"]["share"], rel=1e-2)
     assert payload["gain_over_reviewed_ce"]["seeds"] == 1
     assert saved["seeds"]["reported_on"] == [0] and saved["seeds"]["tuned_on"] == grid_feedback.TUNED_ON
-    assert payload["gain_over_baseline"]["seeds"] == 1 and saved["diverged_runs"] >= 0
+    assert payload["gain_over_baseline"]["seeds"] == 1 and saved["diverged_runs"] == 0
+    # counterexamples: the same reviewed images; the effect record reads the per-seed figures
+    assert seed["images_reviewed_counterexamples"] == seed["images_reviewed"]
+    assert seed["squares_marked_counterexamples_random"] == seed["squares_marked"]
+    effect = saved["effect"]
+    assert effect["arm"] == grid_feedback.HEADLINE and effect["seeds"] == [0]
+    assert effect["ours"] == seed[f"conflicting_acc_{grid_feedback.HEADLINE}"]
+    assert effect["same_information"] == seed["conflicting_acc_reviewed_ce"]
+    assert effect["random_region"] == seed["conflicting_acc_counterexamples_random"]
+    assert effect["before"] == seed["conflicting_acc_baseline"] and effect["oracle"] == seed["oracle"] is not None
 
     cost = tmp_path / "cost.json"
     rec = grid_feedback.main(["--data", "biased-digits", "--quick", "--speed-only", "--threads", "1",
