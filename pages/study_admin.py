@@ -10,6 +10,7 @@ import plotly.express as px
 import streamlit as st
 
 from app.state import get_base_models, get_dataset, get_store
+from core.attention_workspace import COUNTEREXAMPLES_ON
 from core.study import SEED001_ITEMS
 from core.study_flow import INSTRUMENTS, ParticipantFlow, normalize_design
 from core.study_results import condition_means, export_zip, study_tables
@@ -82,7 +83,8 @@ with new_tab:
                 "settings": {"mode": b.selectbox("Mode", ["click", "polygon"], index=i % 2, key=f"sa-c{i}-mode"),
                              "sampler": c.selectbox("Sampler", SAMPLERS, key=f"sa-c{i}-sampler"),
                              "counterexamples": st.checkbox(
-                                 "Fine-tune with counterexamples of the 'ignore' marks", value=True, key=f"sa-c{i}-cex",
+                                 "Fine-tune with counterexamples of the 'ignore' marks", value=COUNTEREXAMPLES_ON,
+                                 key=f"sa-c{i}-cex",
                                  help="As on the Attention page: copies of each annotated image whose ignored regions "
                                       "come from other training images. Off: the attention loss alone (studies made "
                                       "before this option fine-tune without them).")},

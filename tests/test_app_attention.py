@@ -120,11 +120,17 @@ def _annotate_round_and_fine_tune(at, wb):
 def test_counterexample_toggles_are_saved_and_reach_the_version(biased_workspace):
     at = _on_biased_digits(biased_workspace)
     wb = workbench_of(at)
-    # the panel's defaults: attention loss and counterexamples on, 4 per image
+    # the panel's defaults: the attention loss on, counterexamples off (4 per image, greyed out)
     assert at.toggle(key="att-p-guidance").value is True
-    assert at.toggle(key="att-p-counterexamples").value is True
+    assert at.toggle(key="att-p-counterexamples").value is False
     k_box = at.number_input(key="att-p-cex_k")
-    assert k_box.value == 4 and not k_box.disabled
+    assert k_box.value == 4 and k_box.disabled
+    assert wb.settings.get("attention", {}).get("counterexamples", False) is False
+    # on: saved, and the k box is enabled
+    at.toggle(key="att-p-counterexamples").set_value(True).run()
+    no_exceptions(at)
+    assert wb.settings["attention"]["counterexamples"] is True
+    assert not at.number_input(key="att-p-cex_k").disabled
     at.number_input(key="att-p-per_round").set_value(1).run()
     at.number_input(key="att-p-epochs").set_value(1).run()
     at.number_input(key="att-p-cex_k").set_value(3).run()

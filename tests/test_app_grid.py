@@ -126,10 +126,17 @@ def test_counterexample_toggles_are_saved_and_reach_the_version(biased_workspace
         _until(at, lambda: workbench_of(at).data.name == "biased-digits", what="the biased-digits workbench")
         at.switch_page(PAGE).run()
         wb = workbench_of(at)
-    # the panel's defaults: the penalty and the counterexamples on, 4 per image
+    # the panel's defaults: the penalty on, counterexamples off (4 per image, greyed out)
     assert at.toggle(key="grid-p-penalty").value is True
-    assert at.toggle(key="grid-p-counterexamples").value is True
-    assert at.number_input(key="grid-p-cex_k").value == 4 and not at.number_input(key="grid-p-cex_k").disabled
+    assert at.toggle(key="grid-p-counterexamples").value is False
+    assert at.number_input(key="grid-p-cex_k").value == 4 and at.number_input(key="grid-p-cex_k").disabled
+    assert wb.settings.get("grid", {}).get("counterexamples", False) is False
+    assert any("Marked images go to the penalty;" in c.value for c in at.caption)  # the start caption: no counterexamples
+    # on: saved, and the k box is enabled
+    at.toggle(key="grid-p-counterexamples").set_value(True).run()
+    no_exceptions(at)
+    assert wb.settings["grid"]["counterexamples"] is True
+    assert not at.number_input(key="grid-p-cex_k").disabled
     at.number_input(key="grid-p-epochs").set_value(2).run()
     at.number_input(key="grid-p-k").set_value(2).run()
     at.number_input(key="grid-p-cex_k").set_value(3).run()

@@ -42,8 +42,9 @@ def test_admin_logs_in_and_creates_a_counterbalanced_study(app_workspace, monkey
     at.selectbox(key="sa-data").set_value("digits")
     at.number_input(key="sa-people").set_value(3)
     at.number_input(key="sa-c0-budget").set_value(4)
-    assert at.checkbox(key="sa-c0-cex").value and at.checkbox(key="sa-c1-cex").value  # counterexamples on by default
-    at.checkbox(key="sa-c1-cex").uncheck()
+    # counterexamples off by default, as on the Attention page
+    assert not at.checkbox(key="sa-c0-cex").value and not at.checkbox(key="sa-c1-cex").value
+    at.checkbox(key="sa-c0-cex").check()
     at.button(key="FormSubmitter:study-new-Create study").click().run()
     no_exceptions(at)
     assert "Created study 'click vs polygon' with 3 participant links" in _texts(at)

@@ -123,21 +123,27 @@ def flip(page: Page, key: str) -> None:
 
 
 def test_counterexamples_set_in_the_panel_reach_the_version(start_server, attention_workspace, page: Page):
-    """The panel's counterexample toggle greys the k box out and back; k typed in the box is
-    what the fine-tune uses: the version's feedback and description say 3 per image, 3 made."""
+    """The panel's counterexample toggle starts off with the k box greyed out; turned on it
+    enables the box, off greys it out again, on once more; k typed in the box is what the
+    fine-tune uses: the version's feedback and description say 3 per image, 3 made."""
     import sys as _sys
 
     server = start_server(attention_workspace)
     open_biased(page, server.url)
     wb_id = workbench_id(page)
     switch = page.locator(live(".st-key-att-p-counterexamples")).get_by_role("switch")
-    expect(switch).to_be_checked(timeout=LONG)  # on by default
+    expect(switch).to_be_attached(timeout=LONG)
+    expect(switch).not_to_be_checked(timeout=LONG)  # off by default
     k_box = page.locator(live(".st-key-att-params")).get_by_label("Counterexamples per image", exact=True)
-    expect(k_box).to_be_enabled()
-    flip(page, "att-p-counterexamples")
+    expect(k_box).to_be_disabled(timeout=LONG)
+    flip(page, "att-p-counterexamples")  # on
+    expect(page.locator(live(".st-key-att-p-counterexamples")).get_by_role("switch")).to_be_checked(timeout=LONG)
+    expect(k_box).to_be_enabled(timeout=LONG)
+    flip(page, "att-p-counterexamples")  # off again
     expect(page.locator(live(".st-key-att-p-counterexamples")).get_by_role("switch")).not_to_be_checked(timeout=LONG)
     expect(k_box).to_be_disabled(timeout=LONG)
-    flip(page, "att-p-counterexamples")
+    flip(page, "att-p-counterexamples")  # and on for the fine-tune
+    expect(page.locator(live(".st-key-att-p-counterexamples")).get_by_role("switch")).to_be_checked(timeout=LONG)
     expect(k_box).to_be_enabled(timeout=LONG)
     set_number(page, "Counterexamples per image", 3)
     set_number(page, "Candidates per round", 1)

@@ -97,9 +97,10 @@ def test_click_marks_a_square_refresh_keeps_it_continue_trains_on(start_server, 
     assert page.locator('[data-testid="stException"]').count() == 0
 
 
-def test_counterexamples_turned_off_in_the_panel_stay_off_in_the_version(start_server, grid_workspace, page: Page):
-    """The counterexample toggle, turned off in the browser, greys out the k box and the run's
-    version records no counterexamples (the penalty alone, as in the paper)."""
+def test_counterexamples_turned_on_in_the_panel_reach_the_version(start_server, grid_workspace, page: Page):
+    """The counterexample toggle starts off (the k box greyed out, the start caption says the
+    penalty alone); turned on in the browser it enables the box, off greys it out again, and on
+    once more with k = 3 the run's version records counterexamples, 3 per marked image, made > 0."""
     from urllib.parse import parse_qs, urlparse
 
     server = start_server(grid_workspace)
@@ -111,14 +112,28 @@ def test_counterexamples_turned_off_in_the_panel_stay_off_in_the_version(start_s
     set_number(page, "Epochs", 2)
     set_number(page, "Mistakes per review", 2)
     set_number(page, "Learning rate", 0.001, shown="0.0010")  # see the test above
-    switch = page.locator(live(".st-key-grid-p-counterexamples")).get_by_role("switch")
-    expect(switch).to_be_checked(timeout=LONG)  # on by default
-    page.locator(live(".st-key-grid-p-counterexamples")).locator("label").first.click()
-    wait_idle(page)
-    expect(page.locator(live(".st-key-grid-p-counterexamples")).get_by_role("switch")).not_to_be_checked(timeout=LONG)
-    expect(page.locator(live(".st-key-grid-params")).get_by_label("Counterexamples per image", exact=True)
-           ).to_be_disabled(timeout=LONG)
+    key = ".st-key-grid-p-counterexamples"
+    k_box = page.locator(live(".st-key-grid-params")).get_by_label("Counterexamples per image", exact=True)
+    expect(page.locator(live(key)).get_by_role("switch")).to_be_attached(timeout=LONG)
+    expect(page.locator(live(key)).get_by_role("switch")).not_to_be_checked(timeout=LONG)  # off by default
+    expect(k_box).to_be_disabled(timeout=LONG)
     expect_text(page, ".st-key-grid-start", "Marked images go to the penalty;", LONG)
+    for checked in (True, False, True):  # on, off again, and on for the run
+        wait_idle(page)
+        page.locator(live(key)).locator("label").first.click()
+        wait_idle(page)
+        switch = page.locator(live(key)).get_by_role("switch")
+        if checked:
+            expect(switch).to_be_checked(timeout=LONG)
+            expect(k_box).to_be_enabled(timeout=LONG)
+            expect_text(page, ".st-key-grid-start", "Marked images go to the penalty and 4 counterexamples per image",
+                        LONG)
+        else:
+            expect(switch).not_to_be_checked(timeout=LONG)
+            expect(k_box).to_be_disabled(timeout=LONG)
+            expect_text(page, ".st-key-grid-start", "Marked images go to the penalty;", LONG)
+    set_number(page, "Counterexamples per image", 3)
+    expect_text(page, ".st-key-grid-start", "Marked images go to the penalty and 3 counterexamples per image", LONG)
     page.get_by_role("button", name="Start training with reviews").click()
     expect_text(page, ".st-key-grid-review", "Epoch 1 ended", LONG)
     img = page.locator(IMG)
@@ -129,11 +144,14 @@ def test_counterexamples_turned_off_in_the_panel_stay_off_in_the_version(start_s
     wait_idle(page)
     page.locator(live(".st-key-grid-continue") + " button").click()
     expect_text(page, ".st-key-grid-status", re.compile(r"Finished: version v1\b"), LONG)
-    expect_text(page, ".st-key-grid-results", "Counterexamples: off.", LONG)
+    expect_text(page, ".st-key-grid-results", "Counterexamples: 3 per marked image", LONG)
+    expect_text(page, ".st-key-sb-version", "+ counterexamples (3 per marked image)", LONG)
     sys.path.insert(0, str(ROOT))
     from core.store import Store
 
     version = Store(server.workspace).versions(wb_id)[-1]
-    assert version.number == 1 and version.feedback["counterexamples"] is None
-    assert "counterexamples" not in version.description
+    cex = version.feedback["counterexamples"]
+    assert version.number == 1 and cex is not None and cex["enabled"] and cex["k"] == 3
+    assert cex["made"] > 0 and cex["made"] % 3 == 0  # 3 copies of every reviewed image
+    assert version.description.endswith("+ counterexamples (3 per marked image)")
     assert page.locator('[data-testid="stException"]').count() == 0
