@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from plotly.subplots import make_subplots
 
+from core.base_models import base_config
 from core.engine import EPOCHS_RANGE, LR_RANGE, TrainConfig, check_train_settings
 from core.jobs import Job, JobBusy
 from core.workbench import Workbench
@@ -97,8 +98,11 @@ def train_panel(wb: Workbench, *, key: str = "train", default_epochs: int = 5,
             c1, c2, c3, c3b, c4 = st.columns([1, 1, 1, 0.8, 1])
             epochs = c1.number_input("Epochs", value=default_epochs, step=1, key=f"{key}-epochs",
                                      help=f"{EPOCHS_RANGE[0]} to {EPOCHS_RANGE[1]}.")
-            lr = c2.number_input("Learning rate", value=0.02, step=0.005, format="%.4f", key=f"{key}-lr",
-                                 help=f"{LR_RANGE[0]:g} to {LR_RANGE[1]:g}; 0.02 suits the zoo's models.")
+            suggested = base_config(wb.data_source, wb.data).lr  # 0.02 for the digits, 0.005 for shortcut sets
+            lr = c2.number_input("Learning rate", value=suggested, step=0.005, format="%.4f", key=f"{key}-lr",
+                                 help=f"{LR_RANGE[0]:g} to {LR_RANGE[1]:g}; {suggested:g} suits this dataset (its "
+                                      "base models' setting). If validation accuracy falls far below its best epoch's, "
+                                      "the run keeps that epoch's weights and says so.")
             batch = c3.selectbox("Batch size", [16, 32, 64, 128, 256], index=2, key=f"{key}-batch")
             seed = seed_input(c3b, key)
             c4.write("")
@@ -109,7 +113,7 @@ def train_panel(wb: Workbench, *, key: str = "train", default_epochs: int = 5,
                        "below. Train is available again when it ends or is stopped.")
         if go_clicked:
             cfg = TrainConfig(epochs=int(epochs), lr=float(lr), batch_size=int(batch), seed=pick_seed(seed),
-                              device=wb.settings.get("device", "cpu"))
+                              device=wb.settings.get("device", "cpu"), keep_best=True)
             start_job(lambda: wb.start_training(cfg, description=describe(cfg) if describe else
                                                 f"trained {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} (lr {cfg.lr:g})"),
                       settings=(float(epochs), float(lr)), key=key)

@@ -443,6 +443,11 @@ class Workbench:
                 job.declare("stopped", result.message)
                 return self.commit_version(model, f"{description} (stopped after {result.steps} steps)", fb, history,
                                            parent=base_version)
+            if result.restored_best:  # the last epochs fell far below the best one: its weights were kept
+                fb["kept_best_epoch"] = result.best_epoch
+                job.declare("done", result.message)
+                return self.commit_version(model, f"{description} (kept epoch {result.best_epoch}: {result.message})",
+                                           fb, history, parent=base_version)
             return self.commit_version(model, description, fb, history, parent=base_version)
 
         return self.jobs.start(job, work, recorder=StoreJobRecorder(self.store, self.id, base_version))

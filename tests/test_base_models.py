@@ -165,3 +165,21 @@ def test_sidebar_warns_on_every_page_when_the_current_version_is_at_chance(app_w
     at.run()
     no_exceptions(at)
     assert _chance_lines(at) == []
+
+
+def test_a_workbench_run_that_collapses_keeps_its_best_epoch_and_the_version_says_so(workspace):
+    """Home's Train (keep_best on): the version holds the best epoch's weights, its description
+    and feedback say which epoch, and the job's message says why."""
+    from core.store import Store
+    from core.workbench import Workbench
+
+    data = make_tiny_dataset()
+    wb = Workbench.create(Store(workspace), data, "tiny", build_model("seed-cnn", 1, 16, 4, seed=0))
+    cfg = TrainConfig(epochs=4, batch_size=16, lr=0.05, seed=0, keep_best=True)
+    job = wb.start_training(cfg, description="trained", attach=lambda m: [_Collapse(m, 1)])
+    assert job.wait(120) and job.status == "done", job.error
+    record = wb.version(wb.current_version)
+    best = record.feedback["kept_best_epoch"]
+    assert best in (1, 2) and f"kept epoch {best}" in record.description
+    assert "validation accuracy fell from" in job.message
+    assert record.metrics["val_acc"] > 0.3  # not the zeroed (chance) weights of the last epochs
