@@ -5,7 +5,11 @@ coordinates and the drawable canvas's point mode report the left button only), a
 attention page needs both: left = "look here", right = "ignore this region". The component
 shows a PNG given as a data URL, and sends each click as a trigger value
 ``{"x", "y", "button", "n"}`` with x, y in the image's own pixels (not the displayed size),
-``button`` 0 (left) or 2 (right), and ``n`` a counter so two identical clicks are two events.
+``button`` 0 (left) or 2 (right), and ``n`` a number no earlier event had, so two identical
+clicks are two events (pages drop an event whose ``n`` they have seen: it is a rerun's
+replay). ``n`` grows from the clock, not from a count kept on the element: Streamlit can mount
+the component afresh after a rerun, and a count that restarted at 1 there made the page drop
+the next click as seen.
 Pressing ``x`` while the pointer is over the image sends ``{"toggle": true}`` instead, for the
 positive/negative mode switch that touch screens and keyboards use.
 """
@@ -28,6 +32,8 @@ _CSS = """
 """
 
 _JS = """
+let last = 0;  // n of the last event sent by any mount: unique even when the element is new
+const nextN = () => (last = Math.max(last + 1, Date.now()));
 export default function(component) {
   const { data, setTriggerValue, parentElement } = component;
   let wrap = parentElement.querySelector('.sb-click-wrap');
@@ -46,13 +52,12 @@ export default function(component) {
   img.style.width = data.width + 'px';
   img.dataset.w = data.w;
   img.dataset.h = data.h;
-  let n = Number(wrap.dataset.n || 0);
   const send = (e, button) => {
     e.preventDefault();
     const r = img.getBoundingClientRect();
     const fx = (e.clientX - r.left) / r.width, fy = (e.clientY - r.top) / r.height;
     if (fx < 0 || fy < 0 || fx > 1 || fy > 1) return;
-    n += 1; wrap.dataset.n = n;
+    const n = nextN(); wrap.dataset.n = n;
     setTriggerValue('click', { x: fx * Number(img.dataset.w), y: fy * Number(img.dataset.h), button: button, n: n });
   };
   img.onclick = (e) => send(e, 0);
@@ -60,7 +65,7 @@ export default function(component) {
   img.onauxclick = (e) => { if (e.button === 1) e.preventDefault(); };
   img.onmouseenter = () => wrap.focus({ preventScroll: true });
   wrap.onkeydown = (e) => {
-    if (e.key === 'x' || e.key === 'X') { e.preventDefault(); setTriggerValue('toggle', { n: ++n }); }
+    if (e.key === 'x' || e.key === 'X') { e.preventDefault(); setTriggerValue('toggle', { n: nextN() }); }
   };
 }
 """
