@@ -517,3 +517,52 @@ def test_attention_rows_show_the_baselines_collapse_and_the_gain_over_before(rep
     write(tmp_path, "attention_guidance.json", payload)
     md = report.markdown(report.build(tmp_path))
     assert "same steps, its own lr 0.001 (ours 0.03, tuned apart)" in md
+
+
+def page_run(per_set: dict | None) -> dict:
+    p = {"name": "attention_page_run", "ours_s": 95.0, "target": 180.0, "pass": True, "quick": False,
+         "page_numbers": [15.1, 98.2, 30.5], "library_numbers": [15.1, 98.2, 30.5], "numbers_equal": True,
+         "seeds": {"reported_on": [0], "tuned_on": [], "tuned": "nothing", "overlap": []},
+         "params": {"images": 16, "clicks": 40, "epochs": None, "same_information_lr": 0.001}, "provenance": PROV}
+    if per_set is not None:
+        def one(before, after, base, seconds, equal=True):
+            return {"before": before, "after": after, "same_information": base,
+                    "gain_over_same_information": after - base,
+                    "seconds": seconds, "numbers_equal": equal, "images": 16, "clicks": 40,
+                    "settings": {"sampler": "gmm", "lr": 0.01, "epochs": 20}}
+        p |= {"per_set": {k: one(*v) for k, v in per_set.items()}, "target_points": 5.0}
+        p["numbers_equal"] = all(v["numbers_equal"] for v in p["per_set"].values())
+    return p
+
+
+def test_attention_page_run_rows_give_one_row_per_set_and_the_timing(report, tmp_path):
+    """With per_set: the timing row names every set's seconds, and each set has its own row
+    with the rise over the same-information baseline against the +5 target."""
+    write(tmp_path, "attention_page_run.json",
+          page_run({"biased-digits": (12.0, 20.5, 13.0, 95.0), "decoy-digits": (30.0, 33.0, 31.0, 80.0)}))
+    rows = [r for r in table_rows(report.markdown(report.build(tmp_path))) if r[6] == "`attention_page_run.json`"]
+    assert len(rows) == 3
+    timing, biased, decoy = rows
+    assert "START to new version" in timing[0]
+    assert "biased-digits 95 s" in timing[1] and "decoy-digits 80 s" in timing[1]
+    assert "equal the library's on every set" in timing[1]
+    assert timing[3] == "< 180 s on every set" and timing[4] == "yes"
+    assert "biased-digits" in biased[0] and "gmm sampler" in biased[0] and "12.0 % before" in biased[0]
+    assert "20.5 %; +7.5 points over same information" in biased[1]
+    assert "13.0 %" in biased[2] and "lr 0.001" in biased[2]
+    assert biased[3] == ">= +5 points over same information" and biased[4] == "yes"
+    assert "decoy-digits" in decoy[0] and "+2.0 points" in decoy[1] and decoy[4] == "**no**"
+    # a set whose page numbers differ is named, and the timing row is not met
+    payload = page_run({"biased-digits": (12.0, 20.5, 13.0, 95.0), "decoy-digits": (30.0, 40.0, 31.0, 80.0, False)})
+    write(tmp_path, "attention_page_run.json", payload)
+    timing = [r for r in table_rows(report.markdown(report.build(tmp_path))) if "START to new version" in r[0]][0]
+    assert "**differ from** the library's on decoy-digits" in timing[1] and timing[4] == "**no**"
+
+
+def test_attention_page_run_rows_read_files_from_before_the_sets(report, tmp_path):
+    write(tmp_path, "attention_page_run.json", page_run(None))
+    rows = [r for r in table_rows(report.markdown(report.build(tmp_path))) if r[6] == "`attention_page_run.json`"]
+    assert len(rows) == 1
+    assert "16 images annotated (40 clicks)" in rows[0][0]
+    assert rows[0][1].startswith("95 s; page's test-mode numbers equal")
+    assert rows[0][3] == "< 180 s" and rows[0][4] == "yes"
