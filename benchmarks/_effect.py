@@ -70,19 +70,25 @@ def oracle_accuracy(source: str, data, seed: int, config: TrainConfig, cache: Pa
 
 
 def random_masks(data, ids, pixels: list[int], seed: int, segments_of) -> list[np.ndarray]:
-    """For each of ``ids``, a random region of about ``pixels[i]`` pixels: the image's
-    superpixels (``segments_of(id)``) in a random order, taken until the count is reached
-    (a careless person clicking as much, anywhere; it may cover the object)."""
+    """For each of ``ids``, a random region of exactly ``pixels[i]`` pixels: the image's
+    superpixels (``segments_of(id)``) in a random order, taken until the count is reached, the
+    last one only in part (its pixels drawn at random), so the control replaces as many pixels
+    as the marks, not more (a careless person clicking as much, anywhere; it may cover the
+    object)."""
     rng = np.random.default_rng([seed, 7])
     out = []
     for i, want in zip(ids, pixels):
         seg = segments_of(int(i))
         mask = np.zeros(seg.shape, dtype=bool)
-        if want > 0:
-            for s in rng.permutation(np.unique(seg)):
-                mask |= seg == s
-                if mask.sum() >= want:
-                    break
+        for s in rng.permutation(np.unique(seg)):
+            if mask.sum() >= want:
+                break
+            region = (seg == s) & ~mask
+            need = int(want - mask.sum())
+            flat = np.flatnonzero(region)
+            if len(flat) > need:
+                flat = rng.choice(flat, need, replace=False)
+            mask.flat[flat] = True
         out.append(mask)
     return out
 
