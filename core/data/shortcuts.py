@@ -125,19 +125,8 @@ def make_decoy(
         "test_aligned: the same test digits, in the same corners, with their class's level",
         f"masks: digit strokes (intensity > {STROKE_THRESHOLD}), False under the square",
     ]
-    return make_dataset(
-        name=name or f"decoy-{base.name}",
-        source=f"{base.card.source}, decoy squares (rho={rho}, seed={seed})",
-        license=base.card.license,
-        images=images,
-        labels=labels_all,
-        classes=base.classes,
-        splits=splits,
-        notes=base.card.notes + notes,
-        skipped=base.card.skipped,
-        masks=masks,
-        has_mask=np.ones(len(labels_all), dtype=bool),
-    )
+    return _derived(base, name or f"decoy-{base.name}", f"{base.card.source}, decoy squares (rho={rho}, seed={seed})",
+                    images, labels_all, splits, notes, masks)
 
 
 def decoy_levels(ds: ImageDataset) -> tuple[np.ndarray, np.ndarray]:
@@ -215,19 +204,9 @@ def make_texture(base: ImageDataset, *, rho: float = 0.99, seed: int = 0, name: 
         "test_aligned: the same test digits with their class's grating",
         f"masks: digit strokes (intensity > {STROKE_THRESHOLD})",
     ]
-    return make_dataset(
-        name=name or f"texture-{base.name}",
-        source=f"{base.card.source}, textured backgrounds (rho={rho}, seed={seed})",
-        license=base.card.license,
-        images=images,
-        labels=labels_all,
-        classes=base.classes,
-        splits=splits,
-        notes=base.card.notes + notes,
-        skipped=base.card.skipped,
-        masks=masks,
-        has_mask=np.ones(len(labels_all), dtype=bool),
-    )
+    return _derived(base, name or f"texture-{base.name}",
+                    f"{base.card.source}, textured backgrounds (rho={rho}, seed={seed})",
+                    images, labels_all, splits, notes, masks)
 
 
 def texture_energies(ds: ImageDataset) -> np.ndarray:
@@ -251,3 +230,12 @@ def texture_energies(ds: ImageDataset) -> np.ndarray:
 def texture_classes(ds: ImageDataset) -> np.ndarray:
     """The class whose grating each row's background has, read from the pixels."""
     return texture_energies(ds).argmax(axis=1)
+
+
+def _derived(base: ImageDataset, name: str, source: str, images: torch.Tensor, labels: np.ndarray,
+             splits: dict[str, np.ndarray], notes: list[str], masks: torch.Tensor) -> ImageDataset:
+    """A shortcut set built on ``base``: its card's license, notes and skipped files carried over,
+    every row with its stroke mask."""
+    return make_dataset(name=name, source=source, license=base.card.license, images=images, labels=labels,
+                        classes=base.classes, splits=splits, notes=base.card.notes + notes,
+                        skipped=base.card.skipped, masks=masks, has_mask=np.ones(len(labels), dtype=bool))
