@@ -10,6 +10,8 @@ from core.data import ImageDataset
 from core.shortcut import meter_split, shortcut_meter
 from core.workbench import SHORTCUT_ROWS, Workbench
 
+from app.widgets import metric_delta
+
 HELP = ("Shortcut meter: accuracy on test images whose background (everything outside the object mask) is swapped "
         "with the background of a test image of another class, against plain accuracy on the same images. A model "
         "that reads the class off the background (a shortcut) loses accuracy under the swap; one that looks at the "
@@ -50,13 +52,8 @@ def version_shortcut(wb: Workbench, number: int) -> dict[str, Any] | None:
 def points_delta(after: float, before: float | None, suffix: str = "") -> dict[str, Any]:
     """``st.metric`` keyword arguments for a change in percentage points (inputs are fractions),
     with ``suffix`` after it: none without ``before``; grey and without an arrow when it rounds
-    to 0.0."""
-    if before is None:
-        return {}
-    d = round(100 * (after - before), 1)
-    if d == 0:
-        return {"delta": f"±0.0 pts{suffix}", "delta_color": "off", "delta_arrow": "off"}
-    return {"delta": f"{d:+.1f} pts{suffix}"}
+    to 0.0 (see :func:`app.widgets.metric_delta`)."""
+    return metric_delta(None if before is None else 100 * (after - before), suffix=suffix)
 
 
 def shortcut_line(s: dict[str, Any], data: ImageDataset | None = None) -> str:

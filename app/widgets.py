@@ -36,6 +36,23 @@ def pct(x: float | None) -> str:
     return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.1f}%"
 
 
+def metric_delta(change: float | None, *, unit: str = " pts", decimals: int = 1, suffix: str = "",
+                 lower_is_better: bool = False) -> dict:
+    """``st.metric`` keyword arguments for a change shown with ``decimals`` decimals, then
+    ``unit`` and ``suffix``. Every metric delta on the pages goes through here.
+
+    None (nothing to compare with): no delta at all. A change that rounds to zero at the shown
+    precision reads "±0.0" in grey without an arrow, whatever its sign: Streamlit would put a
+    green up-arrow on "+0.0" and a red down-arrow on "-0.0", a change nobody can see.
+    ``lower_is_better``: a fall is green (e.g. time per epoch)."""
+    if change is None or not np.isfinite(change):
+        return {}
+    text = f"{float(change):+.{decimals}f}"
+    if float(text) == 0:
+        return {"delta": f"±{0:.{decimals}f}{unit}{suffix}", "delta_color": "off", "delta_arrow": "off"}
+    return {"delta": f"{text}{unit}{suffix}", "delta_color": "inverse" if lower_is_better else "normal"}
+
+
 def image_grid(wb: Workbench, ids: np.ndarray, captions: list[str], *, columns: int = 8, key: str = "grid") -> None:
     """Images of ``ids`` in a grid with captions, in a keyed container."""
     with st.container(key=key):

@@ -15,7 +15,7 @@ from app.attention_widgets import polygon_from_canvas, render, scale_for, thumbn
 from app.click_image import click_image
 from app.shortcut_widgets import shortcut_compare
 from app.state import current_workbench, notice
-from app.widgets import live_job, offer_biased_digits, start_job
+from app.widgets import live_job, metric_delta, offer_biased_digits, start_job
 from core.attention_workspace import (
     SETTINGS_KEY,
     PageSettings,
@@ -233,16 +233,16 @@ def draw_test_mode() -> None:
         if not same:  # how it was made: the annotations, and the counterexamples when there were any
             st.caption(f"v{cur_v}: {wb.version(cur_v).description}")
 
-        def delta(key: str) -> str | None:  # no arrow at all when there is nothing to compare
-            return None if same else f"{after[key] - before[key]:+.1f} pts"
+        def delta(key: str) -> dict:  # no arrow at all when there is nothing to compare
+            return metric_delta(None if same else after[key] - before[key])
 
         c1, c2, c3 = st.columns(3)
         label = "Bias-conflicting test" if biased else "Test accuracy"
-        c1.metric(label, f"{after['test_acc']:.1f}%", delta("test_acc"))
+        c1.metric(label, f"{after['test_acc']:.1f}%", **delta("test_acc"))
         if after["aligned_acc"] is not None:
-            c2.metric("Bias-aligned test", f"{after['aligned_acc']:.1f}%", delta("aligned_acc"))
+            c2.metric("Bias-aligned test", f"{after['aligned_acc']:.1f}%", **delta("aligned_acc"))
         if after["attention_in_mask"] is not None:
-            c3.metric("Attention on the object", f"{after['attention_in_mask']:.1f}%", delta("attention_in_mask"),
+            c3.metric("Attention on the object", f"{after['attention_in_mask']:.1f}%", **delta("attention_in_mask"),
                       help="Share of the Grad-CAM's mass inside the object masks of the test images.")
         shortcut_compare(wb, base_v, cur_v, key="att-shortcut")
         if biased:

@@ -7,7 +7,7 @@ import streamlit as st
 from app.monitor_plots import epoch_time_figure, live_figure, step_freeze_markers
 from app.monitor_widgets import current_monitors, training_controls
 from app.state import current_workbench
-from app.widgets import live_job
+from app.widgets import live_job, metric_delta
 from core.jobs import Job
 from core.live_monitor import freeze_saving
 
@@ -87,7 +87,8 @@ def draw(job: Job | None, view: dict | None) -> None:
         saving = freeze_saving(view["epochs"])
         if saving is not None:
             st.metric("Time per epoch after freezing", f"{saving['after_s']:.2f} s",
-                      delta=f"{-100 * saving['saving']:.0f}% vs {saving['before_s']:.2f} s before", delta_color="inverse")
+                      **metric_delta(-100 * saving["saving"], unit="%", decimals=0,
+                                     suffix=f" vs {saving['before_s']:.2f} s before", lower_is_better=True))
         elif markers:
             st.caption("The saving is measured once a full epoch has run on each side of the change.")
         st.plotly_chart(epoch_time_figure(view["epochs"]), key="frz-epoch-chart", width="stretch")

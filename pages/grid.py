@@ -21,7 +21,7 @@ from app.attention_widgets import render_grid
 from app.click_image import click_image
 from app.shortcut_widgets import shortcut_compare
 from app.state import current_workbench, notice
-from app.widgets import live_job, offer_biased_digits, pct, start_job, training_figure
+from app.widgets import live_job, metric_delta, offer_biased_digits, pct, start_job, training_figure
 from core.engine import predict
 from core.explain.saliency import METHODS, saliency_maps
 from core.feedback.counterexamples import feedback_line
@@ -335,13 +335,13 @@ def results_panel() -> None:
             st.markdown(f"**v{wb.current_version}** (trained with grid feedback) against **v{origin}** (where it started)")
             c1, c2, c3 = st.columns(3)
             c1.metric("Bias-conflicting test" if biased else "Test accuracy", f"{after['test_acc']:.1f}%",
-                      f"{after['test_acc'] - before['test_acc']:+.1f} pts")
+                      **metric_delta(after["test_acc"] - before["test_acc"]))
             if biased:
                 c2.metric("Bias-aligned test", f"{after['aligned_acc']:.1f}%",
-                          f"{after['aligned_acc'] - before['aligned_acc']:+.1f} pts")
+                          **metric_delta(after["aligned_acc"] - before["aligned_acc"]))
             if after["gradient_in_mask"] is not None:
                 c3.metric("Input gradient on the object", f"{after['gradient_in_mask']:.1f}%",
-                          f"{after['gradient_in_mask'] - before['gradient_in_mask']:+.1f} pts",
+                          **metric_delta(after["gradient_in_mask"] - before["gradient_in_mask"]),
                           help="Share of the squared input gradient inside the object masks of the test images.")
             shortcut_compare(wb, origin, wb.current_version, key="grid-shortcut")
             if biased:

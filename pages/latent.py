@@ -18,7 +18,7 @@ from app.latent_plots import (
     zoom_to,
 )
 from app.state import current_workbench, notice
-from app.widgets import live_job, pct, to_pil
+from app.widgets import live_job, metric_delta, pct, to_pil
 from core.feedback.latent import VARIANTS, Move, MoveList, candidates, class_centroids
 from core.jobs import JobBusy
 from core.store import VersionRecord
@@ -303,7 +303,7 @@ with right:
             st.plotly_chart(fig, key="lat-result-chart", width="stretch")
             c1, c2, c3 = st.columns(3)
             c1.metric("Test accuracy", pct(result["test_acc_after"]),
-                      f"{100 * (result['test_acc_after'] - result['test_acc_before']):+.2f} pts")
+                      **metric_delta(100 * (result["test_acc_after"] - result["test_acc_before"]), decimals=2))
             c2.metric("Moved images now right", f"{result['moved_fixed']} / {result['moved_total']}")
             c3.metric("Version", f"v{result['version']}")
             st.dataframe(pd.DataFrame([{
