@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from core.engine import Batch, Callback, TrainConfig, fit, predict
 from core.explain.saliency import input_gradients
 from core.feedback import FeedbackKind, get_kind
-from core.feedback import grid as grid_module
 from core.feedback.grid import (
     FEEDBACK,
     SHARE,
@@ -277,49 +276,84 @@ def test_empty_set_is_a_zero_and_calibration_waits_for_reviews(tiny_data):
     assert float(term(model, batch).detach()) > 0 and term.lam is not None and term.calibrated
 
 
-def _spy(monkeypatch):
-    """Record which images (identified by their constant value) each step's penalty sees."""
-    seen = []
-
-    def fake(model, images, labels, weights, *, create_graph=True):
-        seen.append(sorted(int(v) for v in images[:, 0, 0, 0]))
-        return weights.flatten(1).sum(1)
-
-    monkeypatch.setattr(grid_module, "grid_penalty_values", fake)
-    return seen
-
-
-def _id_images(n=20, size=8):
-    return torch.arange(n, dtype=torch.float32)[:, None, None, None].expand(n, 1, size, size).clone()
+def _real_values(model, data, anns):
+    """Each reviewed image's own penalty, sum W * (d log p_y / d x)^2, computed here by hand
+    (one image at a time, autograd on its log-probability), keyed by example id."""
+    out = {}
+    for a in anns:
+        x = data.images[[a.example_id]].clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.log_softmax(model(x), dim=1)[0, a.label], x)
+        out[a.example_id] = float((torch.from_numpy(a.weights()) * grad[0].pow(2)).sum())
+    return out
 
 
-def test_each_step_takes_the_next_per_step_reviewed_images(monkeypatch):
-    seen = _spy(monkeypatch)
-    model = torch.nn.Linear(1, 1)
-    reviewed = [2, 5, 7, 11, 13]
-    term = GridPenalty(_id_images(), [GridAnnotation(i, 0, (8, 8), 2, (0,)) for i in reviewed], per_step=2)
-    for _ in range(math.ceil(len(reviewed) / 2)):
-        term.raw(model)
-    assert all(len(s) == 2 for s in seen)
-    assert set().union(*seen) == set(reviewed)
-    seen.clear()
-    small = GridPenalty(_id_images(), [GridAnnotation(i, 0, (8, 8), 2, (0,)) for i in reviewed[:2]], per_step=4)
-    small.raw(model)
-    small.raw(model)
-    assert seen == [[2, 5], [2, 5]]  # fewer than per_step: all of them at every step
+def test_each_step_takes_the_next_per_step_reviewed_images(tiny_data):
+    """The real penalty on a real model: each step's value is the mean of the next ``per_step``
+    reviewed images' own penalties (a window rotating in the order they were added), and its
+    gradient is theirs: the weights are steered by those images only."""
+    model = _model().eval()  # eval: no dropout, so an image's penalty is the same at every step
+    ids = [int(i) for i in tiny_data.ids("train")[:5]]
+    # a different square for each image, so every image's penalty is its own number
+    anns = [GridAnnotation(i, int(tiny_data.labels[i]), (16, 16), 4, (k, 5 + k, 10 + k)) for k, i in enumerate(ids)]
+    own = _real_values(model, tiny_data, anns)
+    assert all(v > 0 for v in own.values()) and len({round(v, 12) for v in own.values()}) == 5
+    term = GridPenalty(tiny_data.images, anns, per_step=2)
+    windows = [ids[0:2], ids[2:4], [ids[4], ids[0]], ids[1:3]]
+    for window in windows:
+        got = term.raw(model, create_graph=False)
+        assert float(got) == pytest.approx(np.mean([own[i] for i in window]), rel=1e-5), window
+
+    # the gradient reaching the weights is exactly that of the window's own penalties
+    term = GridPenalty(tiny_data.images, anns, per_step=2)
+    model.zero_grad(set_to_none=True)
+    term.raw(model).backward()
+    via_term = {n: p.grad.clone() for n, p in model.named_parameters()}
+    window = [a for a in anns if a.example_id in ids[0:2]]
+    model.zero_grad(set_to_none=True)
+    w = torch.from_numpy(np.stack([a.weights() for a in window]))
+    x = tiny_data.images[[a.example_id for a in window]]
+    grid_penalty_values(model, x, torch.as_tensor([a.label for a in window]), w).mean().backward()
+    for name, p in model.named_parameters():
+        assert torch.allclose(via_term[name], p.grad, rtol=1e-4, atol=1e-10), name
+    assert via_term["conv1.weight"].abs().sum() > 0
+
+    small = GridPenalty(tiny_data.images, anns[:2], per_step=4)  # fewer than per_step: all of them, every step
+    for _ in range(2):
+        assert float(small.raw(model, create_graph=False)) == pytest.approx((own[ids[0]] + own[ids[1]]) / 2, rel=1e-5)
 
 
-def test_add_replaces_a_re_reviewed_image_and_checks_the_shape(monkeypatch):
-    seen = _spy(monkeypatch)
-    model = torch.nn.Linear(1, 1)
-    term = GridPenalty(_id_images(), per_step=8)
-    assert term.add([GridAnnotation(3, 0, (8, 8), 2, (0,)), GridAnnotation(4, 1, (8, 8), 2, (1,))]) == 2
-    assert term.add([GridAnnotation(3, 0, (8, 8), 2, (0, 1, 2))]) == 2
-    assert [(a.example_id, a.squares) for a in term.annotations()] == [(3, (0, 1, 2)), (4, (1,))]
-    assert float(term.raw(model)) == pytest.approx((48 + 16) / 2)  # the new marks: 3 squares of 16 px, and 1
-    assert seen == [[3, 4]]
-    with pytest.raises(ValueError, match=r"review of example 9 is for \(16, 16\), the images are \(8, 8\)"):
-        term.add([GridAnnotation(9, 0, (16, 16), 4, (0,))])
+def test_add_replaces_a_re_reviewed_image_and_checks_the_shape(tiny_data):
+    """Re-reviewing an image replaces its marks: the real penalty is then that of the new
+    marks, and training on the penalty alone shrinks the input gradient inside the new squares."""
+    model = _model().eval()
+    a, b = (int(i) for i in tiny_data.ids("train")[:2])
+    la, lb = int(tiny_data.labels[a]), int(tiny_data.labels[b])
+    term = GridPenalty(tiny_data.images, per_step=8)
+    old = [GridAnnotation(a, la, (16, 16), 4, (0,)), GridAnnotation(b, lb, (16, 16), 4, (1,))]
+    assert term.add(old) == 2
+    new_a = GridAnnotation(a, la, (16, 16), 4, (0, 5, 10, 15))
+    assert term.add([new_a]) == 2
+    assert [(x.example_id, x.squares) for x in term.annotations()] == [(a, (0, 5, 10, 15)), (b, (1,))]
+    before = _real_values(model, tiny_data, [new_a, old[1]])
+    stale = _real_values(model, tiny_data, old)
+    assert before[a] != pytest.approx(stale[a], rel=1e-3)  # the test can tell the old marks from the new
+    assert float(term.raw(model, create_graph=False)) == pytest.approx((before[a] + before[b]) / 2, rel=1e-5)
+
+    # its effect: a few steps on this penalty alone shrink the gradient inside the new squares
+    term.lam = 1.0
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    batch = _batch(model, tiny_data, slice(0, 2))
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for _ in range(5):
+        opt.zero_grad(set_to_none=True)
+        term(model, batch).backward()
+        opt.step()
+    assert any(not torch.equal(start[n], p) for n, p in model.named_parameters())
+    after = _real_values(model, tiny_data, [new_a, old[1]])
+    assert after[a] < before[a] and after[b] < before[b]
+
+    with pytest.raises(ValueError, match=r"review of example 9 is for \(8, 8\), the images are \(16, 16\)"):
+        term.add([GridAnnotation(9, 0, (8, 8), 2, (0,))])
     assert len(term) == 2
 
 
