@@ -22,6 +22,7 @@ from core.feedback.grid import (
     GridPenalty,
     GridSettings,
     default_grid,
+    squares_outside_top,
     squares_without_object,
 )
 from core.feedback.counterexamples import KIND as CEX, CounterexampleSettings, counterexample_term
@@ -265,3 +266,34 @@ def review_rows(annotations: Sequence[GridAnnotation], classes: Sequence[str]) -
              "epoch": None if a.epoch is None else a.epoch + 1, "method": a.method, "grid": a.n,
              "squares": list(a.squares), "marked_pixels": int(a.weights().sum()), "seconds": a.seconds,
              "operations": a.operations} for a in annotations]
+
+
+# ----------------------------------------------------------------------------- marking by rule
+@dataclass(frozen=True)
+class OutsideTop:
+    """What "mark all squares outside the top x%" does on one map: ``squares`` to mark, or
+    none and a ``message`` saying why the rule was not applied."""
+
+    squares: tuple[int, ...]
+    message: str | None = None
+
+
+def outside_top_marks(saliency: np.ndarray, n: int, top_percent: float) -> OutsideTop:
+    """The squares of an ``n`` x ``n`` grid that hold none of the ``top_percent`` (1-100) most
+    salient pixels of ``saliency`` (H, W) (:func:`core.feedback.grid.squares_outside_top`),
+    unless the rule would mark every square or none: then nothing, and a message.
+
+    Every square comes out on a blank map (no pixel above zero: no top pixels at all), none
+    when the top pixels touch every square (a flat map, ties included). Neither says where the
+    model looks, and marking all squares fences off the object too, so the person marks by hand."""
+    squares = squares_outside_top(saliency, n, float(top_percent) / 100)
+    total, top = int(n) * int(n), f"{float(top_percent):g}%"
+    if len(squares) == total:
+        return OutsideTop((), f"All {total} squares lie outside the top {top} of this map: the map is blank (no "
+                              "pixel stands out), so the rule would fence off the object too. Nothing was marked; "
+                              "mark the squares by hand.")
+    if not squares:
+        return OutsideTop((), f"None of the {total} squares lies outside the top {top} of this map: its most salient "
+                              "pixels touch every square (the map is flat). Nothing was marked; mark the squares by "
+                              "hand, or try a smaller percentage.")
+    return OutsideTop(squares)

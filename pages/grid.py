@@ -25,7 +25,7 @@ from app.widgets import live_job, metric_delta, offer_biased_digits, pct, start_
 from core.engine import predict
 from core.explain.saliency import METHODS, saliency_maps
 from core.feedback.counterexamples import feedback_line
-from core.feedback.grid import square_of, squares_outside_top
+from core.feedback.grid import square_of
 from core.grid_session import (
     SETTINGS_KEY,
     GridPageSettings,
@@ -39,7 +39,7 @@ from core.grid_session import (
     start_grid_training,
     waiting_epoch,
 )
-from core.grid_workspace import REVIEW_SAMPLERS, bias_report, review_rows
+from core.grid_workspace import REVIEW_SAMPLERS, bias_report, outside_top_marks, review_rows
 
 wb = current_workbench()
 ss = st.session_state
@@ -262,10 +262,15 @@ def review_panel(pending) -> None:
                 st.rerun()
             top = st.slider("Top x% of the saliency", 1, 50, value=int(settings.top_percent), key="grid-top")
             if st.button(f"Mark all squares outside the top {top}%", key="grid-outside-top", width="stretch",
-                         help="Marks every square that holds none of the most salient pixels of the map shown."):
-                pending.set_squares(current, squares_outside_top(maps[pos[current]], pending.n, top / 100))
-                save_pending(wb, pending)
-                st.rerun()
+                         help="Marks every square that holds none of the most salient pixels of the map shown "
+                              "(not when that would be every square or none: the page says so instead)."):
+                rule = outside_top_marks(maps[pos[current]], pending.n, top)
+                if rule.message is None:
+                    pending.set_squares(current, rule.squares)
+                    save_pending(wb, pending)
+                    st.rerun()
+                with st.container(key="grid-outside-top-warning"):
+                    st.warning(rule.message, icon=":material/warning:")
             if st.button("Next image", key="grid-next", width="stretch", disabled=len(pending.ids) < 2):
                 pending.current = (pos[current] + 1) % len(pending.ids)
                 save_pending(wb, pending)
