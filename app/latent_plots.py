@@ -8,18 +8,17 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image, ImageDraw
 
+from app.colors import class_color
 from core.feedback.latent import MoveList
 from core.latent_workspace import LatentView
 
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-           "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363"]
 SYMBOLS = ["circle", "square", "diamond", "cross", "x", "triangle-up", "triangle-down", "pentagon", "hexagon", "star",
            "triangle-left", "triangle-right", "hourglass", "bowtie", "circle-cross", "square-x", "diamond-wide", "octagon",
            "star-square", "hexagram"]
 
 
 def colour(c: int) -> str:
-    return PALETTE[c % len(PALETTE)]
+    return class_color(c)  # one class-to-colour map across the app (app/colors.py)
 
 
 def add_encoding_legend(fig: go.Figure, classes: list[str], *, present_pred: list[int], present_true: list[int]) -> None:

@@ -6,9 +6,12 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.live_monitor import freeze_changes
+from app.colors import class_color
+from core.live_monitor import FreezeSaving, freeze_changes
 
-PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d"]
+# colours of the loss terms' series (classes are coloured by app.colors, the same on every page)
+SERIES = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d"]
+MARKER = "#dc2626"  # lines where freezing changed
 MAX_POINTS = 400  # per trace: the browser redraws these charts on every poll
 
 
@@ -23,11 +26,34 @@ def _change_label(before: tuple[str, ...], after: tuple[str, ...]) -> str:
     return "; ".join(parts) or "freezing changed"
 
 
-def label_heights(n: int, *, top: float = 1.0, drop: float = 0.09, levels: int = 4) -> list[float]:
-    """Heights (fractions of a plot's height) for ``n`` marker labels: each label one line
-    below the one before, cycling over ``levels`` lines, so labels of changes close together
-    do not overlap."""
-    return [top - drop * (i % levels) for i in range(n)]
+def tag_levels(xs: list[float], span: float, *, min_gap: float = 0.05, levels: int = 3) -> list[int]:
+    """A row (0 = top) for the number tag on each marker line at ``xs`` (ascending): a tag
+    closer than ``min_gap`` of the axis ``span`` to the one before goes one row lower (cycling
+    over ``levels`` rows), so tags of changes close together do not cover each other."""
+    out: list[int] = []
+    for i, x in enumerate(xs):
+        if i and span > 0 and (x - xs[i - 1]) / span < min_gap:
+            out.append((out[-1] + 1) % levels)
+        else:
+            out.append(0)
+    return out
+
+
+def add_markers(fig: go.Figure, markers: list[tuple[float, str]], *, span: float, row: int | None = None,
+                col: int | None = None) -> None:
+    """A dotted line at each marker's x, a numbered tag on it at the top of the plot area
+    (white box, so the line never crosses text), and the label in the legend as
+    "<number>: <label>". Labels no longer sit beside the lines, where the next line or the
+    data ran through them."""
+    where = {"row": row, "col": col} if row is not None else {}
+    rows = tag_levels([x for x, _ in markers], span)
+    for k, ((x, label), level) in enumerate(zip(markers, rows), start=1):
+        fig.add_vline(x=x, line_dash="dot", line_color=MARKER, **where)
+        fig.add_annotation(x=x, y=1 - 0.11 * level, yref="y domain" if where else "paper", yanchor="top", text=f"<b>{k}</b>",
+                           showarrow=False, font=dict(color=MARKER, size=11), bgcolor="white", bordercolor=MARKER,
+                           borderwidth=1, borderpad=1, xanchor="center", **where)
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"{k}: {label}", legendgroup="freezing",
+                                 line=dict(color=MARKER, dash="dot", width=2), hoverinfo="skip"), **where)
 
 
 def integer_epoch_axis(fig: go.Figure, n_epochs: int, **where) -> None:
@@ -59,7 +85,7 @@ def add_loss_and_accuracy(fig: go.Figure, view: dict, *, loss_at: tuple[int, int
             vals = np.array([(x[3] or {}).get(name, np.nan) if len(x) > 3 else np.nan for x in steps], dtype=float)
             if np.nanmax(np.abs(np.nan_to_num(vals))) > 0:
                 fig.add_trace(go.Scatter(x=s[keep], y=vals[keep], mode="lines", name=f"{name} term",
-                                         line=dict(color=PALETTE[(j + 1) % len(PALETTE)], width=1.5)), *loss_at)
+                                         line=dict(color=SERIES[(j + 1) % len(SERIES)], width=1.5)), *loss_at)
     epochs = view["epochs"]
     if epochs:
         e = [x["epoch"] + 1 for x in epochs]
@@ -75,10 +101,9 @@ def live_figure(view: dict) -> go.Figure:
                                                          "Learning rate"), vertical_spacing=0.24)
     add_loss_and_accuracy(fig, view, loss_at=(1, 1), acc_at=(1, 2))
     markers = step_freeze_markers(view)
-    for (step, label), y in zip(markers, label_heights(len(markers))):
-        fig.add_vline(x=step, line_dash="dot", line_color="#dc2626", row=1, col=1)
-        fig.add_annotation(x=step, y=y, yref="y domain", text=label, showarrow=False, font=dict(color="#dc2626", size=10),
-                           xanchor="left", row=1, col=1)
+    if markers:
+        add_markers(fig, [(step, f"step {step}, {label}") for step, label in markers],
+                    span=max(len(view["steps"]), markers[-1][0], 1), row=1, col=1)
     epochs = view["epochs"]
     if epochs:
         e = [x["epoch"] + 1 for x in epochs]
@@ -88,7 +113,7 @@ def live_figure(view: dict) -> go.Figure:
         # from 0 to a little above the largest rate: a constant rate is a flat line, not -1..1
         fig.update_yaxes(range=[0, 1.15 * max(max(lrs), 1e-12)], tickformat=".3~g", row=2, col=2)
         for epoch, before, after in freeze_changes(epochs):
-            fig.add_vline(x=epoch + 0.5, line_dash="dot", line_color="#dc2626", row=2, col=1)
+            fig.add_vline(x=epoch + 0.5, line_dash="dot", line_color=MARKER, row=2, col=1)
         for row, col in ((1, 2), (2, 1), (2, 2)):
             integer_epoch_axis(fig, len(epochs), row=row, col=col)
     fig.update_xaxes(title_text="step", row=1, col=1)
@@ -101,28 +126,56 @@ def live_figure(view: dict) -> go.Figure:
     return fig
 
 
-def epoch_time_figure(epochs: list[dict]) -> go.Figure:
-    """Time per epoch (bars) with validation accuracy (line, right axis) and a marker with a
-    label at each epoch where the frozen layers changed."""
+def epoch_time_figure(epochs: list[dict], saving: FreezeSaving | None = None) -> go.Figure:
+    """Time per epoch (bars) with validation accuracy (line, right axis) and a numbered
+    marker at each epoch where the frozen layers changed (labels in the legend).
+
+    With ``saving`` (see :func:`core.live_monitor.freeze_saving`) the bars say what is
+    compared: the epochs before the change and after it in two blues, each side's median as
+    a line over its epochs with its interquartile range as a band, and the epochs left out
+    (the first of each phase: warm-up, or the change happened during it; the phases between
+    the first and the last change) hatched grey."""
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     if epochs:
         e = [x["epoch"] + 1 for x in epochs]
-        colors = ["#60a5fa" if not x.get("frozen") else "#1e40af" for x in epochs]
-        fig.add_trace(go.Bar(x=e, y=[x["epoch_time"] for x in epochs], name="time per epoch (s)", marker_color=colors,
-                             hovertemplate="epoch %{x}: %{y:.2f}s<extra></extra>"), secondary_y=False)
+        t = {x["epoch"]: x["epoch_time"] for x in epochs}
+        hover = "epoch %{x}: %{y:.2f}s<extra>%{fullData.name}</extra>"
+        if saving is None:
+            colors = ["#60a5fa" if not x.get("frozen") else "#1e40af" for x in epochs]
+            fig.add_trace(go.Bar(x=e, y=[x["epoch_time"] for x in epochs], name="time per epoch (s)", marker_color=colors,
+                                 hovertemplate=hover), secondary_y=False)
+        else:
+            sides = [("before", saving.before, saving.frozen_before, "#60a5fa"),
+                     ("after", saving.after, saving.frozen_after, "#1e40af")]
+            for side, spread, frozen, color in sides:
+                what = ", ".join(frozen) + " frozen" if frozen else "nothing frozen"
+                fig.add_trace(go.Bar(x=[i + 1 for i in spread.epochs], y=[t[i] for i in spread.epochs],
+                                     name=f"{side}: {what} ({spread.n} epoch{'s' if spread.n != 1 else ''})",
+                                     marker_color=color, hovertemplate=hover), secondary_y=False)
+                if spread.n:
+                    x0, x1 = min(spread.epochs) + 0.5, max(spread.epochs) + 1.5
+                    fig.add_shape(type="rect", x0=x0, x1=x1, y0=spread.q1, y1=spread.q3, fillcolor=color, opacity=0.18,
+                                  line_width=0, layer="above", secondary_y=False)
+                    fig.add_shape(type="line", x0=x0, x1=x1, y0=spread.median, y1=spread.median,
+                                  line=dict(color="#0f172a", width=2), layer="above", secondary_y=False)
+            if saving.left_out:
+                fig.add_trace(go.Bar(x=[i + 1 for i in saving.left_out], y=[t[i] for i in saving.left_out],
+                                     name="left out (warm-up, a change in it, or between changes)", marker_color="#cbd5e1",
+                                     marker_pattern_shape="/", hovertemplate=hover), secondary_y=False)
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="median (band: middle half)",
+                                     line=dict(color="#0f172a", width=2), hoverinfo="skip"), secondary_y=False)
         if epochs[0]["val_acc"] is not None:
             fig.add_trace(go.Scatter(x=e, y=[100 * x["val_acc"] for x in epochs], mode="lines+markers",
                                      name="validation accuracy (%)", line=dict(color="#16a34a")), secondary_y=True)
         changes = freeze_changes(epochs)
-        for (epoch, before, after), y in zip(changes, label_heights(len(changes), drop=0.1)):
-            fig.add_vline(x=epoch + 0.5, line_dash="dot", line_color="#dc2626")
-            fig.add_annotation(x=epoch + 0.5, y=y, yref="paper", text=_change_label(before, after), showarrow=False,
-                               font=dict(color="#dc2626"), xanchor="left")
+        add_markers(fig, [(epoch + 0.5, f"in epoch {epoch + 1}: {_change_label(before, after)}")
+                          for epoch, before, after in changes], span=len(epochs))
         integer_epoch_axis(fig, len(epochs))
-    fig.update_xaxes(title_text="epoch (dark bars: some layers frozen)")
+    fig.update_xaxes(title_text="epoch" if saving is not None else "epoch (dark bars: some layers frozen)")
     fig.update_yaxes(title_text="seconds", secondary_y=False, rangemode="tozero")
     fig.update_yaxes(title_text="val accuracy (%)", tickformat=".3~g", secondary_y=True)
-    fig.update_layout(height=340, margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=-0.25))
+    fig.update_layout(height=360, margin=dict(l=10, r=10, t=20, b=10), barmode="overlay",
+                      legend=dict(orientation="h", y=-0.22, yanchor="top"))
     return fig
 
 
@@ -158,7 +211,8 @@ def grad_heatmap_figure(steps: list[int], names: list[str], values: np.ndarray) 
 def embedding_figure(coords: np.ndarray, trails: np.ndarray | None, labels: np.ndarray | None, preds: np.ndarray | None,
                      classes: list[str] | None, ids: np.ndarray, *, title: str, dragmode: str = "lasso") -> go.Figure:
     """Points coloured by label (mistakes drawn as x), each with a grey trail over its last
-    positions; example/filter ids ride in customdata for the selection."""
+    positions; example/filter ids ride in customdata for the selection. A class has the
+    colour it has on every page (:mod:`app.colors`); filters are one colour."""
     fig = go.Figure()
     if trails is not None and trails.shape[1] > 1:
         xs = np.concatenate([np.append(t[:, 0], np.nan) for t in trails])
@@ -176,7 +230,7 @@ def embedding_figure(coords: np.ndarray, trails: np.ndarray | None, labels: np.n
         fig.add_trace(go.Scatter(
             x=coords[m, 0], y=coords[m, 1], mode="markers", name=name, customdata=ids[m].tolist(), text=text,
             hovertemplate="%{text}<extra></extra>",
-            marker=dict(color=PALETTE[int(c) % len(PALETTE)], size=[9 if w else 6 for w in wrong],
+            marker=dict(color=class_color(int(c)) if classes is not None else SERIES[0], size=[9 if w else 6 for w in wrong],
                         symbol=["x" if w else "circle" for w in wrong], line=dict(width=0)),
         ))
     fig.update_layout(title=title, height=520, margin=dict(l=10, r=10, t=40, b=10), dragmode=dragmode,

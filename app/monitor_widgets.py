@@ -7,10 +7,10 @@ from __future__ import annotations
 import streamlit as st
 import torch
 
-from app.widgets import pick_seed, seed_input, start_job
+from app.widgets import metric_delta, pick_seed, seed_input, start_job
 from core.engine import EPOCHS_RANGE, LR_RANGE, TrainConfig
 from core.jobs import Job
-from core.live_monitor import PROBE_SAMPLE, ActivationProbe, Monitors, monitors_for
+from core.live_monitor import PROBE_SAMPLE, ActivationProbe, EpochTimeSpread, FreezeSaving, Monitors, monitors_for
 from core.workbench import Workbench
 
 
@@ -28,6 +28,49 @@ def current_monitors(wb: Workbench) -> tuple[Job | None, Monitors]:
     """The workbench's latest job (running or not) and the monitors it carries."""
     job = wb.jobs.current
     return job, Monitors.of(job.attached if job is not None else [])
+
+
+def epoch_list(epochs: tuple[int, ...]) -> str:
+    """0-based epoch indices as the page numbers them (from 1), runs joined: "2-4, 7"."""
+    runs: list[list[int]] = []
+    for e in sorted(epochs):
+        if runs and e == runs[-1][-1] + 1:
+            runs[-1].append(e)
+        else:
+            runs.append([e])
+    return ", ".join(f"{r[0] + 1}" if len(r) == 1 else f"{r[0] + 1}-{r[-1] + 1}" for r in runs)
+
+
+def _side(name: str, spread: EpochTimeSpread, frozen: tuple[str, ...]) -> str:
+    what = f"{', '.join(frozen)} frozen" if frozen else "nothing frozen"
+    if spread.n == 0:
+        return f"no comparable epoch {name} ({what})"
+    head = f"{spread.median:.2f} s {name} ({what}; epoch{'s' if spread.n != 1 else ''} {epoch_list(spread.epochs)}, n = {spread.n}"
+    if spread.n == 1:
+        return head + ")"
+    return head + f", middle half {spread.q1:.2f}-{spread.q3:.2f} s, range {spread.low:.2f}-{spread.high:.2f} s)"
+
+
+def saving_summary(saving: FreezeSaving) -> tuple[str, dict, str]:
+    """(metric value, ``st.metric`` delta arguments, caption) for the measured saving of
+    freezing: the median time per epoch after, the change against before (or "too few epochs
+    to tell"), and what was compared: each side's epochs, n, interquartile range and range,
+    and which epochs were left out and why."""
+    value = f"{saving.after.median:.2f} s" if saving.after.n else "–"
+    if saving.saving is not None:
+        delta = metric_delta(-100 * saving.saving, unit="%", decimals=0,
+                             suffix=f" vs {saving.before.median:.2f} s before", lower_is_better=True)
+    else:
+        delta = {"delta": "too few epochs to tell", "delta_color": "off", "delta_arrow": "off"}
+    text = (f"Median time per epoch: {_side('before', saving.before, saving.frozen_before)} and "
+            f"{_side('after', saving.after, saving.frozen_after)}.")
+    if saving.left_out:
+        text += (f" Left out: epoch{'s' if len(saving.left_out) != 1 else ''} {epoch_list(saving.left_out)} (the first "
+                 "epoch of each phase: warm-up, or the change happened during it; and any epochs between the first and the "
+                 "last change).")
+    if saving.reason:
+        text += f" No saving shown: {saving.reason}."
+    return value, delta, text
 
 
 PROBE_N = PROBE_SAMPLE  # pool examples the activation probe follows during training

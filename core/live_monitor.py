@@ -240,25 +240,101 @@ def freeze_changes(epochs: Sequence[dict]) -> list[tuple[int, tuple[str, ...], t
     return out
 
 
-def freeze_saving(epochs: Sequence[dict]) -> dict | None:
-    """Time per epoch before the first freezing change and after the last one.
+MIN_COMPARABLE_EPOCHS = 2  # epochs needed on each side of a freezing change to compare times
 
-    The epoch in which the change happened is mixed and left out; so is the first epoch when
-    another unfrozen epoch exists (it carries warm-up costs). Returns ``{"before_s",
-    "after_s", "ratio", "saving" (fraction), "epochs_before", "epochs_after"}``, or None when
-    there is no change or no full epoch on either side yet.
-    """
-    changes = freeze_changes(epochs)
-    if not changes:
+
+@dataclass(frozen=True)
+class EpochTimeSpread:
+    """Times per epoch of one side of a comparison: which epochs (0-based), their median,
+    interquartile range (numpy's linear percentiles) and range, in seconds."""
+
+    epochs: tuple[int, ...]
+    median: float
+    q1: float
+    q3: float
+    low: float
+    high: float
+
+    @property
+    def n(self) -> int:
+        return len(self.epochs)
+
+    @classmethod
+    def of(cls, epochs: Sequence[int], times: Sequence[float]) -> "EpochTimeSpread":
+        """The spread of ``times`` (one per epoch in ``epochs``); all NaN when empty."""
+        t = np.asarray(times, dtype=np.float64)
+        if len(t) == 0:
+            nan = float("nan")
+            return cls(tuple(int(e) for e in epochs), nan, nan, nan, nan, nan)
+        q1, med, q3 = np.percentile(t, [25, 50, 75])
+        return cls(tuple(int(e) for e in epochs), float(med), float(q1), float(q3), float(t.min()), float(t.max()))
+
+
+@dataclass(frozen=True)
+class FreezeSaving:
+    """Time per epoch before the first freezing change against after the last one.
+
+    ``saving`` (fraction of the before median, negative when slower) is None when the
+    comparison cannot tell: ``reason`` then says why (too few comparable epochs on a side,
+    or interquartile ranges that overlap). ``left_out`` are the epochs not compared: the
+    first epoch of every phase (a phase = consecutive epochs with the same frozen set): the
+    run's first epoch carries warm-up costs, and a later phase's first epoch is the one in
+    which the change happened (partly before it), plus every epoch of the phases between
+    the first and the last."""
+
+    before: EpochTimeSpread
+    after: EpochTimeSpread
+    frozen_before: tuple[str, ...]
+    frozen_after: tuple[str, ...]
+    left_out: tuple[int, ...]
+    saving: float | None
+    reason: str | None
+
+    @property
+    def ratio(self) -> float | None:
+        """after median / before median, when ``saving`` is known."""
+        return None if self.saving is None else 1.0 - self.saving
+
+
+def epoch_phases(epochs: Sequence[dict]) -> list[list[dict]]:
+    """``epochs`` split into runs of consecutive epochs that ended with the same frozen set."""
+    phases: list[list[dict]] = []
+    for e in epochs:
+        if phases and tuple(phases[-1][-1].get("frozen", ())) == tuple(e.get("frozen", ())):
+            phases[-1].append(e)
+        else:
+            phases.append([e])
+    return phases
+
+
+def freeze_saving(epochs: Sequence[dict], *, min_epochs: int = MIN_COMPARABLE_EPOCHS) -> FreezeSaving | None:
+    """Compare like with like: time per epoch of the first phase (before any freezing change)
+    against the last phase (after the last change), each without its first epoch (see
+    :class:`FreezeSaving`). A saving is given only with at least ``min_epochs`` comparable
+    epochs on each side and interquartile ranges that do not overlap; otherwise ``saving`` is
+    None and ``reason`` says "too few epochs to tell" and why. ``epochs`` are ``EpochInfo``
+    dicts as a job records them. None when the frozen set never changed."""
+    if min_epochs < 1:
+        raise ValueError(f"min_epochs must be at least 1, got {min_epochs}")
+    phases = epoch_phases(epochs)
+    if len(phases) < 2:
         return None
-    first, last = changes[0][0], changes[-1][0]
-    before = [e["epoch_time"] for e in epochs if e["epoch"] < first]
-    # the epoch in which the change was seen ran partly before it: skip it
-    after = [e["epoch_time"] for e in epochs if e["epoch"] > last]
-    if len(before) > 1:
-        before = before[1:]
-    if not before or not after:
-        return None
-    b, a = float(np.median(before)), float(np.median(after))
-    return {"before_s": b, "after_s": a, "ratio": a / b, "saving": 1 - a / b,
-            "epochs_before": len(before), "epochs_after": len(after)}
+    first, last = phases[0][1:], phases[-1][1:]
+    used = {int(e["epoch"]) for e in first + last}
+    left_out = tuple(int(e["epoch"]) for e in epochs if int(e["epoch"]) not in used)
+    before = EpochTimeSpread.of([e["epoch"] for e in first], [e["epoch_time"] for e in first])
+    after = EpochTimeSpread.of([e["epoch"] for e in last], [e["epoch_time"] for e in last])
+    saving = reason = None
+    if before.n < min_epochs or after.n < min_epochs:
+        reason = (f"too few epochs to tell: {before.n} comparable epoch{'s' if before.n != 1 else ''} before the change "
+                  f"and {after.n} after it; at least {min_epochs} on each side are needed (the first epoch of each "
+                  "phase is left out)")
+    elif before.q1 <= after.q3 and after.q1 <= before.q3:
+        reason = (f"too few epochs to tell: the times before ({before.q1:.2f}-{before.q3:.2f} s) and after "
+                  f"({after.q1:.2f}-{after.q3:.2f} s) overlap (interquartile ranges)")
+    else:
+        saving = 1.0 - after.median / before.median if before.median > 0 else None
+        if saving is None:
+            reason = "too few epochs to tell: the epochs before the change took no time"
+    return FreezeSaving(before, after, tuple(phases[0][0].get("frozen", ())), tuple(phases[-1][0].get("frozen", ())),
+                        left_out, saving, reason)

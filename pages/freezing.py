@@ -5,9 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from app.monitor_plots import epoch_time_figure, live_figure, step_freeze_markers
-from app.monitor_widgets import current_monitors, training_controls
+from app.monitor_widgets import current_monitors, saving_summary, training_controls
 from app.state import current_workbench
-from app.widgets import live_job, metric_delta
+from app.widgets import live_job
 from core.jobs import Job
 from core.live_monitor import freeze_saving
 
@@ -82,16 +82,18 @@ def draw(job: Job | None, view: dict | None) -> None:
             st.caption("Start training to see time per epoch and validation accuracy here.")
             return
         markers = step_freeze_markers(view)
-        for step, label in markers:
-            st.caption(f"Step {step}: {label}.")
+        for k, (step, label) in enumerate(markers, start=1):  # k: the number on the loss chart's marker
+            st.caption(f"**{k}** · step {step}: {label}.")
         saving = freeze_saving(view["epochs"])
         if saving is not None:
-            st.metric("Time per epoch after freezing", f"{saving['after_s']:.2f} s",
-                      **metric_delta(-100 * saving["saving"], unit="%", decimals=0,
-                                     suffix=f" vs {saving['before_s']:.2f} s before", lower_is_better=True))
+            value, delta, text = saving_summary(saving)
+            with st.container(key="frz-saving"):
+                st.metric("Time per epoch after freezing", value, **delta)
+                st.caption(text)
         elif markers:
-            st.caption("The saving is measured once a full epoch has run on each side of the change.")
-        st.plotly_chart(epoch_time_figure(view["epochs"]), key="frz-epoch-chart", width="stretch")
+            st.caption("The saving is measured once epochs have run on each side of the change (the first epoch of "
+                       "each side is left out: warm-up, or the change happened during it).")
+        st.plotly_chart(epoch_time_figure(view["epochs"], saving), key="frz-epoch-chart", width="stretch")
         st.plotly_chart(live_figure(view), key="frz-chart", width="stretch")
 
 

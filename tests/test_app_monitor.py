@@ -8,7 +8,7 @@ import numpy as np
 from apptest_helpers import ROOT, app_workspace, new_app, no_exceptions, workbench_of  # noqa: F401  (fixture)
 
 from core.feedback.selection import KIND as SELECTION
-from core.live_monitor import Monitors
+from core.live_monitor import Monitors, freeze_saving
 
 MONITOR = str(Path(ROOT) / "pages" / "monitor.py")
 FREEZING = str(Path(ROOT) / "pages" / "freezing.py")
@@ -150,6 +150,13 @@ def test_freeze_switches_save_and_reach_a_running_job(app_workspace):
     view = job.view()
     assert view["freeze_events"][-1][1] == tuple(sorted([groups[0], groups[1]]))
     assert any(f"froze {groups[1]}" in c.value for c in at.caption)
+    # the saving: the median after, against before or "too few epochs to tell", and what was compared
+    saving = freeze_saving(view["epochs"])
+    metric = at.metric[0]
+    assert metric.label == "Time per epoch after freezing" and metric.value == f"{saving.after.median:.2f} s"
+    assert metric.delta == ("too few epochs to tell" if saving.saving is None else
+                            f"{-100 * saving.saving:+.0f}% vs {saving.before.median:.2f} s before")
+    assert any(c.value.startswith("Median time per epoch:") and "Left out: epoch" in c.value for c in at.caption)
     assert wb.versions()[-1].feedback["frozen"] == sorted([groups[0], groups[1]])
     assert np.array_equal(wb.model.group_parameters(groups[0])[0].detach().numpy(), first.numpy())  # frozen throughout
     for g in groups[:2]:
