@@ -404,11 +404,13 @@ def versions_panel(wb: Workbench, *, key: str = "versions") -> None:
 
 def _restore(wb: Workbench, number: int) -> None:
     try:
-        wb.restore(number)
+        dismissed = wb.restore(number)  # the last job's banner and chart go: they were about another version
     except Exception as exc:  # a broken checkpoint file must not lose the current model
         st.error(f"Could not restore v{number}: {exc}. The current model is unchanged.")
         return
-    notice(f"Restored v{number}.", "success")
+    dropped = dismissed is not None and dismissed.partial is not None and dismissed.kept is None
+    notice(f"Restored v{number}." + (" The last run's partly trained model, which was not kept, is dropped."
+                                     if dropped else ""), "success")
     st.rerun()
 
 

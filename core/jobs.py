@@ -354,6 +354,17 @@ class JobRunner:
         job._thread.start()
         return job
 
+    def dismiss_ended(self) -> Job | None:
+        """Forget the current job if it has ended (its outcome no longer applies: e.g. another
+        version was restored), so pages stop showing it; returns it, or None when there was
+        none or it still runs."""
+        with self._lock:
+            job = self.current
+            if job is None or job.running:
+                return None
+            self.current = None
+            return job
+
 
 def compute_plan(cpus: int | None = None) -> tuple[int, int]:
     """(training jobs at once, torch threads per job) for this machine.

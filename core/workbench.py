@@ -206,8 +206,13 @@ class Workbench:
             self.current_version = record.number
         return record
 
-    def restore(self, number: int) -> None:
-        """Make version ``number`` current (its checkpoint is loaded all-or-nothing)."""
+    def restore(self, number: int) -> Job | None:
+        """Make version ``number`` current (its checkpoint is loaded all-or-nothing).
+
+        A job that had ended is forgotten (:meth:`JobRunner.dismiss_ended`): its "Finished:
+        version vN" and its chart were about the version before the restore, and every tab
+        would go on showing them. Returns that job (its partial result, if it left one, is
+        dropped with it), or None."""
         record = self.version(number)
         ckpt = read_checkpoint(record.checkpoint)
         model = copy.deepcopy(self.model)
@@ -216,6 +221,7 @@ class Workbench:
             self.model = model
             self.current_version = number
             self.store.update_workbench(self.id, current_version=number)
+            return self.jobs.dismiss_ended()
 
     def _model_of(self, number: int) -> SteerableModel:
         """A fresh copy of the architecture with version ``number``'s weights."""

@@ -88,11 +88,16 @@ def test_restore_a_version_and_reopen_by_url(app_workspace):
     at.run()
     no_exceptions(at)
     assert {m.label: m.value for m in at.metric}["Version"] == "v1"
+    assert "Finished: version v1" in _texts(at) and _training_charts(at) == 1
     at.selectbox(key=_pick_key(wb)).set_value(0).run()
     at.button(key="versions-restore").click().run()
     no_exceptions(at)
     assert {m.label: m.value for m in at.metric}["Version"] == "v0"
     assert "Restored v0" in _texts(at)
+    # issue 29: the finished job's banner and chart were about v1; after the restore they go, in every tab
+    assert "Finished: version v1" not in _texts(at) and _training_charts(at) == 0
+    other = new_app_tab(wb.id)
+    assert "Finished: version v1" not in _texts(other) and _training_charts(other) == 0
 
     # a new session (a refresh, or after a restart) with the id in the URL finds the same workbench
     again = new_app(app_workspace, {"wb": wb.id}).run()
@@ -100,6 +105,25 @@ def test_restore_a_version_and_reopen_by_url(app_workspace):
     reopened = workbench_of(again)
     assert reopened.id == wb.id and reopened.current_version == 0
     assert [v.number for v in reopened.versions()] == [0, 1]
+
+
+def _training_charts(at) -> int:
+    """How many training charts (loss and accuracy per epoch) the page shows."""
+    import json
+
+    return sum(any(a.get("text") == "Accuracy per epoch" for a in json.loads(c.proto.spec)["layout"].get("annotations", []))
+               for c in at.get("plotly_chart"))
+
+
+def new_app_tab(wb_id: str):
+    """Another tab of the same server on ``wb_id`` (the server-wide registry is kept)."""
+    from streamlit.testing.v1 import AppTest
+
+    from apptest_helpers import ENTRY
+
+    tab = AppTest.from_file(ENTRY, default_timeout=60)
+    tab.query_params["wb"] = wb_id
+    return tab.run()
 
 
 def _pick_key(wb) -> str:
