@@ -112,3 +112,18 @@ def draw(wb: Workbench) -> None:
         sidebar_job(wb)
         st.caption(f"Workbench `{wb.id}` · {wb.data.name} · {wb.arch}. Bookmark this page's URL to come back to it; "
                    "every tab on it shares its model, versions and running job.")
+    interrupted_banner(wb)
+
+
+def interrupted_banner(wb: Workbench) -> None:
+    """Above every page: the job a server restart cut off, with Dismiss. The notice is the
+    workbench's, in the store (:meth:`Workbench.interrupted_notice`): every tab and session
+    that opens it sees it until someone dismisses it or a new job starts."""
+    text = wb.interrupted_notice()
+    if text is None:
+        return
+    with st.container(key="interrupted-notice"):
+        c1, c2 = st.columns([6, 1], vertical_alignment="center")
+        c1.warning(text, icon=":material/restart_alt:")
+        c2.button("Dismiss", key="interrupted-dismiss", on_click=wb.dismiss_interrupted, width="stretch",
+                  help="Stop showing this notice, in every tab of this workbench.")

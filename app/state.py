@@ -186,11 +186,7 @@ def _adopt(wb: Workbench) -> Boot:
     ss[SESSION_KEY] = wb.id
     if st.query_params.get(QUERY_KEY) != wb.id:
         st.query_params[QUERY_KEY] = wb.id
-    checked = ss.setdefault("interrupted-checked", set())
-    if wb.id not in checked:  # once per tab and workbench; each notice is shown once overall
-        checked.add(wb.id)
-        for text in wb.store.take_interrupted_notices(wb.id):
-            notice(text, "warning")
+    # an interrupted job's notice is the workbench's (on disk, every tab): app.sidebar.interrupted_banner
     return Boot(wb)
 
 

@@ -346,6 +346,28 @@ class Workbench:
     def clear_annotations(self, kind: str) -> None:
         self.store.delete_annotations(self.id, kind=kind)
 
+    # ------------------------------------------------------------------ interrupted jobs
+    _DISMISSED_KEY = "jobs.interrupted_dismissed"  # page state: the newest interrupted job's id a person dismissed
+
+    def interrupted_notice(self) -> str | None:
+        """What to tell anyone who opens this workbench about a job a server restart cut off:
+        the notice of its newest job when that one was interrupted and nobody dismissed it
+        (:meth:`dismiss_interrupted`); None otherwise, and once a new job was started. Read
+        from the store each time, so every tab, session and later server agrees."""
+        self.store.mark_interrupted()  # jobs of a server that died since this one started
+        latest = self.store.jobs(self.id, limit=1)
+        if not latest or latest[0].status != "interrupted":
+            return None
+        if int(self.get_state(self._DISMISSED_KEY, 0) or 0) >= latest[0].id:
+            return None
+        return latest[0].interrupted_notice()
+
+    def dismiss_interrupted(self) -> None:
+        """Someone read the interrupted-job notice: stop showing it, to every tab (on disk)."""
+        latest = self.store.jobs(self.id, limit=1)
+        if latest and latest[0].status == "interrupted":
+            self.put_state(self._DISMISSED_KEY, latest[0].id)
+
     # ------------------------------------------------------------------ background work
     def start_training(
         self,
