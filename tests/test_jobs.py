@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from core.engine import StepInfo
+from core.engine import EpochInfo, StepInfo
 from core.jobs import ComputeBudget, Job, JobBusy, JobRunner, StepHistory
 
 
@@ -114,6 +114,72 @@ def test_weights_are_snapshots_taken_in_the_training_thread():
         model.weight.fill_(2.0)  # the training copy moves on; the snapshot does not
     assert torch.all(state["weight"] == 1.0)
 
+
+def test_weight_snapshots_stay_whole_and_fixed_while_readers_and_training_contend():
+    """Several page threads ask for weights while the training thread updates them, all let go
+    at once by a barrier. Every snapshot a reader gets is whole (each tensor holds the value of
+    one and the same step: never half an update) and stays as it was handed out while
+    training moves on; a reader's steps never go back; a request is answered by the next
+    step's snapshot; the last epoch's weights are what readers see at the end."""
+    readers, steps, max_reads = 6, 200, 3000
+    model = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(6)])
+    job = Job("train", steps)
+    job.publish_weights_of(model)
+    barrier = threading.Barrier(readers + 1)
+    current = {"step": -1}  # the step whose update the training thread has finished writing
+    got: list[list[tuple[int, dict, int]]] = [[] for _ in range(readers)]  # (step, state, current when asked)
+    errors: list[BaseException] = []
+
+    def train():
+        try:
+            barrier.wait(10)
+            for step in range(steps):
+                with torch.no_grad():
+                    for p in model.parameters():  # one tensor at a time: a copy taken meanwhile would tear
+                        p.fill_(float(step))
+                        time.sleep(0)
+                current["step"] = step
+                job.on_step(StepInfo(epoch=0, step=step, loss=1.0, accuracy=0.5, lr=0.1, step_time=0.0))
+            job.on_epoch(EpochInfo(epoch=0, train_loss=1.0, train_acc=0.5, val_loss=None, val_acc=None,
+                                   epoch_time=0.0, lr=0.1, steps=steps))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def read(k):
+        try:
+            barrier.wait(10)
+            while current["step"] < steps - 1 and len(got[k]) < max_reads:
+                asked_at = current["step"]
+                snap = job.weights()
+                if snap is not None:
+                    got[k].append((snap[0], snap[1], asked_at))
+                time.sleep(0.0002)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=train)] + [threading.Thread(target=read, args=(k,)) for k in range(readers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and not any(t.is_alive() for t in threads)
+    checked = set()
+    for seen in got:
+        for step, state, _ in seen:
+            if id(state) not in checked:
+                checked.add(id(state))
+                assert all(torch.all(v == float(step)) for v in state.values()), f"a torn or moved snapshot, step {step}"
+        assert [s for s, _, _ in seen] == sorted(s for s, _, _ in seen)  # never back to an older step
+        # asked while step a was the latest: once step a + 1 is over, the snapshot is of step a or later
+        i = 0
+        for step, _, asked_at in seen:
+            while i + 1 < len(seen) and seen[i + 1][2] <= asked_at - 2:
+                i += 1
+            if seen[i][2] <= asked_at - 2:
+                assert step >= seen[i][2], (step, seen[i][2], asked_at)
+    assert len({s for seen in got for s, _, _ in seen}) > 10  # answered while training ran, not only at its end
+    step, state = job.weights()
+    assert step == steps - 1 and all(torch.all(v == float(steps - 1)) for v in state.values())
 
 class _Recorder:
     def __init__(self):
