@@ -21,7 +21,9 @@ st.caption("Every workbench on this server: one dataset and model with its versi
 
 
 def when(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+    """To the second: a run of a few seconds changes the workbench within the same minute, and
+    "last change" must move when it does."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
 rows = get_store().workbench_summaries()

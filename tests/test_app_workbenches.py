@@ -57,3 +57,31 @@ def test_list_open_rename_and_delete(app_workspace):
     # the open one cannot be deleted from its own tab
     at.switch_page(PAGE).run()
     assert f"wbl-delete-{third.id}" not in {b.key for b in at.button}
+
+
+def test_last_change_moves_when_a_training_run_makes_a_version(app_workspace):
+    """Issue 29: "last change" did not update after training (it was shown to the minute, and a
+    short run ends within the same minute)."""
+    import time
+
+    from core.engine import TrainConfig
+
+    at = new_app(app_workspace).run()
+    wb = workbench_of(at)
+    at.switch_page(PAGE).run()
+    no_exceptions(at)
+
+    def last_change() -> str:
+        table = at.dataframe[0].value
+        return table.loc[table["id"] == wb.id, "last change"].item()
+
+    before = last_change()
+    time.sleep(1.1)  # the run ends at least a second later
+    job = wb.start_training(TrainConfig(epochs=1, lr=0.02), description="one more epoch")
+    assert job.wait(120) and job.status == "done", job.error
+    at.run()
+    no_exceptions(at)
+    made = wb.version(wb.current_version).created
+    assert last_change() != before
+    assert last_change() == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(made))  # the new version's time
+    assert f"last change {last_change()}" in _texts(at)  # the detail line of the picked (this) workbench
