@@ -226,24 +226,95 @@ def test_pause_at_epoch_end_and_resume_continues_same_step(tiny_data):
 
 
 def test_fine_tune_adds_weighted_terms_with_example_ids(tiny_data):
-    model = _model(tiny_data)
+    """fine_tune's loss is weights["cls"] x CE + the weighted terms, each term seeing the batch's
+    example ids: its weights equal, tensor by tensor, those of a hand-written SGD loop on
+    0.5 x CE + 0.1 x term over the same batches."""
     seen_ids = set()
 
     def term(model, batch):
         seen_ids.update(batch.ids.tolist())
         return batch.features.pow(2).mean()
 
-    result = fine_tune(model, tiny_data, {"feat": term}, {"cls": 0.5, "feat": 0.1}, epochs=1)
-    assert len(result.history) == 1
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=0.04, seed=3, device="cpu")
+    model = _model(tiny_data)
+    steps = []
+
+    class Rec(Callback):
+        def on_step(self, info):
+            steps.append((info.loss, info.terms["feat"]))
+
+    result = fine_tune(model, tiny_data, {"feat": term}, {"cls": 0.5, "feat": 0.1}, epochs=2, config=cfg,
+                       callbacks=[Rec()])
+    assert len(result.history) == 2 and result.steps == len(steps)
     assert seen_ids == set(tiny_data.ids("train").tolist())
 
+    # the same training written out by hand
+    ref = _model(tiny_data)
+    images, labels = tiny_data.split("train")
+    opt = torch.optim.SGD(ref.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    ref_steps = []
+    for _ in range(cfg.epochs):
+        ref.train()
+        for idx in torch.randperm(len(images), generator=generator).split(cfg.batch_size):
+            opt.zero_grad(set_to_none=True)
+            feats = ref.features(images[idx])
+            ce = torch.nn.functional.cross_entropy(ref.head(feats), labels[idx])
+            extra = feats.pow(2).mean()
+            loss = 0.5 * ce + 0.1 * extra
+            ref_steps.append((float(loss.detach()), float(extra.detach())))
+            loss.backward()
+            opt.step()
+    assert steps == pytest.approx(ref_steps, rel=1e-5)  # the recorded loss is the weighted sum
+    got, want = model.state_dict(), ref.state_dict()
+    assert got.keys() == want.keys()
+    for name in want:
+        assert torch.allclose(got[name], want[name], rtol=1e-5, atol=1e-6), name
+    # and the weights matter: CE at weight 1 ends elsewhere
+    other = _model(tiny_data)
+    fine_tune(other, tiny_data, {"feat": term}, {"cls": 1.0, "feat": 0.1}, epochs=2, config=cfg)
+    assert not torch.allclose(other.conv1.weight, ref.conv1.weight, rtol=1e-5, atol=1e-6)
 
-def test_device_choice():
-    assert pick_device("cpu").type == "cpu"
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA"):
-            pick_device("cuda")
-        assert pick_device(None).type in ("cpu", "mps")
+
+def test_device_choice(monkeypatch):
+    from core import engine
+
+    assert pick_device("cpu") == torch.device("cpu") and pick_device("CPU") == torch.device("cpu")
+    # no accelerator: "auto" and None are the CPU; asking for one names what there is
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(engine, "_mps_available", lambda: False)
+    assert pick_device(None) == pick_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="CUDA was asked for but is not available; available: cpu"):
+        pick_device("cuda")
+    with pytest.raises(ValueError, match="MPS was asked for but is not available; available: cpu"):
+        pick_device("mps")
+    # only MPS: the default is MPS
+    monkeypatch.setattr(engine, "_mps_available", lambda: True)
+    assert pick_device(None) == torch.device("mps") and pick_device("mps") == torch.device("mps")
+    assert pick_device("cpu") == torch.device("cpu")  # a device asked for wins over the default
+    # CUDA (simulated): preferred over MPS by default, and the exact device asked for is the one given
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device(None) == torch.device("cuda") and pick_device("auto") == torch.device("cuda")
+    assert pick_device("cuda:1") == torch.device("cuda", 1) and pick_device("mps") == torch.device("mps")
+    assert engine.available_devices() == ["cpu", "cuda", "mps"]
+
+
+def test_fit_trains_on_the_device_the_config_asks_for(tiny_data, monkeypatch):
+    """fit resolves config.device through pick_device and moves the model there; on a machine
+    with CUDA it really trains there."""
+    from core import engine
+
+    asked = []
+    real = engine.pick_device
+    monkeypatch.setattr(engine, "pick_device", lambda pref=None: asked.append(pref) or real("cpu"))
+    model = _model(tiny_data)
+    fit(model, tiny_data.split("train"), None, config=TrainConfig(epochs=1, batch_size=32, device="cuda:1"))
+    assert asked == ["cuda:1"] and {p.device.type for p in model.parameters()} == {"cpu"}
+    monkeypatch.setattr(engine, "pick_device", real)
+    if torch.cuda.is_available():
+        model = _model(tiny_data)
+        fit(model, tiny_data.split("train"), None, config=TrainConfig(epochs=1, batch_size=32, device="cuda"))
+        assert {p.device.type for p in model.parameters()} == {"cuda"}
 
 
 def test_evaluate_confusion_matches_predictions(tiny_data):
