@@ -30,7 +30,10 @@ def test_grid_benchmark_quick_runs_and_writes_its_json(tmp_path):
     assert seed["lambda_feedback"] != pytest.approx(saved["params"]["share"], rel=1e-2)
     assert payload["gain_over_reviewed_ce"]["seeds"] == 1
     assert saved["seeds"]["reported_on"] == [0] and saved["seeds"]["tuned_on"] == grid_feedback.TUNED_ON
+    # a learning rate that trains: no run diverged, and the count says so
     assert payload["gain_over_baseline"]["seeds"] == 1 and saved["diverged_runs"] == 0
+    assert saved["diverged"] == {r: 0 for r in grid_feedback.RUNS}
+    assert all(seed[f"status_{r}"] == "done" for r in grid_feedback.RUNS), {r: seed[f"status_{r}"] for r in grid_feedback.RUNS}
     # counterexamples: the same reviewed images; the effect record reads the per-seed figures
     assert seed["images_reviewed_counterexamples"] == seed["images_reviewed"]
     assert seed["squares_marked_counterexamples_random"] == seed["squares_marked"]
@@ -59,5 +62,6 @@ def test_grid_benchmark_reports_runs_that_diverge_before_any_review(tmp_path):
     saved = json.loads(out.read_text())
     (seed,) = saved["per_seed"]
     assert saved["diverged_runs"] == len(grid_feedback.RUNS) and saved["diverged"] == {r: 1 for r in grid_feedback.RUNS}
+    assert all(seed[f"status_{r}"] == "diverged" for r in grid_feedback.RUNS)
     assert seed["lambda_feedback"] is None and seed["images_reviewed"] == 0
     assert saved["target_met"] is False
