@@ -77,23 +77,35 @@ PROBE_N = PROBE_SAMPLE  # pool examples the activation probe follows during trai
 
 
 def probe_caption(probe: ActivationProbe | None) -> str | None:
-    """One line on how often the running job's activation probe refreshes the embedding (its
-    interval adapts so that probing stays within its budget of the training time), or None
-    before its first probe."""
+    """One line on how often the embedding of the model in training refreshes, and why: as
+    the page's "Update every (s)" asks (the probe runs on that time basis), or slower because
+    the probe is kept within its budget of the training time, or because it runs at most
+    every few steps. None before the probe's first snapshot."""
     pace = probe.pace() if probe is not None else None
     if pace is None:
         return None
-    budget = f", keeping it within {pace['budget']:.0%} of the training time" if pace["budget"] else ""
+    what = f"each probe of the {pace['images']} points shown takes {pace['probe_s']:.2f} s"
+    every, requested, steps = pace["interval_s"], pace["requested_s"], pace["interval"]
     share = f" ({pace['share']:.1%} so far)" if pace["share"] is not None else ""
-    return (f"Activations of the model in training ({pace['images']} pool images) are probed every "
-            f"{pace['interval']} steps, about every {pace['interval_s']:.1f} s{budget}{share}.")
+    if pace["limited_by"] == "setting":
+        return f"The embedding updates about every {requested:g} s, as set ({what}; every ~{steps} steps)."
+    head = f"The embedding updates about every {every:.1f} s"
+    if requested is not None:
+        head += f", not every {requested:g} s as set"
+    if pace["limited_by"] == "budget":
+        return (f"{head}: {what} and is kept within {pace['budget']:.0%} of the training time{share}, so it runs every "
+                f"{steps} steps. Fewer points make it cheaper.")
+    return f"{head}: the probe runs at most every {steps} steps ({what})."
 
 
 def training_controls(wb: Workbench, key: str, *, probe_layer: str | None = None, probe_n: int = PROBE_N,
+                      probe_interval_s: float | None = None, probe_count: int | None = None,
                       freeze_hint: bool = True,
                       default_epochs: int = 10) -> None:
     """Epochs, learning rate, batch size, "pause at the end of each epoch", and Start. The job
-    carries per-layer statistics, settle tracking and an activation probe (see core.live_monitor)."""
+    carries per-layer statistics, settle tracking and an activation probe (see core.live_monitor)
+    of ``probe_layer``, probing the first ``probe_count`` of its ``probe_n`` images at most every
+    ``probe_interval_s`` seconds (the embedding view's settings; the page can change them later)."""
     job = wb.jobs.current
     running = job is not None and job.running
     frozen = list(wb.settings.get("frozen", []))
@@ -122,7 +134,8 @@ def training_controls(wb: Workbench, key: str, *, probe_layer: str | None = None
                           device=wb.settings.get("device", "cpu"))
         _, sample, _ = probe_sample(wb, probe_n)
         start_job(lambda: wb.start_training(cfg, description=f"trained {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} (lr {cfg.lr:g}, monitored)",
-                                            attach=lambda m: monitors_for(m, sample, layer=probe_layer), frozen=frozen,
+                                            attach=lambda m: monitors_for(m, sample, layer=probe_layer, interval_s=probe_interval_s,
+                                                                         count=probe_count), frozen=frozen,
                                             pause_at_epoch_end=bool(st.session_state.get(f"{key}-pae"))),
                   key=key, settings=(float(epochs), float(lr)))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +29,24 @@ __all__ = [
 
 MIN_TSNE_POINTS = 5  # below this, t-SNE has no meaningful neighbourhoods: layouts fall back to PCA
 _METHODS = ("tsne", "pca")
+PROGRESS_EVERY_ITERS = 25  # t-SNE iterations between two progress reports
+EARLY_EXAGGERATION_ITER = 250  # openTSNE's default, run before the n_iter of a cold layout
+
+Progress = Callable[[float, str], None]
+"""``progress(fraction, text)``: how far a layout is (0..1) and what it does now (as core.data.Progress)."""
+
+
+class _IterationProgress:
+    """An openTSNE callback that turns its iteration counts into ``progress`` reports over a
+    run of ``total`` iterations (all phases together); never stops the optimisation."""
+
+    def __init__(self, progress: Progress, total: int, what: str, every: int = PROGRESS_EVERY_ITERS) -> None:
+        self.progress, self.total, self.what, self.every, self.done = progress, max(int(total), 1), what, every, 0
+
+    def __call__(self, iteration: int, error: float, embedding) -> bool:
+        self.done = min(self.done + self.every, self.total)
+        self.progress(self.done / self.total, f"{self.what}: iteration {self.done} of {self.total}")
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,7 +132,7 @@ def _affinities(x: np.ndarray, perplexity: float, seed: int):
 
 
 def tsne_layout(x: np.ndarray, *, perplexity: float = 30.0, seed: int = 0, n_iter: int = 500,
-                init: np.ndarray | None = None) -> np.ndarray:
+                init: np.ndarray | None = None, progress: Progress | None = None) -> np.ndarray:
     """One cold (or init-given) openTSNE layout, (n, 2) float32. Perplexity is clipped to what n allows.
 
     The full schedule runs: 250 iterations of early exaggeration, then ``n_iter``. Without
@@ -123,6 +141,7 @@ def tsne_layout(x: np.ndarray, *, perplexity: float = 30.0, seed: int = 0, n_ite
     first, so it is a seed shape, not positions to keep (see :class:`EmbeddingStream` for
     that); an ``init`` with no spread is ignored. Data whose rows are all equal start from a
     seeded random initialisation. Fewer than 5 points get :func:`pca_layout` instead.
+    ``progress`` hears the neighbour search, then every 25 iterations ("iteration k of n").
     """
     from openTSNE import TSNE
     from openTSNE.initialization import random as random_init
@@ -150,22 +169,35 @@ def tsne_layout(x: np.ndarray, *, perplexity: float = 30.0, seed: int = 0, n_ite
         initialization = "pca"
     else:  # all rows equal: PCA has no direction to give (openTSNE would divide by 0)
         initialization = random_init(n, 2, random_state=seed)
+    hooks = {}
+    if progress is not None:
+        progress(0.0, f"t-SNE of {n} points: finding each point's neighbours")
+        hooks = {"callbacks": _IterationProgress(progress, EARLY_EXAGGERATION_ITER + n_iter, f"t-SNE of {n} points"),
+                 "callbacks_every_iters": PROGRESS_EVERY_ITERS}
     tsne = TSNE(n_components=2, perplexity=perp, n_iter=n_iter, initialization=initialization,
-                n_jobs=1, random_state=seed, verbose=False)
+                early_exaggeration_iter=EARLY_EXAGGERATION_ITER, n_jobs=1, random_state=seed, verbose=False, **hooks)
     emb = tsne.fit(arr)
+    if progress is not None:
+        progress(1.0, f"t-SNE of {n} points: done")
     return np.asarray(emb, dtype=np.float32)
 
 
-def _tsne_warm(x: np.ndarray, init: np.ndarray, *, perplexity: float, seed: int, n_iter: int) -> np.ndarray:
+def _tsne_warm(x: np.ndarray, init: np.ndarray, *, perplexity: float, seed: int, n_iter: int,
+               progress: Progress | None = None) -> np.ndarray:
     """``n_iter`` iterations of t-SNE from ``init`` as-is: no rescaling, no early exaggeration."""
     from openTSNE import TSNEEmbedding
 
+    hooks = {}
+    if progress is not None:
+        progress(0.0, f"t-SNE of {len(x)} points from the last layout: finding each point's neighbours")
+        hooks = {"callbacks": _IterationProgress(progress, n_iter, f"t-SNE of {len(x)} points from the last layout"),
+                 "callbacks_every_iters": PROGRESS_EVERY_ITERS}
     emb = TSNEEmbedding(np.ascontiguousarray(init, dtype=np.float64), _affinities(x, perplexity, seed),
                         negative_gradient_method="auto", random_state=seed, n_jobs=1, verbose=False)
     # learning rate "auto" is n / exaggeration (Belkina et al. 2019), as in openTSNE's own
     # non-exaggerated phase; momentum 0.8 is its final-phase momentum.
     emb = emb.optimize(n_iter=n_iter, exaggeration=None, momentum=0.8, learning_rate="auto",
-                       inplace=True, propagate_exception=True)
+                       inplace=True, propagate_exception=True, **hooks)
     return np.asarray(emb, dtype=np.float64)
 
 
@@ -233,11 +265,12 @@ class EmbeddingStream:
         """Number of update() calls so far (since the last reset)."""
         return self._updates
 
-    def update(self, x: np.ndarray, ids: Sequence[int]) -> np.ndarray:
+    def update(self, x: np.ndarray, ids: Sequence[int], progress: Progress | None = None) -> np.ndarray:
         """Lay out rows of x (one per id). First call: cold. Later calls: warm start from the previous
         layout for ids seen before (new ids start at the position of their nearest already-placed
         neighbour in x-space, plus tiny seeded jitter), optimised for warm_iter iterations with no early
-        exaggeration. Appends each id's new position to its history. Returns (n, 2) in the order of ids."""
+        exaggeration. Appends each id's new position to its history. Returns (n, 2) in the order of ids.
+        ``progress`` hears how far the layout is (a cold t-SNE takes seconds; PCA reports once)."""
         arr = _check_x(x)
         id_arr = _check_ids(ids, len(arr))
         prev, prev_ids = self._layout, self._ids
@@ -250,15 +283,17 @@ class EmbeddingStream:
             new = pca_layout(arr, self.seed).astype(np.float64)
             if prev is not None and known.any():
                 new = self._align_signs(new, known, prev[old_rows])
+            if progress is not None:
+                progress(1.0, f"PCA of {len(arr)} points: done")
         elif (not self._prev_tsne or known.sum() < max(MIN_TSNE_POINTS, len(arr) / 2)
               or _rms_radius(prev[old_rows]) <= 1e-12):
-            new = tsne_layout(arr, perplexity=self.perplexity, seed=self.seed, n_iter=self.cold_iter)
+            new = tsne_layout(arr, perplexity=self.perplexity, seed=self.seed, n_iter=self.cold_iter, progress=progress)
             new = new.astype(np.float64)
         else:
             old = prev[old_rows].astype(np.float64)
             init = self._warm_init(arr, known, old)
             new = _tsne_warm(arr, init, perplexity=_clip_perplexity(self.perplexity, len(arr)),
-                             seed=self.seed, n_iter=self.warm_iter)
+                             seed=self.seed, n_iter=self.warm_iter, progress=progress)
             new = self._match_spread(new, known, old)
 
         if prev is not None and known.any():

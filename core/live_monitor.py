@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -49,22 +50,30 @@ class ActivationProbe(Callback):
     the training thread with one forward pass per batch of the sample. ``set_layer`` switches
     the layer from another thread; the next step recomputes.
 
-    When to probe: at the first step, after a layer switch, and then at least ``every`` steps
-    apart (and at an epoch end) whenever the probe's total time, with one more probe, stays
-    within ``budget`` times the total time of the training steps so far. So the interval
-    adapts: a probe that takes 3 steps' worth of time runs every 100 steps or so at a 3%
-    budget (the first one, at step 0, is not waited for: the page needs a snapshot).
+    When to probe: at the first step, after a layer switch (or a larger ``count``), and then
+    at least ``every`` steps apart (and at an epoch end) whenever the probe's total time, with
+    one more probe, stays within ``budget`` times the total time of the training steps so far.
+    So the interval adapts: a probe that takes 3 steps' worth of time runs every 100 steps or
+    so at a 3% budget (the first one, at step 0, is not waited for: the page needs a snapshot).
     ``budget=None`` is the fixed schedule: every ``every`` steps and at each epoch end.
+
+    ``interval_s`` (also :meth:`set_interval_s`, from the page's "Update every (s)"): besides
+    the above, probe only once that many seconds (of ``clock``) have passed since the last
+    probe, so a page that refreshes every N s gets a new snapshot about every N s, and the
+    probe costs nothing in between. The budget still caps it: :meth:`pace` says which of the
+    two sets the interval. ``count`` (also :meth:`set_count`): probe only the first ``count``
+    images of the sample (the points the page shows; fewer images, cheaper probes).
     ``clock`` (seconds) is for tests.
     """
 
     def __init__(self, model: SteerableModel, images: torch.Tensor, *, layer: str | None = None,
-                 every: int = PROBE_EVERY, budget: float | None = PROBE_BUDGET,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 every: int = PROBE_EVERY, budget: float | None = PROBE_BUDGET, interval_s: float | None = None,
+                 count: int | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1 step, got {every}")
         if budget is not None and not budget > 0:
             raise ValueError(f"budget must be a positive share of the training time, or None; got {budget}")
+        _check_interval(interval_s)
         layers = list(watched_layers(model))
         self.model = model
         self.images = images
@@ -81,6 +90,12 @@ class ActivationProbe(Callback):
         self._probe_s = 0.0  # total seconds spent probing
         self._last_cost: float | None = None  # seconds of the last probe
         self._last_step: int | None = None
+        self._interval_s = None if interval_s is None else float(interval_s)
+        self._count = len(images) if count is None else max(1, min(int(count), len(images)))
+        self._last_probe_at: float | None = None  # clock at the start of the last probe
+        self._probe_times: deque[float] = deque(maxlen=6)  # clock at the start of recent probes
+        self._wall0: float | None = None  # clock at the first step (with an interval set)
+        self._wall_steps = 0  # steps seen since then
         self.probes = 0
 
     @property
@@ -96,6 +111,29 @@ class ActivationProbe(Callback):
                 self._layer = layer
                 self._requested = True
 
+    @property
+    def interval_s(self) -> float | None:
+        return self._interval_s
+
+    def set_interval_s(self, seconds: float | None) -> None:
+        """Probe at most once per ``seconds`` of the clock from now on (None: as the budget allows)."""
+        _check_interval(seconds)
+        with self._lock:
+            self._interval_s = None if seconds is None else float(seconds)
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def set_count(self, n: int) -> None:
+        """Probe the first ``n`` images of the sample (clipped to 1..len(sample)); more than the
+        last snapshot holds is probed at the next step."""
+        n = max(1, min(int(n), len(self.images)))
+        with self._lock:
+            if self._latest is not None and n > len(self._latest.preds):
+                self._requested = True
+            self._count = n
+
     def _forward(self, layer: str, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """(activations of ``layer``, predicted classes) for the sample in one eval-mode pass
         per batch: conv outputs averaged over space per channel, linear outputs as-is. Every
@@ -104,6 +142,7 @@ class ActivationProbe(Callback):
         param = next(self.model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         captured: list[torch.Tensor] = []
+        images = self.images[: self._count]
 
         def hook(_module, _inputs, output) -> None:
             out = (output[0] if isinstance(output, (tuple, list)) else output).detach()
@@ -114,7 +153,7 @@ class ActivationProbe(Callback):
         flags = [(m, m.training) for m in self.model.modules()]
         handle = module.register_forward_hook(hook)
         preds: list[torch.Tensor] = []
-        batches = self.images.split(batch_size) if len(self.images) else []
+        batches = images.split(batch_size) if len(images) else []
         try:
             self.model.eval()
             with torch.no_grad():
@@ -128,7 +167,7 @@ class ActivationProbe(Callback):
         if len(captured) != len(batches):  # the layer is not on the features -> head path
             from core.embed import layer_activations  # scikit-learn import (~0.9 s): only here
 
-            return layer_activations(self.model, layer, self.images), torch.cat(preds).numpy()
+            return layer_activations(self.model, layer, images), torch.cat(preds).numpy()
         if not batches:
             return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
         return torch.cat(captured).numpy(), torch.cat(preds).numpy()
@@ -139,6 +178,8 @@ class ActivationProbe(Callback):
         with self._lock:
             layer = self._layer
             self._requested = False
+            self._last_probe_at = t0
+            self._probe_times.append(t0)
         acts, preds = self._forward(layer)
         snap = ProbeSnapshot(step, layer, acts, preds)
         cost = max(self._clock() - t0, 0.0)
@@ -156,19 +197,31 @@ class ActivationProbe(Callback):
             return True
         return self._probe_s + self._last_cost <= self.budget * self._train_s
 
+    def _due(self) -> bool:
+        """Whether ``interval_s`` (if set) has passed since the last probe."""
+        if self._interval_s is None or self._last_probe_at is None:
+            return True
+        return self._clock() - self._last_probe_at >= self._interval_s
+
     def on_step(self, info: StepInfo) -> None:
         self._train_s += max(float(info.step_time), 0.0)
         self._steps += 1
+        if self._interval_s is not None:  # wall time per step, for pace()
+            if self._wall0 is None:
+                self._wall0 = self._clock()
+            else:
+                self._wall_steps += 1
         if self._requested:
             self.probe(info.step)
         elif self.budget is None:
-            if info.step % self.every == 0:
+            if info.step % self.every == 0 and self._due():
                 self.probe(info.step)
-        elif (self._last_step is None or info.step - self._last_step >= self.every) and self._affordable():
+        elif ((self._last_step is None or info.step - self._last_step >= self.every) and self._affordable()
+              and self._due()):
             self.probe(info.step)
 
     def on_epoch(self, info: EpochInfo) -> None:
-        if self.budget is None or self._affordable():
+        if (self.budget is None or self._affordable()) and self._due():
             latest = self.latest()
             self.probe(latest.step if latest is not None else 0)
 
@@ -179,20 +232,44 @@ class ActivationProbe(Callback):
 
     def pace(self) -> dict | None:
         """How often the probe runs at the rates measured so far, for the page: ``interval``
-        (steps between probes), ``interval_s`` (seconds of training between them),
-        ``probe_s`` (seconds of the last probe), ``share`` (probing time / training-step time
-        so far), ``budget``, ``probes`` and ``images``. None before the first probe."""
+        (steps between probes), ``interval_s`` (seconds between them), ``limited_by``
+        (``"budget"``: as often as the budget allows, slower than ``requested_s``;
+        ``"setting"``: every ``requested_s`` as asked; ``"steps"``: every ``every`` steps;
+        ``"budget"`` also when no interval was asked for), ``requested_s`` (``interval_s`` as
+        set, or None), ``observed_s`` (mean clock time between the last probes, or None before
+        two), ``probe_s`` (seconds of the last probe), ``share`` (probing time / training-step
+        time so far), ``budget``, ``probes`` and ``images`` (probed per snapshot). None before
+        the first probe."""
         with self._lock:
             if self._last_cost is None or self._steps == 0:
                 return None
             step_s = self._train_s / self._steps
-            if self.budget is None:
-                interval = self.every
+            if self._wall_steps > 0 and self._wall0 is not None:
+                wall_step_s = max((self._clock() - self._wall0) / self._wall_steps, step_s)
             else:
-                interval = max(self.every, math.ceil(self._last_cost / max(self.budget * step_s, 1e-12)))
-            return {"interval": int(interval), "interval_s": interval * step_s, "probe_s": self._last_cost,
+                wall_step_s = step_s
+            fewest = self.every
+            if self.budget is None:
+                steps, limited_by = fewest, "steps"
+            else:
+                need = math.ceil(self._last_cost / max(self.budget * step_s, 1e-12))
+                steps, limited_by = max(fewest, need), ("budget" if need > fewest else "steps")
+            seconds = steps * wall_step_s
+            requested = self._interval_s
+            if requested is not None and requested >= seconds:
+                seconds, limited_by = requested, "setting"
+                steps = max(fewest, math.ceil(requested / max(wall_step_s, 1e-12)))
+            times = list(self._probe_times)
+            observed = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 2 else None
+            return {"interval": int(steps), "interval_s": float(seconds), "limited_by": limited_by,
+                    "requested_s": requested, "observed_s": observed, "probe_s": self._last_cost,
                     "share": self._probe_s / self._train_s if self._train_s > 0 else None,
-                    "budget": self.budget, "probes": self.probes, "images": int(len(self.images))}
+                    "budget": self.budget, "probes": self.probes, "images": int(self._count)}
+
+
+def _check_interval(seconds: float | None) -> None:
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"interval_s must be a positive number of seconds, or None; got {seconds}")
 
 
 @dataclass
@@ -218,14 +295,17 @@ class Monitors:
 
 
 def monitors_for(model: SteerableModel, sample: torch.Tensor | None = None, *, layer: str | None = None,
-                 every: int = PROBE_EVERY, budget: float | None = PROBE_BUDGET) -> list[Callback]:
+                 every: int = PROBE_EVERY, budget: float | None = PROBE_BUDGET, interval_s: float | None = None,
+                 count: int | None = None) -> list[Callback]:
     """Statistics, settle tracking and (given a sample of images) an activation probe, bound
-    to ``model``: what ``Workbench.start_training(attach=...)`` takes."""
+    to ``model``: what ``Workbench.start_training(attach=...)`` takes. ``interval_s`` and
+    ``count``: see :class:`ActivationProbe`."""
     settle = SettleTracker(model)
     settle.record(-1)  # the weights before the first epoch, so epoch 1 has a relative change
     out: list[Callback] = [LayerStats(model, act_every=ACT_EVERY), settle]
     if sample is not None and len(sample):
-        out.append(ActivationProbe(model, sample, layer=layer, every=every, budget=budget))
+        out.append(ActivationProbe(model, sample, layer=layer, every=every, budget=budget, interval_s=interval_s,
+                                   count=count))
     return out
 
 

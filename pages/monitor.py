@@ -11,9 +11,9 @@ import torch
 
 from app.monitor_plots import embedding_figure, grad_heatmap_figure, layer_bars_figure, live_figure
 from app.monitor_widgets import PROBE_N, current_monitors, probe_caption, probe_sample, training_controls
-from app.state import current_workbench, notice
+from app.state import StepsBox, current_workbench, notice
 from app.widgets import live_job, pct, to_pil
-from core.embed import EmbeddingStream, filter_vectors, layer_activations
+from core.embed import EmbeddingStream, Progress, filter_vectors, layer_activations
 from core.engine import predict
 from core.feedback.selection import KIND as SELECTION, RetrainSettings, plan_retrain, selection_report
 from core.jobs import Job, JobBusy
@@ -37,7 +37,8 @@ st.caption("Train the current model in the background and watch it: loss and acc
            "and embeddings of filters or activations that move as it learns (Chung et al., ReVACNN, seed 003). "
            "Select confused points in the activation embedding and retrain on them.")
 
-training_controls(wb, "mon", probe_layer=ss.get("mon-emb-layer"))
+training_controls(wb, "mon", probe_layer=ss.get("mon-emb-layer"), probe_interval_s=ss.get("mon-emb-every"),
+                  probe_count=ss.get("mon-emb-n") if ss.get("mon-emb-what", "activations") == "activations" else None)
 view_name = st.segmented_control("View", ["Curves", "Network", "Embedding"], default="Curves", key="mon-view",
                                  label_visibility="collapsed") or "Curves"
 
@@ -117,8 +118,36 @@ def embedding_controls() -> dict:
             "interval": float(interval)}
 
 
-def embedding_input(job: Job | None, mons, opts: dict) -> tuple[str, np.ndarray, np.ndarray | None]:
-    """(tag of the data's state, rows to embed, predictions or None) for the chosen view."""
+class EmbeddingWait:
+    """The status box of a first (cold) draw of the embedding: which step of how many, and how
+    far it is. Drawn only when there is work to wait for; nothing for warm updates."""
+
+    def __init__(self, opts: dict) -> None:
+        self.title = f"Drawing the {opts['method']} embedding of {opts['layer']} {opts['what']}"
+        self.box: StepsBox | None = None
+
+    def activations(self, text: str) -> Progress:
+        """Step 1 of 2 begins: reading the layer for the pool sample."""
+        self.box = StepsBox(self.title, ["Reading the layer for the pool sample", "Laying out the points"],
+                            key="mon-emb-progress")
+        self.box.start(0, text)
+        return self.box.progress_for(0)
+
+    def layout(self) -> Progress:
+        """The layout step (step 2 of 2, or the only one)."""
+        if self.box is None:
+            self.box = StepsBox(self.title, ["Laying out the points"], key="mon-emb-progress")
+        return self.box.progress_for(len(self.box.steps) - 1)
+
+    def finish(self) -> None:
+        if self.box is not None:
+            self.box.finish(self.title, clear=True)
+
+
+def embedding_input(job: Job | None, mons, opts: dict,
+                    wait: EmbeddingWait | None = None) -> tuple[str, np.ndarray, np.ndarray | None]:
+    """(tag of the data's state, rows to embed, predictions or None) for the chosen view;
+    ``wait`` shows the reading of the layer when it has to be computed."""
     n, layer = opts["n"], opts["layer"]
     if opts["what"] == "filters":
         model = live_model(job)
@@ -127,13 +156,22 @@ def embedding_input(job: Job | None, mons, opts: dict) -> tuple[str, np.ndarray,
     if job is not None and job.running and mons.probe is not None:
         if mons.probe.layer != layer:
             mons.probe.set_layer(layer)
+        if mons.probe.interval_s != opts["interval"]:  # probe on the page's time basis
+            mons.probe.set_interval_s(opts["interval"])
+        if mons.probe.count != n:  # only the points shown: cheaper probes, more often within the budget
+            mons.probe.set_count(n)
         snap = mons.probe.latest()
         if snap is not None and snap.layer == layer:
             return f"step {snap.step}", snap.activations[:n], snap.preds[:n]
     key = ("mon-acts", wb.current_version, layer, n)
     if ss.get("mon-acts-key") != key:
+        report = wait.activations(f"{layer} activations of {n} pool images…") if wait is not None else None
         acts = layer_activations(wb.model, layer, sample_x[:n])
+        if report is not None:
+            report(0.5, f"Predictions for {n} pool images…")
         preds = predict(wb.model, sample_x[:n])[0].argmax(1).numpy()
+        if report is not None:
+            report(1.0, f"{layer} activations and predictions of {n} pool images")
         ss["mon-acts-key"], ss["mon-acts"] = key, (acts, preds)
     acts, preds = ss["mon-acts"]
     return f"v{wb.current_version}", acts, preds
@@ -146,15 +184,20 @@ def draw_embedding(job: Job | None, mons, opts: dict) -> None:
         ss["mon-stream"] = EmbeddingStream("tsne" if opts["method"] == "t-SNE" else "pca", perplexity=opts["perplexity"])
         ss["mon-stream-tag"], ss["mon-stream-time"] = None, 0.0
     stream: EmbeddingStream = ss["mon-stream"]
-    tag, x, preds = embedding_input(job, mons, opts)
+    wait = EmbeddingWait(opts) if stream.layout is None else None  # a cold layout takes seconds: show it
+    tag, x, preds = embedding_input(job, mons, opts, wait)
     due = time.time() - ss["mon-stream-time"] >= opts["interval"]
     if stream.layout is None or (tag != ss["mon-stream-tag"] and due):
         try:
-            stream.update(x, np.arange(len(x)))
+            stream.update(x, np.arange(len(x)), progress=wait.layout() if wait is not None else None)
         except ValueError as exc:
+            if wait is not None:
+                wait.finish()
             st.warning(f"Cannot embed this layer: {exc}")
             return
         ss["mon-stream-tag"], ss["mon-stream-time"] = tag, time.time()
+    if wait is not None:
+        wait.finish()
     coords, trails = stream.layout, stream.trails()
     activations = opts["what"] == "activations"
     ids = sample_ids[: len(coords)].numpy() if activations else np.arange(len(coords))
@@ -178,6 +221,18 @@ def draw_embedding(job: Job | None, mons, opts: dict) -> None:
         draw_selection(job, preds, ids)
     else:
         st.caption("Filters that settle stop moving; their trails shrink. The Layer freezing page uses this cue.")
+
+
+def update_note(job: Job | None, mons, opts: dict) -> str:
+    """When the embedding will change next, in words (what "Update every (s)" does now)."""
+    running = job is not None and job.running
+    if not running:
+        return (f"Not training: the embedding shows the current version and changes when its settings change or "
+                f"training runs (then about every {opts['interval']:g} s at most).")
+    if opts["what"] == "filters":
+        return (f"The filter embedding updates about every {opts['interval']:g} s, as set (with the weights the "
+                "training thread last published), or as fast as the layout is computed if that is slower.")
+    return probe_caption(mons.probe) or "The first snapshot of the model in training comes at its next step."
 
 
 def draw_selection(job: Job | None, preds: np.ndarray | None, ids: np.ndarray) -> None:
@@ -284,8 +339,8 @@ def draw(job: Job | None, view: dict | None) -> None:
         draw_network(job, mons)
     else:
         draw_embedding(job, mons, opts)
-        if job is not None and job.running and (caption := probe_caption(mons.probe)):
-            st.caption(caption)
+        with st.container(key="mon-emb-pace"):
+            st.caption(update_note(job, mons, opts))
         draw_report(job)
 
 

@@ -163,3 +163,30 @@ def test_freeze_switches_save_and_reach_a_running_job(app_workspace):
         at.toggle(key=f"frz-g-{g}").set_value(False).run()
     assert wb.settings["frozen"] == []
     no_exceptions(at)
+
+
+def test_embedding_update_setting_reaches_the_probe_and_the_page_says_when_it_updates(app_workspace):
+    at = _open(app_workspace, MONITOR)
+    wb = workbench_of(at)
+    at.session_state["mon-view"] = "Embedding"
+    at.run()
+    no_exceptions(at)
+    pace = next(c.value for c in at.caption if "embedding" in c.value.lower() and "training" in c.value.lower())
+    assert pace.startswith("Not training: the embedding shows the current version")
+    at.number_input(key="mon-emb-every").set_value(7.0).run()
+    at.number_input(key="mon-emb-n").set_value(100).run()
+    at.toggle(key="mon-pae").set_value(True).run()  # the job waits after epoch 1: still running when read
+    at.number_input(key="mon-epochs").set_value(2)
+    at.button(key="mon-start").click().run()
+    job = wb.jobs.current
+    probe = Monitors.of(job.attached).probe
+    assert probe.interval_s == 7.0 and probe.count == 100  # the job started with the page's settings
+    _wait(job, lambda j: j.control.waiting, timeout=120)
+    at.number_input(key="mon-emb-every").set_value(4.0).run()
+    no_exceptions(at)
+    assert probe.interval_s == 4.0  # and follows a change while it runs
+    text = "\n".join(c.value for c in at.caption)
+    assert "The embedding updates about every" in text and f"each probe of the {probe.count} points shown" in text
+    at.button(key="mon-stop").click().run()
+    _wait(job)
+    at.toggle(key="mon-pae").set_value(False).run()

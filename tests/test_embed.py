@@ -277,3 +277,24 @@ def test_layer_activations_use_eval_mode(tiny_data):
     np.testing.assert_allclose(one, many, rtol=1e-4, atol=1e-5)  # BatchNorm used its running stats
     torch.testing.assert_close(vgg.bn1.running_mean, running)  # and did not update them
     assert all(m.training for m in vgg.modules())
+
+
+def test_progress_reports_how_far_a_layout_is_and_changes_nothing():
+    x, _ = blobs()
+    ids = np.arange(len(x))
+    calls: list[tuple[float, str]] = []
+    with_progress = EmbeddingStream("tsne", seed=1)
+    first = with_progress.update(x, ids, progress=lambda f, t: calls.append((f, t)))
+    fractions = [f for f, _ in calls]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
+    assert "neighbours" in calls[0][1] and any("iteration 375 of 750" in t for _, t in calls)
+    assert len(calls) >= 30  # every 25 of the 250 + 500 iterations
+    plain = EmbeddingStream("tsne", seed=1)
+    np.testing.assert_array_equal(first, plain.update(x, ids))  # reporting does not change the layout
+    calls.clear()
+    warm = with_progress.update(x + 0.01, ids, progress=lambda f, t: calls.append((f, t)))
+    assert [f for f, _ in calls][-1] == 1.0 and "from the last layout" in calls[-1][1]
+    np.testing.assert_array_equal(warm, plain.update(x + 0.01, ids))
+    calls.clear()
+    EmbeddingStream("pca").update(x, ids, progress=lambda f, t: calls.append((f, t)))
+    assert calls == [(1.0, f"PCA of {len(x)} points: done")]

@@ -151,4 +151,4 @@ def test_probe_caption_shows_the_current_interval(tiny_data):
     _steps(probe, 2000, 0.01)
     text = probe_caption(probe)
     assert "every 100 steps" in text and "about every 1.0 s" in text and "within 5% of the training time" in text
-    assert f"({len(tiny_data.split('pool')[0])} pool images)" in text
+    assert f"each probe of the {len(tiny_data.split('pool')[0])} points shown" in text
