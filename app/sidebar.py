@@ -11,7 +11,7 @@ from core.models import list_models
 from core.workbench import Workbench
 
 from app.state import BUILTIN_CHOICES, devices, get_store, notice, switch_workbench
-from app.widgets import pct, sidebar_job
+from app.widgets import canvas_toolbars_visible, pct, sidebar_job
 
 OWN_FOLDER = "Folder or archive…"
 
@@ -112,6 +112,7 @@ def draw(wb: Workbench) -> None:
         sidebar_job(wb)
         st.caption(f"Workbench `{wb.id}` · {wb.data.name} · {wb.arch}. Bookmark this page's URL to come back to it; "
                    "every tab on it shares its model, versions and running job.")
+        canvas_toolbars_visible()
     interrupted_banner(wb)
 
 

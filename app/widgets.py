@@ -129,6 +129,51 @@ def per_class_figure(per_class: np.ndarray, classes: list[str], overall: float) 
     return fig
 
 
+# ----------------------------------------------------------------------------- canvas toolbar
+# streamlit-drawable-canvas 0.13 shows its toolbar (Edit, Undo, Redo, Delete, Reset) only while the
+# pointer is over the canvas, and then lays it over whatever is above the canvas (the page's caption
+# saying to turn on Edit). Its styles live in the component's shadow root, out of reach of page CSS,
+# so a hidden helper component adds a style there: the toolbar always shown, in its own row above the
+# canvas, right-aligned. It patches every canvas of the page, also ones mounted later.
+CANVAS_TOOLBAR_CSS = """
+.dc-root { display: flex; flex-direction: column; }
+.dc-root > .dc-toolbar { position: static !important; opacity: 1 !important; top: auto !important;
+  order: -1; align-self: flex-end; padding: 0 0 .4rem 0 !important; transition: none !important; }
+"""
+
+_TOOLBAR_JS = """
+export default function(component) {
+  const G = (window.__steerboardCanvasToolbar = window.__steerboardCanvasToolbar || {});
+  G.css = component.data.css;
+  const patch = () => {
+    for (const host of document.querySelectorAll('[data-testid="stBidiComponentIsolated"]')) {
+      const root = host.shadowRoot;
+      if (!root || !root.querySelector('.dc-root')) continue;
+      let style = root.querySelector('style[data-steerboard-toolbar]');
+      if (!style) {
+        style = document.createElement('style');
+        style.dataset.steerboardToolbar = '1';
+        root.appendChild(style);
+      }
+      if (style.textContent !== G.css) style.textContent = G.css;
+    }
+  };
+  patch();
+  if (!G.timer) G.timer = setInterval(patch, 250);  // canvases mount later and remount after reruns
+}
+"""
+
+_TOOLBAR_FIX = st.components.v2.component("steerboard_canvas_toolbar", js=_TOOLBAR_JS)
+
+
+def canvas_toolbars_visible() -> None:
+    """Make every drawable-canvas toolbar of the page always visible, above its canvas (the
+    sidebar mounts this on every page; the element itself is hidden)."""
+    with st.container(key="canvas-toolbar-fix"):
+        st.html("<style>.st-key-canvas-toolbar-fix { display: none; }</style>")
+        _TOOLBAR_FIX(data={"css": CANVAS_TOOLBAR_CSS}, key="canvas-toolbar-fix-js")
+
+
 # ----------------------------------------------------------------------------- training
 def train_panel(wb: Workbench, *, key: str = "train", default_epochs: int = 5,
                 start_label: str = "Train", describe: Callable[[TrainConfig], str] | None = None) -> None:
