@@ -398,3 +398,64 @@ def test_entry_and_health_commands_two_replicas_and_a_refused_shared_workspace(t
     from core.store import claim_workspace
 
     claim_workspace(ws_a).release()
+
+
+# --------------------------------------------------------------------------- what pip installs
+
+
+def pinned(path: Path) -> dict[str, str]:
+    """Normalised distribution name -> version of each ``name==version`` line, following ``-r`` files."""
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r "):
+            out |= pinned(path.parent / line[3:].strip())
+        elif line:
+            name, sep, version = line.partition("==")
+            assert sep and version, f"{path.name}: {line!r} is not pinned (name==version)"
+            out[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return out
+
+
+def third_party_imports(folders: tuple[str, ...]) -> dict[str, str]:
+    """Top-level modules imported in ``folders`` that are neither the standard library nor this
+    repository's own, -> the first file importing each."""
+    own = {p.stem for p in ROOT.rglob("*.py")} | {p.name for p in ROOT.iterdir() if p.is_dir()}
+    out: dict[str, str] = {}
+    for folder in folders:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    top = name.split(".")[0]
+                    if top not in sys.stdlib_module_names and top not in own and top != "__future__":
+                        out.setdefault(top, str(path.relative_to(ROOT)))
+    return out
+
+
+@pytest.mark.parametrize("folders,requirements", [(("app", "core", "pages"), "requirements.txt"),
+                                                  (("tests", "benchmarks"), "requirements-dev.txt")])
+def test_every_package_the_code_imports_is_pinned(folders, requirements):
+    """The image installs requirements.txt only, so every package the app imports is pinned
+    there (and the tests' and benchmarks' in requirements-dev.txt), at the version installed here."""
+    from importlib import metadata
+
+    pins = pinned(ROOT / requirements)
+    dists = metadata.packages_distributions()
+    unpinned = {}
+    for module, where in third_party_imports(folders).items():
+        names = [re.sub(r"[-_.]+", "-", d).lower() for d in dists.get(module, [module])]
+        if not any(n in pins for n in names):
+            unpinned[module] = where
+    assert not unpinned, f"imported but not pinned in {requirements} (module: first importer): {unpinned}"
+    for name, version in pins.items():
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue  # e.g. a CUDA-only pin on a CPU machine
+        assert installed.split("+")[0] == version.split("+")[0], f"{name}: pinned {version}, installed {installed}"
