@@ -2,6 +2,7 @@
 the workspace view of the pool split, the move list on disk, Update and its summary."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -24,11 +25,38 @@ from core.feedback.latent import (
 )
 from core.jobs import Job
 from core.models import atomic_torch_save
+from core.models.base import SteerableModel
 from core.projection import ProjectionBranch, fit_projection, from_state, projection_r2, state
 from core.workbench import Workbench
 
 PROJECTION_FILE = "projection.pt"
 FIT_SAMPLE = 5000
+PROGRESS_CHUNK = 512  # images per progress report (two batches of predict's default size)
+
+Progress = Callable[[str, int, int], None]
+"""``progress(step, done, total)``: what is being done (a short phrase) and how far it is."""
+
+
+def _report(progress: Progress | None, step: str, done: int, total: int) -> None:
+    if progress is not None:
+        progress(step, done, total)
+
+
+def features_with_progress(model: SteerableModel, images: torch.Tensor, *, what: str,
+                           progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and features of ``images`` (see :func:`core.engine.predict`), computed in chunks
+    of :data:`PROGRESS_CHUNK` so that ``progress`` hears "computing <what> features" k / n."""
+    step, n = f"Computing {what} features", len(images)
+    _report(progress, step, 0, n)
+    logits, feats = [], []
+    for start in range(0, n, PROGRESS_CHUNK):
+        lo, fe = predict(model, images[start:start + PROGRESS_CHUNK], with_features=True)
+        logits.append(lo)
+        feats.append(fe)
+        _report(progress, step, min(start + PROGRESS_CHUNK, n), n)
+    if not logits:  # no images: empty results of the right widths
+        return torch.zeros(0, model.info.num_classes), torch.zeros(0, model.feature_dim)
+    return torch.cat(logits), torch.cat(feats)
 
 
 @dataclass
@@ -57,9 +85,11 @@ class LatentView:
         return self._index
 
 
-def load_or_fit_projection(wb: Workbench, *, refit: bool = False, seed: int = 0) -> ProjectionBranch:
+def load_or_fit_projection(wb: Workbench, *, refit: bool = False, seed: int = 0,
+                           progress: Progress | None = None) -> ProjectionBranch:
     """The workbench's projection branch: fitted once (PCA of the current version's training
-    features) and kept on disk, so the workspace axes stay put across updates and restarts."""
+    features) and kept on disk, so the workspace axes stay put across updates and restarts.
+    ``progress`` hears the steps of a fit (features k / n, then the PCA)."""
     path = wb.store.workbench_dir(wb.id) / PROJECTION_FILE
     if path.is_file() and not refit:
         saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -70,23 +100,29 @@ def load_or_fit_projection(wb: Workbench, *, refit: bool = False, seed: int = 0)
     images, _ = wb.data.split("train")
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(images), generator=g)[:FIT_SAMPLE]
-    _, feats = predict(model, images[pick], with_features=True)
+    _, feats = features_with_progress(model, images[pick], what="training", progress=progress)
+    _report(progress, "Fitting the 2D projection (PCA)", 0, 1)
     branch = fit_projection(feats.numpy(), seed=seed)
+    _report(progress, "Fitting the 2D projection (PCA)", 1, 1)
     atomic_torch_save({"state": state(branch), "fitted_on_version": version}, path)
     return branch
 
 
-def latent_view(wb: Workbench, branch: ProjectionBranch) -> LatentView:
-    """Pool-split coordinates, predictions and probabilities under the current version."""
+def latent_view(wb: Workbench, branch: ProjectionBranch, progress: Progress | None = None) -> LatentView:
+    """Pool-split coordinates, predictions and probabilities under the current version;
+    ``progress`` hears "computing pool features" k / n, then "projecting"."""
     with wb.lock:
         model, version = wb.model, wb.current_version
     images, labels = wb.data.split("pool")
-    logits, feats = predict(model, images, with_features=True)
+    logits, feats = features_with_progress(model, images, what="pool", progress=progress)
+    _report(progress, "Projecting into the workspace", 0, 1)
     with torch.no_grad():
         coords = branch(feats).numpy()
     probs = torch.softmax(logits, 1).numpy()
-    return LatentView(version, wb.data.ids("pool"), coords, labels.numpy(), probs.argmax(1), probs,
+    view = LatentView(version, wb.data.ids("pool"), coords, labels.numpy(), probs.argmax(1), probs,
                       projection_r2(branch, feats.numpy()), feats.numpy())
+    _report(progress, "Projecting into the workspace", 1, 1)
+    return view
 
 
 HISTORY_KEY = "latent.history"
@@ -152,15 +188,24 @@ def pending_update(view: LatentView, moves: MoveList, test_before: dict[str, Any
 
 def finish_update(wb: Workbench, pending: dict[str, Any], after: LatentView) -> dict[str, Any]:
     """The result of an Update whose version exists: the summary, saved in the store together
-    with the cleared move list (the clearing is one undo step, so Undo brings the moves back)."""
+    with the move list minus the applied moves.
+
+    The applied moves are history now: they leave the list together with the undo and redo
+    history (whose coordinates are those of the old projection), so Undo cannot bring them
+    back onto the new one. A move made while the update ran is kept, still to apply, drawn
+    from its point's new position."""
     moves = MoveList({int(p["example_id"]): Move.from_payload(int(p["example_id"]), p) for p in pending["moves"]})
     before = SavedBefore(pending["before"])
     summary = update_summary(wb, before, after, moves, pending["test_before"], heldout_metrics(wb))
     summary["version"] = wb.current_version
+    summary["version_before"] = int(pending["version_before"])
     summary["before_coords"] = {str(e): row["xy"] for e, row in pending["before"].items()}
     summary["targets"] = {str(e): list(m.target) for e, m in moves.moves.items()}
     current = load_moves(wb)
-    current.clear()
+    idx = after.index_of()
+    newer = [Move(e, tuple(after.coords[idx[e]]) if e in idx else m.source, m.target)
+             for e, m in current.moves.items() if e not in moves.moves or moves.moves[e].target != m.target]
+    current.reset_history(newer)
     save_moves(wb, current, **{RESULT_KEY: summary, PENDING_KEY: None})
     return summary
 
@@ -219,7 +264,6 @@ def update_summary(wb: Workbench, before: LatentView, after: LatentView, moves: 
             "dist_before": float(np.linalg.norm(before.coords[b] - np.array(m.target))),
             "dist_after": float(np.linalg.norm(after.coords[a] - np.array(m.target))),
         })
-    fixed = sum(r["pred_after"] == r["true"] for r in rows)
     pcb = np.array([np.nan if x is None else x for x in test_before.get("test_per_class_acc", [])], float)
     pca = np.array([np.nan if x is None else x for x in test_after.get("test_per_class_acc", [])], float)
     return {
@@ -227,11 +271,36 @@ def update_summary(wb: Workbench, before: LatentView, after: LatentView, moves: 
         "test_acc_after": test_after.get("test_acc"),
         "per_class_change": (pca - pcb).tolist() if len(pca) == len(pcb) else [],
         "moved": rows,
-        "moved_fixed": fixed,
+        **moved_counts(rows),
+    }
+
+
+def moved_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """How the moved images fared, from :func:`update_summary`'s rows: ``mistakes`` (moved
+    images the model got wrong before the Update), ``mistakes_fixed`` (of those, right after),
+    ``right_before`` (moved images it already got right: neighbours moved along, not counted
+    as fixed) and ``right_broken`` (of those, wrong after)."""
+    wrong = [r for r in rows if r["pred_before"] != r["true"]]
+    right = [r for r in rows if r["pred_before"] == r["true"]]
+    return {
         "moved_total": len(rows),
+        "mistakes": len(wrong),
+        "mistakes_fixed": sum(r["pred_after"] == r["true"] for r in wrong),
+        "right_before": len(right),
+        "right_broken": sum(r["pred_after"] != r["true"] for r in right),
     }
 
 
 def heldout_metrics(wb: Workbench) -> dict[str, Any]:
-    ev = evaluate(wb.model, *wb.data.split("test"))
+    """Test accuracy, overall and per class, of the current version: the figures its version
+    record already holds (computed when it was made), else an evaluation of the test split."""
+    with wb.lock:
+        model, version = wb.model, wb.current_version
+    try:
+        metrics = wb.version(version).metrics
+    except KeyError:
+        metrics = {}
+    if metrics.get("test_acc") is not None and metrics.get("test_per_class_acc"):
+        return {"test_acc": metrics["test_acc"], "test_per_class_acc": list(metrics["test_per_class_acc"])}
+    ev = evaluate(model, *wb.data.split("test"))
     return {"test_acc": ev.accuracy, "test_per_class_acc": [None if np.isnan(a) else float(a) for a in ev.per_class_accuracy]}

@@ -72,8 +72,10 @@ def pca_targets(branch: ProjectionBranch, features: np.ndarray | torch.Tensor) -
 
 def projection_r2(branch: ProjectionBranch, features: np.ndarray | torch.Tensor) -> float:
     """Fidelity: R^2 of the branch's output against its PCA targets on ``features`` (use
-    held-out features). 1.0 means the branch reproduces the PCA exactly."""
+    held-out features). 1.0 means the branch reproduces the PCA exactly; NaN for no features."""
     feats = np.asarray(features, dtype=np.float64)
+    if len(feats) == 0:
+        return float("nan")
     with torch.no_grad():
         out = branch(torch.tensor(feats, dtype=torch.float32)).double().numpy()
     target = pca_targets(branch, feats)

@@ -2,6 +2,8 @@
 the model toward the moves."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -25,12 +27,14 @@ from core.store import VersionRecord
 from core.latent_workspace import (
     PENDING_KEY,
     RESULT_KEY,
+    Progress,
     UpdateSettings,
     finish_update,
     heldout_metrics,
     latent_view,
     load_moves,
     load_or_fit_projection,
+    moved_counts,
     pending_update,
     save_moves,
     start_update,
@@ -41,6 +45,27 @@ wb = current_workbench()
 ss = st.session_state
 classes = wb.data.classes
 
+
+def with_progress(title: str, steps: list[tuple[str, Callable[[Progress], None]]]) -> None:
+    """Run each ``(label, work)`` step, ``work(progress)``, under one status box whose label
+    says which step of how many runs and whose bar says what it is doing and how far along
+    it is (``progress(step, done, total)`` from core); the box goes away when all are done."""
+    holder = st.empty()
+    with holder.container():
+        with st.status(title, expanded=True) as status:
+            bar = st.progress(0.0, text="Starting…")
+
+            def progress(step: str, done: int, total: int) -> None:
+                bar.progress(min(1.0, done / total) if total else 1.0,
+                             text=f"{step}: {done:,} / {total:,}" if total > 1 else f"{step}…")
+
+            for i, (label, work) in enumerate(steps, 1):
+                status.update(label=f"{title} (step {i} of {len(steps)}: {label})")
+                work(progress)
+    holder.empty()
+
+
+st.title("Latent space")
 # ---------------------------------------------------------------- state of this page
 if ss.get("lat-wb") != wb.id:  # first visit, or another workbench: load from disk
     for k in [k for k in ss if str(k).startswith("lat-")]:
@@ -48,15 +73,19 @@ if ss.get("lat-wb") != wb.id:  # first visit, or another workbench: load from di
     ss["lat-wb"] = wb.id
     ss["lat-start-version"] = wb.current_version
     ss["lat-chart-n"] = 0
-if "lat-branch" not in ss:
-    with st.spinner("Fitting the projection branch (PCA of the features)…"):
-        ss["lat-branch"] = load_or_fit_projection(wb)
-branch = ss["lat-branch"]
 view = ss.get("lat-view")
-if view is None or view.version != wb.current_version:
-    view = ss["lat-view"] = latent_view(wb, branch)
+if "lat-branch" not in ss or view is None or view.version != wb.current_version:
+    def fit_branch(progress) -> None:
+        ss["lat-branch"] = load_or_fit_projection(wb, progress=progress)
+
+    def project_pool(progress) -> None:
+        ss["lat-view"] = latent_view(wb, ss["lat-branch"], progress)
+
+    with_progress(f"Preparing the latent space of v{wb.current_version}",
+                  ([] if "lat-branch" in ss else [("projection branch", fit_branch)]) + [("pool split", project_pool)])
+    view = ss["lat-view"]
+branch = ss["lat-branch"]
 if len(view.ids) == 0:
-    st.title("Latent space")
     st.warning(f"The dataset {wb.data.name} has no pool split to show (it is too small); open a larger dataset.")
     st.stop()
 moves = ss["lat-moves"] = load_moves(wb)  # from the store on every run: other tabs may have moved points
@@ -83,6 +112,13 @@ def edit_moves(operation) -> None:
     persist()
     consume_selection()
     st.rerun()
+
+
+def outcome(row: dict) -> str:
+    """A moved image's fate in words: a mistake fixed or not, a right one kept or broken."""
+    if row["pred_before"] != row["true"]:
+        return "✓ fixed" if row["pred_after"] == row["true"] else "✗ still wrong"
+    return "still right" if row["pred_after"] == row["true"] else "✗ now wrong"
 
 
 def chart_key() -> str:
@@ -112,7 +148,6 @@ def on_drag() -> None:
 
 
 # ---------------------------------------------------------------- layout
-st.title("Latent space")
 st.caption("Pool examples in a 2D projection of the model's features (colour = predicted class, marker = true class, "
            "outlined = misclassified). Move points to where they belong, then press **Update**: the model is fine-tuned "
            "so that its projection follows (Wei et al., seed 000).")
@@ -136,12 +171,15 @@ with st.expander("Update settings", expanded=False):
 left, right = st.columns(2)
 with left:
     st.subheader("Modification window")
-    c1, c2, c3 = st.columns([1, 1, 1])
-    tool = c1.radio("Tool", ["lasso", "box"], horizontal=True, key="lat-tool")
-    n_pool = len(view.ids)
-    n_show = c2.number_input("Points shown", min(50, n_pool), n_pool, min(800, n_pool), step=50, key="lat-nshow")
-    show_cand = c3.toggle("Show candidates", key="lat-cand",
-                          help="Least sure (smallest top-2 margin) and points inside another class's region.")
+    # a row that wraps instead of three fixed columns: at half the page width a third of it
+    # cut "Show candidates" to "Show candi…"
+    with st.container(horizontal=True, vertical_alignment="bottom", key="lat-controls"):
+        tool = st.radio("Tool", ["lasso", "box"], horizontal=True, key="lat-tool", width="content")
+        n_pool = len(view.ids)
+        n_show = st.number_input("Points shown", min(50, n_pool), n_pool, min(800, n_pool), step=50, key="lat-nshow",
+                                 width=140)
+        show_cand = st.toggle("Show candidates", key="lat-cand", width="content",
+                              help="Least sure (smallest top-2 margin) and points inside another class's region.")
     rng = np.random.default_rng(0)
     wrong_idx = np.where(view.wrong)[0]
     others = np.setdiff1d(np.arange(len(view.ids)), wrong_idx)
@@ -180,32 +218,40 @@ with left:
             else:
                 sel_i = [idx[e] for e in selected if e in idx]
                 n_wrong = int(view.wrong[sel_i].sum())
-                z1, z2 = st.columns([3, 1])
-                z1.markdown(f"**{len(selected)} selected**, {n_wrong} misclassified.")
-                if z2.button("Zoom to selection", key="lat-zoom-in", icon=":material/zoom_in:", width="stretch",
-                             help="Show only this part of the projection; the zoom stays while you move points."):
+                # one row that wraps: the button keeps its whole label (a quarter-width column cut it
+                # to "Zoom t…"), and on a narrow page it moves below the count
+                with st.container(horizontal=True, vertical_alignment="center", key="lat-selection-head"):
+                    st.markdown(f"**{len(selected)} selected**, {n_wrong} misclassified.", width="content")
+                    zoom_in = st.button("Zoom to selection", key="lat-zoom-in", icon=":material/zoom_in:",
+                                        width="content",
+                                        help="Show only this part of the projection; the zoom stays while you move points.")
+                if zoom_in:
                     ss["lat-zoom"] = zoom_to(view.coords[sel_i])
                     consume_selection()
                     st.rerun()
-                cols = st.columns(8)
-                for col, i in zip(cols * 2, sel_i[:16]):
-                    col.image(to_pil(wb.data.images[int(view.ids[i])]), caption=f"{classes[view.labels[i]]}→{classes[view.preds[i]]}")
-                c1, c2 = st.columns([2, 1])
-                target_cls = c1.selectbox("Target class", classes, key="lat-target-class",
-                                          index=int(np.bincount(view.labels[sel_i]).argmax()))
+                # rows that wrap (not fixed columns): labels and captions stay whole on a narrow page
+                with st.container(horizontal=True, gap="small", key="lat-selection-images"):
+                    for i in sel_i[:16]:
+                        st.image(to_pil(wb.data.images[int(view.ids[i])]), width=48,
+                                 caption=f"{classes[view.labels[i]]}→{classes[view.preds[i]]}")
+                with st.container(horizontal=True, vertical_alignment="bottom", key="lat-centroid-row"):
+                    target_cls = st.selectbox("Target class", classes, key="lat-target-class", width=200,
+                                              index=int(np.bincount(view.labels[sel_i]).argmax()))
+                    to_centroid = st.button("Move to its centroid", key="lat-move-centroid", type="primary",
+                                            disabled=busy, width="content")
                 cent = class_centroids(view.coords, view.labels, view.preds, len(classes))
-                c2.write("")
-                if c2.button("Move to its centroid", key="lat-move-centroid", type="primary", disabled=busy, width="stretch"):
+                if to_centroid:
                     t = tuple(map(float, cent[classes.index(target_cls)]))
                     # a small deterministic spread keeps moved points from landing on one pixel
                     jitter = np.random.default_rng(len(moves)).normal(0, 0.05, (len(selected), 2))
                     move_to(selected, [(t[0] + dx, t[1] + dy) for dx, dy in jitter])
                     st.rerun()
-                c1, c2, c3 = st.columns([1, 1, 1])
-                dx = c1.number_input("dx", value=0.0, step=0.25, key="lat-dx")
-                dy = c2.number_input("dy", value=0.0, step=0.25, key="lat-dy")
-                c3.write("")
-                if c3.button("Move by offset", key="lat-move-offset", disabled=busy or (dx == 0 and dy == 0), width="stretch"):
+                with st.container(horizontal=True, vertical_alignment="bottom", key="lat-offset-row"):
+                    dx = st.number_input("dx", value=0.0, step=0.25, key="lat-dx", width=120)
+                    dy = st.number_input("dy", value=0.0, step=0.25, key="lat-dy", width=120)
+                    by_offset = st.button("Move by offset", key="lat-move-offset", disabled=busy or (dx == 0 and dy == 0),
+                                          width="content")
+                if by_offset:
                     move_to(selected, [(float(view.coords[idx[e], 0] + dx), float(view.coords[idx[e], 1] + dy)) for e in selected])
                     st.rerun()
 
@@ -236,14 +282,20 @@ with left:
                 "predicted": classes[view.preds[idx[e]]] if e in idx else "?",
                 "from": f"({m.source[0]:.2f}, {m.source[1]:.2f})", "to": f"({m.target[0]:.2f}, {m.target[1]:.2f})",
             } for e, m in moves.moves.items()]), hide_index=True, width="stretch", height=min(35 * (len(moves) + 1) + 3, 250))
-        b1, b2, b3, b4, b5 = st.columns(5)
-        if b1.button("Undo", key="lat-undo", disabled=busy or not moves.undo_stack, width="stretch"):
+        with st.container(horizontal=True, key="lat-move-buttons"):  # wraps on a narrow page, labels stay whole
+            undo = st.button("Undo", key="lat-undo", disabled=busy or not moves.undo_stack)
+            redo = st.button("Redo", key="lat-redo", disabled=busy or not moves.redo_stack)
+            clear = st.button("Clear", key="lat-clear", disabled=busy or not moves.moves)
+            update = st.button("Update", key="lat-update", type="primary", disabled=busy or not moves.moves)
+            reset = st.button("Reset", key="lat-reset", disabled=busy,
+                              help="Back to the model version this page started from; clears the moves and the result.")
+        if undo:
             edit_moves(moves.undo)
-        if b2.button("Redo", key="lat-redo", disabled=busy or not moves.redo_stack, width="stretch"):
+        if redo:
             edit_moves(moves.redo)
-        if b3.button("Clear", key="lat-clear", disabled=busy or not moves.moves, width="stretch"):
+        if clear:
             edit_moves(moves.clear)
-        if b4.button("Update", key="lat-update", type="primary", disabled=busy or not moves.moves, width="stretch"):
+        if update:
             settings = UpdateSettings(epochs=int(epochs), lr=float(lr), momentum=float(momentum), w_cls=float(w_cls),
                                       w_dis=float(w_dis), variant=variant, device=wb.settings.get("device", "cpu"))
             ss["lat-last-before"] = view
@@ -256,15 +308,23 @@ with left:
                 st.error(f"Not started: {exc}")
             else:
                 st.rerun()
-        if b5.button("Reset", key="lat-reset", disabled=busy, width="stretch",
-                     help="Back to the model version this page started from; clears the moves and the result."):
+        last = wb.get_state(RESULT_KEY)
+        if not moves.undo_stack and last and last.get("version") == wb.current_version:
+            # the moves an Update applied are that version's history: Undo never brings them back
+            # onto the new projection (their coordinates are the old one's)
+            back = f"restore v{last['version_before']} in Home's version table" if "version_before" in last \
+                else "restore the version before it in Home's version table"
+            st.caption(f"**Undo** takes back only moves not yet applied. The last Update's {len(last.get('moved', []))} "
+                       f"moves are part of v{last['version']} now; to take that update back, {back} "
+                       f"(or **Reset** to v{ss['lat-start-version']}).")
+        if reset:
             try:
                 wb.restore(ss["lat-start-version"])
             except (CheckpointError, KeyError, OSError) as exc:
                 st.error(f"Could not go back to v{ss['lat-start-version']}: {exc}. The current model and the moves are "
                          "unchanged.")
             else:
-                moves.clear()
+                moves.reset_history()  # no Undo back to moves made on the model just left
                 save_moves(wb, moves, **{RESULT_KEY: None})
                 notice(f"Reset to v{ss['lat-start-version']}.", "success")
                 ss["lat-chart-n"] += 1
@@ -277,7 +337,13 @@ with right:
     if pending is not None and not busy and job is not None and job.kind == "latent":
         if isinstance(job.result, VersionRecord) and job.result.number == wb.current_version \
                 and wb.current_version != pending["version_before"]:
-            finish_update(wb, pending, latent_view(wb, branch))
+            if view.version != wb.current_version:  # the version came after this run's view
+                def project_new(progress) -> None:
+                    ss["lat-view"] = latent_view(wb, branch, progress)
+
+                with_progress(f"Projecting v{wb.current_version}", [("pool split", project_new)])
+                view = ss["lat-view"]
+            finish_update(wb, pending, view)
             ss["lat-chart-n"] += 1
             st.rerun()
         elif job.status in ("failed", "diverged", "stopped"):
@@ -301,14 +367,27 @@ with right:
             fig = result_figure(before_view, view, classes, shown_moves) if before_view is not view else \
                 workspace_figure(view, classes, shown_moves, np.arange(len(view.ids)), dragmode="pan", uirevision="result")
             st.plotly_chart(fig, key="lat-result-chart", width="stretch")
-            c1, c2, c3 = st.columns(3)
-            c1.metric("Test accuracy", pct(result["test_acc_after"]),
-                      **metric_delta(100 * (result["test_acc_after"] - result["test_acc_before"]), decimals=2))
-            c2.metric("Moved images now right", f"{result['moved_fixed']} / {result['moved_total']}")
-            c3.metric("Version", f"v{result['version']}")
+            counts = moved_counts(result["moved"])  # from the rows: results saved by older releases count alike
+            # metrics of their own width in a row that wraps: a third of the column cut the labels off
+            with st.container(horizontal=True, gap="medium", key="lat-result-metrics"):
+                st.metric("Test accuracy", pct(result["test_acc_after"]), width="content",
+                          **metric_delta(100 * (result["test_acc_after"] - result["test_acc_before"]), decimals=2))
+                st.metric("Moved mistakes now right", width="content",
+                          value=f"{counts['mistakes_fixed']} / {counts['mistakes']}" if counts["mistakes"] else "–",
+                          help="Of the moved images the model got wrong before this Update, how many it gets right "
+                               "now. Moved images it already got right are not counted here.")
+                st.metric("Version", f"v{result['version']}", width="content")
+            kept = counts["right_before"] - counts["right_broken"]
+            if not counts["mistakes"]:
+                st.caption(f"None of the {counts['moved_total']} moved images was misclassified before this Update: the "
+                           f"model already got them right; {kept} still right, {counts['right_broken']} wrong now.")
+            elif counts["right_before"]:
+                n = counts["right_before"]
+                st.caption(f"Not counted: {n} moved image{'s' if n != 1 else ''} the model already got right "
+                           f"({kept} still right, {counts['right_broken']} wrong now).")
             st.dataframe(pd.DataFrame([{
                 "image": r["example_id"], "true": classes[r["true"]], "before": classes[r["pred_before"]],
-                "after": classes[r["pred_after"]], "fixed": "✓" if r["pred_after"] == r["true"] else "✗",
+                "after": classes[r["pred_after"]], "outcome": outcome(r),
                 "distance to target": f"{r['dist_before']:.2f} → {r['dist_after']:.2f}",
             } for r in result["moved"]]), hide_index=True, width="stretch",
                 height=min(35 * (len(result["moved"]) + 1) + 3, 250))  # no empty rows below a short list

@@ -67,11 +67,15 @@ def test_box_selection_and_move_to_centroid_is_saved_before_shown(app_workspace)
 
 
 def test_update_makes_a_version_and_a_summary_then_reset(app_workspace):
+    """Issue 29: the result counts the moved mistakes only (a moved point the model already
+    got right is not "now right"), and after the Update its moves are history: Undo is off,
+    says why, and stays off after a refresh; Update too, until a new move."""
     at = _open(app_workspace)
     wb = workbench_of(at)
     start = wb.current_version
     view = at.session_state["lat-view"]
-    _select(at, view.ids[:2].tolist())
+    picked = [int(view.ids[view.wrong][0]), int(view.ids[~view.wrong][0])]  # one mistake, one right
+    _select(at, picked)
     at.number_input(key="lat-dx").set_value(1.0).run()  # the offset button is enabled once dx != 0
     at.button(key="lat-move-offset").click().run()
     assert len(load_moves(wb)) == 2
@@ -89,20 +93,71 @@ def test_update_makes_a_version_and_a_summary_then_reset(app_workspace):
     result = wb.get_state(RESULT_KEY)  # in the store, not a JSON side file
     assert not list(wb.store.workbench_dir(wb.id).glob("*.json"))
     assert result["moved_total"] == 2 and result["version"] == wb.current_version == start + 1
+    assert result["mistakes"] == 1 and result["right_before"] == 1
     labels = {m.label: m.value for m in at.metric}
-    assert "Moved images now right" in labels and labels["Version"] == f"v{start + 1}"
+    assert "Moved images now right" not in labels
+    assert labels["Moved mistakes now right"] in ("0 / 1", "1 / 1") and labels["Version"] == f"v{start + 1}"
+    assert any("already got right" in c.value for c in at.caption)
     assert len(load_moves(wb)) == 0  # the moves went into the version's feedback
     assert wb.versions()[-1].feedback["kind"] == "latent"
-    # clearing them was one undo step, kept in the store: Undo brings them back after a refresh
-    fresh = _open_again(at)
+
+    def undo_is_history(app, redo: bool = False):
+        assert app.button(key="lat-undo").disabled and app.button(key="lat-redo").disabled is not redo
+        assert app.button(key="lat-update").disabled
+        assert any("takes back only moves not yet applied" in c.value and f"restore v{start}" in c.value
+                   for c in app.caption), [c.value for c in app.caption]
+
+    undo_is_history(at)
+    fresh = _open_again(at)  # the history is in the store: a refresh does not bring the moves back
+    undo_is_history(fresh)
+    assert len(load_moves(wb)) == 0
+
+    # a new move can be undone, back to the empty list, and no further
+    view = fresh.session_state["lat-view"]
+    _select(fresh, [int(view.ids[1])])
+    fresh.number_input(key="lat-dx").set_value(0.5).run()
+    fresh.button(key="lat-move-offset").click().run()
+    assert len(load_moves(wb)) == 1 and not fresh.button(key="lat-undo").disabled
     fresh.button(key="lat-undo").click().run()
-    assert len(load_moves(wb)) == 2
-    fresh.button(key="lat-clear").click().run()
+    assert len(load_moves(wb)) == 0
+    undo_is_history(fresh, redo=True)  # the new move can be redone; the applied ones are still history
     at.run()
 
     at.button(key="lat-reset").click().run()
     no_exceptions(at)
     assert wb.current_version == start and wb.get_state(RESULT_KEY) is None
+    assert at.button(key="lat-undo").disabled  # no way back to moves made on the model just left
+
+
+def test_preparing_the_workspace_reports_its_steps(app_workspace, monkeypatch):
+    """Issue 29: the waits of a first visit (features of the training sample, the PCA, the
+    pool's features, the projection) report k / n to the page's progress bar."""
+    import core.latent_workspace as lw
+
+    seen: list[tuple] = []
+
+    def recording(real):
+        def wrapper(*args, progress=None, **kwargs):
+            assert progress is not None, f"{real.__name__} was called without a progress callback"
+
+            def both(step, done, total):
+                seen.append((step, done, total))
+                progress(step, done, total)  # the page's own callback draws without failing
+            return real(*args, progress=both, **kwargs)
+        return wrapper
+
+    real_view = lw.latent_view
+    monkeypatch.setattr(lw, "load_or_fit_projection", recording(lw.load_or_fit_projection))
+    monkeypatch.setattr(lw, "latent_view", lambda wb, branch, progress=None: recording(real_view)(
+        wb, branch, progress=progress))
+    at = _open(app_workspace)
+    no_exceptions(at)
+    steps = {s for s, _, _ in seen}
+    assert {"Computing training features", "Computing pool features", "Projecting into the workspace"} <= steps \
+        or {"Computing pool features", "Projecting into the workspace"} <= steps, steps
+    pool = [(d, t) for s, d, t in seen if s == "Computing pool features"]
+    assert pool[0][0] == 0 and pool[-1][0] == pool[-1][1] == len(at.session_state["lat-view"].ids)
+    assert not at.status  # the box is gone once the page is ready
 
 
 def test_result_window_shows_only_latent_updates_of_the_current_version(app_workspace):

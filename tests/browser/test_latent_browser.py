@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from browser_helpers import Page, expect, expect_text
+from browser_helpers import Page, expect, expect_text, live, wait_idle
 
 LONG = 90_000
 UPDATE = 240_000
@@ -32,23 +32,68 @@ FIND_CIRCLE = """() => {
 }"""
 
 
-def test_drag_a_point_then_update_makes_version_and_summary(page: Page, app_url: str):
-    page.goto(app_url.rstrip("/") + "/latent")
-    expect(page.locator(".st-key-lat-workspace .js-plotly-plot")).to_be_visible(timeout=LONG)
-    expect_text(page, MOVES, "Moves: 0", LONG)
-    page.get_by_role("tab", name="Drag a point").click()
+# Texts that do not fit their box: an element that hides its overflow and is wider inside than
+# out (Streamlit cuts a label so, with an ellipsis).
+CUT_TEXTS = """(selector) => {
+  const cut = [];
+  for (const root of document.querySelectorAll(selector)) {
+    if (root.closest('[data-stale="true"]')) continue;
+    for (const el of [root, ...root.querySelectorAll('*')]) {
+      const style = getComputedStyle(el);
+      if (style.overflowX !== 'visible' && el.scrollWidth > el.clientWidth + 1 && el.textContent.trim())
+        cut.push(el.textContent.trim());
+    }
+  }
+  return cut;
+}"""
+
+
+def _drag_first_circle(page: Page) -> None:
+    """Turn on the canvas's Edit mode if it is off and drag the first draggable circle."""
     page.wait_for_function(f"({FIND_CIRCLE})() !== null", timeout=LONG)
     point = page.evaluate(FIND_CIRCLE)
-    page.locator(".st-key-lat-canvas button[aria-label=Edit]").click()
+    edit = page.locator(".st-key-lat-canvas button[aria-label=Edit]")
+    if edit.get_attribute("aria-pressed") != "true":
+        edit.click()
     page.mouse.move(point["x"], point["y"])
     page.mouse.down()
     page.mouse.move(point["x"] + 60, point["y"] + 70, steps=12)
     page.mouse.up()
+
+
+def test_drag_a_point_then_update_makes_version_and_summary(page: Page, app_url: str):
+    """Drag a misclassified point, Update: the result counts that one mistake (x / 1); its
+    move is history now, so Undo is off and says why. A new drag can be undone, and Undo then
+    stops at the update instead of bringing back its moves (issue 29)."""
+    page.goto(app_url.rstrip("/") + "/latent")
+    expect(page.locator(".st-key-lat-workspace .js-plotly-plot")).to_be_visible(timeout=LONG)
+    expect_text(page, MOVES, "Moves: 0", LONG)
+    page.get_by_role("tab", name="Drag a point").click()
+    _drag_first_circle(page)
     expect_text(page, MOVES, "Moves: 1", LONG)
     # right after a rerun Streamlit may briefly keep a stale copy of the button: click the live one
     page.locator('.st-key-lat-update:not([data-stale="true"]) button').last.click()
-    expect_text(page, RESULT, "Moved images now right", UPDATE)
-    expect_text(page, RESULT, re.compile(r"\d+ / 1"), LONG)
+    expect_text(page, RESULT, "Moved mistakes now right", UPDATE)
+    expect_text(page, RESULT, re.compile(r"[01] / 1"), LONG)
+    expect_text(page, ".st-key-sb-version", re.compile(r"Model version:\s*v1\b"), LONG)
+    expect_text(page, MOVES, "Moves: 0", LONG)
+    expect_text(page, MOVES, "takes back only moves not yet applied", LONG)
+    wait_idle(page)
+    assert page.evaluate(CUT_TEXTS, ".st-key-lat-result-metrics") == []
+    undo = page.locator(live(".st-key-lat-undo") + " button")
+    expect(undo).to_be_disabled()
+    expect(page.locator(live(".st-key-lat-update") + " button")).to_be_disabled()
+
+    _drag_first_circle(page)  # a new move on the new projection
+    expect_text(page, MOVES, "Moves: 1", LONG)
+    wait_idle(page)
+    expect(undo).to_be_enabled(timeout=LONG)
+    undo.click()
+    expect_text(page, MOVES, "Moves: 0", LONG)
+    wait_idle(page)
+    expect(undo).to_be_disabled(timeout=LONG)  # the update's move does not come back
+    expect(page.locator(live(".st-key-lat-update") + " button")).to_be_disabled()
+    expect_text(page, MOVES, "takes back only moves not yet applied", LONG)
     expect_text(page, ".st-key-sb-version", re.compile(r"Model version:\s*v1\b"), LONG)
     assert page.locator(EXCEPTION).count() == 0
 
@@ -82,6 +127,14 @@ def test_zoom_survives_a_move(page: Page, app_url: str):
     page.wait_for_timeout(1000)
     _drag(page, chart.locator(".nsewdrag").first.bounding_box(), 0.3, 0.3, 0.7, 0.7)
     expect_text(page, ".st-key-lat-selection", re.compile(r"\d+ selected"), LONG)
+    # issue 29: "Zoom to selection" (and the row above the chart) whole at the default width and a narrow one
+    for width in (1400, 1000):
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.wait_for_timeout(500)
+        for selector in (".st-key-lat-zoom-in", ".st-key-lat-controls", ".st-key-lat-move-buttons"):
+            assert page.evaluate(CUT_TEXTS, selector) == [], (width, selector)
+        assert "Zoom to selection" in page.locator(live(".st-key-lat-zoom-in")).inner_text()
+    page.set_viewport_size({"width": 1400, "height": 1000})
     page.locator('.st-key-lat-zoom-in button:visible').first.click()
     page.wait_for_function(f"(r) => {{ const n = ({RANGES})(); return n && n.x[1] - n.x[0] < 0.8 * (r.x[1] - r.x[0]); }}",
                            arg=full, timeout=LONG)
