@@ -4,13 +4,13 @@ from __future__ import annotations
 import streamlit as st
 
 from core.base_models import chance_warning
-from core.data import DEFAULT_RHO
+from core.data import DEFAULT_RHO, parse_shortcut_source, shortcut_kind
 from core.data.spec import DataError
 from core.data.uploads import discard_upload, store_upload
 from core.models import list_models
 from core.workbench import Workbench
 
-from app.state import BUILTIN_CHOICES, devices, get_store, notice, switch_workbench
+from app.state import BUILTIN_CHOICES, devices, get_store, notice, open_steps_box, switch_workbench
 from app.widgets import canvas_toolbars_visible, pct, sidebar_job
 
 OWN_FOLDER = "Folder or archive…"
@@ -23,18 +23,37 @@ def with_bias(source: str, biased: bool, rho: float) -> str:
         return source + rho_part
     if source in ("decoy-digits", "texture-digits"):  # shortcut sets of their own, at their own default rho
         return source
+    if shortcut_kind(source) is not None:  # typed as a shortcut set already ("biased-digits:PATH"): as typed
+        return source
     return f"biased-digits:{source}{rho_part}" if biased else source
+
+
+def _shown(source: str) -> tuple[str, bool, float]:
+    """What the sidebar shows for a workbench's source: the path or name, the bias box and rho
+    ("biased-digits:PATH?rho=R" is PATH with the box ticked, so Open gives the same source back)."""
+    if shortcut_kind(source) == "biased-digits" and source.startswith("biased-digits:"):
+        try:
+            _, base, rho = parse_shortcut_source(source)
+            return base, True, rho
+        except DataError:
+            pass
+    return source, False, DEFAULT_RHO
 
 
 def open_data(wb: Workbench, choice: str, folder: str, uploads: list, biased: bool, rho: float, arch: str) -> None:
     """The sidebar's Open: an upload (stored, then opened like a path), a typed path, or a
     built-in dataset, with the bias if asked. Errors leave the current workbench as it was."""
     stored = None
+    box = None
+    names = ", ".join(f.name for f in uploads)
     if uploads:
         data_dir = get_store().root / "data"
+        box = open_steps_box(f"Opening {names}", upload=True)
+        box.start(0)
         try:
-            stored = store_upload([(f.name, f.getvalue()) for f in uploads], data_dir)
-        except DataError as exc:
+            stored = store_upload([(f.name, f.getvalue()) for f in uploads], data_dir, progress=box.progress_for(0))
+        except (DataError, OSError) as exc:
+            box.fail("Upload not opened")
             notice(f"Upload not opened: {exc}", "error")
             st.rerun()
         base = str(stored)
@@ -47,12 +66,16 @@ def open_data(wb: Workbench, choice: str, folder: str, uploads: list, biased: bo
     if source == wb.data_source and arch == wb.arch:
         notice("That dataset and model are already open.", "info")
         st.rerun()
-    if switch_workbench(source, arch):
-        if stored is not None:  # a new uploader: the next Open does not send these files again
-            st.session_state["sb-upload-n"] = st.session_state.get("sb-upload-n", 0) + 1
-        st.rerun()
-    if stored is not None and not any(str(stored) in r.data_source for r in get_store().list_workbenches()):
-        discard_upload(stored, get_store().root / "data")  # nothing uses it: a bad upload leaves nothing
+    opened = False
+    try:
+        opened = switch_workbench(source, arch, box=box, shown_as={str(stored): names} if stored is not None else None)
+    finally:
+        if not opened and stored is not None and not any(str(stored) in r.data_source
+                                                         for r in get_store().list_workbenches()):
+            discard_upload(stored, get_store().root / "data")  # nothing uses it: a bad upload leaves nothing
+    if opened and stored is not None:  # a new uploader: the next Open does not send these files again
+        st.session_state["sb-upload-n"] = st.session_state.get("sb-upload-n", 0) + 1
+    st.rerun()
 
 
 def draw(wb: Workbench) -> None:
@@ -62,9 +85,13 @@ def draw(wb: Workbench) -> None:
         if st.session_state.get("sb-for") != wb.id:  # another workbench (opened here or on a page): show its data
             st.session_state["sb-for"] = wb.id  # (set, not popped: the browser would send its old value back)
             own = wb.data_source not in BUILTIN_CHOICES
+            shown, biased, rho = _shown(wb.data_source) if own else (wb.data_source, False, DEFAULT_RHO)
             st.session_state["sb-dataset"] = OWN_FOLDER if own else wb.data_source
-            st.session_state["sb-folder"] = wb.data_source if own else ""
+            st.session_state["sb-folder"] = shown if own else ""
+            if biased:  # the box and rho that give this source back (left as they are otherwise)
+                st.session_state["sb-biased"], st.session_state["sb-rho"] = True, rho
             st.session_state["sb-model"] = wb.arch
+        st.session_state.setdefault("sb-rho", DEFAULT_RHO)  # the default here, not as value=: the sync above sets it
         with st.form("sidebar-data", border=False):
             options = BUILTIN_CHOICES + [OWN_FOLDER]
             choice = st.selectbox("Dataset", options, key="sb-dataset")
@@ -88,7 +115,7 @@ def draw(wb: Workbench) -> None:
                                           "whose shade names the class) and 'texture-digits' (background stripes that "
                                           "name the class) have shortcuts of their own and ignore this.")
                 rho = st.number_input("rho: share of training images whose colour matches the class", min_value=0.0,
-                                      max_value=1.0, value=DEFAULT_RHO, step=0.005, format="%.3f", key="sb-rho")
+                                      max_value=1.0, step=0.005, format="%.3f", key="sb-rho")
             models = list_models()
             arch = st.selectbox("Model", models, key="sb-model")
             if st.form_submit_button("Open", disabled=busy, width="stretch", key="sb-open"):

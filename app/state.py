@@ -10,19 +10,27 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import streamlit as st
 
 from core.base_models import BaseModels, untrained_model
-from core.data import DataError, ImageDataset, load_dataset, parse_shortcut_source, shortcut_kind
+from core.data import DataError, ImageDataset, Progress, load_dataset, parse_shortcut_source, shortcut_kind
 from core.engine import available_devices
 from core.jobs import ComputeBudget, compute_plan
-from core.models import CheckpointError
+from core.models import CheckpointError, SteerableModel
 from core.paths import PathNotAllowed, check_user_path, data_roots
 from core.registry import DEFAULT_IDLE_S, WorkbenchRegistry
+from core.shortcut import meter_split
 from core.store import Store, WorkspaceError, claim_workspace, valid_workbench_id
-from core.workbench import Workbench, WorkbenchError
+from core.workbench import SHORTCUT_ROWS, Workbench, WorkbenchError, version_metrics
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +80,177 @@ def get_base_models() -> BaseModels:
     return BaseModels(get_store(), get_budget())
 
 
-@st.cache_resource(show_spinner="Loading the dataset…", max_entries=6)
-def get_dataset(source: str, seed: int = 0) -> ImageDataset:
-    """Datasets are read-only and shared by every session."""
-    return load_dataset(source, seed=seed)
+class DatasetCache:
+    """The server's loaded datasets (read-only, shared by every session), the ``size`` most
+    recently used kept. Two sessions asking for the same new dataset load it once.
+
+    Not an ``st.cache_resource`` function: Streamlit records the elements such a function draws
+    and replays them on every later hit, so a load could not show its progress."""
+
+    def __init__(self, size: int = 6) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._items: OrderedDict[tuple[str, int], ImageDataset] = OrderedDict()
+        self._loading: dict[tuple[str, int], threading.Lock] = {}
+
+    def get(self, source: str, seed: int = 0, progress: Progress | None = None) -> ImageDataset:
+        """The dataset, loaded now (``progress`` hears the steps) unless it is held already."""
+        key = (source, int(seed))
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:  # a second session asking for it now waits for the first one's load
+            with self._lock:
+                if key in self._items:
+                    return self._items[key]
+            try:
+                data = load_dataset(source, seed=seed, progress=progress)
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
+            with self._lock:
+                self._items[key] = data
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+        return data
+
+
+@st.cache_resource(show_spinner=False)
+def get_dataset_cache() -> DatasetCache:
+    return DatasetCache()
+
+
+def get_dataset(source: str, seed: int = 0, progress: Progress | None = None) -> ImageDataset:
+    """A dataset, shared by every session. When it must be read first, ``progress`` hears the
+    steps; without one, a box showing them is drawn where the script is (nothing is drawn
+    for a dataset already held)."""
+    box = None
+    if progress is None:
+        box = StepsBox(f"Opening {source}", ["Reading the data"])
+        progress = box.progress_for(0)
+    data = get_dataset_cache().get(source, seed, progress)
+    if box is not None:
+        box.finish(f"Opened {data.name}", clear=True)
+    return data
+
+
+class StepsBox:
+    """A wait of a few steps, shown as a status box: its label names the step ("step 2 of 3:
+    evaluating version 0"), a bar shows how far that step is and what it does now ("decoding
+    the images of train.tar.gz: 30,000 of 60,000"), and a line below lists the steps done
+    with their seconds. Drawn on the first report, into ``parent`` (default: where the script
+    is), so a wait that never happens draws nothing."""
+
+    MIN_INTERVAL_S = 0.1  # the bar is redrawn at most this often (each redraw is a message to the browser)
+
+    def __init__(self, title: str, steps: list[str], parent=None, key: str | None = None) -> None:
+        self.title, self.steps, self.parent, self.key = title, list(steps), parent, key
+        self.step = -1
+        self._status = self._bar = self._log = self._slot = None
+        self._thread = threading.get_ident()
+        self._start = self._step_start = time.monotonic()
+        self._last_draw = 0.0
+        self._done: list[str] = []
+
+    def _draw(self) -> None:
+        if self._status is not None:
+            return
+        self._slot = (self.parent if self.parent is not None else st).empty()
+        with self._slot.container(key=self.key):
+            self._status = st.status(self.title, expanded=True)
+            with self._status:
+                self._bar = st.progress(0.0, text="Starting…")
+                self._log = st.empty()
+
+    def start(self, step: int, text: str | None = None) -> None:
+        """Begin ``step`` (an index into ``steps``); the steps before it count as done."""
+        if threading.get_ident() != self._thread:
+            return  # only the script's thread may draw
+        self._draw()
+        now = time.monotonic()
+        if 0 <= self.step < step:
+            self._done.append(f"{self.steps[self.step]} ({now - self._step_start:.1f} s)")
+        self.step, self._step_start, self._last_draw = step, now, now
+        name = self.steps[step]
+        self._status.update(label=f"{self.title} · step {step + 1} of {len(self.steps)}: {name}", state="running")
+        self._bar.progress(0.0, text=text or f"{name}…")
+        if self._done:
+            self._log.caption("Done: " + "; ".join(self._done))
+
+    def report(self, fraction: float, text: str) -> None:
+        """The current step is ``fraction`` done and doing ``text``."""
+        if threading.get_ident() != self._thread:
+            return
+        if self._status is None:
+            self.start(max(self.step, 0))
+        now = time.monotonic()
+        if fraction < 1.0 and now - self._last_draw < self.MIN_INTERVAL_S:
+            return
+        self._last_draw = now
+        self._bar.progress(min(1.0, max(0.0, float(fraction))), text=text)
+
+    def progress_for(self, step: int) -> Progress:
+        """A progress callback for ``step`` (starts it on its first call)."""
+        def report(fraction: float, text: str) -> None:
+            if self.step != step:
+                self.start(step)
+            self.report(fraction, text)
+
+        return report
+
+    def finish(self, label: str, *, clear: bool = False) -> None:
+        """All steps done: the box says ``label`` (or goes away with ``clear``)."""
+        if self._status is None:
+            return
+        if clear:
+            self._slot.empty()
+            return
+        self._status.update(label=f"{label} in {time.monotonic() - self._start:.1f} s", state="complete",
+                            expanded=False)
+
+    def fail(self, label: str) -> None:
+        if self._status is not None:
+            self._status.update(label=label, state="error", expanded=False)
+
+
+@contextmanager
+def counting_images(model: SteerableModel, total: int, progress: Progress | None, what: str) -> Iterator[None]:
+    """While the block runs, ``progress`` hears how many images went through ``model`` in this
+    thread ("WHAT: 2,048 of 16,000 images"), counted by a forward hook on its feature layer
+    (run once per batch by every forward pass); the hook is removed afterwards.
+
+    ``model`` must be in eval mode, as shared models are: evaluating one in train mode runs
+    an eval-mode copy, which carries no hooks (``core.models.for_inference``)."""
+    layer = dict(model.named_modules()).get(getattr(model, "feature_layer", ""))
+    if progress is None or layer is None or total <= 0:
+        yield
+        return
+    thread, seen = threading.get_ident(), [0]
+
+    def hook(module, inputs, output) -> None:
+        if threading.get_ident() == thread:
+            seen[0] += int(output.shape[0])
+            progress(min(1.0, seen[0] / total), f"{what}: {min(seen[0], total):,} of {total:,} images")
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        progress(0.0, f"{what}: 0 of {total:,} images")
+        yield
+    finally:
+        handle.remove()
+
+
+def metric_images(data: ImageDataset) -> int:
+    """How many images :func:`core.workbench.version_metrics` runs through a model: the val
+    and test splits, and twice the shortcut meter's rows on data with masks."""
+    total = sum(len(data.splits.get(s, ())) for s in ("val", "test"))
+    split = meter_split(data)
+    if data.masks is not None and split in data.splits:
+        rows = np.asarray(data.ids(split), dtype=np.int64)
+        total += 2 * min(SHORTCUT_ROWS, int(data.rows_with_mask()[rows].sum()))
+    return total
 
 
 @st.cache_resource(show_spinner=False)
@@ -211,35 +386,80 @@ def base_model_job(source: str, arch: str):
     return None if status.model is not None else status.job
 
 
-def switch_workbench(source_text: str, arch: str) -> bool:
-    """Start a new workbench for another dataset or model. On any error the current
-    workbench stays and a message says what was wrong. Returns True on success."""
+OPEN_STEPS = ["reading the data", "finding the base model", "evaluating version 0 on the validation and test splits",
+              "predicting the test split for the pages"]
+
+
+def open_steps_box(title: str, *, upload: bool = False, parent=None) -> StepsBox:
+    """The box :func:`switch_workbench` reports its steps in (with a first step for storing an
+    upload); key ``open-progress`` (browser tests wait for it)."""
+    steps = (["storing the upload"] if upload else []) + OPEN_STEPS
+    return StepsBox(title, steps, parent=parent, key="open-progress")
+
+
+# What opening a dataset can raise that says what was wrong with it (others are logged as bugs).
+_OPEN_ERRORS = (DataError, PathNotAllowed, CheckpointError, ValueError, OSError, RuntimeError,
+                pickle.UnpicklingError, EOFError, MemoryError)
+
+
+def switch_workbench(source_text: str, arch: str, *, box: StepsBox | None = None,
+                     shown_as: dict[str, str] | None = None) -> bool:
+    """Start a new workbench for another dataset or model, showing each step of the wait in
+    ``box`` (default: a new :func:`open_steps_box` where the script is). On any error the current
+    workbench stays and a message says what was wrong (with each ``shown_as`` key, a path the
+    user never typed, replaced by its value). Returns True on success."""
     ss = st.session_state
     old = get_registry().get(ss[SESSION_KEY]) if ss.get(SESSION_KEY) else None
     if old is not None and old.jobs.current is not None and old.jobs.current.running:
         notice("A training job is running; stop it before switching dataset or model.", "warning")
         return False
+    box = box or open_steps_box(f"Opening {source_text}")
+    first = len(box.steps) - len(OPEN_STEPS)  # the index of "reading the data"
     try:
         source = resolve_source(source_text)
-        data = get_dataset(source)
+        box.start(first)
+        data = get_dataset(source, progress=box.progress_for(first))
+        box.start(first + 1, f"looking for a trained {arch} for {data.name}")
         status = get_base_models().status(data, source, arch, train=False)
-        base = status.model
+        base, metrics = status.model, status.metrics
         description = "base model"
         if base is None:
-            base, description = untrained_model(data, arch), "untrained initial weights"
+            base, description = untrained_model(data, arch).eval(), "untrained initial weights"  # eval: see counting_images
+            box.start(first + 2)
+            with counting_images(base, metric_images(data), box.progress_for(first + 2), "evaluating"):
+                metrics = version_metrics(base, data)
         wb = Workbench.create(get_store(), data, source, base,
                               base_checkpoint=status.path if status.model is not None else None,
                               settings={"device": "cpu"}, description=description,
-                              metrics=status.metrics if status.model is not None else None, budget=get_budget())
-    except (DataError, PathNotAllowed, CheckpointError, ValueError, OSError, RuntimeError) as exc:
-        notice(f"Could not open that dataset: {exc}", "error")
-        return False
+                              metrics=metrics, budget=get_budget())
+        box.start(first + 3)
+        # Home shows these at once; computed here (and kept with the version) they come with progress.
+        with counting_images(wb.model, len(data.ids("test")), box.progress_for(first + 3), "predicting"):
+            wb.evaluation("test")
+    except _OPEN_ERRORS as exc:
+        return _open_failed(box, str(exc), shown_as)
+    except Exception as exc:  # a bug, not the data: logged with its traceback; the page still says what happened
+        log.exception("opening %r with %s failed", source_text, arch)
+        return _open_failed(box, f"an unexpected error ({type(exc).__name__}: {exc}); this is a bug, "
+                                 "please report it with the server's log", shown_as)
+    box.finish(f"Opened {data.name}")
     if old is not None:
         ss.setdefault("previous_workbenches", []).append(old.id)
     _adopt(get_registry().add(wb))
     notice(f"Started workbench {wb.id} on {data.name} with {arch}"
            + ("" if status.model is not None else " (untrained: train it on Home)") + ".", "success")
+    skipped = data.card.skipped_summary()
+    if skipped:
+        notice(skipped, "warning")
     return True
+
+
+def _open_failed(box: StepsBox, why: str, shown_as: dict[str, str] | None) -> bool:
+    for path, name in (shown_as or {}).items():
+        why = why.replace(path, name)
+    box.fail("Could not open that dataset")
+    notice(f"Could not open that dataset: {why}", "error")
+    return False
 
 
 def devices() -> list[str]:

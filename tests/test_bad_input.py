@@ -17,6 +17,7 @@ import pickle
 import re
 import struct
 import tarfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -317,7 +318,8 @@ CASES: list[Case] = [
     Case("odd-sized-images-27-become-28", _odd_size, None, r"resized 6 images to 28x28 \(from 27x27 x6;",
          _odd_size_after),
     Case("one-class-folder", lambda t: load_dataset(str(image_tree(t / "one", classes=("only",)))), DataError,
-         r"found a single class \('only'\); need at least two class folders"),
+         r"found a single class folder \('only'\); a classifier needs at least two class folders: one folder of "
+         r"images per class, side by side, for example cat/1\.png, cat/2\.png, dog/1\.png"),
     Case("empty-folder", _empty_folder, DataError, r"empty: no images .*expected one subfolder of images per class"),
     Case("corrupt-image-among-good-is-skipped", _corrupt_among_good, None,
          r"skipped 1 unreadable image;.*b/broken\.png", _corrupt_after),
@@ -354,6 +356,161 @@ CASES: list[Case] = [
     Case("current-directory-is-not-a-root", _cwd_is_not_a_root, PathNotAllowed, r"^\. is outside the folders"),
     Case("nul-in-a-path", lambda t: check_user_path("data/a\x00b", roots_of(t)), PathNotAllowed, r"NUL character"),
     Case("path-inside-a-root-is-accepted", _inside_root, None, r"ws/data/pets$"),
+]
+
+
+# --- uploads, skipped files, torchvision roots with pickles, .npy headers ----------------------
+
+
+def zip_of(members: dict[str, bytes]) -> bytes:
+    """A .zip holding ``members`` (name -> content) as given."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def tree_members(prefix: str = "", classes: tuple[str, ...] = ("a", "b"), n: int = 3) -> dict[str, bytes]:
+    rng = np.random.default_rng(0)
+    return {f"{prefix}{c}/{i}.png": png(rng.integers(0, 256, (16, 16), dtype=np.uint8)) for c in classes for i in range(n)}
+
+
+BROKEN_PNG = b"\x89PNG\r\n\x1a\n not really"
+
+
+def huge_header_npy(rows: int = 10**12) -> bytes:
+    """An .npy whose header claims ``rows`` x 784 uint8 but which holds three rows."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": (rows, 784)})
+    buf.write(bytes(3 * 784))
+    return buf.getvalue()
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def mnist_members(prefix: str = "MNIST/raw/", n: int = 20) -> dict[str, bytes]:
+    """The four uncompressed MNIST idx files under ``prefix``."""
+    rng = np.random.default_rng(3)
+    out = {}
+    for part in ("train", "t10k"):
+        out[f"{prefix}{part}-images-idx3-ubyte"] = idx(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        out[f"{prefix}{part}-labels-idx1-ubyte"] = idx((np.arange(n) % 10).astype(np.uint8))
+    return out
+
+
+def pickle_payload_pt() -> bytes:
+    """What a malicious processed/training.pt holds: a pickle that runs ``touch pwned``."""
+    return pickle.dumps(Payload(os.system, "touch pwned"), protocol=2)
+
+
+def write_members(root: Path, members: dict[str, bytes]) -> Path:
+    for name, data in members.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def _uploads_empty(tmp: Path, _: object = None) -> None:
+    uploads = tmp / "ws" / "data" / "uploads"
+    left = sorted(p.name for p in uploads.iterdir()) if uploads.exists() else []
+    assert not left, f"the failed upload left {left}"
+
+
+def _upload(name: str, data: bytes) -> Callable[[Path], object]:
+    def run(tmp: Path) -> object:
+        from core.data.uploads import store_upload
+
+        return store_upload([(name, data)], tmp / "ws" / "data")
+    return run
+
+
+def _upload_and_open(name: str, data: bytes) -> Callable[[Path], object]:
+    def run(tmp: Path) -> object:
+        from core.data.uploads import store_upload
+
+        return load_dataset(str(store_upload([(name, data)], tmp / "ws" / "data")))
+    return run
+
+
+def _skipped_summary(tmp: Path) -> object:
+    folder = image_tree(tmp / "pets")
+    for i in range(5):
+        (folder / "b" / f"broken{i}.png").write_bytes(BROKEN_PNG)
+    return load_dataset(str(folder)).card.skipped_summary()
+
+
+def _npy_header_too_long(tmp: Path) -> object:
+    folder = tmp / "doodles"
+    folder.mkdir()
+    np.save(folder / "circle.npy", np.zeros((3, 784), np.uint8))
+    (folder / "square.npy").write_bytes(huge_header_npy())
+    return load_dataset(str(folder))
+
+
+def _mnist_with_pickled_processed(tmp: Path) -> object:
+    write_members(tmp / "root", {**mnist_members(), "MNIST/processed/training.pt": pickle_payload_pt(),
+                                 "MNIST/processed/test.pt": pickle_payload_pt()})
+    return load_dataset(str(tmp / "root"))
+
+
+def _mnist_pickled_after(tmp: Path, ds: object) -> None:
+    assert isinstance(ds, ImageDataset) and ds.card.total == 40 and ds.image_shape == (1, 28, 28)
+    _not_pwned(tmp, ds)
+
+
+def _mnist_processed_only(tmp: Path) -> object:
+    write_members(tmp / "root", {"MNIST/raw/README": b"", "MNIST/processed/training.pt": pickle_payload_pt(),
+                                 "MNIST/processed/test.pt": pickle_payload_pt()})
+    return load_dataset(str(tmp / "root"))
+
+
+def _upload_torchvision_root(tmp: Path) -> object:
+    from core.data.uploads import store_upload
+
+    members = {**mnist_members("data/MNIST/raw/"), "data/MNIST/processed/training.pt": pickle_payload_pt(),
+               "data/MNIST/processed/test.pt": pickle_payload_pt()}
+    path = store_upload([("mnist.zip", zip_of(members))], tmp / "ws" / "data")
+    assert path.name == "data", path  # opens at the torchvision root, not inside MNIST/
+    return load_dataset(str(path))
+
+
+CASES += [
+    Case("upload-empty-zip", _upload("empty.zip", zip_of({})), DataError,
+         r"^empty\.zip: the archive holds no files; zip the folder that holds your class folders \(one folder of "
+         r"images per class, side by side, for example cat/1\.png", _uploads_empty),
+    Case("upload-zip-of-folders-only", _upload("dirs.zip", zip_of({"a/": b"", "b/": b""})), DataError,
+         r"dirs\.zip: the archive holds no files", _uploads_empty),
+    Case("upload-zip-of-one-class-folder", _upload_and_open("one.zip", zip_of(tree_members(classes=("only",)))),
+         DataError, r"found a single class folder \('only'\); a classifier needs at least two class folders: "
+                    r"one folder of images per class, side by side"),
+    Case("upload-zip-of-one-wrapped-class-folder",
+         _upload_and_open("one.zip", zip_of(tree_members("mydata/", classes=("only",)))),
+         DataError, r"mydata: found a single class folder \('only'\); a classifier needs at least two class folders"),
+    Case("corrupt-images-are-named-in-one-line", _skipped_summary, None,
+         r"^Skipped 5 files of pets: pets:b/broken0\.png \(UnidentifiedImageError: cannot identify image file\); "
+         r"pets:b/broken1\.png .*; and 2 more\. The other 6 images opened\. To include a skipped image"),
+    Case("npy-header-claims-too-many-rows", _npy_header_too_long, DataError,
+         r"square\.npy: its header claims 1,000,000,000,000 rows of 784 uint8 \(713\.0 TB\), but the file holds "
+         r"only 2\.3 kB of data: it is shorter than its header says"),
+    Case("upload-npy-header-claims-too-many-rows", _upload("big.npy", huge_header_npy()), DataError,
+         r"^big\.npy: its header claims 1,000,000,000,000 rows .* shorter than its header says", _uploads_empty),
+    Case("mnist-root-with-pickled-processed-files", _mnist_with_pickled_processed, None,
+         r"processed/training\.pt \(a pickled PyTorch file, torchvision's old processed format: never loaded, as "
+         r"unpickling can run code; the idx files in raw/ were read instead\)", _mnist_pickled_after),
+    Case("mnist-root-with-only-pickled-processed-files", _mnist_processed_only, DataError,
+         r"files missing in .*MNIST/raw: train-images-idx3-ubyte.* Found test\.pt, training\.pt in .*processed: "
+         r"torchvision's old processed format, pickled PyTorch files that steerboard never loads", _not_pwned),
+    Case("upload-zip-of-a-torchvision-root-with-pickles", _upload_torchvision_root, None,
+         r"processed/training\.pt \(a pickled PyTorch file", _mnist_pickled_after),
+    Case("truncated-mnist-idx", lambda t: load_dataset(str(write_members(t / "root", {
+        **mnist_members(), "MNIST/raw/t10k-images-idx3-ubyte": mnist_members()["MNIST/raw/t10k-images-idx3-ubyte"][:500]}))),
+         DataError, r"t10k-images-idx3-ubyte: truncated: its header says 20x28x28 values \(15,680 bytes\) but it "
+                    r"holds 484; delete it and put a complete copy there"),
 ]
 
 
@@ -569,6 +726,127 @@ CASES += [
          r"it is gone from this server \(was the workspace folder deleted\?\); started a fresh workbench"),
 ]
 
+
+
+# App cases of the sidebar's Open: uploads (through the real uploader widget) and typed folders.
+
+
+def _all_messages(at) -> str:
+    """Successes, warnings and errors the page shows, one line."""
+    assert len(at.exception) == 0, [e.message for e in at.exception]
+    return " | ".join(e.value for e in [*at.success, *at.warning, *at.error])
+
+
+def _open_upload(at, files: list[tuple[str, bytes]], *, biased: bool = False) -> None:
+    n = at.session_state["sb-upload-n"] if "sb-upload-n" in at.session_state else 0
+    at.file_uploader(key=f"sb-upload-{n}").set_value([(name, data, "application/octet-stream") for name, data in files])
+    if biased:
+        at.checkbox(key="sb-biased").check()
+    at.button(key="sb-open").click().run()
+
+
+def _app_upload(files: list[tuple[str, bytes]], biased: bool = False) -> Callable[[Path], object]:
+    def run(tmp: Path) -> object:
+        at = _app(tmp)
+        before = at.session_state["wb_id"]
+        _open_upload(at, files, biased=biased)
+        text = _all_messages(at)
+        _app_upload.last = (at, before)
+        return text
+    return run
+
+
+def _app_upload_refused(tmp: Path, _: object) -> None:
+    at, before = _app_upload.last
+    assert at.session_state["wb_id"] == before  # the current workbench stays
+    uploads = Path(os.environ["STEERBOARD_WORKSPACE"]) / "data" / "uploads"
+    left = sorted(p.name for p in uploads.iterdir()) if uploads.exists() else []
+    assert not left, f"the failed upload left {left}"
+    assert not (tmp / "pwned").exists()
+
+
+def _app_upload_opened(tmp: Path, _: object) -> None:
+    from apptest_helpers import workbench_of
+
+    at, before = _app_upload.last
+    assert at.session_state["wb_id"] != before
+    assert not (tmp / "pwned").exists()
+    _app_upload_opened.source = workbench_of(at).data_source
+
+
+def _app_biased_source(tmp: Path, _: object) -> None:
+    from apptest_helpers import workbench_of
+
+    _app_upload_opened(tmp, _)
+    at, _before = _app_upload.last
+    source = workbench_of(at).data_source
+    assert source.startswith("biased-digits:/") and "uploads" in source, source
+    # Open again with another model: the sidebar shows the folder with the box ticked, and the same data opens
+    at.selectbox(key="sb-model").set_value("vgg6")
+    at.button(key="sb-open").click().run()
+    assert "Started workbench" in _all_messages(at), _all_messages(at)
+    wb = workbench_of(at)
+    assert (wb.data_source, wb.arch) == (source, "vgg6")
+
+
+def _app_biased_folder(tmp: Path) -> object:
+    at = _app(tmp)
+    ws = Path(os.environ["STEERBOARD_WORKSPACE"])
+    image_tree(ws / "data" / "pets", n=4, hw=(28, 28))
+    at.selectbox(key="sb-dataset").set_value("Folder or archive…")
+    at.text_input(key="sb-folder").set_value(str(ws / "data" / "pets"))
+    at.checkbox(key="sb-biased").check()
+    at.button(key="sb-open").click().run()
+    from apptest_helpers import workbench_of
+
+    assert workbench_of(at).data_source == f"biased-digits:{(ws / 'data' / 'pets').resolve()}"
+    return _all_messages(at)
+
+
+def _app_open_mnist_idx_folder(tmp: Path) -> object:
+    """A typed torchvision root: the page shows the open's steps, done, in a status box."""
+    at = _app(tmp)
+    ws = Path(os.environ["STEERBOARD_WORKSPACE"])
+    write_members(ws / "data" / "tv", mnist_members())
+    at.selectbox(key="sb-dataset").set_value("Folder or archive…")
+    at.text_input(key="sb-folder").set_value(str(ws / "data" / "tv"))
+    at.button(key="sb-open").click().run()
+    return _all_messages(at)
+
+
+_GOOD_TREE = tree_members("pets/")
+CASES += [
+    Case("app-upload-empty-zip", _app_upload([("empty.zip", zip_of({}))]), None,
+         r"^Upload not opened: empty\.zip: the archive holds no files; zip the folder that holds your class folders",
+         _app_upload_refused),
+    Case("app-upload-one-class-zip", _app_upload([("one.zip", zip_of(tree_members(classes=("only",))))]), None,
+         r"^Could not open that dataset: one\.zip: found a single class folder \('only'\); a classifier needs at "
+         r"least two class folders: one folder of images per class, side by side", _app_upload_refused),
+    Case("app-upload-with-a-corrupt-png-says-so",
+         _app_upload([("pets.zip", zip_of({**_GOOD_TREE, "pets/b/broken.png": BROKEN_PNG}))]), None,
+         r"Started workbench [0-9a-f]{12} on pets .*\| Skipped 1 file of pets: "
+         r"pets:b/broken\.png \(UnidentifiedImageError: cannot identify image file\)\. The other 6 "
+         r"images opened", _app_upload_opened),
+    Case("app-upload-with-colour-by-class", _app_upload([("pets.zip", zip_of(_GOOD_TREE))], biased=True), None,
+         r"^Started workbench [0-9a-f]{12} on biased-pets with seed-cnn", _app_biased_source),
+    Case("app-typed-folder-with-colour-by-class", _app_biased_folder, None,
+         r"^Started workbench [0-9a-f]{12} on biased-pets with seed-cnn"),
+    Case("app-upload-torchvision-root-with-pickled-pt",
+         _app_upload([("mnist.zip", zip_of({**mnist_members(), "MNIST/processed/training.pt": pickle_payload_pt(),
+                                           "MNIST/processed/test.pt": pickle_payload_pt()}))]), None,
+         r"Started workbench .* \| Skipped 2 files of mnist: processed/test\.pt \(a pickled PyTorch file, "
+         r"torchvision's old processed format: never loaded", _app_upload_opened),
+    Case("app-upload-only-pickled-pt-is-refused-and-removed",
+         _app_upload([("mnist.zip", zip_of({"MNIST/raw/README": b"", "MNIST/processed/training.pt": pickle_payload_pt(),
+                                           "MNIST/processed/test.pt": pickle_payload_pt()}))]), None,
+         r"^Could not open that dataset: mnist: files missing in mnist\.zip/MNIST/raw: .* pickled PyTorch files that "
+         r"steerboard never loads", _app_upload_refused),
+    Case("app-upload-npy-header-claims-too-many-rows",
+         _app_upload([("big.npy", huge_header_npy()), ("ok.npy", npy_bytes(np.zeros((3, 784), np.uint8)))]), None,
+         r"^Upload not opened: big\.npy: its header claims 1,000,000,000,000 rows .* shorter than its header says",
+         _app_upload_refused),
+    Case("app-typed-mnist-folder-opens", _app_open_mnist_idx_folder, None, r"^Started workbench [0-9a-f]{12} on mnist"),
+]
 
 
 # --- the test ---------------------------------------------------------------------------------

@@ -7,11 +7,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .spec import SPLITS, DataError, DatasetCard, ImageDataset
+from .spec import SPLITS, DataError, DatasetCard, ImageDataset, Progress, monotonic, stage
 
 __all__ = [
     "load_dataset", "list_builtin", "parse_biased_source", "parse_shortcut_source", "shortcut_kind",
-    "SHORTCUT_SETS", "ImageDataset", "DatasetCard", "DataError", "SPLITS",
+    "SHORTCUT_SETS", "ImageDataset", "DatasetCard", "DataError", "SPLITS", "Progress",
 ]
 
 DEFAULT_RHO = 0.99
@@ -37,6 +37,7 @@ def load_dataset(
     rho: float | None = None,
     allow_download: bool = False,
     root: str | None = None,
+    progress: Progress | None = None,
 ) -> ImageDataset:
     """Load a dataset by built-in name or path, with train / val / test / pool splits from ``seed``.
 
@@ -56,7 +57,20 @@ def load_dataset(
     the same, and the two must agree when both are given); ``allow_download`` and ``root``
     apply to the torchvision sets (default root ~/.steerboard/data/<name>). Raises DataError
     when the data cannot be read.
+
+    ``progress(fraction, text)`` (optional) hears what is being done while the data is read:
+    fractions never decrease and the last call is ``(1.0, ...)``.
     """
+    progress = monotonic(progress)
+    ds = _load(source, seed=seed, limit_per_class=limit_per_class, rho=rho, allow_download=allow_download,
+               root=root, progress=progress)
+    if progress is not None:
+        progress(1.0, f"opened {ds.name}: {ds.card.total:,} images of {ds.num_classes} classes")
+    return ds
+
+
+def _load(source: str, *, seed: int, limit_per_class: int | None, rho: float | None, allow_download: bool,
+          root: str | None, progress: Progress | None) -> ImageDataset:
     if limit_per_class is not None and limit_per_class < 1:
         raise DataError(f"limit_per_class must be at least 1, got {limit_per_class}")
     key = source.strip()
@@ -64,12 +78,19 @@ def load_dataset(
     if key == "digits":
         from .builtin import load_digits_dataset
 
+        if progress is not None:
+            progress(0.0, "reading scikit-learn's bundled digits")
         return load_digits_dataset(seed=seed, limit_per_class=limit_per_class)
     kind = shortcut_kind(key)
     if kind is not None:
         _, base_source, rho = parse_shortcut_source(key, rho)
-        base = load_dataset(base_source, **options)  # type: ignore[arg-type]
+        base = _load(base_source, rho=None, progress=stage(progress, 0.0, 0.8), **options)  # type: ignore[arg-type]
         name = kind if base_source == "digits" else None
+        if progress is not None:
+            what = {"biased-digits": "painting each image's background in its class colour",
+                    "decoy-digits": "adding the grey corner squares",
+                    "texture-digits": "laying the class gratings behind the strokes"}[kind]
+            progress(0.8, f"{what} ({len(base.images):,} images, rho {rho:g})")
         if kind == "biased-digits":
             from .biased import make_biased
 
@@ -82,16 +103,16 @@ def load_dataset(
     from .torchvision_sets import TORCHVISION_SETS, load_torchvision_set
 
     if key in TORCHVISION_SETS:
-        return load_torchvision_set(key, **options)  # type: ignore[arg-type]
+        return load_torchvision_set(key, progress=progress, **options)  # type: ignore[arg-type]
     path = Path(key).expanduser()
     for marker, name in _TORCHVISION_MARKERS.items():
         if (path / marker).is_dir():
-            return load_torchvision_set(name, **{**options, "root": str(path)})  # type: ignore[arg-type]
+            return load_torchvision_set(name, progress=progress, **{**options, "root": str(path)})  # type: ignore[arg-type]
     if not path.exists() and "/" not in key and "\\" not in key and not key.startswith("."):
         raise DataError(f"{source}: no such file or folder, and not a built-in dataset ({', '.join(list_builtin())})")
     from .folders import load_path
 
-    return load_path(path, seed=seed, limit_per_class=limit_per_class)
+    return load_path(path, seed=seed, limit_per_class=limit_per_class, progress=progress)
 
 
 def shortcut_kind(source: str) -> str | None:

@@ -5,7 +5,9 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
+import re
 import tarfile
 import tempfile
 import time
@@ -15,11 +17,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
 
-from .spec import DataError, ImageDataset, RawImages
+from .spec import DataError, ImageDataset, Progress, RawImages, counting, stage
 
 log = logging.getLogger(__name__)
 
@@ -74,36 +77,43 @@ class _Masks:
         self.problems += other.problems
 
 
-def load_path(path: str | Path, *, seed: int = 0, limit_per_class: int | None = None) -> ImageDataset:
+def load_path(path: str | Path, *, seed: int = 0, limit_per_class: int | None = None,
+              progress: Progress | None = None) -> ImageDataset:
     """Load a folder of Quick Draw .npy files, an ImageFolder tree, a tar(.gz) of one, or a
     folder holding train.tar.gz and test.tar.gz.
 
     Large image trees and archives are decoded once and kept in a cache (see :func:`cache_dir`).
+    ``progress`` (see :data:`core.data.spec.Progress`) hears each step, ending at 1.0.
     """
     p = Path(path).expanduser()
     start = time.perf_counter()
-    raw = read_path_cached(p, limit_per_class=limit_per_class)
+    raw = read_path_cached(p, limit_per_class=limit_per_class, progress=stage(progress, 0.0, 0.95))
     log.info("read %d images from %s in %.1f s", len(raw.labels), p, time.perf_counter() - start)
-    return raw.to_dataset(name=dataset_name(p), source=str(p.resolve()), license=_license_of(p), seed=seed)
+    if progress is not None:
+        progress(0.95, f"building the train / val / test / pool splits of {len(raw.labels):,} images")
+    ds = raw.to_dataset(name=dataset_name(p), source=str(p.resolve()), license=_license_of(p), seed=seed)
+    if progress is not None:
+        progress(1.0, f"read {ds.card.total:,} images of {ds.num_classes} classes")
+    return ds
 
 
-def read_path(path: Path, *, limit_per_class: int | None = None) -> RawImages:
+def read_path(path: Path, *, limit_per_class: int | None = None, progress: Progress | None = None) -> RawImages:
     """Decode whatever lies at ``path`` into uint8 images; see :func:`load_path` for the layouts."""
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     kind = _kind(path)
     if kind == "archive":
-        return read_archive(path, limit_per_class=limit_per_class)
+        return read_archive(path, limit_per_class=limit_per_class, progress=progress)
     if kind == "other file":
         raise DataError(
             f"{path}: expected a folder (Quick Draw .npy files or class subfolders of images) "
             f"or a {'/'.join(ARCHIVE_SUFFIXES)} archive of class subfolders"
         )
     if kind == "split archives":
-        return read_split_archives(_split_archives(path), limit_per_class=limit_per_class)
+        return read_split_archives(_split_archives(path), limit_per_class=limit_per_class, progress=progress)
     if kind == "quickdraw":
-        return read_quickdraw(path, limit_per_class=limit_per_class)
-    return read_image_tree(path, limit_per_class=limit_per_class)
+        return read_quickdraw(path, limit_per_class=limit_per_class, progress=progress)
+    return read_image_tree(path, limit_per_class=limit_per_class, progress=progress)
 
 
 def _kind(path: Path) -> str:
@@ -147,22 +157,32 @@ def cache_dir() -> Path | None:
     return (Path(base) if base else Path.home() / ".cache") / "steerboard" / "datasets"
 
 
-def read_path_cached(path: Path, *, limit_per_class: int | None = None) -> RawImages:
+def read_path_cached(path: Path, *, limit_per_class: int | None = None, progress: Progress | None = None) -> RawImages:
     """:func:`read_path`, but a large image tree or archive is decoded once: its uint8 arrays are
     kept in :func:`cache_dir`, keyed by the path, the limit and every input file's size and
     modification time (MNIST's 70,000 PNGs take about 20 s to decode and 0.2 s to read back)."""
     folder = cache_dir()
     if folder is None or not path.exists() or _kind(path) == "quickdraw":
-        return read_path(path, limit_per_class=limit_per_class)
+        return read_path(path, limit_per_class=limit_per_class, progress=progress)
+    if progress is not None:
+        progress(0.0, f"checking the files of {path.name}")
     prefix, key = _cache_key(path, limit_per_class)
     entry = folder / f"{prefix}-{key}.npz"
+    if progress is not None and entry.is_file():
+        progress(0.05, f"reading the images of {path.name} decoded on an earlier open (from the cache)")
     raw = _read_cache(entry)
     if raw is not None:
         log.info("read %s from the cache %s", path, entry)
+        if progress is not None:
+            progress(1.0, f"read {len(raw.labels):,} images from the cache")
         return raw
-    raw = read_path(path, limit_per_class=limit_per_class)
+    raw = read_path(path, limit_per_class=limit_per_class, progress=stage(progress, 0.05, 0.95))
     if len(raw.labels) >= CACHE_MIN_IMAGES:
+        if progress is not None:
+            progress(0.95, f"keeping the {len(raw.labels):,} decoded images in the cache, so the next open is quick")
         _write_cache(entry, raw, prefix)
+    if progress is not None:
+        progress(1.0, f"decoded {len(raw.labels):,} images")
     return raw
 
 
@@ -238,17 +258,21 @@ def _read_cache(entry: Path) -> RawImages | None:
 # --- Quick Draw -----------------------------------------------------------------------------
 
 
-def read_quickdraw(folder: Path, *, limit_per_class: int | None = None) -> RawImages:
+def read_quickdraw(folder: Path, *, limit_per_class: int | None = None, progress: Progress | None = None) -> RawImages:
     """Read one ``<class>.npy`` per class (Quick Draw numpy_bitmap: uint8 rows of 784 pixels)."""
     files = sorted(f for f in folder.iterdir() if f.suffix == ".npy" and f.is_file())
     if len(files) < 2:
         raise DataError(f"{folder}: found {len(files)} .npy file; need one <class>.npy per class, at least two")
     classes = [f.stem for f in files]
     blocks, labels = [], []
+    tick = counting(progress, len(files), f"reading the .npy files of {folder.name}", steps=len(files))
+    if progress is not None:
+        progress(0.0, f"reading the .npy files of {folder.name}: 0 of {len(files)}")
     for label, f in enumerate(files):
         rows = _read_bitmap_npy(f, limit_per_class)
         blocks.append(rows)
         labels.append(np.full(len(rows), label, dtype=np.int64))
+        tick(label + 1)
     images = np.concatenate(blocks).reshape(-1, 1, 28, 28)
     note = "Quick, Draw! numpy_bitmap files, one per class (Google's Quick, Draw! data is CC BY 4.0)"
     return RawImages(images=images, labels=np.concatenate(labels), classes=classes, notes=[note])
@@ -256,13 +280,8 @@ def read_quickdraw(folder: Path, *, limit_per_class: int | None = None) -> RawIm
 
 def _read_bitmap_npy(f: Path, limit: int | None) -> np.ndarray:
     """The first ``limit`` rows of one Quick Draw file as uint8 (n, 784)."""
-    if _npy_holds_objects(f):
-        # np.load(allow_pickle=False) would refuse too, but with numpy's words; say what to do.
-        raise DataError(
-            f"{f}: holds pickled Python objects (an object array), which could run code when "
-            f"loaded; refusing to load it. Only uint8 bitmaps of shape {QUICKDRAW_SHAPES} are accepted: "
-            "save them with np.save(path, images.astype(np.uint8))"
-        )
+    with open(f, "rb") as fh:
+        check_npy_header(fh, f.stat().st_size, str(f))
     try:
         # mmap: with a limit only the rows taken are read from disk.
         arr = np.load(f, mmap_mode="r", allow_pickle=False)
@@ -279,31 +298,65 @@ def _read_bitmap_npy(f: Path, limit: int | None) -> np.ndarray:
     return np.array(arr[:limit]).reshape(-1, 784)
 
 
-def _npy_holds_objects(f: Path) -> bool:
-    """True when an .npy file's header declares a dtype with Python objects (stored pickled).
-
-    Only the header is read; a file too broken to have one is left to np.load to report.
-    """
+def read_npy_header(fh: BinaryIO) -> tuple[tuple[int, ...], np.dtype, int] | None:
+    """The shape, dtype and header length of the .npy file open in ``fh`` (at its start),
+    reading only the header; None when it has no header numpy can parse."""
     try:
-        with open(f, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            if version == (1, 0):
-                _, _, dtype = np.lib.format.read_array_header_1_0(fh)
-            elif version == (2, 0):
-                _, _, dtype = np.lib.format.read_array_header_2_0(fh)
-            else:
-                return False
-    except (ValueError, OSError, EOFError, SyntaxError):
-        return False
-    return bool(dtype.hasobject)
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version in ((2, 0), (3, 0)):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            return None
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError):
+        return None
+    return tuple(int(d) for d in shape), dtype, int(fh.tell())
+
+
+def check_npy_header(fh: BinaryIO, size: int, where: str) -> None:
+    """Refuse an .npy file of ``size`` bytes before loading it, from its header alone: one
+    holding Python objects (stored pickled), or one whose header claims more data than the
+    file holds (numpy would try to allocate it all first). A file without a readable header
+    is left to ``np.load`` to report."""
+    header = read_npy_header(fh)
+    if header is None:
+        return
+    shape, dtype, offset = header
+    if dtype.hasobject:
+        # np.load(allow_pickle=False) would refuse too, but with numpy's words; say what to do.
+        raise DataError(
+            f"{where}: holds pickled Python objects (an object array), which could run code when "
+            f"loaded; refusing to load it. Only uint8 bitmaps of shape {QUICKDRAW_SHAPES} are accepted: "
+            "save them with np.save(path, images.astype(np.uint8))"
+        )
+    need = math.prod(shape) * dtype.itemsize
+    have = max(0, size - offset)
+    if need > have:
+        rows = shape[0] if shape else 1
+        each = "x".join(map(str, shape[1:])) or "1"
+        raise DataError(
+            f"{where}: its header claims {rows:,} rows of {each} {dtype} ({_bytes(need)}), but the file holds only "
+            f"{_bytes(have)} of data: it is shorter than its header says (cut short, or the header is wrong). "
+            "Save the array again with np.save and upload or copy the whole file"
+        )
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("TB", 2**40), ("GB", 2**30), ("MB", 2**20), ("kB", 2**10)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n:,} bytes"
 
 
 # --- ImageFolder trees and archives ---------------------------------------------------------
 
 
-def read_image_tree(folder: Path, *, limit_per_class: int | None = None) -> RawImages:
+def read_image_tree(folder: Path, *, limit_per_class: int | None = None, progress: Progress | None = None) -> RawImages:
     """Read an ImageFolder tree: ``<class>/<image>``, optionally under ``train/`` and ``test/``,
     with object masks under a top-level ``masks/`` folder when there is one."""
+    if progress is not None:
+        progress(0.0, f"listing the images in {folder.name}")
     names = _image_names_under(folder)
     image_names, mask_names, root = _split_mask_names(names)
     if not image_names:
@@ -320,25 +373,32 @@ def read_image_tree(folder: Path, *, limit_per_class: int | None = None) -> RawI
     layout, notes = _layout(image_names, folder)
     wanted = _select(layout, limit_per_class)
     keys = {n: _image_key(n, root, None) for n in image_names}
-    records, skipped = _decode_all(
-        ((n, (folder / n).read_bytes) for n in image_names if n in wanted), layout, folder, keys
-    )
     masks = _mask_index(mask_names, root, folder.name, None, set(keys.values()))
+    wanted_key_set = {keys[n] for n in wanted}
+    mask_items = [(key, name) for key, (_, name) in masks.files.items() if key in wanted_key_set]
+    total = len(wanted) + len(mask_items)
+    tick = counting(stage(progress, 0.02, 0.85), total, f"decoding the images of {folder.name}")
+    records, skipped = _decode_all(
+        ((n, (folder / n).read_bytes) for n in image_names if n in wanted), layout, folder, keys, tick
+    )
     wanted_keys = {r.key for r in records}
-    for key, (_, name) in masks.files.items():
+    for i, (key, name) in enumerate(mask_items):
         if key in wanted_keys:
             masks.decoded[key] = _decode_mask(folder.name, name, (folder / name).read_bytes)
-    return _assemble(records, skipped, notes, folder, masks if masks.files else None)
+        tick(len(wanted) + i + 1)
+    return _assemble(records, skipped, notes, folder, masks if masks.files else None, stage(progress, 0.85, 1.0))
 
 
-def read_archive(path: Path, *, limit_per_class: int | None = None, part: str | None = None) -> RawImages:
+def read_archive(path: Path, *, limit_per_class: int | None = None, part: str | None = None,
+                 progress: Progress | None = None) -> RawImages:
     """Read an ImageFolder tree (with its ``masks/`` folder, if any) from a tar archive
     without extracting it to disk."""
-    records, skipped, notes, masks = _archive_records(path, limit_per_class, part)
-    return _assemble(records, skipped, notes, path, masks if masks.files else None)
+    records, skipped, notes, masks = _archive_records(path, limit_per_class, part, stage(progress, 0.0, 0.85))
+    return _assemble(records, skipped, notes, path, masks if masks.files else None, stage(progress, 0.85, 1.0))
 
 
-def read_split_archives(archives: dict[str, Path], *, limit_per_class: int | None = None) -> RawImages:
+def read_split_archives(archives: dict[str, Path], *, limit_per_class: int | None = None,
+                        progress: Progress | None = None) -> RawImages:
     """Read ``train`` and ``test`` archives as one dataset whose test archive is its test split.
 
     Masks may lie inside each archive (``masks/train/...`` at its top) or in a ``masks/``
@@ -346,8 +406,12 @@ def read_split_archives(archives: dict[str, Path], *, limit_per_class: int | Non
     """
     records, skipped, notes = [], [], []
     masks = _Masks()
-    for part, archive in archives.items():
-        r, s, n, m = _archive_records(archive, limit_per_class, part)
+    sizes = {part: max(1, archive.stat().st_size) for part, archive in archives.items()}
+    done = 0
+    for part, archive in archives.items():  # each archive's share of the reading: its share of the bytes
+        share = 0.85 * sizes[part] / sum(sizes.values())
+        r, s, n, m = _archive_records(archive, limit_per_class, part, stage(progress, done, done + share))
+        done += share
         records += r
         skipped += s
         notes += n
@@ -366,14 +430,16 @@ def read_split_archives(archives: dict[str, Path], *, limit_per_class: int | Non
             if key in wanted_keys:
                 masks.decoded[key] = _decode_mask(origin, name, (folder / name).read_bytes)
         masks.problems += outside.problems
-    return _assemble(records, skipped, notes, folder, masks if masks.files else None)
+    return _assemble(records, skipped, notes, folder, masks if masks.files else None, stage(progress, 0.85, 1.0))
 
 
 def _archive_records(
-    path: Path, limit: int | None, part: str | None
+    path: Path, limit: int | None, part: str | None, progress: Progress | None = None
 ) -> tuple[list[_Record], list[str], list[str], _Masks]:
     """Decode the chosen members (images and their masks) of one archive, in archive order
     (one pass over the stream: seeking back in a .tar.gz means decompressing it again)."""
+    if progress is not None:
+        progress(0.0, f"listing the members of {path.name}")
     try:
         with tarfile.open(path, "r:*") as tf:
             all_members = tf.getmembers()
@@ -391,12 +457,20 @@ def _archive_records(
             masks = _mask_index(mask_names, root, path.name, part, set(keys.values()))
             wanted_masks = {masks.files[keys[n]][1]: keys[n] for n in wanted if keys[n] in masks.files}
             records, skipped = [], []
+            # Listing a .tar.gz reads it through once: a tenth of the time, the decoding the rest.
+            tick = counting(stage(progress, 0.1, 1.0), len(wanted) + len(wanted_masks),
+                            f"decoding the images of {path.name}")
+            done = 0
             for m in members:
                 if m.name in wanted:
                     decoded = _decode_one(m.name, _member_reader(tf, m), layout, path, keys)
                     (records if isinstance(decoded, _Record) else skipped).append(decoded)
                 elif m.name in wanted_masks:
                     masks.decoded[wanted_masks[m.name]] = _decode_mask(path.name, m.name, _member_reader(tf, m))
+                else:
+                    continue
+                done += 1
+                tick(done)
     except _ARCHIVE_ERRORS as e:
         raise DataError(f"{path}: not a readable tar archive ({e}); expected a .tar.gz of class folders") from e
     return records, skipped, notes, masks
@@ -444,8 +518,9 @@ def _layout(
     common = _common_prefix_len(dirs)
     if all(len(d) == common for d in dirs):
         if common == 0:
-            raise DataError(f"{where}: images lie loose at the top level; expected one subfolder of images per class")
-        raise DataError(f"{where}: found a single class ({dirs[0][-1]!r}); need at least two class folders")
+            raise DataError(f"{where}: images lie loose at the top level; expected one subfolder of images per "
+                            "class, side by side, for example cat/1.png, cat/2.png, dog/1.png")
+        raise DataError(single_class_message(where, dirs[0][-1]))
     rest = [p[common:] for p in parts]
     firsts = {r[0] for r in rest if len(r) > 1}
     presplit = part is None and firsts == {"train", "test"} and all(len(r) > 2 for r in rest)
@@ -458,10 +533,21 @@ def _layout(
             layout[name] = (r[0], r[1])
         else:
             layout[name] = (part or "", r[0])
-    if len({cls for _, cls in layout.values()}) < 2:
-        raise DataError(f"{where}: found a single class; need at least two class folders")
+    found = sorted({cls for _, cls in layout.values()})
+    if len(found) < 2:
+        raise DataError(single_class_message(where, found[0] if found else None))
     notes = [f"ignored {loose} images outside the class folders"] if loose else []
     return layout, notes
+
+
+LAYOUT_EXAMPLE = "one folder of images per class, side by side, for example cat/1.png, cat/2.png, dog/1.png"
+
+
+def single_class_message(where: object, cls: str | None) -> str:
+    """What to say about a tree whose images all lie in one class folder."""
+    found = f"a single class folder ({cls!r})" if cls is not None else "a single class folder"
+    return (f"{where}: found {found}; a classifier needs at least two class folders: {LAYOUT_EXAMPLE}. "
+            "Zip the folder that holds them, or type its path")
 
 
 def _common_prefix_len(seqs: list[tuple[str, ...]]) -> int:
@@ -487,12 +573,15 @@ def _decode_all(
     layout: dict[str, tuple[str, str]],
     where: Path,
     keys: dict[str, str],
+    tick: Callable[[int], None] = lambda done: None,
 ) -> tuple[list[_Record], list[str]]:
-    """Decode each image; files that fail are skipped and listed, not fatal."""
+    """Decode each image; files that fail are skipped and listed, not fatal. ``tick(done)``
+    hears the count after each one."""
     records, skipped = [], []
-    for name, read in items:
+    for i, (name, read) in enumerate(items, 1):
         decoded = _decode_one(name, read, layout, where, keys)
         (records if isinstance(decoded, _Record) else skipped).append(decoded)
+        tick(i)
     return records, skipped
 
 
@@ -503,9 +592,18 @@ def _decode_one(
     try:
         pixels = decode_image(read())
     except _DECODE_ERRORS as e:
-        return f"{where.name}:{name} ({type(e).__name__}: {e})"
+        return f"{where.name}:{name} ({_decode_reason(e)})"
     part, cls = layout[name]
     return _Record(part, cls, name, pixels, key=keys[name], origin=where.name)
+
+
+def _decode_reason(e: BaseException) -> str:
+    """Why PIL could not decode a file, without the in-memory buffer's address it names."""
+    text = _BUFFER_REPR.sub("", str(e)).strip()
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+_BUFFER_REPR = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -524,7 +622,8 @@ def decode_image(data: bytes) -> np.ndarray:
 
 
 def _assemble(
-    records: list[_Record], skipped: list[str], notes: list[str], where: Path, masks: _Masks | None = None
+    records: list[_Record], skipped: list[str], notes: list[str], where: Path, masks: _Masks | None = None,
+    progress: Progress | None = None,
 ) -> RawImages:
     """Order records (part, class, name), unify channels, resize every image to one square
     side the models take (see :func:`model_side`), and stack them; with ``masks``, match each
@@ -533,7 +632,7 @@ def _assemble(
         raise DataError(f"{where}: no readable images ({len(skipped)} skipped as corrupt)")
     classes = sort_class_names({r.cls for r in records})
     if len(classes) < 2:
-        raise DataError(f"{where}: found a single class ({classes[0]!r}); need at least two class folders")
+        raise DataError(single_class_message(where, classes[0]))
     index = {c: i for i, c in enumerate(classes)}
     records.sort(key=lambda r: (r.part == "test", index[r.cls], r.name))
     notes = list(notes)
@@ -547,8 +646,14 @@ def _assemble(
     note = _resize_note(pixels, side)
     if note:
         notes.append(note)
-    pixels = [_conform(p, colour, side) for p in pixels]
-    images = np.stack(pixels)
+    tick = counting(stage(progress, 0.0, 0.8), len(pixels), f"bringing the images to {side}x{side}")
+    conformed = []
+    for i, p in enumerate(pixels, 1):
+        conformed.append(_conform(p, colour, side))
+        tick(i)
+    if progress is not None:
+        progress(0.8, f"stacking {len(conformed):,} images")
+    images = np.stack(conformed)
     images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
     labels = np.fromiter((index[r.cls] for r in records), dtype=np.int64, count=len(records))
     is_test = np.fromiter((r.part == "test" for r in records), dtype=bool, count=len(records))
@@ -557,8 +662,12 @@ def _assemble(
     mask_array = has_mask = None
     problems: list[str] = []
     if masks is not None:
+        if progress is not None:
+            progress(0.9, f"matching {len(records):,} images to their masks")
         mask_array, has_mask, problems, note = _match_masks(records, masks, side)
         notes.append(note)
+    if progress is not None:
+        progress(1.0, f"{len(records):,} images of {len(classes)} classes")
     return RawImages(
         images=np.ascontiguousarray(images), labels=labels, classes=classes,
         is_test=is_test if is_test.any() else None, notes=notes, skipped=skipped,
@@ -675,7 +784,7 @@ def _decode_mask(origin: str, name: str, read: Callable[[], bytes]) -> _Mask:
     try:
         return _Mask(origin, name, decode_mask(read()))
     except _DECODE_ERRORS as e:
-        return _Mask(origin, name, None, f"{type(e).__name__}: {e}")
+        return _Mask(origin, name, None, _decode_reason(e))
 
 
 def sort_class_names(names: Iterable[str]) -> list[str]:

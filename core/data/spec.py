@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,49 @@ import torch
 from .splits import check_splits, count_per_class, split_with_own_test, stratified_split
 
 SPLITS = ("train", "val", "test", "pool")
+
+# A progress callback: called with the fraction done (0..1, never decreasing, 1.0 last) and a
+# short line saying what is being done ("reading train.tar.gz: 3,000 of 60,000 images").
+Progress = Callable[[float, str], None]
+
+
+def stage(progress: Progress | None, start: float, end: float) -> Progress | None:
+    """``progress`` for one stage of a longer task: the stage's fractions 0..1 become
+    ``start``..``end`` of the whole. None stays None."""
+    if progress is None:
+        return None
+
+    def report(fraction: float, text: str) -> None:
+        progress(start + (end - start) * min(1.0, max(0.0, float(fraction))), text)
+
+    return report
+
+
+def monotonic(progress: Progress | None) -> Progress | None:
+    """``progress`` that never goes back: a fraction below the last one is reported as the last."""
+    if progress is None:
+        return None
+    last = [0.0]
+
+    def report(fraction: float, text: str) -> None:
+        last[0] = max(last[0], min(1.0, float(fraction)))
+        progress(last[0], text)
+
+    return report
+
+
+def counting(progress: Progress | None, total: int, what: str, steps: int = 100) -> Callable[[int], None]:
+    """A ``tick(done)`` for a loop over ``total`` items that reports at most about ``steps``
+    times (and always the last item): "WHAT: 3,000 of 60,000"."""
+    if progress is None or total <= 0:
+        return lambda done: None
+    every = max(1, total // steps)
+
+    def tick(done: int) -> None:
+        if done == total or done % every == 0:
+            progress(done / total, f"{what}: {done:,} of {total:,}")
+
+    return tick
 
 
 class DataError(ValueError):
@@ -33,6 +77,17 @@ class DatasetCard:
     skipped: list[str] = field(default_factory=list)
     masked: int = 0  # images with an object mask (0 when the dataset has no masks)
     mask_problems: list[str] = field(default_factory=list)  # per file: missing, mis-sized or unreadable masks
+
+    def skipped_summary(self, shown: int = 3) -> str | None:
+        """One line for the page about the files that were not read (None when none were):
+        how many, the first ``shown`` with why, and what to do."""
+        if not self.skipped:
+            return None
+        n = len(self.skipped)
+        first = "; ".join(self.skipped[:shown]) + (f"; and {n - shown} more" if n > shown else "")
+        return (f"Skipped {n} file{'s' if n != 1 else ''} of {self.name}: {first}. The other {self.total:,} "
+                "images opened. To include a skipped image, replace it with a readable copy and open the data "
+                "again; every skipped file is listed in the card on Home's Dataset tab.")
 
     def to_dict(self) -> dict[str, Any]:
         return {

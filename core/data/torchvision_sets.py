@@ -5,6 +5,7 @@ import _codecs
 import gzip
 import importlib
 import logging
+import math
 import os
 import pickle
 import shutil
@@ -19,7 +20,7 @@ from urllib.error import URLError
 import numpy as np
 
 from .folders import check_archive_members
-from .spec import DataError, ImageDataset, RawImages
+from .spec import DataError, ImageDataset, Progress, RawImages, counting, stage
 
 log = logging.getLogger(__name__)
 
@@ -76,27 +77,37 @@ def load_torchvision_set(
     allow_download: bool = False,
     seed: int = 0,
     limit_per_class: int | None = None,
+    progress: Progress | None = None,
 ) -> ImageDataset:
     """Load MNIST, Fashion-MNIST or CIFAR-10 from ``root``; its test set becomes the "test" split.
 
     Files missing and ``allow_download`` false (or the download failing) raise DataError
-    naming the folder to put the files in.
+    naming the folder to put the files in. Nothing pickled by PyTorch is ever loaded: MNIST's
+    idx files are parsed here, and torchvision's old ``processed/*.pt`` files are left unread
+    (listed on the card as skipped). ``progress`` hears each file read, ending at 1.0.
     """
     ds = TORCHVISION_SETS[name]
     root_path = Path(root).expanduser() if root is not None else default_root(name)
     folder = root_path / ds.subfolder
     try:
-        _unpack_local_archives(ds, root_path, folder)
+        _unpack_local_archives(ds, root_path, folder, stage(progress, 0.0, 0.3))
     except (OSError, tarfile.TarError, EOFError) as e:
         raise DataError(f"{folder}: could not unpack the {ds.name} archives found there ({e})") from e
     if _missing(ds, folder):
         if not allow_download:
             raise DataError(_missing_message(ds, folder, "downloading is off (allow_download=False)"))
+        if progress is not None:
+            progress(0.3, f"downloading {ds.name} into {root_path}")
         _download(ds, root_path, folder)
     reader = _read_cifar if name == "cifar10" else _read_mnist_like
-    raw = reader(ds, folder, limit_per_class)
-    return raw.to_dataset(name=name, source=f"{folder} (torchvision {ds.torchvision_class} format)",
-                          license=ds.license, seed=seed)
+    raw = reader(ds, folder, limit_per_class, stage(progress, 0.3, 0.9))
+    if progress is not None:
+        progress(0.9, f"building the train / val / test / pool splits of {len(raw.labels):,} images")
+    out = raw.to_dataset(name=name, source=f"{folder} (torchvision {ds.torchvision_class} format)",
+                         license=ds.license, seed=seed)
+    if progress is not None:
+        progress(1.0, f"read {out.card.total:,} images of {out.num_classes} classes")
+    return out
 
 
 def _missing(ds: TorchvisionSet, folder: Path) -> list[str]:
@@ -105,13 +116,26 @@ def _missing(ds: TorchvisionSet, folder: Path) -> list[str]:
 
 def _missing_message(ds: TorchvisionSet, folder: Path, why: str) -> str:
     missing = ", ".join(_missing(ds, folder))
+    pickled = _pickled_files(ds, folder)
+    found = ""
+    if pickled:
+        found = (f" Found {', '.join(p.name for p in pickled)} in {pickled[0].parent}: torchvision's old processed "
+                 "format, pickled PyTorch files that steerboard never loads (unpickling can run code).")
     return (
-        f"{ds.name}: files missing in {folder}: {missing}; {why}. Put these files "
+        f"{ds.name}: files missing in {folder}: {missing}; {why}.{found} Put these files "
         f"(from {ds.origin}, unpacked) in {folder}, or pass allow_download=True to download them"
     )
 
 
-def _unpack_local_archives(ds: TorchvisionSet, root: Path, folder: Path) -> None:
+def _pickled_files(ds: TorchvisionSet, folder: Path) -> list[Path]:
+    """torchvision's old ``<root>/<Class>/processed/*.pt`` files beside an MNIST-like ``raw/``."""
+    if ds.name == "cifar10":
+        return []
+    processed = folder.parent / "processed"
+    return sorted(f for f in processed.glob("*.pt") if f.is_file()) if processed.is_dir() else []
+
+
+def _unpack_local_archives(ds: TorchvisionSet, root: Path, folder: Path, progress: Progress | None = None) -> None:
     """Unpack archives a user put in place by hand (MNIST .gz files, cifar-10-python.tar.gz).
 
     Each file appears under its final name only once it is complete (unpacked to a temporary
@@ -121,12 +145,13 @@ def _unpack_local_archives(ds: TorchvisionSet, root: Path, folder: Path) -> None
     if ds.name == "cifar10":
         archive = root / "cifar-10-python.tar.gz"
         if _missing(ds, folder) and archive.is_file():
-            _unpack_cifar_archive(archive, root, folder)
+            _unpack_cifar_archive(archive, root, folder, progress)
         return
-    for f in _missing(ds, folder):
-        packed = folder / f"{f}.gz"
-        if packed.is_file():
-            _gunzip(packed, folder / f)
+    packed = [f for f in _missing(ds, folder) if (folder / f"{f}.gz").is_file()]
+    tick = counting(progress, len(packed), f"unpacking the .gz files in {folder}", steps=len(packed))
+    for i, f in enumerate(packed, 1):
+        _gunzip(folder / f"{f}.gz", folder / f)
+        tick(i)
 
 
 # What reading a cut-short or damaged .gz raises; other OSErrors (a full disk, no permission)
@@ -154,17 +179,22 @@ def _gunzip(packed: Path, dest: Path) -> None:
         Path(tmp).unlink(missing_ok=True)  # gone already after a successful rename
 
 
-def _unpack_cifar_archive(archive: Path, root: Path, folder: Path) -> None:
+def _unpack_cifar_archive(archive: Path, root: Path, folder: Path, progress: Progress | None = None) -> None:
     """Unpack cifar-10-python.tar.gz into a temporary folder under ``root``, then move the
     batch files into ``folder``."""
     staging = Path(tempfile.mkdtemp(dir=root, prefix=".cifar-10-python.", suffix=".partial"))
     try:
         try:
+            if progress is not None:
+                progress(0.0, f"listing the members of {archive.name}")
             with tarfile.open(archive, "r:*") as tf:
                 members = tf.getmembers()
                 check_archive_members(members, archive, action="unpack")
-                # filter="data" refuses what the check above already did; kept as a second guard.
-                tf.extractall(staging, members=members, filter="data")
+                tick = counting(stage(progress, 0.2, 1.0), len(members), f"unpacking {archive.name}", steps=len(members))
+                for i, member in enumerate(members, 1):
+                    # filter="data" refuses what the check above already did; kept as a second guard.
+                    tf.extract(member, staging, filter="data")
+                    tick(i)
         except tarfile.FilterError as e:
             raise DataError(f"archive member {getattr(e.tarinfo, 'name', '?')!r} would be unpacked outside "
                             f"{root} ({e}); refusing to unpack {archive}") from e
@@ -193,29 +223,61 @@ def _download(ds: TorchvisionSet, root: Path, folder: Path) -> None:
         raise DataError(_missing_message(ds, folder, f"the download failed ({first_line})")) from e
 
 
-def _read_mnist_like(ds: TorchvisionSet, folder: Path, limit: int | None) -> RawImages:
-    """Read the four idx files through torchvision's MNIST / FashionMNIST classes."""
-    import torchvision.datasets as tvd
-
-    cls = getattr(tvd, ds.torchvision_class)
-    root = folder.parent.parent  # torchvision expects <root>/<ClassName>/raw
+def _read_mnist_like(ds: TorchvisionSet, folder: Path, limit: int | None, progress: Progress | None = None) -> RawImages:
+    """Read the four idx files of MNIST / Fashion-MNIST (the files torchvision keeps in
+    ``<root>/<Class>/raw``). torchvision's own classes are not used: they prefer the old
+    ``processed/*.pt`` files when present, which are pickles."""
     parts = []
-    for train in (True, False):
-        try:
-            data = cls(str(root), train=train, download=False)
-        except (RuntimeError, ValueError, OSError) as e:
-            raise DataError(
-                f"{folder}: could not read the {ds.name} idx files ({e}); expected {', '.join(ds.files)}"
-            ) from e
-        images, labels = data.data.numpy(), data.targets.numpy().astype(np.int64)
-        if images.ndim != 3 or len(images) != len(labels):
-            raise DataError(f"{folder}: idx files hold images {images.shape} and labels {labels.shape}; "
-                            "expected (N, H, W) uint8 images and N labels")
+    tick = counting(progress, len(ds.files), f"reading the {ds.name} files", steps=len(ds.files))
+    if progress is not None:
+        progress(0.0, f"reading the {ds.name} files: 0 of {len(ds.files)}")
+    for i, (image_file, label_file) in enumerate(((ds.files[0], ds.files[1]), (ds.files[2], ds.files[3]))):
+        images = read_idx(folder / image_file)
+        tick(2 * i + 1)
+        labels = read_idx(folder / label_file).astype(np.int64)
+        tick(2 * i + 2)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels) or images.dtype != np.uint8:
+            raise DataError(f"{folder}: {image_file} holds {images.dtype} {images.shape} and {label_file} holds "
+                            f"{labels.shape}; expected uint8 images (N, H, W) and N labels")
         parts.append((images[:, None], labels))
-    return _join_parts(ds, folder, parts, limit)
+    raw = _join_parts(ds, folder, parts, limit)
+    for f in _pickled_files(ds, folder):
+        raw.skipped.append(f"{f.parent.name}/{f.name} (a pickled PyTorch file, torchvision's old processed format: "
+                           f"never loaded, as unpickling can run code; the idx files in {folder.name}/ were read instead)")
+    return raw
 
 
-def _read_cifar(ds: TorchvisionSet, folder: Path, limit: int | None) -> RawImages:
+# idx type codes (http://yann.lecun.com/exdb/mnist/): numpy dtypes, big-endian as the files are.
+_IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """One idx file (MNIST's format: two zero bytes, a type code, the number of dimensions,
+    each dimension as a big-endian uint32, then the values) as a native-endian array.
+    Raises DataError for a file that is not one or is cut short."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in _IDX_TYPES or not 1 <= head[3] <= 4:
+                raise DataError(f"{path}: not an idx file (it starts with {head.hex() or 'nothing'}; an idx file "
+                                "starts with 0000, a type code such as 08 and the number of dimensions)")
+            dims_raw = f.read(4 * head[3])
+            if len(dims_raw) < 4 * head[3]:
+                raise DataError(f"{path}: truncated inside its header; delete it and put a complete copy there")
+            dims = tuple(int(d) for d in np.frombuffer(dims_raw, dtype=">u4"))
+            dtype = np.dtype(_IDX_TYPES[head[2]])
+            need = math.prod(dims) * dtype.itemsize
+            have = path.stat().st_size - 4 - 4 * head[3]
+            if have < need:
+                raise DataError(f"{path}: truncated: its header says {'x'.join(map(str, dims))} values "
+                                f"({need:,} bytes) but it holds {have:,}; delete it and put a complete copy there")
+            data = np.frombuffer(f.read(need), dtype=dtype).reshape(dims)
+    except OSError as e:
+        raise DataError(f"{path}: could not be read ({e})") from e
+    return data.astype(dtype.newbyteorder("="))
+
+
+def _read_cifar(ds: TorchvisionSet, folder: Path, limit: int | None, progress: Progress | None = None) -> RawImages:
     """Read CIFAR-10's pickled batches (the python version), the format torchvision uses.
 
     Read directly rather than through torchvision.datasets.CIFAR10, which rejects any file
@@ -223,12 +285,19 @@ def _read_cifar(ds: TorchvisionSet, folder: Path, limit: int | None) -> RawImage
     pickles; :class:`_CifarUnpickler` admits only the numpy and bytes reconstruction a real
     batch uses, so a file that would call anything else is refused, not run.
     """
+    if progress is not None:
+        progress(0.0, f"reading the CIFAR-10 batches: 0 of {len(CIFAR_FILES)}")
     classes = _cifar_classes(folder / "batches.meta")
+    tick = counting(progress, len(CIFAR_FILES), "reading the CIFAR-10 batches", steps=len(CIFAR_FILES))
+    read = 1
+    tick(read)
     parts = []
     for names in (CIFAR_FILES[:5], CIFAR_FILES[5:6]):
         images, labels = [], []
         for n in names:
             batch = _unpickle(folder / n)
+            read += 1
+            tick(read)
             data = np.asarray(batch.get("data"))
             labs = np.asarray(batch.get("labels", batch.get("fine_labels")), dtype=np.int64)
             if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labs) != len(data):

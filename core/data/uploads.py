@@ -31,8 +31,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from core.data.folders import check_archive_members
-from core.data.spec import DataError
+from core.data.folders import LAYOUT_EXAMPLE, _is_image_name, check_archive_members, check_npy_header
+from core.data.spec import DataError, Progress, counting
 
 UPLOADS_DIR = "uploads"
 MAX_UNPACKED_BYTES = 4 * 2**30  # a .zip may unpack to at most this much (zip bombs)
@@ -62,10 +62,11 @@ def _safe_stem(name: str) -> str:
 
 
 def store_upload(files: Sequence[tuple[str, bytes]], data_dir: str | Path, *,
-                 max_unpacked_bytes: int = MAX_UNPACKED_BYTES) -> Path:
+                 max_unpacked_bytes: int = MAX_UNPACKED_BYTES, progress: Progress | None = None) -> Path:
     """Validate ``files`` ((name, content) pairs, as uploaded) and store them under
     ``data_dir/uploads``; returns the path to open. Raises :class:`DataError` with a
-    one-line reason (and stores nothing) when the upload is not one of the accepted forms."""
+    one-line reason (and stores nothing) when the upload is not one of the accepted forms.
+    ``progress`` hears the members of a .zip as they are unpacked, ending at 1.0."""
     if not files:
         raise DataError("Nothing was uploaded; choose a .zip or .tar.gz of class folders, or Quick Draw .npy files.")
     kinds = {upload_kind(name) for name, _ in files}
@@ -83,11 +84,17 @@ def store_upload(files: Sequence[tuple[str, bytes]], data_dir: str | Path, *,
     root.mkdir(parents=True, exist_ok=True)
     kind = kinds.pop()
     name, data = files[0]
+    if progress is not None:
+        progress(0.0, f"checking {name}" + (f" and {len(files) - 1} more" if len(files) > 1 else ""))
     if kind == "tar":
-        return _store_tar(name, data, root, tag)
-    if kind == "zip":
-        return _store_zip(name, data, root, tag, max_unpacked_bytes)
-    return _store_npy(files, root, tag)
+        out = _store_tar(name, data, root, tag)
+    elif kind == "zip":
+        out = _store_zip(name, data, root, tag, max_unpacked_bytes, progress)
+    else:
+        out = _store_npy(files, root, tag)
+    if progress is not None:
+        progress(1.0, f"stored {name}")
+    return out
 
 
 def discard_upload(path: str | Path, data_dir: str | Path) -> None:
@@ -136,7 +143,8 @@ def _zip_member_problem(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
-def _store_zip(name: str, data: bytes, root: Path, tag: str, max_unpacked: int) -> Path:
+def _store_zip(name: str, data: bytes, root: Path, tag: str, max_unpacked: int,
+               progress: Progress | None = None) -> Path:
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, OSError) as exc:
@@ -155,15 +163,19 @@ def _store_zip(name: str, data: bytes, root: Path, tag: str, max_unpacked: int) 
         if total > max_unpacked:
             raise DataError(f"{name} would unpack to {total / 2**20:,.0f} MB, more than the "
                             f"{max_unpacked / 2**20:,.0f} MB allowed")
+        kept = [(info, parts) for info, parts in ((i, _member_parts(i)) for i in infos) if parts is not None]
+        if not any(not info.is_dir() for info, _ in kept):
+            raise DataError(f"{name}: the archive holds no files; zip the folder that holds your class folders "
+                            f"({LAYOUT_EXAMPLE}) and upload that zip")
         out = root / f"{_safe_stem(name)}-{tag}"
         if not out.exists():
             tmp = root / f".{out.name}.part"
             shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            tick = counting(progress, len(kept), f"unpacking {name}")
             try:
-                for info in infos:
-                    parts = [p for p in PurePosixPath(info.filename.replace("\\", "/")).parts if p not in ("", ".")]
-                    if not parts or parts[0] == "__MACOSX" or parts[-1].startswith("._"):
-                        continue  # macOS resource forks: not images
+                for done, (info, parts) in enumerate(kept, 1):
+                    tick(done)
                     target = tmp.joinpath(*parts)
                     if info.is_dir():
                         target.mkdir(parents=True, exist_ok=True)
@@ -178,15 +190,30 @@ def _store_zip(name: str, data: bytes, root: Path, tag: str, max_unpacked: int) 
     return _descend(out)
 
 
+def _member_parts(info: zipfile.ZipInfo) -> list[str] | None:
+    """The path parts a zip member is unpacked to, or None for what is not unpacked (macOS
+    resource forks, empty names)."""
+    parts = [p for p in PurePosixPath(info.filename.replace("\\", "/")).parts if p not in ("", ".")]
+    if not parts or parts[0] == "__MACOSX" or parts[-1].startswith("._"):
+        return None
+    return parts
+
+
+# A folder holding one of these is a torchvision root: it opens there, not below.
+_TORCHVISION_FOLDERS = ("MNIST", "FashionMNIST", "cifar-10-batches-py")
+
+
 def _descend(folder: Path) -> Path:
     """A zip of ``mydata/cat/..., mydata/dog/...`` opens at ``mydata``: go down while a folder
-    holds exactly one folder and no files."""
+    holds exactly one folder and no files, unless that folder holds images itself (a single
+    class folder, for the reader to name as such), is ``masks`` or is a torchvision set's."""
     while True:
         entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
-        if len(entries) == 1 and entries[0].is_dir() and entries[0].name != "masks":
-            folder = entries[0]
-        else:
+        if len(entries) != 1 or not entries[0].is_dir() or entries[0].name in ("masks", *_TORCHVISION_FOLDERS):
             return folder
+        if any(f.is_file() and _is_image_name(f.name) for f in entries[0].iterdir()):
+            return folder
+        folder = entries[0]
 
 
 def _store_npy(files: Sequence[tuple[str, bytes]], root: Path, tag: str) -> Path:
@@ -194,12 +221,13 @@ def _store_npy(files: Sequence[tuple[str, bytes]], root: Path, tag: str) -> Path
     if len(set(stems)) != len(stems):
         raise DataError("Two uploaded .npy files have the same class name; give each class one file.")
     for (name, data), stem in zip(files, stems):
+        check_npy_header(io.BytesIO(data), len(data), name)  # pickles and headers claiming more than is there
         try:
             arr = np.load(io.BytesIO(data), allow_pickle=False, mmap_mode=None)
         except ValueError as exc:
-            raise DataError(f"{name}: holds Python objects (a pickle), not a numeric array; refused") from exc
-        except (OSError, EOFError) as exc:
-            raise DataError(f"{name}: not a readable .npy file ({exc})") from exc
+            raise DataError(f"{name}: not a readable .npy file ({exc}); save the array with np.save") from exc
+        except (OSError, EOFError, MemoryError) as exc:
+            raise DataError(f"{name}: not a readable .npy file ({type(exc).__name__}: {exc})") from exc
         if arr.dtype.kind not in "uif" or arr.ndim not in (2, 3):
             raise DataError(f"{name}: expected Quick Draw bitmaps (N x 784 or N x 28 x 28 numbers), "
                             f"got {arr.dtype} of shape {arr.shape}")
