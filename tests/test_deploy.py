@@ -459,3 +459,19 @@ def test_every_package_the_code_imports_is_pinned(folders, requirements):
         except metadata.PackageNotFoundError:
             continue  # e.g. a CUDA-only pin on a CPU machine
         assert installed.split("+")[0] == version.split("+")[0], f"{name}: pinned {version}, installed {installed}"
+
+
+# --------------------------------------------------------------------------- CI
+
+
+def test_ci_runs_the_readmes_test_command_and_prints_the_slowest_tests(tmp_path):
+    readme_command = next(line for line in readme_block_with("python -m pytest") if "python -m pytest" in line)
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.lstrip().startswith("#")]
+    assert ci[-1] == readme_command  # verbatim, as the last thing CI does
+    # the pytest configuration that command reads makes every run print its slowest tests
+    one = "tests/test_deploy.py::test_dockerfile_slim_base_non_root_user_and_exec_form_commands"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", one], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert "slowest 30 durations" in done.stdout, done.stdout[-2000:]
