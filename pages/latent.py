@@ -60,7 +60,8 @@ def with_progress(title: str, steps: list[tuple[str, Callable[[Progress], None]]
                              text=f"{step}: {done:,} / {total:,}" if total > 1 else f"{step}…")
 
             for i, (label, work) in enumerate(steps, 1):
-                status.update(label=f"{title} (step {i} of {len(steps)}: {label})")
+                # expanded again: an update without it clears the field, which collapses the box
+                status.update(label=f"{title} (step {i} of {len(steps)}: {label})", expanded=True)
                 work(progress)
     holder.empty()
 
