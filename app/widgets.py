@@ -50,7 +50,7 @@ def metric_delta(change: float | None, *, unit: str = " pts", decimals: int = 1,
     text = f"{float(change):+.{decimals}f}"
     if float(text) == 0:
         return {"delta": f"±{0:.{decimals}f}{unit}{suffix}", "delta_color": "off", "delta_arrow": "off"}
-    return {"delta": f"{text}{unit}{suffix}", "delta_color": "inverse" if lower_is_better else "normal"}
+    return {"delta": f"{text}{unit}{suffix}", **({"delta_color": "inverse"} if lower_is_better else {})}
 
 
 def image_grid(wb: Workbench, ids: np.ndarray, captions: list[str], *, columns: int = 8, key: str = "grid") -> None:
