@@ -12,12 +12,20 @@ the component afresh after a rerun, and a count that restarted at 1 there made t
 the next click as seen.
 Pressing ``x`` while the pointer is over the image sends ``{"toggle": true}`` instead, for the
 positive/negative mode switch that touch screens and keyboards use.
+
+A trigger value is one event, and Streamlit keeps only the newest of a component's trigger
+values when two requests meet before the script reaches a yield point (two clicks while a
+rerun computes), so with ``queued=True`` every event also carries ``queue``: all of this
+image's events (clicks and toggles, in order) that the page has not acknowledged, kept in the
+browser's window across remounts. The page passes ``ack`` (the highest ``n`` it applied) on
+the next draw, and :func:`events_after` gives the events it has not applied yet: a click that
+a newer one overtook still reaches the page with the newer one.
 """
 from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -32,8 +40,9 @@ _CSS = """
 """
 
 _JS = """
-let last = 0;  // n of the last event sent by any mount: unique even when the element is new
-const nextN = () => (last = Math.max(last + 1, Date.now()));
+// window-wide, not module-wide: the module can be evaluated again when Streamlit mounts afresh
+const G = (window.__steerboardClickImage = window.__steerboardClickImage || { last: 0, queues: {} });
+const nextN = () => (G.last = Math.max(G.last + 1, Date.now()));  // unique even when the element is new
 export default function(component) {
   const { data, setTriggerValue, parentElement } = component;
   let wrap = parentElement.querySelector('.sb-click-wrap');
@@ -52,20 +61,33 @@ export default function(component) {
   img.style.width = data.width + 'px';
   img.dataset.w = data.w;
   img.dataset.h = data.h;
+  const queue = data.queue || null;  // this image's unacknowledged events are sent with every event
+  if (queue) {
+    const acked = Number(data.ack || 0);
+    G.queues[queue] = (G.queues[queue] || []).filter((e) => e.n > acked);
+  }
+  const emit = (name, ev) => {
+    if (queue) {
+      const q = (G.queues[queue] = G.queues[queue] || []);
+      q.push({ kind: name, ...ev });
+      ev = { ...ev, queue: q.slice(-256) };
+    }
+    wrap.dataset.n = ev.n;
+    setTriggerValue(name, ev);
+  };
   const send = (e, button) => {
     e.preventDefault();
     const r = img.getBoundingClientRect();
     const fx = (e.clientX - r.left) / r.width, fy = (e.clientY - r.top) / r.height;
     if (fx < 0 || fy < 0 || fx > 1 || fy > 1) return;
-    const n = nextN(); wrap.dataset.n = n;
-    setTriggerValue('click', { x: fx * Number(img.dataset.w), y: fy * Number(img.dataset.h), button: button, n: n });
+    emit('click', { x: fx * Number(img.dataset.w), y: fy * Number(img.dataset.h), button: button, n: nextN() });
   };
   img.onclick = (e) => send(e, 0);
   img.oncontextmenu = (e) => send(e, 2);
   img.onauxclick = (e) => { if (e.button === 1) e.preventDefault(); };
   img.onmouseenter = () => wrap.focus({ preventScroll: true });
   wrap.onkeydown = (e) => {
-    if (e.key === 'x' || e.key === 'X') { e.preventDefault(); setTriggerValue('toggle', { n: nextN() }); }
+    if (e.key === 'x' || e.key === 'X') { e.preventDefault(); emit(queue ? 'click' : 'toggle', { toggle: true, n: nextN() }); }
   };
 }
 """
@@ -82,15 +104,50 @@ def png_data_url(image: Image.Image | np.ndarray) -> str:
 
 
 def click_image(image: Image.Image | np.ndarray, *, key: str, width: int = 384, source_size: tuple[int, int] | None = None,
-                on_click: Callable[[], None] | None = None) -> Any:
+                on_click: Callable[[], None] | None = None, queued: bool = False, ack: int = 0) -> Any:
     """Show ``image`` ``width`` px wide and return the component's result: ``.click`` is the
     click of this rerun (or None) with x, y in ``source_size`` pixels (w, h; default the
-    image's own size), ``.toggle`` a press of the mode hotkey. ``on_click`` runs on either."""
+    image's own size), ``.toggle`` a press of the mode hotkey. ``on_click`` runs on either
+    (Streamlit calls it before the script body, so a rerun that a newer event interrupts has
+    applied it already). ``queued``: every event carries the events not yet acknowledged
+    (``ack``: the highest ``n`` the page applied; read them with :func:`events_after`), and the
+    hotkey arrives as a ``.click`` event with ``toggle`` set."""
     pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
     w, h = source_size or pil.size
     callback = on_click or (lambda: None)
-    return _COMPONENT(data={"src": _encoded(pil), "width": int(width), "w": int(w), "h": int(h)}, key=key,
-                      on_click_change=callback, on_toggle_change=callback)
+    data = {"src": _encoded(pil), "width": int(width), "w": int(w), "h": int(h)}
+    if queued:
+        data.update(queue=str(key), ack=int(ack))
+    return _COMPONENT(data=data, key=key, on_click_change=callback, on_toggle_change=callback)
+
+
+def _field(value: Any, name: str) -> Any:
+    if value is None:
+        return None
+    return value.get(name) if isinstance(value, Mapping) else getattr(value, name, None)
+
+
+def events_after(value: Any, after: float) -> list[dict]:
+    """The events in a click component's value (its session-state entry or its result) whose
+    ``n`` is above ``after``, oldest first, each a dict with ``kind`` ("click" or "toggle"),
+    ``n`` and, for a click, ``x``, ``y`` and ``button``. Reads a queued value (every
+    unacknowledged event) and a plain one (the last ``click`` and ``toggle``) alike."""
+    found: dict[float, dict] = {}
+    for name in ("click", "toggle"):
+        ev = _field(value, name)
+        if not isinstance(ev, Mapping) or ev.get("n") is None:
+            continue
+        queue = ev.get("queue")
+        items = list(queue) if isinstance(queue, (list, tuple)) else []
+        items.append({"kind": name, **{k: v for k, v in ev.items() if k != "queue"}})
+        for item in items:
+            if not isinstance(item, Mapping) or item.get("n") is None:
+                continue
+            n = float(item["n"])
+            if n > after:
+                kind = "toggle" if item.get("toggle") or item.get("kind") == "toggle" else "click"
+                found[n] = {**{k: v for k, v in item.items() if k != "queue"}, "kind": kind, "n": item["n"]}
+    return [found[n] for n in sorted(found)]
 
 
 _ENCODED: dict[int, tuple[Image.Image, str]] = {}

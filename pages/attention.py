@@ -12,9 +12,9 @@ import torch
 from streamlit_drawable_canvas import st_canvas
 
 from app.attention_widgets import polygon_from_canvas, render, scale_for, thumbnail
-from app.click_image import click_image
+from app.click_image import click_image, events_after
 from app.shortcut_widgets import shortcut_compare
-from app.state import current_workbench, notice
+from app.state import current_workbench
 from app.widgets import live_job, metric_delta, offer_biased_digits, start_job
 from core.attention_workspace import (
     SETTINGS_KEY,
@@ -155,34 +155,36 @@ def change(d: dict, pos: list, neg: list) -> None:
     d["ops"] += 1
 
 
-def component_value(value, name: str):
-    if value is None:
-        return None
-    return value.get(name) if isinstance(value, dict) else getattr(value, name, None)
-
-
 def take_click(example_id: int, key: str) -> None:
-    """Apply a click (or the mode hotkey) the image component sent in this rerun, once."""
-    value = ss.get(key)
-    seen = ss.setdefault("att-seen", {})
-    toggle = component_value(value, "toggle")
-    if toggle and toggle.get("n") != seen.get((key, "toggle")):
-        seen[(key, "toggle")] = toggle.get("n")
-        ss["att-negative-mode"] = not ss.get("att-negative-mode", False)
-    ev = component_value(value, "click")
-    if not ev or ev.get("n") == seen.get((key, "click")):
-        return
-    seen[(key, "click")] = ev.get("n")
-    h, w = data.image_shape[1:]
-    x, y = min(max(float(ev["x"]), 0.0), w - 1e-3), min(max(float(ev["y"]), 0.0), h - 1e-3)
-    d = draft(example_id)
-    negative = int(ev.get("button", 0)) == 2 or ss.get("att-negative-mode", False)
-    if negative:
-        seg = int(segments_of(example_id)[int(y), int(x)])
-        neg = [s for s in d["neg"] if s != seg] if seg in d["neg"] else d["neg"] + [seg]
-        change(d, list(d["pos"]), neg)
-    else:
-        change(d, d["pos"] + [(x, y)], list(d["neg"]))
+    """Apply the events the image component sent (clicks and the mode hotkey) that are not
+    applied yet, in order, each once (by its ``n``). The component's callback calls this before
+    the script body, so a click whose rerun a quicker next click interrupts is applied all the
+    same, and every event carries the ones not acknowledged yet (two clicks that reach the
+    server together arrive as one trigger); the body calls it again (AppTest runs no
+    callbacks), which finds nothing new."""
+    applied = ss.setdefault("att-applied", {})
+    for ev in events_after(ss.get(key), applied.get(key, 0)):
+        applied[key] = max(applied.get(key, 0), int(ev["n"]))
+        if ev["kind"] == "toggle":
+            negative = not ss.get("att-negative-mode", False)
+            ss["att-negative-mode"] = negative
+            ss["att-mode-switch"] = "ignore" if negative else "look here"  # the switch shows the hotkey's mode
+            continue
+        h, w = data.image_shape[1:]
+        x, y = min(max(float(ev["x"]), 0.0), w - 1e-3), min(max(float(ev["y"]), 0.0), h - 1e-3)
+        d = draft(example_id)
+        negative = int(ev.get("button", 0)) == 2 or ss.get("att-negative-mode", False)
+        if negative:
+            seg = int(segments_of(example_id)[int(y), int(x)])
+            neg = [s for s in d["neg"] if s != seg] if seg in d["neg"] else d["neg"] + [seg]
+            change(d, list(d["pos"]), neg)
+        else:
+            change(d, d["pos"] + [(x, y)], list(d["neg"]))
+
+
+def draft_summary(d: dict) -> str:
+    p, n = len(d["pos"]), len(d["neg"])
+    return f"{p} point{'s' if p != 1 else ''} to look at, {n} region{'s' if n != 1 else ''} to ignore"
 
 
 # ---------------------------------------------------------------- the page
@@ -284,14 +286,40 @@ def confirmed_ids(rnd: Round) -> set[int]:
     return {a.example_id for a in annotations_of(wb) if a.extra.get("round") == rnd.number}
 
 
+def in_current_version() -> set[int]:
+    """The images whose annotations the current version was fine-tuned on (none for the base)."""
+    record = wb.version(wb.current_version)
+    feedback = getattr(record, "feedback", None) or {}
+    return {int(i) for i in feedback.get("example_ids", [])} if feedback.get("kind") == "attention" else set()
+
+
+def start_attention_fine_tune(rnd: Round | None) -> None:
+    """FINE-TUNE: every confirmed annotation of the workbench, now; an open round ends (its
+    candidates were chosen for the model that is being replaced)."""
+    def start():
+        job = start_fine_tune(wb, settings)
+        if rnd is not None and not rnd.closed:
+            rnd.closed = True
+            save_round(wb, rnd)
+        return job
+
+    start_job(start, key="att")
+
+
 def round_controls(rnd: Round | None) -> Round | None:
-    """START (or STOP while a round is open), with progress while the pool is scored."""
+    """START (or STOP while a round is open), with progress while the pool is scored, and
+    FINE-TUNE as soon as one image is confirmed: on every confirmed image so far."""
+    anns = annotations_of(wb)
+    ids = {a.example_id for a in anns}
+    in_round = sum(1 for a in anns if rnd is not None and a.extra.get("round") == rnd.number)
+    used = ids <= in_current_version()  # the current version was fine-tuned on all of them already
+    open_round = rnd is not None and not rnd.closed
     with st.container(key="att-controls"):
-        c1, c2 = st.columns([1, 3])
-        if rnd is None or rnd.closed:
+        c1, c2, c3 = st.columns([1, 1.5, 2.5], vertical_alignment="center")
+        if not open_round:
             if c1.button("START", type="primary", key="att-start", disabled=busy, width="stretch",
                          help="Ask the sampler for a round of candidates."):
-                bar = c2.progress(0.0, text="Scoring the pool…")
+                bar = c3.progress(0.0, text="Scoring the pool…")
                 try:
                     rnd = start_round(wb, settings, progress=lambda f: bar.progress(
                         f, text=f"Scoring the pool with {SAMPLER_LABELS.get(settings.sampler, settings.sampler)}: "
@@ -301,15 +329,36 @@ def round_controls(rnd: Round | None) -> Round | None:
                     return rnd
                 ss.pop("att-current", None)
                 st.rerun()
-            elif rnd is None:
-                c2.caption("Press START: the sampler picks the pool images the model should be shown next.")
-            else:
-                c2.caption(f"Round {rnd.number} is done. Press START for the next round.")
+        elif c1.button("STOP", key="att-stop", width="stretch",
+                       help="End this round. Its confirmed images are kept, and FINE-TUNE trains on them."):
+            rnd.closed = True
+            save_round(wb, rnd)
+            st.rerun()
+        if anns and (open_round or not used):
+            n = len(anns)
+            if c2.button(f"FINE-TUNE on {n} confirmed image{'s' if n != 1 else ''}", type="primary",
+                         key="att-finetune", disabled=busy, width="stretch",
+                         help="Fine-tune now on every image confirmed in this workbench (clicks not confirmed are "
+                              "not used). An open round ends: START then picks candidates for the new version."):
+                start_attention_fine_tune(rnd)
+        earlier = len(anns) - in_round
+        also = f" (with {earlier} from earlier rounds, {len(anns)} in all)" if earlier and not used else ""
+        if rnd is None:
+            c3.caption("Press START: the sampler picks the pool images the model should be shown next.")
+        elif open_round:
+            c3.caption(f"{in_round} of {len(rnd.ids)} confirmed{also}. FINE-TUNE can start at any time; "
+                       "STOP ends the round and keeps what is confirmed." if anns else
+                       "Confirm an image, and FINE-TUNE can start on it. STOP ends the round.")
+        elif busy:
+            c3.caption(f"Round {rnd.number} is fine-tuning. Press START for the next round when it is done.")
+        elif used:
+            c3.caption(f"Round {rnd.number} went into v{wb.current_version}. Press START for the next round.")
+        elif in_round:
+            c3.caption(f"Round {rnd.number} stopped. Its {in_round} confirmed image{'s are' if in_round != 1 else ' is'} "
+                       f"kept{also}: FINE-TUNE trains on them, or press START for the next round.")
         else:
-            if c1.button("STOP", key="att-stop", width="stretch", help="End this round; confirmed annotations stay."):
-                rnd.closed = True
-                save_round(wb, rnd)
-                st.rerun()
+            c3.caption(f"Round {rnd.number} stopped with nothing confirmed in it{also}. Press START for the next "
+                       "round" + (", or FINE-TUNE." if anns else "."))
     return rnd
 
 
@@ -322,7 +371,7 @@ def candidate_grid(rnd: Round, done: set[int]) -> list[int]:
         st.markdown(f"**Round {rnd.number}** ({SAMPLER_LABELS.get(rnd.sampler, rnd.sampler)}): "
                     f"**{len(done & set(rnd.ids))} of {len(rnd.ids)} confirmed** · page {rnd.page + 1} of "
                     f"{rnd.pages(per_page)}")
-        cols = st.columns(min(8, len(ids)) or 1)
+        cols = st.columns(8)  # the same size for a round of 2 as for 64: the workspace stays in view
         for k, i in enumerate(ids):
             with cols[k % len(cols)]:
                 st.image(cached_picture(("thumb", wb.current_version, settings.target, i, settings.opacity, i in done),
@@ -363,9 +412,9 @@ def workspace(rnd: Round, current: int, done: set[int], page_ids: list[int]) -> 
                       stroke_width=2, stroke_color="#2563eb", fill_color="rgba(37, 99, 235, 0.15)",
                       key=f"att-poly-{current}", update_streamlit=True)
         else:
+            ss.setdefault("att-mode-switch", "ignore" if ss.get("att-negative-mode") else "look here")
             mode = st.segmented_control(
                 "Left click marks", ["look here", "ignore"], key="att-mode-switch",
-                default="ignore" if ss.get("att-negative-mode") else "look here",
                 help="Right click always marks 'ignore'. On a touch screen or keyboard use this switch; with the "
                      "pointer over the image, the x key toggles it.")
             ss["att-negative-mode"] = mode == "ignore"
@@ -373,9 +422,12 @@ def workspace(rnd: Round, current: int, done: set[int], page_ids: list[int]) -> 
                 ("work", wb.current_version, settings.target, current, settings.opacity, tuple(d["pos"]), tuple(d["neg"])),
                 lambda: render(data.images[current], cam, size=WORKSPACE_PX, opacity=settings.opacity, segments=segments,
                                positives=d["pos"], negative=negative))
-            click_image(picture, key=img_key, width=picture.width, source_size=(w, h))
-            st.caption("Green dots: where the model should look. Red: superpixels it should ignore. Heat map: where "
-                       "it looks now.")
+            click_image(picture, key=img_key, width=picture.width, source_size=(w, h),
+                        on_click=lambda: take_click(current, img_key), queued=True,
+                        ack=ss.get("att-applied", {}).get(img_key, 0))
+            with st.container(key="att-draft"):
+                st.caption(f"**{draft_summary(d)}** (not saved until CONFIRM). Green dots: where the model should "
+                           "look. Red hatching: superpixels it should ignore. Heat map and outlines: where it looks now.")
         b1, b2, b3, b4, b5 = st.columns(5)
         if b1.button("Undo", key="att-undo", disabled=not d["undo"], width="stretch"):
             d["redo"].append((list(d["pos"]), list(d["neg"])))
@@ -402,20 +454,22 @@ def workspace(rnd: Round, current: int, done: set[int], page_ids: list[int]) -> 
             ss["att-session-ids"].append(current)
             left = [i for i in page_ids if i not in done and i != current]
             ss["att-current"] = left[0] if left else current
-            notice(f"Confirmed image {current} ({saved.seconds:.1f} s, {saved.operations} "
-                   f"click{'s' if saved.operations != 1 else ''}).", "success")
+            # said below the buttons, not in a notice above the page: a notice goes away on the next
+            # rerun (the first click on the next image) and moved the picture under the pointer
+            ss["att-saved-msg"] = (f"Saved image {current}: {len(saved.positives)} point"
+                                   f"{'s' if len(saved.positives) != 1 else ''}, "
+                                   f"{int(saved.negative_mask().sum())} pixels to ignore, {saved.operations} "
+                                   f"click{'s' if saved.operations != 1 else ''}, {saved.seconds:.1f} s.")
             st.rerun()
-        all_done = set(rnd.ids) <= done
-        if all_done:
-            if b5.button("FINE-TUNE", type="primary", key="att-finetune", disabled=busy, width="stretch"):
-                rnd.closed = True
-                save_round(wb, rnd)
-                start_job(lambda: start_fine_tune(wb, settings), key="att")
-        elif b5.button("NEXT", key="att-next", width="stretch", help="The next page of candidates."):
+        if rnd.pages(int(settings.per_page)) > 1 and b5.button("NEXT", key="att-next", width="stretch",
+                                                                 help="The next page of candidates."):
             rnd.page = (rnd.page + 1) % rnd.pages(int(settings.per_page))
             save_round(wb, rnd)
             ss.pop("att-current", None)
             st.rerun()
+        if ss.get("att-saved-msg"):
+            with st.container(key="att-saved"):
+                st.caption(f":material/check_circle: {ss['att-saved-msg']}")
 
 
 def timing_and_downloads() -> None:

@@ -242,3 +242,71 @@ def test_polygon_from_canvas_reads_what_the_canvas_really_sends():
     assert polygon_from_canvas(value(old), 1) == [(109, 108), (254, 108), (254, 254), (109, 254)]
     assert polygon_from_canvas(value({"type": "Polygon", "points": [{"x": 1, "y": 1}]}), 1) == []  # not closed
     assert polygon_from_canvas(None, 1) == [] and polygon_from_canvas({}, 1) == []
+
+
+def test_fine_tune_on_what_is_confirmed_so_far_and_after_stop(biased_workspace):
+    """FINE-TUNE is there as soon as one image of the round is confirmed (not only when all
+    are), says on how many, and STOP says the confirmed images are kept and FINE-TUNE uses
+    them; the version is made from exactly the confirmed image."""
+    at = _on_biased_digits(biased_workspace)
+    wb = workbench_of(at)
+    at.number_input(key="att-p-per_round").set_value(3).run()
+    at.number_input(key="att-p-epochs").set_value(1).run()
+    at.button(key="att-start").click().run()
+    no_exceptions(at)
+    assert not any(b.key == "att-finetune" for b in at.button)  # nothing confirmed yet
+    rnd = load_round(wb)
+    first = rnd.ids[0]
+    if at.session_state["att-current"] != first:
+        at.button(key=f"att-pick-{first}").click().run()
+    _click(at, first, 14.0, 14.0, 0, 1)
+    at.button(key="att-confirm").click().run()
+    no_exceptions(at)
+    assert any("1 of 3 confirmed" in m.value for m in at.markdown)
+    assert at.button(key="att-finetune").label == "FINE-TUNE on 1 confirmed image"
+    at.button(key="att-stop").click().run()
+    no_exceptions(at)
+    captions = " ".join(c.value for c in at.caption)
+    assert "Round 1 stopped. Its 1 confirmed image is kept: FINE-TUNE trains on them" in captions, captions
+    assert at.button(key="att-finetune").label == "FINE-TUNE on 1 confirmed image"
+    at.button(key="att-finetune").click().run()
+    no_exceptions(at)
+    job = wb.jobs.current
+    assert job is not None and job.kind == "attention"
+    assert job.wait(120) and job.status == "done", job.error
+    at.run()
+    no_exceptions(at)
+    record = wb.version(wb.current_version)
+    assert record.number == 1 and record.feedback["annotations"] == 1 and record.feedback["example_ids"] == [first]
+    assert any("Round 1 went into v1" in c.value for c in at.caption)
+    assert not any(b.key == "att-finetune" for b in at.button)  # nothing confirmed that v1 has not used
+
+
+def test_events_a_quicker_click_overtook_and_the_hotkey_reach_the_draft(biased_workspace):
+    """The click component sends every unacknowledged event with each one (two clicks that
+    reach the server together arrive as one trigger value, the newer): the page applies all of
+    them once, in order; the x hotkey switches left clicks to 'ignore' and the switch shows it."""
+    at = _on_biased_digits(biased_workspace)
+    wb = workbench_of(at)
+    at.number_input(key="att-p-per_round").set_value(1).run()
+    at.button(key="att-start").click().run()
+    example = load_round(wb).ids[0]
+    key = f"att-img-{example}"
+    right = {"kind": "click", "x": 1.0, "y": 1.0, "button": 2, "n": 1001}
+    left = {"kind": "click", "x": 14.0, "y": 14.0, "button": 0, "n": 1002}
+    at.session_state[key] = {"click": {**left, "queue": [right, left]}}  # the right click's own trigger was lost
+    at.run()
+    no_exceptions(at)
+    d = at.session_state["att-drafts"][example]
+    assert d["pos"] == [(14.0, 14.0)] and len(d["neg"]) == 1 and d["ops"] == 2
+    at.run()  # the same value again (a replay): nothing applied twice
+    assert at.session_state["att-drafts"][example]["ops"] == 2
+    assert any("1 point to look at, 1 region to ignore" in c.value for c in at.caption)
+    toggle = {"kind": "click", "toggle": True, "n": 1003}
+    corner = {"kind": "click", "x": 27.0, "y": 27.0, "button": 0, "n": 1004}
+    at.session_state[key] = {"click": {**corner, "queue": [toggle, corner]}}
+    at.run()
+    no_exceptions(at)
+    d = at.session_state["att-drafts"][example]
+    assert d["pos"] == [(14.0, 14.0)] and len(d["neg"]) == 2  # the left click after x marked 'ignore'
+    assert at.session_state["att-mode-switch"] == "ignore"
