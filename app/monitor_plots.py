@@ -151,7 +151,7 @@ def epoch_time_figure(epochs: list[dict], saving: FreezeSaving | None = None) ->
                 what = ", ".join(frozen) + " frozen" if frozen else "nothing frozen"
                 fig.add_trace(go.Bar(x=[i + 1 for i in spread.epochs], y=[t[i] for i in spread.epochs],
                                      name=f"{side}: {what} ({spread.n} epoch{'s' if spread.n != 1 else ''})",
-                                     marker_color=color, hovertemplate=hover), secondary_y=False)
+                                     marker_color=color, width=0.8, hovertemplate=hover), secondary_y=False)
                 if spread.n:
                     x0, x1 = min(spread.epochs) + 0.5, max(spread.epochs) + 1.5
                     fig.add_shape(type="rect", x0=x0, x1=x1, y0=spread.q1, y1=spread.q3, fillcolor=color, opacity=0.18,
@@ -161,7 +161,7 @@ def epoch_time_figure(epochs: list[dict], saving: FreezeSaving | None = None) ->
             if saving.left_out:
                 fig.add_trace(go.Bar(x=[i + 1 for i in saving.left_out], y=[t[i] for i in saving.left_out],
                                      name="left out (warm-up, a change in it, or between changes)", marker_color="#cbd5e1",
-                                     marker_pattern_shape="/", hovertemplate=hover), secondary_y=False)
+                                     marker_pattern_shape="/", width=0.8, hovertemplate=hover), secondary_y=False)
             fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="median (band: middle half)",
                                      line=dict(color="#0f172a", width=2), hoverinfo="skip"), secondary_y=False)
         if epochs[0]["val_acc"] is not None:

@@ -4,10 +4,13 @@ monitored job and pause after each epoch (the live status with Pause/Resume/Stop
 from __future__ import annotations
 
 
+import time
+
 import streamlit as st
 import torch
 
 from app.widgets import metric_delta, pick_seed, seed_input, start_job
+from core.data import Progress
 from core.engine import EPOCHS_RANGE, LR_RANGE, TrainConfig
 from core.jobs import Job
 from core.live_monitor import PROBE_SAMPLE, ActivationProbe, EpochTimeSpread, FreezeSaving, Monitors, monitors_for
@@ -28,6 +31,56 @@ def current_monitors(wb: Workbench) -> tuple[Job | None, Monitors]:
     """The workbench's latest job (running or not) and the monitors it carries."""
     job = wb.jobs.current
     return job, Monitors.of(job.attached if job is not None else [])
+
+
+class EmbeddingWait:
+    """The status box of a first (cold) draw of the Monitor's embedding: its label says which
+    step of how many runs, a bar how far it is ("t-SNE of 267 points: iteration 300 of 750").
+    Drawn on the first step only, so a warm update (a fraction of a second) draws nothing;
+    gone once the layout is there. (``st.status(...).update`` must be given ``expanded=True``:
+    without it Streamlit 1.67 collapses the box and hides the bar.)"""
+
+    MIN_INTERVAL_S = 0.1  # the bar is redrawn at most this often
+
+    def __init__(self, title: str, key: str = "mon-emb-progress") -> None:
+        self.title, self.key = title, key
+        self.steps: list[str] = []
+        self._slot = self._status = self._bar = None
+        self._last = 0.0
+
+    def _step(self, steps: list[str], index: int, text: str) -> Progress:
+        if self._slot is None:
+            self.steps = steps
+            self._slot = st.empty()
+            with self._slot.container(key=self.key):
+                self._status = st.status(self.title, expanded=True)
+                with self._status:
+                    self._bar = st.progress(0.0, text=text)
+        self._status.update(label=f"{self.title} · step {index + 1} of {len(self.steps)}: {self.steps[index]}",
+                            state="running", expanded=True)
+        self._bar.progress(0.0, text=text)
+        self._last = time.monotonic()
+
+        def report(fraction: float, message: str) -> None:
+            now = time.monotonic()
+            if fraction < 1.0 and now - self._last < self.MIN_INTERVAL_S:
+                return
+            self._last = now
+            self._bar.progress(min(1.0, max(0.0, float(fraction))), text=message)
+        return report
+
+    def activations(self, text: str) -> Progress:
+        """Step 1 of 2: reading the layer for the pool sample."""
+        return self._step(["Reading the layer for the pool sample", "Laying out the points"], 0, text)
+
+    def layout(self) -> Progress:
+        """The layout step (step 2 of 2, or the only one)."""
+        steps = self.steps or ["Laying out the points"]
+        return self._step(steps, len(steps) - 1, "Laying out the points…")
+
+    def finish(self) -> None:
+        if self._slot is not None:
+            self._slot.empty()
 
 
 def epoch_list(epochs: tuple[int, ...]) -> str:

@@ -10,10 +10,11 @@ import streamlit as st
 import torch
 
 from app.monitor_plots import embedding_figure, grad_heatmap_figure, layer_bars_figure, live_figure
-from app.monitor_widgets import PROBE_N, current_monitors, probe_caption, probe_sample, training_controls
-from app.state import StepsBox, current_workbench, notice
+from app.monitor_widgets import (PROBE_N, EmbeddingWait, current_monitors, probe_caption, probe_sample,
+                                 training_controls)
+from app.state import current_workbench, notice
 from app.widgets import live_job, pct, to_pil
-from core.embed import EmbeddingStream, Progress, filter_vectors, layer_activations
+from core.embed import EmbeddingStream, filter_vectors, layer_activations
 from core.engine import predict
 from core.feedback.selection import KIND as SELECTION, RetrainSettings, plan_retrain, selection_report
 from core.jobs import Job, JobBusy
@@ -118,32 +119,6 @@ def embedding_controls() -> dict:
             "interval": float(interval)}
 
 
-class EmbeddingWait:
-    """The status box of a first (cold) draw of the embedding: which step of how many, and how
-    far it is. Drawn only when there is work to wait for; nothing for warm updates."""
-
-    def __init__(self, opts: dict) -> None:
-        self.title = f"Drawing the {opts['method']} embedding of {opts['layer']} {opts['what']}"
-        self.box: StepsBox | None = None
-
-    def activations(self, text: str) -> Progress:
-        """Step 1 of 2 begins: reading the layer for the pool sample."""
-        self.box = StepsBox(self.title, ["Reading the layer for the pool sample", "Laying out the points"],
-                            key="mon-emb-progress")
-        self.box.start(0, text)
-        return self.box.progress_for(0)
-
-    def layout(self) -> Progress:
-        """The layout step (step 2 of 2, or the only one)."""
-        if self.box is None:
-            self.box = StepsBox(self.title, ["Laying out the points"], key="mon-emb-progress")
-        return self.box.progress_for(len(self.box.steps) - 1)
-
-    def finish(self) -> None:
-        if self.box is not None:
-            self.box.finish(self.title, clear=True)
-
-
 def embedding_input(job: Job | None, mons, opts: dict,
                     wait: EmbeddingWait | None = None) -> tuple[str, np.ndarray, np.ndarray | None]:
     """(tag of the data's state, rows to embed, predictions or None) for the chosen view;
@@ -184,7 +159,8 @@ def draw_embedding(job: Job | None, mons, opts: dict) -> None:
         ss["mon-stream"] = EmbeddingStream("tsne" if opts["method"] == "t-SNE" else "pca", perplexity=opts["perplexity"])
         ss["mon-stream-tag"], ss["mon-stream-time"] = None, 0.0
     stream: EmbeddingStream = ss["mon-stream"]
-    wait = EmbeddingWait(opts) if stream.layout is None else None  # a cold layout takes seconds: show it
+    wait = EmbeddingWait(f"Drawing the {opts['method']} embedding of {opts['layer']} {opts['what']}") \
+        if stream.layout is None else None  # a cold layout takes seconds: show it
     tag, x, preds = embedding_input(job, mons, opts, wait)
     due = time.time() - ss["mon-stream-time"] >= opts["interval"]
     if stream.layout is None or (tag != ss["mon-stream-tag"] and due):

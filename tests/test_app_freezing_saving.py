@@ -33,6 +33,8 @@ def test_epoch_chart_separates_compared_and_left_out_epochs():
     epochs = _epochs([9.5, 2.2, 2.3, 2.25, 1.9, 1.40, 1.35, 1.38], 4)
     fig = epoch_time_figure(epochs, freeze_saving(epochs))
     bars = {t.name: list(t.x) for t in fig.data if t.type == "bar"}
+    # one bar width for all: plotly sizes a trace's bars by its own x gaps (epochs 1 and 5: 3.2 wide)
+    assert {t.width for t in fig.data if t.type == "bar"} == {0.8}
     assert bars == {"before: nothing frozen (3 epochs)": [2, 3, 4], "after: conv1 frozen (3 epochs)": [6, 7, 8],
                     "left out (warm-up, a change in it, or between changes)": [1, 5]}
     medians = sorted(s.y0 for s in fig.layout.shapes if s.type == "line" and s.y0 == s.y1)

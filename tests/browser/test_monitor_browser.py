@@ -15,6 +15,10 @@ def test_box_select_in_embedding_then_retrain_reports(page: Page, app_url: str):
     page.goto(app_url.rstrip("/") + "/monitor")
     expect(page.locator(".st-key-mon-panel")).to_be_visible(timeout=LONG)
     page.locator(".st-key-mon-view").get_by_text("Embedding", exact=True).click()  # the view switch
+    # the first (cold) layout takes seconds: a status box says which step and how far, with its bar open
+    expect_text(page, ".st-key-mon-emb-progress", re.compile(r"step [12] of 2: (Reading the layer|Laying out)"), LONG)
+    expect(page.locator(".st-key-mon-emb-progress [data-testid='stProgress']").first).to_be_visible(timeout=LONG)
+    expect(page.locator(".st-key-mon-emb-progress")).to_have_count(0, timeout=LONG)  # gone once drawn
     expect_text(page, ".st-key-mon-selection", "Box- or lasso-select points", LONG)
     page.locator(".st-key-mon-emb-tool").get_by_text("box", exact=True).click()
     page.wait_for_function(f"""() => {{
