@@ -15,6 +15,7 @@ from app.state import get_base_models, get_budget, get_dataset, get_registry, ge
 from core.explain.gradcam import gradcam
 from core.explain.superpixels import superpixels
 from core.feedback.attention import AttentionAnnotation
+from core.models import for_inference
 from core.study import SUS_ITEMS, TLX_DIMENSIONS, raw_tlx, sus_score
 from core.study_attention import AttentionCondition
 from core.study_flow import ParticipantFlow
@@ -261,14 +262,9 @@ def _cam(wb_id: str, version: int, example_id: int, target: str) -> np.ndarray:
     wb = get_registry().get(wb_id)
     with wb.lock:
         model = wb.model
-    was = model.training
-    model.eval()
-    try:
-        x = wb.data.images[example_id:example_id + 1]
-        y = wb.data.labels[example_id:example_id + 1] if target == "true" else None
-        return gradcam(model, x, y).cams[0].cpu().numpy()
-    finally:
-        model.train(was)
+    x = wb.data.images[example_id:example_id + 1]
+    y = wb.data.labels[example_id:example_id + 1] if target == "true" else None
+    return gradcam(for_inference(model), x, y).cams[0].cpu().numpy()  # never switch the shared model's mode
 
 
 # ----------------------------------------------------------------------------- questionnaires

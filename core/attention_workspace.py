@@ -25,6 +25,7 @@ from core.feedback.attention import (
     attention_in_mask,
 )
 from core.feedback.counterexamples import KIND as CEX, CounterexampleSettings, counterexample_term
+from core.models import for_inference
 from core.models.base import SteerableModel
 from core.select import PoolView, get_sampler
 
@@ -60,30 +61,27 @@ def pool_view(model: SteerableModel, images: torch.Tensor, ids: np.ndarray, need
               progress: Callable[[float], None] | None = None) -> PoolView:
     """What a sampler needs to know about the pool, in batched passes: probabilities always,
     features when asked, Grad-CAMs (of the predicted class, downsampled to ``cam_side``)
-    when asked (one forward and one backward per batch, giving the probabilities too).
+    when asked (one forward and one backward per batch, giving the probabilities too), in
+    eval mode without switching ``model``'s mode (see :func:`core.models.for_inference`).
     ``progress(fraction)`` is called after each batch."""
     needs = set(needs)
+    model = for_inference(model)  # eval mode, never switched: the model may be shared
     logits, feats, cams = [], [], []
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(images), batch_size):
-            x = images[start:start + batch_size]
-            if "cams" in needs:
-                c, lg = gradcam_batches(model, x, batch_size=batch_size, size=cam_side)
-                cams.append(c)
-                logits.append(lg)
-                if "features" in needs:
-                    feats.append(predict(model, x, batch_size=batch_size, with_features=True)[1])
-            else:
-                lg, f = predict(model, x, batch_size=batch_size, with_features="features" in needs)
-                logits.append(lg)
-                if f is not None:
-                    feats.append(f)
-            if progress is not None:
-                progress(min(1.0, (start + len(x)) / max(len(images), 1)))
-    finally:
-        model.train(was_training)
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size]
+        if "cams" in needs:
+            c, lg = gradcam_batches(model, x, batch_size=batch_size, size=cam_side)
+            cams.append(c)
+            logits.append(lg)
+            if "features" in needs:
+                feats.append(predict(model, x, batch_size=batch_size, with_features=True)[1])
+        else:
+            lg, f = predict(model, x, batch_size=batch_size, with_features="features" in needs)
+            logits.append(lg)
+            if f is not None:
+                feats.append(f)
+        if progress is not None:
+            progress(min(1.0, (start + len(x)) / max(len(images), 1)))
     k = model.info.num_classes
     probs = torch.softmax(torch.cat(logits), 1).numpy() if logits else np.zeros((0, k), np.float32)
     return PoolView(ids=np.asarray(ids, dtype=np.int64), probs=probs,
@@ -144,13 +142,8 @@ def annotate_like_a_person(model: SteerableModel, data: ImageDataset, ids: Seque
     if missing:
         raise ValueError(f"examples {missing[:5]} have no object mask; leave them out (see without_masks)")
     idx = torch.as_tensor(np.asarray(ids, dtype=np.int64))
-    was_training = model.training
-    model.eval()
-    try:
-        targets = data.labels[idx] if target == "true" else None
-        cams = gradcam(model, data.images[idx], targets).cams.cpu().numpy()
-    finally:
-        model.train(was_training)
+    targets = data.labels[idx] if target == "true" else None
+    cams = gradcam(for_inference(model), data.images[idx], targets).cams.cpu().numpy()
     return [simulated_annotation(int(i), int(data.labels[i]), data.images[i], data.masks[i, 0].numpy(), cams[k], **kw)
             for k, i in enumerate(idx.tolist())]
 
@@ -197,6 +190,7 @@ def bias_report(model: SteerableModel, data: ImageDataset, *, masks_split: str =
     """Accuracy (percent) on the test split (bias-conflicting for a biased set), on
     ``test_aligned`` when the data has it, and the share of Grad-CAM mass (true class) inside
     the object masks on the test split's rows that have a mask (None when none has)."""
+    model = for_inference(model)  # one eval-mode model for every figure; a shared one is never switched
     out: dict[str, float | None] = {}
     x, y = data.split("test")
     out["test_acc"] = 100 * evaluate(model, x, y).accuracy
@@ -205,12 +199,7 @@ def bias_report(model: SteerableModel, data: ImageDataset, *, masks_split: str =
     rows = rows[data.rows_with_mask()[rows]] if data.masks is not None else rows[:0]
     if len(rows):
         idx = torch.as_tensor(rows)
-        was_training = model.training
-        model.eval()
-        try:
-            out["attention_in_mask"] = 100 * attention_in_mask(model, data.images[idx], data.masks[idx], data.labels[idx])
-        finally:
-            model.train(was_training)
+        out["attention_in_mask"] = 100 * attention_in_mask(model, data.images[idx], data.masks[idx], data.labels[idx])
     else:
         out["attention_in_mask"] = None
     return out

@@ -9,6 +9,7 @@ neighbourhood in feature space changed. Layouts are deterministic under ``seed``
 """
 from __future__ import annotations
 
+import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -18,6 +19,8 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 from torch import nn
+
+from core.models import for_inference
 
 __all__ = [
     "EmbeddingStream",
@@ -399,8 +402,9 @@ class _StopForward(Exception):
 
 def layer_activations(model: torch.nn.Module, layer: str, images: torch.Tensor, *, batch_size: int = 256) -> np.ndarray:
     """(n, C) activations of `layer` for `images`: conv outputs averaged over space per channel, linear outputs as-is.
-    Runs under torch.no_grad() with the model in eval mode, and restores each module's previous training flag
-    afterwards (the page may call it between training steps of the same model). Uses a forward hook removed afterwards.
+    Runs under torch.no_grad() in eval mode without switching the model's mode (it may be shared with other
+    threads; see core.models.for_inference: a model in train mode is read through an eval-mode copy). Uses a
+    forward hook, removed afterwards, that acts in the calling thread only.
 
     The forward pass of each batch stops right after ``layer`` (later layers are not run).
     Images are moved to the device of the model's parameters.
@@ -409,12 +413,17 @@ def layer_activations(model: torch.nn.Module, layer: str, images: torch.Tensor, 
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not isinstance(images, torch.Tensor) or images.dim() < 2:
         raise ValueError("images must be a tensor (N, C, H, W)")
+    _module(model, layer)  # an unknown layer fails before any copy
+    model = for_inference(model)
     module = _module(model, layer)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     captured: list[torch.Tensor] = []
+    owner = threading.get_ident()
 
     def hook(_module: nn.Module, _inputs, output) -> None:
+        if threading.get_ident() != owner:  # another thread running the same (shared) model
+            return
         out = output[0] if isinstance(output, (tuple, list)) else output
         out = out.detach()
         if out.dim() > 2:
@@ -422,10 +431,8 @@ def layer_activations(model: torch.nn.Module, layer: str, images: torch.Tensor, 
         captured.append(out.to(device="cpu", dtype=torch.float32))
         raise _StopForward
 
-    flags = [(m, m.training) for m in model.modules()]
     handle = module.register_forward_hook(hook)
     try:
-        model.eval()
         with torch.no_grad():
             batches = images.split(batch_size) if len(images) else [images]
             for batch in batches:
@@ -437,6 +444,4 @@ def layer_activations(model: torch.nn.Module, layer: str, images: torch.Tensor, 
                     raise ValueError(f"Layer {layer!r} did not run in the model's forward pass")
     finally:
         handle.remove()
-        for m, flag in flags:
-            m.training = flag
     return torch.cat(captured).numpy()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import logging
 import math
 import threading
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.models import for_inference
 from core.models.base import SteerableModel
 
 log = logging.getLogger(__name__)
@@ -274,22 +276,19 @@ def predict(
     device: torch.device | str | None = None,
     with_features: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits (and features) for ``images``, in eval mode; the model's mode is restored."""
+    """Logits (and features) for ``images``, in eval mode. The model's mode is never
+    changed (it may be shared with other threads): a model in eval mode, as shared ones always
+    are, is used as it is; one in train mode is evaluated on an eval-mode copy
+    (:func:`core.models.for_inference`)."""
+    model = for_inference(model)
     device = torch.device(device) if device is not None else _model_device(model)
-    was_training = model.training
-    model.eval()
     logits, feats = [], []
-    try:
-        for start in range(0, len(images), batch_size):
-            x = images[start : start + batch_size].to(device, non_blocking=True)
-            f = model.features(x)
-            logits.append(model.head(f).float().cpu())
-            if with_features:
-                feats.append(f.float().cpu())
-    finally:
-        model.train(was_training)
-        if was_training:
-            apply_freeze(model, frozen_groups(model))
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].to(device, non_blocking=True)
+        f = model.features(x)
+        logits.append(model.head(f).float().cpu())
+        if with_features:
+            feats.append(f.float().cpu())
     out = torch.cat(logits) if logits else torch.zeros(0, model.info.num_classes)
     return out, (torch.cat(feats) if with_features and feats else None)
 
@@ -592,6 +591,20 @@ def train_one_epoch(
     return mean_loss, acc, steps, stopped
 
 
+def _ends_in_eval_mode(run: Callable[..., "FitResult"]) -> Callable[..., "FitResult"]:
+    """``run(model, ...)`` followed, however it ends, by ``model.eval()``: a trained model is
+    handed on (made a version, shared with pages and other threads) in eval mode, the mode
+    shared models stay in."""
+    @functools.wraps(run)
+    def wrapper(model: SteerableModel, *args, **kwargs) -> FitResult:
+        try:
+            return run(model, *args, **kwargs)
+        finally:
+            model.eval()
+    return wrapper
+
+
+@_ends_in_eval_mode
 def fit(
     model: SteerableModel,
     train: tuple[torch.Tensor, torch.Tensor],
@@ -624,6 +637,10 @@ def fit(
     ``distributed``: train data-parallel over the ``torch.distributed`` process group this
     process belongs to (torchrun; see :func:`data_parallel`), ``config.batch_size`` being the
     global batch. Every process runs this with the same arguments and ends with the same weights.
+
+    ``model`` is this run's own (train a deep copy of a shared model, as the workbench does):
+    it is switched to train mode for the steps and to eval mode for each validation, and left
+    in eval mode when the run ends, however it ends.
     """
     config = config or TrainConfig()
     device = pick_device(config.device)
@@ -671,6 +688,7 @@ def fit(
             break
         val_loss = val_acc = None
         if val is not None and len(val[0]):
+            model.eval()  # this run's own model (train_one_epoch switches it back): no copy to evaluate
             ev = evaluate(model, val[0], val[1], batch_size=config.eval_batch_size, device=device)
             val_loss, val_acc = ev.loss, ev.accuracy
             if config.keep_best and (best is None or val_acc > best[0]):  # the weights just evaluated

@@ -26,6 +26,7 @@ from core.feedback.grid import (
     squares_without_object,
 )
 from core.feedback.counterexamples import KIND as CEX, CounterexampleSettings, counterexample_term
+from core.models import for_inference
 from core.models.base import SteerableModel
 from core.select import PoolView, get_sampler
 
@@ -228,18 +229,15 @@ def gradient_in_mask(model: SteerableModel, images: torch.Tensor, masks: torch.T
                      batch_size: int = 256) -> float:
     """Mean share of the squared input gradient (of log p_y, summed over channels) that lies
     on the object masks: how much the model's local explanation sits on the object. Eval
-    mode, restored afterwards; images whose gradient is all zero count 0."""
-    was_training = model.training
-    model.eval()
+    mode, without switching ``model``'s mode (see :func:`core.models.for_inference`);
+    images whose gradient is all zero count 0."""
+    model = for_inference(model)
     shares = []
-    try:
-        for s in range(0, len(images), batch_size):
-            g = input_gradients(model, images[s:s + batch_size], labels[s:s + batch_size]).pow(2).sum(1)
-            m = masks[s:s + batch_size].to(g.device).float().reshape(g.shape)
-            mass = g.sum(dim=(1, 2))
-            shares.append(torch.where(mass > 0, (g * m).sum(dim=(1, 2)) / mass.clamp_min(1e-30), torch.zeros_like(mass)))
-    finally:
-        model.train(was_training)
+    for s in range(0, len(images), batch_size):
+        g = input_gradients(model, images[s:s + batch_size], labels[s:s + batch_size]).pow(2).sum(1)
+        m = masks[s:s + batch_size].to(g.device).float().reshape(g.shape)
+        mass = g.sum(dim=(1, 2))
+        shares.append(torch.where(mass > 0, (g * m).sum(dim=(1, 2)) / mass.clamp_min(1e-30), torch.zeros_like(mass)))
     return float(torch.cat(shares).mean()) if shares else float("nan")
 
 
@@ -247,6 +245,7 @@ def bias_report(model: SteerableModel, data: ImageDataset, *, gradient_rows: int
     """Accuracy (percent) on the test split (bias-conflicting for a biased set) and on
     ``test_aligned`` when the data has it, and the share of the squared input gradient on the
     object (percent) over the first ``gradient_rows`` test rows that have a mask (None when none has)."""
+    model = for_inference(model)  # one eval-mode model for every figure; a shared one is never switched
     out: dict[str, float | None] = {"test_acc": 100 * evaluate(model, *data.split("test")).accuracy}
     out["aligned_acc"] = (100 * evaluate(model, *data.split("test_aligned")).accuracy
                           if "test_aligned" in data.splits else None)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from core.engine import Callback, EpochInfo, StepInfo, frozen_groups
+from core.models import for_inference
 from core.models.base import SteerableModel
 
 
@@ -406,27 +407,29 @@ def activation_maps(model: SteerableModel, layer: str, image: torch.Tensor) -> n
     """(C, H, W) output of ``layer`` (a name from :func:`watched_layers`) for one image of
     shape (C, H, W) or (1, C, H, W); linear layers give (units, 1, 1).
 
-    Runs under ``no_grad`` in eval mode and restores every module's training flag afterwards
-    (so BatchNorm layers of frozen groups stay in eval mode). The forward stops after
-    ``layer``. Changes the model's modes while it runs: do not call it on a model that
-    another thread is training (hold the model's lock)."""
+    Runs under ``no_grad`` in eval mode without switching the model's mode (it may be
+    shared with other threads; a model in train mode is read through an eval-mode copy, see
+    :func:`core.models.for_inference`). The forward stops after ``layer``; the hook that
+    stops it acts in the calling thread only."""
+    if layer not in watched_layers(model):
+        raise KeyError(f"Unknown layer {layer!r}; watched layers are {list(watched_layers(model))}.")
+    model = for_inference(model)
     layers = watched_layers(model)
-    if layer not in layers:
-        raise KeyError(f"Unknown layer {layer!r}; watched layers are {list(layers)}.")
     if image.dim() == 3:
         image = image.unsqueeze(0)
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError(f"Expected one image (C, H, W) or (1, C, H, W), got shape {tuple(image.shape)}.")
     captured: list[torch.Tensor] = []
+    owner = threading.get_ident()
 
     def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
+        if threading.get_ident() != owner:  # another thread running the same (shared) model
+            return
         captured.append(output.detach())
         raise _StopForward
 
-    modes = {m: m.training for m in model.modules()}
     handle = layers[layer].register_forward_hook(hook)
     try:
-        model.eval()
         device = next(model.parameters()).device
         with torch.no_grad():
             try:
@@ -435,7 +438,5 @@ def activation_maps(model: SteerableModel, layer: str, image: torch.Tensor) -> n
                 pass
     finally:
         handle.remove()
-        for m, training in modes.items():
-            m.training = training
     out = captured[0][0].float().cpu().numpy()
     return out.reshape(out.shape[0], 1, 1) if out.ndim == 1 else out

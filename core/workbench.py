@@ -145,7 +145,7 @@ class Workbench:
         """
         arch = base_model.info.arch
         settings = dict(settings or {})
-        model = copy.deepcopy(base_model).cpu().train()
+        model = copy.deepcopy(base_model).cpu().eval()  # shared from here on: eval mode, never switched (issue 29)
         if metrics is None:  # a shared base model's metrics can be computed once and passed in
             metrics = version_metrics(model, data)
         wb_id = new_workbench_id()
@@ -192,7 +192,7 @@ class Workbench:
         """Save ``model`` as a new version and make it the current model. The number, the
         checkpoint file and the row are allocated together (:meth:`Store.commit_version`), so
         concurrent commits never cross. ``parent`` defaults to the current version."""
-        model = model.cpu()
+        model = model.cpu().eval()  # the job's own copy, about to be shared: eval mode from here on
         metrics = version_metrics(model, self.data)
         metrics.update(extra_metrics or {})
         fb = dict(feedback or {})

@@ -73,12 +73,9 @@ def cams_for(ids: list[int], model=None, version: int | None = None) -> dict[int
     if missing:
         idx = torch.as_tensor(missing, dtype=torch.long)
         targets = data.labels[idx] if settings.target == "true" else None
-        was = model.training
-        model.eval()
-        try:
-            maps = gradcam(model, data.images[idx], targets).cams.numpy()
-        finally:
-            model.train(was)
+        from core.models import for_inference  # eval mode without switching the shared model (issue 29)
+
+        maps = gradcam(for_inference(model), data.images[idx], targets).cams.numpy()
         for i, m in zip(missing, maps):
             cache[(version, settings.target, i)] = m
     return {i: cache[(version, settings.target, i)] for i in ids}

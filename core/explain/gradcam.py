@@ -9,6 +9,7 @@ is taken with ``torch.autograd.grad`` with respect to the layer's output only: n
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,15 +39,19 @@ class CamResult:
 @contextmanager
 def _capture(module: nn.Module, *, graph_below: bool) -> Iterator[list[torch.Tensor]]:
     """Run the block's forward pass keeping the output of ``module``; the hook is always
-    removed and the grad mode restored.
+    removed and the grad mode restored. The hook acts only in the calling thread: another
+    thread's forward pass through the same (shared) model runs as if it were not there.
 
     Without ``graph_below`` the layers below ``module`` run without autograd (nothing is
     kept for a backward pass that will stop at ``module`` anyway): the hook switches
     autograd on for the rest of the forward pass, from a fresh leaf at the layer's output.
     """
     store: list[torch.Tensor] = []
+    owner = threading.get_ident()
 
-    def hook(_module: nn.Module, _inputs, output: torch.Tensor) -> torch.Tensor:
+    def hook(_module: nn.Module, _inputs, output: torch.Tensor) -> torch.Tensor | None:
+        if threading.get_ident() != owner:  # another thread running the same (shared) model: not ours
+            return None
         if not graph_below:
             torch.set_grad_enabled(True)
         if not graph_below or not output.requires_grad:  # (frozen layers below: still differentiable here)

@@ -1,12 +1,15 @@
 """Model zoo and checkpoints: build a model for a dataset, save it, load it back safely."""
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from core.models.base import ModelInfo, SteerableModel
 from core.models.zoo import ARCHITECTURES
@@ -19,6 +22,8 @@ __all__ = [
     "ModelInfo",
     "SteerableModel",
     "build_model",
+    "for_inference",
+    "in_eval_mode",
     "list_models",
     "load_checkpoint",
     "read_checkpoint",
@@ -57,12 +62,64 @@ def build_model(
     if seed is None:
         model = ARCHITECTURES[arch](in_channels, image_size, num_classes)
     else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with _OwnGenerator(torch.Generator().manual_seed(int(seed))):
             model = ARCHITECTURES[arch](in_channels, image_size, num_classes)
     if weights_path is not None:
         _load_pretrained(model, Path(weights_path))
     return model
+
+
+_RANDOM_DRAWS = frozenset({
+    torch.Tensor.uniform_, torch.Tensor.normal_, torch.Tensor.bernoulli_, torch.Tensor.random_,
+    torch.Tensor.exponential_, torch.Tensor.geometric_, torch.Tensor.log_normal_, torch.Tensor.cauchy_,
+    torch.rand, torch.randn, torch.randint, torch.randperm, torch.normal, torch.bernoulli, torch.multinomial,
+})
+
+
+class _OwnGenerator(TorchFunctionMode):
+    """While active (in this thread only: torch function modes are thread-local), every random
+    draw that names no generator (``nn.init``'s, ``Tensor.uniform_``, ``torch.rand``...) draws
+    from ``generator`` instead of torch's global one. The draws happen in the same order as
+    without the mode, so the values are those ``torch.manual_seed`` would have given."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if kwargs.get("generator") is None and ("generator" in kwargs or func in _RANDOM_DRAWS):
+            kwargs["generator"] = self.generator
+        return func(*args, **kwargs)
+
+
+def in_eval_mode(model: nn.Module) -> bool:
+    """True when no module of ``model`` is in training mode."""
+    return not any(m.training for m in model.modules())
+
+
+def for_inference(model: nn.Module) -> nn.Module:
+    """``model`` itself when it is wholly in eval mode, else an eval-mode deep copy of it.
+
+    Shared in-memory models (a workbench's current version, the base models) stay in eval
+    mode and nobody switches them: another thread may be running the same model, and a
+    forward pass in train mode updates BatchNorm's running statistics. Switching a model to
+    eval and back is itself that race, so evaluation, Grad-CAM and saliency call this instead
+    of ``.eval()``; a model someone is training (in train mode) costs them a copy, which
+    carries none of the model's forward or backward hooks."""
+    if in_eval_mode(model):
+        return model
+    memo: dict[int, object] = {}
+    for m in model.modules():  # the copy gets no hooks: statistics collectors stay with the model they watch
+        for name in _HOOK_DICTS:
+            hooks = getattr(m, name, None)
+            if hooks:
+                memo[id(hooks)] = type(hooks)()
+    return copy.deepcopy(model, memo).eval()
+
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+               "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
 
 
 def _load_pretrained(model: SteerableModel, path: Path) -> None:
@@ -131,13 +188,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def model_from_checkpoint(ckpt: dict | str | os.PathLike) -> SteerableModel:
-    """Build the model a checkpoint describes and load its weights."""
+    """Build the model a checkpoint describes and load its weights; in eval mode (what a
+    loaded version is used for: to be shown and evaluated; a fine-tune trains a copy)."""
     if not isinstance(ckpt, dict):
         ckpt = read_checkpoint(ckpt)
     info = ckpt["info"]
-    model = build_model(info["arch"], info["in_channels"], info["image_size"], info["num_classes"], seed=None)
+    # seed 0: the initial weights are overwritten; a fixed seed keeps the global generator untouched
+    model = build_model(info["arch"], info["in_channels"], info["image_size"], info["num_classes"], seed=0)
     model.load_state_dict(ckpt["model"])
-    return model
+    return model.eval()
 
 
 def load_checkpoint(model: SteerableModel, ckpt: dict | str | os.PathLike) -> dict:
