@@ -7,8 +7,9 @@ What each display method explains:
 
 - ``gradient``: |d log p_y / d x|, summed over channels (the quantity the grid penalty
   constrains, Ross et al. 2017);
-- ``smoothgrad``: Captum ``NoiseTunnel(Saliency)``, the mean |gradient| of log p_y over
-  noisy copies of the image (Smilkov et al. 2017);
+- ``smoothgrad``: the mean |gradient| of log p_y over noisy copies of the image (Smilkov et
+  al. 2017), what Captum's ``NoiseTunnel(Saliency)`` computes, with the noise drawn from a
+  seeded generator of its own (Captum's comes from torch's global one);
 - ``integrated_gradients``: Captum ``IntegratedGradients`` of log p_y from a black image,
   |attribution| summed over channels;
 - ``deeplift``: Captum ``DeepLift`` of the target's *logit* from a black image (Captum
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from core.explain.gradcam import gradcam
+from core.models import for_inference
 from core.models.base import SteerableModel
 
 METHODS = ("gradient", "smoothgrad", "integrated_gradients", "deeplift", "gradcam")
@@ -134,10 +136,13 @@ def saliency_maps(model: SteerableModel, images: torch.Tensor, targets: torch.Te
     for display (see the module docstring for what each ``method`` explains; scale each map
     yourself, e.g. by its maximum, to show it).
 
-    ``eval_mode``: compute in eval mode (BatchNorm uses and keeps its running statistics);
-    the model's mode is restored afterwards either way, and no parameter ``.grad`` is
-    touched. ``baseline``: the constant image IG and DeepLift start from (black).
-    SmoothGrad's noise is drawn from ``seed``, so a map does not flicker between reruns.
+    ``eval_mode``: compute in eval mode (BatchNorm uses and keeps its running statistics):
+    on ``model`` itself when it is in eval mode, as shared models always are, else on an
+    eval-mode copy (:func:`core.models.for_inference`); ``model``'s mode is never switched
+    (another thread may be using it). ``eval_mode=False``: the model as it is. No parameter
+    ``.grad`` is touched. ``baseline``: the constant image IG and DeepLift start from (black).
+    SmoothGrad's noise is drawn from a generator of its own seeded with ``seed`` (torch's
+    global generator is neither used nor reseeded), so a map does not flicker between reruns.
     """
     if method not in METHODS:
         raise ValueError(f"Unknown saliency method {method!r}; choose from {', '.join(METHODS)}.")
@@ -146,44 +151,60 @@ def saliency_maps(model: SteerableModel, images: torch.Tensor, targets: torch.Te
     y_all = _targets(targets, n, device)
     if n == 0:
         return np.zeros((0, *images.shape[-2:]), np.float32)
-    was_training = model.training
-    grads_before = [p.grad for p in model.parameters()]
     if eval_mode:
-        model.eval()
+        model = for_inference(model)
+    grads_before = [p.grad for p in model.parameters()]
+    generator = torch.Generator().manual_seed(int(seed))
     try:
-        compute = _method(model, method, smoothgrad_samples, smoothgrad_stdev, ig_steps, baseline, seed)
+        compute = _method(model, method, smoothgrad_samples, smoothgrad_stdev, ig_steps, baseline, generator)
         out = [compute(images[s:s + batch_size].detach().to(device), y_all[s:s + batch_size])
                for s in range(0, n, batch_size)]
     finally:
-        model.train(was_training)
         for p, g in zip(model.parameters(), grads_before):  # Captum's gradients go through autograd.grad,
-            p.grad = g  # but a custom forward might not: leave .grad as it was
+            if p.grad is not g:  # but a custom forward might not: leave .grad as it was
+                p.grad = g
     return np.concatenate(out).astype(np.float32)
 
 
+def smoothgrad(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, *, samples: int = SMOOTHGRAD_SAMPLES,
+               stdev: float = SMOOTHGRAD_STDEV, generator: torch.Generator | None = None,
+               chunk: int = 8) -> torch.Tensor:
+    """SmoothGrad (Smilkov et al. 2017), as Captum's ``NoiseTunnel(Saliency)`` computes it:
+    the mean over ``samples`` noisy copies (Gaussian noise of sd ``stdev``) of each image of
+    |d log p_y / d x|, (N, C, H, W). The noise comes from ``generator`` (on the CPU; a fresh
+    unseeded one when None), drawn image by image in order, never from torch's global
+    generator; ``chunk`` noisy copies of each image go through the model at a time."""
+    generator = generator if generator is not None else torch.Generator()
+    n, shape = len(images), tuple(images.shape[1:])
+    if n == 0 or samples < 1:
+        return torch.zeros_like(images)
+    # image by image, so an image's noise depends on its place in the call, not on the batching
+    noise = torch.stack([torch.randn((samples, *shape), generator=generator) for _ in range(n)])
+    noise = noise.to(images.device, images.dtype)
+    targets = torch.as_tensor(targets, device=images.device).long().reshape(-1)
+    total = torch.zeros_like(images)
+    for s in range(0, samples, chunk):
+        part = noise[:, s:s + chunk]  # (n, c, C, H, W)
+        c = part.shape[1]
+        noisy = (images[:, None] + float(stdev) * part).reshape(n * c, *shape)
+        grads = input_gradients(model, noisy, targets.repeat_interleave(c)).abs()
+        total += grads.reshape(n, c, *shape).sum(1)
+    return total / samples
+
+
 def _method(model: nn.Module, method: str, samples: int, stdev: float, steps: int, baseline: float,
-            seed: int) -> Callable[[torch.Tensor, torch.Tensor], np.ndarray]:
-    """One batch's maps for ``method``."""
+            generator: torch.Generator) -> Callable[[torch.Tensor, torch.Tensor], np.ndarray]:
+    """One batch's maps for ``method`` (SmoothGrad's noise from ``generator``)."""
     if method == "gradient":
         return lambda x, y: _abs_channels(input_gradients(model, x, y))
     if method == "gradcam":
         return lambda x, y: gradcam(model, x, y).cams.float().cpu().numpy()
     if method == "deeplift":
         return lambda x, y: _abs_channels(_deeplift(model, x, y, baseline))
-    from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
+    if method == "smoothgrad":  # not Captum's NoiseTunnel: it draws its noise from torch's global generator
+        return lambda x, y: _abs_channels(smoothgrad(model, x, y, samples=samples, stdev=stdev, generator=generator))
+    from captum.attr import IntegratedGradients
 
     logprob = _LogProb(model)
-    if method == "smoothgrad":
-        def smooth(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-            state = torch.get_rng_state()
-            torch.manual_seed(seed)  # Captum draws the noise from the global generator
-            try:
-                attr = NoiseTunnel(Saliency(logprob)).attribute(
-                    x, nt_type="smoothgrad", nt_samples=samples, nt_samples_batch_size=min(samples, 8),
-                    stdevs=float(stdev), target=y)
-            finally:
-                torch.set_rng_state(state)
-            return _abs_channels(attr)
-        return smooth
     return lambda x, y: _abs_channels(IntegratedGradients(logprob).attribute(
         x, baselines=baseline, target=y, n_steps=steps, internal_batch_size=max(len(x), 1) * 8))
