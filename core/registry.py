@@ -35,8 +35,11 @@ class WorkbenchRegistry:
         self.budget = budget or ComputeBudget(1)
         self.idle_s = float(idle_s)
         self._clock = clock
-        self._lock = threading.Lock()
-        self._open_lock = threading.Lock()  # one open at a time: two tabs never open one id twice
+        self._lock = threading.Lock()  # guards the dicts below; held only for a look-up or a change
+        # one per id, held across an open and across a delete: two tabs never open one id twice,
+        # a delete never runs while the id is being opened, and two ids open at the same time
+        self._id_locks: dict[str, threading.Lock] = {}
+        self._deleted: set[str] = set()  # tombstones: ids deleted through this registry
         self._live: dict[str, Workbench] = {}
         self._seen: dict[str, float] = {}
         self._generation = store.generation
@@ -44,8 +47,8 @@ class WorkbenchRegistry:
     def get(self, wb_id: str) -> Workbench:
         """The live workbench ``wb_id``, opened from the store if it is not in memory.
 
-        Raises ``KeyError`` (unknown id), :class:`core.workbench.WorkbenchError` (no versions),
-        and what opening its data or checkpoint raises.
+        Raises ``KeyError`` (unknown or deleted id), :class:`core.workbench.WorkbenchError` (no
+        versions), and what opening its data or checkpoint raises.
         """
         self.store.check_present()
         self._forget_if_workspace_recreated()
@@ -55,32 +58,56 @@ class WorkbenchRegistry:
             if wb is not None:
                 self._seen[wb_id] = self._clock()
                 return wb
-        with self._open_lock:
-            with self._lock:  # another thread may have opened it while we waited
+        with self._id_lock(wb_id):
+            with self._lock:  # another thread may have opened (or deleted) it while we waited
+                self._refuse_deleted(wb_id)
                 wb = self._live.get(wb_id)
             if wb is None:
                 wb = Workbench.open(self.store, wb_id, loader=self.loader, budget=self.budget)
             return self.add(wb)
 
     def add(self, wb: Workbench) -> Workbench:
-        """Register a workbench just created; returns the live one for its id."""
+        """Register a workbench just created; returns the live one for its id (``KeyError``
+        for one deleted meanwhile)."""
         with self._lock:
+            self._refuse_deleted(wb.id)
             live = self._live.setdefault(wb.id, wb)
             self._seen[wb.id] = self._clock()
             return live
 
     def delete(self, wb_id: str) -> None:
         """Delete workbench ``wb_id``: its rows and its files. Refused with ``ValueError``
-        while one of its jobs runs (stop it first); ``KeyError`` for an unknown id."""
-        if self.store.get_workbench(wb_id) is None:
-            raise KeyError(f"No workbench {wb_id!r}.")
+        while one of its jobs runs (stop it first); ``KeyError`` for an unknown id.
+
+        Holds the id's lock throughout, so it waits for an open of the same id in progress
+        and no open starts until it is done; afterwards the id is refused (a tombstone), and
+        a job of the deleted workbench that ends later cannot save a version into its folder
+        (:meth:`core.store.Store.commit_version` refuses a deleted workbench)."""
+        with self._id_lock(wb_id):
+            if self.store.get_workbench(wb_id) is None:
+                raise KeyError(f"No workbench {wb_id!r}.")
+            with self._lock:
+                wb = self._live.get(wb_id)
+                if wb is not None and wb.jobs.current is not None and wb.jobs.current.running:
+                    raise ValueError(f"Workbench {wb_id} is training; stop its job before deleting it.")
+                self._deleted.add(wb_id)
+                self._live.pop(wb_id, None)
+                self._seen.pop(wb_id, None)
+            try:
+                self.store.delete_workbench(wb_id, files=True)
+            except BaseException:
+                with self._lock:  # its rows are still there: it can be opened again
+                    self._deleted.discard(wb_id)
+                raise
+
+    def _id_lock(self, wb_id: str) -> threading.Lock:
         with self._lock:
-            wb = self._live.get(wb_id)
-            if wb is not None and wb.jobs.current is not None and wb.jobs.current.running:
-                raise ValueError(f"Workbench {wb_id} is training; stop its job before deleting it.")
-            self._live.pop(wb_id, None)
-            self._seen.pop(wb_id, None)
-        self.store.delete_workbench(wb_id, files=True)
+            return self._id_locks.setdefault(wb_id, threading.Lock())
+
+    def _refuse_deleted(self, wb_id: str) -> None:
+        """``KeyError`` when ``wb_id`` was deleted (call with ``_lock`` held)."""
+        if wb_id in self._deleted:
+            raise KeyError(f"Workbench {wb_id!r} was deleted.")
 
     def set_label(self, wb_id: str, *, name: str | None = None, note: str | None = None) -> None:
         """Rename a workbench or change its note (kept in its settings; shown in the list).
@@ -123,4 +150,5 @@ class WorkbenchRegistry:
             with self._lock:
                 self._live.clear()
                 self._seen.clear()
+                self._deleted.clear()  # a new workspace: its ids are its own
                 self._generation = self.store.generation

@@ -367,6 +367,10 @@ class Store:
         self.db_path = self.root / "steerboard.db"
         self._write_lock = threading.Lock()
         self._init_lock = threading.Lock()
+        # a workbench folder's writers (version commits, any number at once) against its deletion
+        self._folders = threading.Condition()
+        self._folder_writers: dict[str, int] = {}
+        self._deleted: set[str] = set()  # tombstones: workbenches deleted (or being deleted) through this store
         #: bumped whenever the workspace had to be created again (deleted under a running server)
         self.generation = 0
         self._ensure()
@@ -456,6 +460,27 @@ class Store:
             raise ValueError(f"Not a workbench id: {wb_id!r}")
         return self.root / "workbenches" / wb_id
 
+    @contextmanager
+    def _writing_into(self, wb_id: str) -> Iterator[Path]:
+        """Workbench ``wb_id``'s folder (made if missing), for writes that end before the block
+        does. Writers run side by side; :meth:`delete_workbench` waits for them and then
+        refuses new ones: ``KeyError`` for a deleted (or unknown) workbench, whose folder is
+        not made again."""
+        with self._folders:
+            if wb_id in self._deleted or self.get_workbench(wb_id) is None:
+                raise KeyError(f"Workbench {wb_id} was deleted; nothing more is saved into it.")
+            self._folder_writers[wb_id] = self._folder_writers.get(wb_id, 0) + 1
+        try:
+            folder = self.workbench_dir(wb_id)
+            folder.mkdir(parents=True, exist_ok=True)
+            yield folder
+        finally:
+            with self._folders:
+                self._folder_writers[wb_id] -= 1
+                if not self._folder_writers[wb_id]:
+                    del self._folder_writers[wb_id]
+                self._folders.notify_all()
+
     def base_dir(self) -> Path:
         return self.root / "base"
 
@@ -509,8 +534,17 @@ class Store:
         """Remove a workbench's rows (versions, annotations, jobs, page state cascade), and
         with ``files`` its folder of checkpoints too (after the rows are gone: a crash in
         between leaves files nobody lists, never a row pointing at missing files)."""
-        with self._write() as db:
-            db.execute("DELETE FROM workbenches WHERE id=?", (wb_id,))
+        with self._folders:  # a tombstone first: no new commit starts; then wait for those under way
+            self._deleted.add(wb_id)
+            while self._folder_writers.get(wb_id):
+                self._folders.wait()
+        try:
+            with self._write() as db:
+                db.execute("DELETE FROM workbenches WHERE id=?", (wb_id,))
+        except BaseException:
+            with self._folders:  # the rows are still there: the workbench goes on
+                self._deleted.discard(wb_id)
+            raise
         if files and valid_workbench_id(wb_id):
             folder = self.workbench_dir(wb_id)
             if folder.is_dir():
@@ -557,28 +591,31 @@ class Store:
         one transaction, and make it current.
 
         ``write_checkpoint(path)`` writes the weights to a uniquely named temporary file first
-        (outside the lock: it may be slow); inside the transaction the file is renamed to
+        (outside the database lock: it may be slow); inside the transaction the file is renamed to
         ``v<number>.pt`` and the row inserted. Two committers can never get the same number or
         each other's file. A crash before the commit leaves at most an orphan file that the
         next commit of that number replaces.
+
+        A workbench that was deleted (or never existed) gets nothing: ``KeyError``, and its
+        folder is not made again; :meth:`delete_workbench` waits for commits under way, so a
+        job that ends while its workbench is being deleted never leaves a folder behind.
         """
-        folder = self.workbench_dir(wb_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        pending = folder / f"pending-{uuid.uuid4().hex}.pt"
-        try:
-            write_checkpoint(pending)
-            with self._write() as db:
-                (number,) = db.execute("SELECT COALESCE(MAX(number) + 1, 0) FROM versions WHERE workbench_id=?",
-                                       (wb_id,)).fetchone()
-                final = folder / f"v{int(number)}.pt"
-                os.replace(pending, final)
-                record = VersionRecord(int(number), parent, time.time(), description, str(final),
-                                       dict(feedback or {}), dict(metrics or {}))
-                self._insert_version(db, wb_id, record)
-                db.execute("UPDATE workbenches SET current_version=?, updated=? WHERE id=?",
-                           (record.number, time.time(), wb_id))
-        finally:
-            pending.unlink(missing_ok=True)
+        with self._writing_into(wb_id) as folder:
+            pending = folder / f"pending-{uuid.uuid4().hex}.pt"
+            try:
+                write_checkpoint(pending)
+                with self._write() as db:
+                    (number,) = db.execute("SELECT COALESCE(MAX(number) + 1, 0) FROM versions WHERE workbench_id=?",
+                                           (wb_id,)).fetchone()
+                    final = folder / f"v{int(number)}.pt"
+                    os.replace(pending, final)
+                    record = VersionRecord(int(number), parent, time.time(), description, str(final),
+                                           dict(feedback or {}), dict(metrics or {}))
+                    self._insert_version(db, wb_id, record)
+                    db.execute("UPDATE workbenches SET current_version=?, updated=? WHERE id=?",
+                               (record.number, time.time(), wb_id))
+            finally:
+                pending.unlink(missing_ok=True)
         return record
 
     def versions(self, wb_id: str) -> list[VersionRecord]:
