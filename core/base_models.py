@@ -93,32 +93,47 @@ class BaseModels:
     def __init__(self, store: Store, budget: ComputeBudget | None = None) -> None:
         self.store = store
         self.budget = budget
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the dicts below, held only for a look-up or a store
+        self._key_locks: dict[str, threading.Lock] = {}  # one per base model: held while it loads or evaluates
         self._models: dict[str, SteerableModel] = {}
         self._metrics: dict[str, dict] = {}
         self._jobs: dict[str, Job] = {}
 
+    def _key_lock(self, key: str) -> threading.Lock:
+        with self._lock:
+            return self._key_locks.setdefault(key, threading.Lock())
+
     def status(self, data: ImageDataset, source: str, arch: str, *, train: bool = False,
                config: TrainConfig | None = None) -> BaseStatus:
         """The base model for ``source`` and ``arch``: from memory, from disk, or (with
-        ``train``) trained in the background on first request."""
+        ``train``) trained in the background on first request.
+
+        Loading, evaluating and writing a base model hold that base model's own lock only, so
+        two different base models load (or are evaluated) at the same time while two callers
+        of the same one wait for the one load and evaluation."""
         config = config or base_config(source, data)
         path = base_checkpoint_path(self.store, source, arch, config.seed)
         key = str(path)
-        with self._lock:
-            if key not in self._models and path.is_file():
+        with self._key_lock(key):
+            with self._lock:
+                model, metrics = self._models.get(key), self._metrics.get(key)
+            if model is None and path.is_file():
                 ckpt = read_checkpoint(path)
-                self._models[key] = model_from_checkpoint(ckpt).eval()
+                model = model_from_checkpoint(ckpt)
                 stored = ckpt.get("meta") or {}
                 if stored.get("metrics") and stored.get("eval_fingerprint") == data.eval_fingerprint():
-                    self._metrics[key] = stored["metrics"]  # evaluated on these very splits when saved
-            if key in self._models:
-                if key not in self._metrics:  # once per base model, not once per workbench
-                    self._metrics[key] = version_metrics(self._models[key], data)
+                    metrics = stored["metrics"]  # evaluated on these very splits when saved
+            if model is not None:
+                if metrics is None:  # once per base model, not once per workbench
+                    metrics = version_metrics(model, data)
+                with self._lock:
+                    model = self._models.setdefault(key, model)  # a finished training job may have put one
+                    metrics = self._metrics.setdefault(key, metrics)
                 if not path.is_file():  # the workspace was deleted under the server: write it again
-                    save_checkpoint(self._models[key], key, data.classes, base_meta(source, data, self._metrics[key]))
-                return BaseStatus(self._models[key], None, key, self._metrics[key])
-            job = self._jobs.get(key)
+                    save_checkpoint(model, key, data.classes, base_meta(source, data, metrics))
+                return BaseStatus(model, None, key, metrics)
+            with self._lock:
+                job = self._jobs.get(key)
             if job is None or job.status in ("failed", "stopped", "diverged"):
                 if not train:
                     return BaseStatus(None, job, key)
@@ -142,14 +157,15 @@ class BaseModels:
                 extra["message"] = result.message
                 with job._lock:
                     job.message = f"Base model: {result.message}."
-            save_checkpoint(model, key, data.classes, base_meta(source, data, metrics, **extra))
-            with self._lock:
-                self._metrics[key] = metrics
-            with self._lock:
-                self._models[key] = model.eval()
+            with self._key_lock(key):  # no status() loads the file between the write and the publishing
+                save_checkpoint(model, key, data.classes, base_meta(source, data, metrics, **extra))
+                with self._lock:  # both at once: a reader never sees the model without its metrics
+                    self._metrics[key] = metrics
+                    self._models[key] = model.eval()  # already in eval mode (fit leaves it so); shared from here on
             return key
 
-        self._jobs[key] = job
+        with self._lock:
+            self._jobs[key] = job
         JobRunner(self.budget).start(job, work)
         return job
 
