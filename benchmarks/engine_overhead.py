@@ -1,11 +1,13 @@
 """Engine overhead: core.engine.fit against a bare hand-written PyTorch loop.
 
-Same model, data, batch size, seed and thread count; interleaved repeats of one epoch each.
+Same model, data, batch size, seed and thread count (by default the server's for one training
+job, ``core.jobs.compute_plan``, as in monitor_overhead.py: ``_common.set_torch_threads``;
+recorded as ``params.torch_threads``); interleaved repeats of one epoch each.
 Entries: ``engine`` (no statistics), ``engine_stats`` (per-layer and per-filter statistics on
 every step), ``frozen`` (seed-cnn with conv1-2 frozen, against a bare loop with the same
 layers frozen).
 
-    python benchmarks/engine_overhead.py [--data digits] [--pairs 7] [--device cpu|cuda] [--json PATH]
+    python benchmarks/engine_overhead.py [--data digits] [--pairs 7] [--threads N] [--device cpu|cuda] [--json PATH]
 
 On CUDA the images stay in host memory and each batch is copied to the GPU, in both loops (as
 the engine does); the times are absolute seconds on the GPU named in the provenance, next to
@@ -19,8 +21,8 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from _common import (device_or_exit, device_params, interleaved, machine, print_table, seeds_record, sync,  # noqa: I001
-                     write_json)
+from _common import (add_threads_argument, device_or_exit, device_params, interleaved, machine, print_table,  # noqa: I001
+                     seeds_record, set_torch_threads, sync, write_json)
 from core.data import load_dataset
 from core.engine import TrainConfig, apply_freeze, fit
 from core.models import build_model
@@ -56,11 +58,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--pairs", type=int, default=7)
     ap.add_argument("--repeat", type=int, default=2, help="epochs per timed run")
     ap.add_argument("--seed", type=int, default=100)
+    add_threads_argument(ap)
     ap.add_argument("--quick", action="store_true", help="small run for CI")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (on a machine without it: says so, exits 0)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     device = device_or_exit(args.device)
+    threads = set_torch_threads(args.threads)
     if args.quick:
         args.pairs, args.repeat = 3, 1
 
@@ -107,6 +111,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "params": {"data": args.data, "model": args.model, "batch_size": args.batch_size, **device_params(device),
                        "gpu": prov.get("cuda"),
                        "train_images": len(images), "epochs_per_run": args.repeat, "pairs": args.pairs,
+                       "torch_threads": threads,
                        "frozen": list(first_two) if name == "frozen" else [],
                        "ours_all": r["ours_all"], "reference_all": r["reference_all"]},
             "provenance": prov,

@@ -15,7 +15,8 @@ Streamlit thread (the t-SNE of the Embedding view is timed by ``streamed_tsne.py
 
 The reference is a bare hand-written PyTorch loop (``bare_epoch`` from
 ``engine_overhead.py``). Same model, data, batch size, seed and thread count (by default the
-server's for one training job, ``core.jobs.compute_plan``); interleaved
+server's for one training job, ``core.jobs.compute_plan``, the default of engine_overhead.py
+too: ``_common.set_torch_threads``; recorded as ``params.torch_threads``); interleaved
 pairs of ``--epochs`` epochs each (default 10, the page's default run), medians.
 
     python benchmarks/monitor_overhead.py [--data digits] [--model seed-cnn] [--pairs 9] [--device cpu|cuda]
@@ -34,12 +35,11 @@ import threading
 
 import torch
 
-from _common import (device_or_exit, device_params, interleaved, machine, print_table, seeds_record, sync,  # noqa: I001
-                     write_json)
+from _common import (add_threads_argument, device_or_exit, device_params, interleaved, machine, print_table,  # noqa: I001
+                     seeds_record, set_torch_threads, sync, write_json)
 from engine_overhead import bare_epoch
 from core.data import load_dataset
 from core.engine import TrainConfig, fit
-from core.jobs import compute_plan
 from core.live_monitor import PROBE_BUDGET, PROBE_EVERY, PROBE_SAMPLE, Monitors, monitors_for
 from core.models import build_model
 
@@ -97,15 +97,13 @@ def main(argv: list[str] | None = None) -> dict:
                          "each epoch end)")
     ap.add_argument("--limit-per-class", type=int, default=None)
     ap.add_argument("--seed", type=int, default=100)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads on both sides (default: what the server gives a training job on this "
-                         "machine, core.jobs.compute_plan: 1 on 2 cores, one core being left for the server)")
+    add_threads_argument(ap)
     ap.add_argument("--quick", action="store_true", help="small run for CI")
     ap.add_argument("--device", default="cpu", help="cpu or cuda, both loops (on a machine without it: says so, exits 0)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     device = device_or_exit(args.device)
-    torch.set_num_threads(args.threads or compute_plan()[1])
+    threads = set_torch_threads(args.threads)
     if args.quick:
         args.pairs, args.epochs = 3, 1
     budget = None if args.probe_budget.lower() == "none" else float(args.probe_budget)
@@ -154,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
         "params": {
             "data": args.data, "model": args.model, "batch_size": args.batch_size, **device_params(device),
             "train_images": len(images), "epochs_per_run": args.epochs, "pairs": args.pairs,
-            "poll_s": args.poll, "polls_per_run": sorted(polls), "seed": args.seed,
+            "poll_s": args.poll, "polls_per_run": sorted(polls), "seed": args.seed, "torch_threads": threads,
             "callbacks": ["LayerStats", "SettleTracker", "ActivationProbe"], "reader_thread": True,
             "ours_all": r["ours_all"], "reference_all": r["reference_all"],
         },
