@@ -315,8 +315,10 @@ with left:
             # onto the new projection (their coordinates are the old one's)
             back = f"restore v{last['version_before']} in Home's version table" if "version_before" in last \
                 else "restore the version before it in Home's version table"
-            st.caption(f"**Undo** takes back only moves not yet applied. The last Update's {len(last.get('moved', []))} "
-                       f"moves are part of v{last['version']} now; to take that update back, {back} "
+            n_applied = len(last.get("moved", []))
+            st.caption(f"**Undo** takes back only moves not yet applied. The last Update's {n_applied} "
+                       f"move{' is' if n_applied == 1 else 's are'} part of v{last['version']} now; to take that "
+                       f"update back, {back} "
                        f"(or **Reset** to v{ss['lat-start-version']}).")
         if reset:
             try:
@@ -393,7 +395,9 @@ with right:
             } for r in result["moved"]]), hide_index=True, width="stretch",
                 height=min(35 * (len(result["moved"]) + 1) + 3, 250))  # no empty rows below a short list
             if result["per_class_change"]:
+                # the title as text above the chart: plotly cuts a long title off on a narrow page
+                st.markdown("**Per-class test accuracy change (points)**")
                 st.plotly_chart(go.Figure(go.Bar(x=classes, y=[100 * (v or 0) for v in result["per_class_change"]],
                                                  marker_color="#2563eb")).update_layout(
-                    height=220, margin=dict(l=10, r=10, t=30, b=10), title="Per-class test accuracy change (points)",
-                    xaxis_type="category"), key="lat-per-class", width="stretch")
+                    height=200, margin=dict(l=10, r=10, t=10, b=10), xaxis_type="category"),
+                    key="lat-per-class", width="stretch")
