@@ -1,5 +1,10 @@
-"""Pictures for the Attention page: an image with its Grad-CAM overlay, superpixel
-boundaries, positive dots and filled negative regions, magnified without blurring."""
+"""Pictures for the Attention and Grid pages: an image with its Grad-CAM (or saliency) overlay,
+superpixel boundaries, positive dots and hatched negative regions, magnified without blurring.
+
+The overlay is a colour map blended in and an outline around where the attention is above half
+its peak, drawn as a line with a halo whose colours are chosen per pixel against the image under
+it (black on light, white on dark): a colour map alone vanished on backgrounds of its own hues
+(a magenta digit background under Turbo's reds and purples), a two-tone line cannot."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -10,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from plotly.colors import hex_to_rgb, sequential
+from scipy import ndimage
 from skimage.segmentation import find_boundaries
 
 POSITIVE = (22, 163, 74)  # green: "look here"
@@ -36,27 +42,73 @@ def scale_for(shape: tuple[int, int], size: int) -> int:
     return max(1, size // max(shape))
 
 
+OUTLINE_LEVEL = 0.5  # the outline runs where the normalised map crosses half its peak
+
+
+def relative_luminance(rgb: np.ndarray) -> np.ndarray:
+    """WCAG relative luminance of sRGB colours in 0..255 (shape (..., 3)) -> (...)."""
+    c = np.asarray(rgb, dtype=np.float64) / 255
+    c = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return c @ np.array([0.2126, 0.7152, 0.0722])
+
+
+def contrast_ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """WCAG contrast ratio (1..21) between colours ``a`` and ``b`` (0..255, shape (..., 3))."""
+    la, lb = relative_luminance(a), relative_luminance(b)
+    return (np.maximum(la, lb) + 0.05) / (np.minimum(la, lb) + 0.05)
+
+
+def outline_masks(cam: np.ndarray, k: int, threshold: float = OUTLINE_LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """The outline of where the min-max normalised map ``cam`` (h, w) is at least
+    ``threshold``, on the map magnified ``k`` times (bilinear): its line (about k/6 px wide,
+    at least 1) and the 1 px halo on both sides of it. The map is smoothed by about half a
+    source pixel first, so a noisy saliency map gives a few outlines, not speckle; regions
+    smaller than two source pixels get none."""
+    c = ndimage.gaussian_filter(np.asarray(cam, dtype=np.float64), sigma=0.6)
+    c = (c - c.min()) / (c.max() - c.min() + 1e-12)
+    h, w = c.shape
+    big = np.asarray(Image.fromarray(c.astype(np.float32)).resize((w * k, h * k), Image.BILINEAR))
+    inside = big >= threshold
+    labels, count = ndimage.label(inside)
+    if count > 1:
+        sizes = ndimage.sum(inside, labels, index=np.arange(1, count + 1))
+        inside = np.isin(labels, 1 + np.flatnonzero(sizes >= 2 * k * k))
+    line = find_boundaries(inside, mode="inner")
+    width = max(1, round(k / 6))
+    if width > 1:
+        line = ndimage.binary_dilation(line, iterations=width - 1)
+    halo = ndimage.binary_dilation(line, iterations=1) & ~line
+    return line, halo
+
+
 def render(image: torch.Tensor, cam: np.ndarray | None, *, size: int = 384, opacity: float = 0.45,
            segments: np.ndarray | None = None, positives: Sequence[tuple[float, float]] = (),
-           negative: np.ndarray | None = None, polygon: Sequence[tuple[float, float]] = ()) -> Image.Image:
+           negative: np.ndarray | None = None, polygon: Sequence[tuple[float, float]] = (),
+           grid: int = 0) -> Image.Image:
     """The picture a person annotates: ``image`` magnified by a whole factor (NEAREST, so
     pixels stay crisp), the min-max normalised ``cam`` blended in (up to ``opacity`` where
-    attention is highest), negative regions darkened and hatched red, superpixel boundaries
-    as thin white lines, positive points as green dots and a polygon as an outline. Points
-    are (x, y) in the image's own pixels."""
+    attention is highest) and outlined where it is above half its peak (a line with a halo,
+    black or white by the image under it, so it shows on any colour; none at ``opacity`` 0),
+    negative regions darkened and hatched red, superpixel boundaries as thin white lines,
+    positive points as green dots, a polygon as an outline and, with ``grid`` n > 1, an n x n
+    grid of thin white lines (under the attention outline). Points are (x, y) in the image's
+    own pixels."""
     rgb = to_rgb(image).astype(np.float64)
     h, w = rgb.shape[:2]
     k = scale_for((h, w), size)
     big = np.kron(rgb, np.ones((k, k, 1)))
     if cam is not None and opacity > 0:
         c = np.asarray(cam, dtype=np.float64).reshape(h, w)
-        c = (c - c.min()) / (c.max() - c.min() + 1e-12)
+        c = (c - c.min()) / (c.max() - c.min() + 1e-12) if np.isfinite(c).all() else np.zeros((h, w))
         heat = Image.fromarray((c * 255).astype(np.uint8)).resize((w * k, h * k), Image.BILINEAR)
-        level = np.asarray(heat, dtype=np.float64)[:, :, None] / 255
+        level = np.asarray(heat, dtype=np.float64) / 255
         colours = _lut()[np.asarray(heat)].astype(np.float64)
         # weighted by the attention itself: where the model does not look, the image shows through
-        alpha = opacity * (0.25 + 0.75 * level)
+        alpha = opacity * (0.25 + 0.75 * level[:, :, None])
         big = (1 - alpha) * big + alpha * colours
+        outline = outline_masks(c, k)
+    else:
+        outline = None
     if negative is not None and np.asarray(negative).any():
         # hatched, not filled: a red fill vanishes on a red heat map or a red background
         m = np.kron(np.asarray(negative, dtype=bool).reshape(h, w), np.ones((k, k), dtype=bool))
@@ -68,6 +120,17 @@ def render(image: torch.Tensor, cam: np.ndarray | None, *, size: int = 384, opac
         seg = np.kron(np.asarray(segments).reshape(h, w), np.ones((k, k), dtype=np.int64))
         edge = find_boundaries(seg, mode="inner")[:, :, None]
         big = np.where(edge, 0.35 * big + 0.65 * 255, big)
+    if grid > 1:
+        for i in range(1, grid):
+            big[:, i * w // grid * k] = 255.0
+            big[i * h // grid * k, :] = 255.0
+    if outline is not None:  # on top of the marks: it must show wherever it runs
+        line, halo = outline
+        # the better of black and white on the image under the line (WCAG: luminance above 0.179)
+        dark = np.kron(relative_luminance(rgb) > 0.179, np.ones((k, k), dtype=bool))[:, :, None]
+        black, white = np.zeros(3), np.full(3, 255.0)
+        big = np.where(line[:, :, None], np.where(dark, black, white), big)
+        big = np.where(halo[:, :, None], np.where(dark, white, black), big)
     out = Image.fromarray(np.clip(big, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(out)
     if len(polygon) >= 2:
@@ -96,21 +159,15 @@ def thumbnail(image: torch.Tensor, cam: np.ndarray | None, *, size: int = 112, o
 
 def render_grid(image: torch.Tensor, saliency: np.ndarray | None, n: int, marked: Sequence[int], *, size: int = 256,
                 opacity: float = 0.5) -> Image.Image:
-    """An image for grid feedback: the saliency map over it, an ``n`` x ``n`` grid of thin
-    lines, and the marked squares (the model must not use them) darkened and hatched red."""
+    """An image for grid feedback: the saliency map over it (blended and outlined, see
+    :func:`render`), an ``n`` x ``n`` grid of thin white lines, and the marked squares (the
+    model must not use them) darkened and hatched red."""
     h, w = image.shape[-2:]
     mask = np.zeros((h, w), dtype=bool)
     for q in marked:
         r, c = divmod(int(q), n)
         mask[r * h // n:(r + 1) * h // n, c * w // n:(c + 1) * w // n] = True
-    out = render(image, saliency, size=size, opacity=opacity, negative=mask)
-    k = scale_for((h, w), size)
-    draw = ImageDraw.Draw(out)
-    for i in range(1, n):
-        x, y = i * w // n * k, i * h // n * k
-        draw.line([(x, 0), (x, out.height)], fill=(255, 255, 255), width=1)
-        draw.line([(0, y), (out.width, y)], fill=(255, 255, 255), width=1)
-    return out
+    return render(image, saliency, size=size, opacity=opacity, negative=mask, grid=n)
 
 
 def polygon_from_canvas(value: Any, scale: float) -> list[tuple[float, float]]:

@@ -310,3 +310,54 @@ def test_events_a_quicker_click_overtook_and_the_hotkey_reach_the_draft(biased_w
     d = at.session_state["att-drafts"][example]
     assert d["pos"] == [(14.0, 14.0)] and len(d["neg"]) == 2  # the left click after x marked 'ignore'
     assert at.session_state["att-mode-switch"] == "ignore"
+
+
+def test_the_overlay_shows_on_any_background_magenta_included():
+    """The Grad-CAM overlay (shared by the Attention and Grid pages) stays visible on any image:
+    on each background colour of the biased digits (magenta among them, where the Turbo blend
+    alone reached a contrast of 1.8 at most), on black and white, and on a real magenta digit,
+    pixels of at least WCAG's 3:1 contrast against the image under them form a closed outline
+    around the attended region (the centre cannot be reached from the corner without crossing
+    them), in the workspace, a thumbnail and the grid page's picture; opacity 0 draws nothing."""
+    import numpy as np
+    import torch
+    from scipy import ndimage
+
+    from app.attention_widgets import render, render_grid, thumbnail
+
+    def contrast_ratio(a, b):  # WCAG 2 contrast of sRGB colours 0..255 (measured here, not by the helper)
+        def lum(c):
+            c = np.asarray(c, dtype=np.float64) / 255
+            return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4) @ np.array([0.2126, 0.7152, 0.0722])
+        la, lb = lum(a), lum(b)
+        return (np.maximum(la, lb) + 0.05) / (np.minimum(la, lb) + 0.05)
+    from core.data import load_dataset
+    from core.data.biased import PALETTE
+
+    h = w = 28
+    yy, xx = np.mgrid[0:h, 0:w]
+    cam = np.exp(-((yy - 12) ** 2 + (xx - 15) ** 2) / 25.0)
+    data = load_dataset("biased-digits")
+    corner = data.images[:, :, 0, 0]
+    magenta = int(((corner - PALETTE[4][None]).abs().sum(1) < 0.02).nonzero()[0])
+    images = [(f"flat {tuple(int(v) for v in (255 * c).round())}", c.view(3, 1, 1).expand(3, h, w).clone())
+              for c in [*PALETTE, torch.zeros(3), torch.ones(3), torch.tensor([1.0, 0.0, 1.0])]]
+    images.append((f"biased digit {magenta} (magenta)", data.images[magenta]))
+    failures = []
+    for name, img in images:
+        for what, draw in [
+            ("workspace", lambda c, o: render(img, c, size=384, opacity=o)),
+            ("thumbnail", lambda c, o: thumbnail(img, c, size=96, opacity=o)),
+            ("grid page", lambda c, o: render_grid(img, c, 4, [0], size=256, opacity=o)),
+        ]:
+            out = np.asarray(draw(cam, 0.45), dtype=np.float64)
+            base = np.asarray(draw(None, 0.45), dtype=np.float64)
+            assert np.array_equal(np.asarray(draw(cam, 0.0)), base.astype(np.uint8)), f"{what}: opacity 0 drew something"
+            strong = contrast_ratio(out, base) >= 3.0
+            k = out.shape[0] // h
+            labels, _ = ndimage.label(~strong)
+            centre, far = labels[12 * k + k // 2, 15 * k + k // 2], labels[out.shape[0] - 2, out.shape[1] - 2]
+            if not strong.any() or centre == far:
+                failures.append(f"{what} on {name}: max contrast {contrast_ratio(out, base).max():.2f}, "
+                                f"{int(strong.sum())} pixels >= 3:1, {'no closed outline' if strong.any() else ''}")
+    assert not failures, failures
