@@ -72,7 +72,7 @@ def outline_masks(cam: np.ndarray, k: int, threshold: float = OUTLINE_LEVEL) -> 
     labels, count = ndimage.label(inside)
     if count > 1:
         sizes = ndimage.sum(inside, labels, index=np.arange(1, count + 1))
-        inside = np.isin(labels, 1 + np.flatnonzero(sizes >= 2 * k * k))
+        inside = np.isin(labels, 1 + np.flatnonzero(sizes >= 4 * k * k))
     line = find_boundaries(inside, mode="inner")
     width = max(1, round(k / 6))
     if width > 1:

@@ -312,7 +312,8 @@ def round_controls(rnd: Round | None) -> Round | None:
     used = ids <= in_current_version()  # the current version was fine-tuned on all of them already
     open_round = rnd is not None and not rnd.closed
     with st.container(key="att-controls"):
-        c1, c2, c3 = st.columns([1, 1.5, 2.5], vertical_alignment="center")
+        c1, c2, _ = st.columns([1, 2, 1.5], vertical_alignment="center")
+        c3 = st.container()  # below the buttons, full width: the FINE-TUNE label is never cut off
         if not open_round:
             if c1.button("START", type="primary", key="att-start", disabled=busy, width="stretch",
                          help="Ask the sampler for a round of candidates."):
