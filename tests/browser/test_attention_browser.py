@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 import pytest
-from browser_helpers import ROOT, Page, expect, expect_text, live, thread_env, wait_idle
+from browser_helpers import ROOT, Page, expect, expect_text, live, set_page_number, thread_env, wait_idle
 
 from PIL import Image
 
@@ -54,16 +54,9 @@ def open_biased(page: Page, url: str) -> None:
 
 
 def set_number(page: Page, label: str, value: int) -> None:
-    # as on the Grid page: a value typed while the previous change's rerun redraws the panel can
-    # be lost, and for a moment two live copies of the panel can be in the DOM (seen under load)
-    wait_idle(page)
-    expect(page.locator(live(".st-key-att-params"))).to_have_count(1, timeout=LONG)
-    box = page.locator(live(".st-key-att-params")).get_by_label(label, exact=True)
-    box.fill(str(value))
-    box.press("Tab")
-    wait_idle(page)
-    expect(page.locator(live(".st-key-att-params")).get_by_label(label, exact=True)).to_have_value(str(value),
-                                                                                                  timeout=LONG)
+    # the shared helper types again when a rerun swallowed the value and waits out a moment of
+    # two live copies of the panel (seen under load: a strict-mode failure here)
+    set_page_number(page, label, value, timeout=LONG)
 
 
 IMG = ".st-key-att-workspace .sb-click-wrap img"
