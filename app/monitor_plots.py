@@ -6,6 +6,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from app.axes import percent_axis
 from app.colors import class_color
 from core.live_monitor import FreezeSaving, freeze_changes
 
@@ -120,7 +121,8 @@ def live_figure(view: dict) -> go.Figure:
     for col in (1, 2):
         fig.update_xaxes(title_text="epoch", row=2, col=col)
     fig.update_xaxes(title_text="epoch", row=1, col=2)
-    fig.update_yaxes(title_text="%", tickformat=".3~g", row=1, col=2)
+    accuracies = [100 * x[k] for x in view["epochs"] for k in ("train_acc", "val_acc") if x.get(k) is not None]
+    fig.update_yaxes(title_text="%", **(percent_axis(accuracies) if accuracies else {}), row=1, col=2)
     fig.update_yaxes(title_text="s", row=2, col=1)
     fig.update_layout(height=520, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.12))
     return fig
@@ -173,7 +175,8 @@ def epoch_time_figure(epochs: list[dict], saving: FreezeSaving | None = None) ->
         integer_epoch_axis(fig, len(epochs))
     fig.update_xaxes(title_text="epoch" if saving is not None else "epoch (dark bars: some layers frozen)")
     fig.update_yaxes(title_text="seconds", secondary_y=False, rangemode="tozero")
-    fig.update_yaxes(title_text="val accuracy (%)", tickformat=".3~g", secondary_y=True)
+    val = [100 * x["val_acc"] for x in epochs if x.get("val_acc") is not None]
+    fig.update_yaxes(title_text="val accuracy (%)", **(percent_axis(val) if val else {}), secondary_y=True)
     fig.update_layout(height=360, margin=dict(l=10, r=10, t=20, b=10), barmode="overlay",
                       legend=dict(orientation="h", y=-0.22, yanchor="top"))
     return fig

@@ -47,3 +47,19 @@ def test_percent_axis_ticks_are_distinct_and_cover_the_values(values):
     labels = tick_labels(Axis)
     assert 3 <= len(labels) <= 7 and len(set(labels)) == len(labels), labels
     assert axis["range"][0] < min(values) and axis["range"][1] > max(values)
+
+
+def test_the_monitor_figures_accuracy_axes_get_distinct_ticks():
+    """The Training monitor's live figure and the Layer freezing page's epoch-time figure used
+    tickformat ".3~g" on their accuracy axes too."""
+    from app.monitor_plots import epoch_time_figure, live_figure
+
+    view = _view([0.2000, 0.2005], [0.2003, 0.2001])
+    for e in view["epochs"]:
+        e.update(lr=0.01, epoch_time=1.0, frozen=[])
+    labels = tick_labels(live_figure(view).layout.yaxis2)
+    assert len(labels) >= 3 and len(set(labels)) == len(labels), labels
+    fig = epoch_time_figure(view["epochs"])
+    right = [a for a in (fig.layout[k] for k in fig.layout if k.startswith("yaxis")) if a.title.text == "val accuracy (%)"]
+    labels = tick_labels(right[0])
+    assert len(labels) >= 3 and len(set(labels)) == len(labels), labels
