@@ -68,6 +68,8 @@ def test_drag_a_point_then_update_makes_version_and_summary(page: Page, app_url:
     page.goto(app_url.rstrip("/") + "/latent")
     expect(page.locator(".st-key-lat-workspace .js-plotly-plot")).to_be_visible(timeout=LONG)
     expect_text(page, MOVES, "Moves: 0", LONG)
+    # while a rerun replaces the tab bar, Streamlit briefly shows two copies of it: wait for one
+    expect(page.get_by_role("tab", name="Drag a point")).to_have_count(1, timeout=LONG)
     page.get_by_role("tab", name="Drag a point").click()
     _drag_first_circle(page)
     expect_text(page, MOVES, "Moves: 1", LONG)
