@@ -50,6 +50,17 @@ def _click(at, example_id, x, y, button, n):
     no_exceptions(at)
 
 
+def _fine_tune_and_wait(at, wb) -> None:
+    """Press FINE-TUNE, wait for the attention job to finish, and rerun the page."""
+    at.button(key="att-finetune").click().run()
+    no_exceptions(at)
+    job = wb.jobs.current
+    assert job is not None and job.kind == "attention"
+    assert job.wait(120) and job.status == "done", job.error
+    at.run()
+    no_exceptions(at)
+
+
 def test_round_annotate_confirm_fine_tune_and_test_mode(biased_workspace):
     at = _on_biased_digits(biased_workspace)
     wb = workbench_of(at)
@@ -75,13 +86,7 @@ def test_round_annotate_confirm_fine_tune_and_test_mode(biased_workspace):
         assert saved[example].seconds >= 0 and saved[example].operations == 2
     assert any("2 of 2 confirmed" in m.value for m in at.markdown)
     before = wb.current_version
-    at.button(key="att-finetune").click().run()
-    no_exceptions(at)
-    job = wb.jobs.current
-    assert job is not None and job.kind == "attention"
-    assert job.wait(120) and job.status == "done", job.error
-    at.run()
-    no_exceptions(at)
+    _fine_tune_and_wait(at, wb)
     assert wb.current_version == before + 1
     assert wb.version(wb.current_version).description.startswith("attention: 2 images")
     at.toggle(key="att-test-mode").set_value(True).run()
@@ -106,13 +111,7 @@ def _annotate_round_and_fine_tune(at, wb):
         at.button(key="att-confirm").click().run()
         no_exceptions(at)
     before = wb.current_version
-    at.button(key="att-finetune").click().run()
-    no_exceptions(at)
-    job = wb.jobs.current
-    assert job is not None and job.kind == "attention"
-    assert job.wait(120) and job.status == "done", job.error
-    at.run()
-    no_exceptions(at)
+    _fine_tune_and_wait(at, wb)
     assert wb.current_version == before + 1
     return wb.version(wb.current_version)
 
@@ -269,13 +268,7 @@ def test_fine_tune_on_what_is_confirmed_so_far_and_after_stop(biased_workspace):
     captions = " ".join(c.value for c in at.caption)
     assert "Round 1 stopped. Its 1 confirmed image is kept: FINE-TUNE trains on them" in captions, captions
     assert at.button(key="att-finetune").label == "FINE-TUNE on 1 confirmed image"
-    at.button(key="att-finetune").click().run()
-    no_exceptions(at)
-    job = wb.jobs.current
-    assert job is not None and job.kind == "attention"
-    assert job.wait(120) and job.status == "done", job.error
-    at.run()
-    no_exceptions(at)
+    _fine_tune_and_wait(at, wb)
     record = wb.version(wb.current_version)
     assert record.number == 1 and record.feedback["annotations"] == 1 and record.feedback["example_ids"] == [first]
     assert any("Round 1 went into v1" in c.value for c in at.caption)
