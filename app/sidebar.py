@@ -10,7 +10,7 @@ from core.data.uploads import discard_upload, store_upload
 from core.models import list_models
 from core.workbench import Workbench
 
-from app.state import BUILTIN_CHOICES, devices, get_store, notice, open_steps_box, switch_workbench
+from app.state import BUILTIN_CHOICES, devices, get_store, notice, open_steps_box, source_label, switch_workbench
 from app.widgets import canvas_toolbars_visible, pct, sidebar_job
 
 OWN_FOLDER = "Folder or archive…"
@@ -40,15 +40,20 @@ def _shown(source: str) -> tuple[str, bool, float]:
     return source, False, DEFAULT_RHO
 
 
-def open_data(wb: Workbench, choice: str, folder: str, uploads: list, biased: bool, rho: float, arch: str) -> None:
+def open_data(wb: Workbench, choice: str, folder: str, uploads: list, biased: bool, rho: float, arch: str,
+              slot=None) -> None:
     """The sidebar's Open: an upload (stored, then opened like a path), a typed path, or a
-    built-in dataset, with the bias if asked. Errors leave the current workbench as it was."""
+    built-in dataset, with the bias if asked, its steps shown in ``slot`` (a placeholder in the
+    main area). Errors leave the current workbench as it was."""
     stored = None
     box = None
     names = ", ".join(f.name for f in uploads)
     if uploads:
+        # A new uploader on the next run, opened or not: these files are not sent again, and a refused one
+        # does not stay to be mixed with the next file chosen ("not a mix"); the message says what it was.
+        st.session_state["sb-upload-n"] = st.session_state.get("sb-upload-n", 0) + 1
         data_dir = get_store().root / "data"
-        box = open_steps_box(f"Opening {names}", upload=True)
+        box = open_steps_box(names, upload=True, parent=slot)
         box.start(0)
         try:
             stored = store_upload([(f.name, f.getvalue()) for f in uploads], data_dir, progress=box.progress_for(0))
@@ -68,17 +73,19 @@ def open_data(wb: Workbench, choice: str, folder: str, uploads: list, biased: bo
         st.rerun()
     opened = False
     try:
+        box = box or open_steps_box(source_label(base), parent=slot)
         opened = switch_workbench(source, arch, box=box, shown_as={str(stored): names} if stored is not None else None)
     finally:
         if not opened and stored is not None and not any(str(stored) in r.data_source
                                                          for r in get_store().list_workbenches()):
             discard_upload(stored, get_store().root / "data")  # nothing uses it: a bad upload leaves nothing
-    if opened and stored is not None:  # a new uploader: the next Open does not send these files again
-        st.session_state["sb-upload-n"] = st.session_state.get("sb-upload-n", 0) + 1
     st.rerun()
 
 
 def draw(wb: Workbench) -> None:
+    # In the main area, before the sidebar: Open's steps show here, across the page it greys out while it runs
+    # (code inside `with st.sidebar` cannot reach the main area otherwise).
+    open_slot = st.empty()
     with st.sidebar:
         st.markdown("### steerboard")
         busy = wb.jobs.current is not None and wb.jobs.current.running
@@ -119,7 +126,7 @@ def draw(wb: Workbench) -> None:
             models = list_models()
             arch = st.selectbox("Model", models, key="sb-model")
             if st.form_submit_button("Open", disabled=busy, width="stretch", key="sb-open"):
-                open_data(wb, choice, folder, uploads or [], biased, float(rho), arch)
+                open_data(wb, choice, folder, uploads or [], biased, float(rho), arch, slot=open_slot)
         devs = devices()
         device = wb.settings.get("device", "cpu")
         picked = st.selectbox("Device", devs, index=devs.index(device) if device in devs else 0, key="sb-device",

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -143,7 +144,9 @@ class StepsBox:
     with their seconds. Drawn on the first report, into ``parent`` (default: where the script
     is), so a wait that never happens draws nothing."""
 
-    MIN_INTERVAL_S = 0.1  # the bar is redrawn at most this often (each redraw is a message to the browser)
+    # A counter ("decoding ...: 3,000 of 60,000") is redrawn at most this often (each redraw is a message to
+    # the browser); a line saying something new is always drawn: it may be the last before a long wait.
+    MIN_INTERVAL_S = 0.1
 
     def __init__(self, title: str, steps: list[str], parent=None, key: str | None = None) -> None:
         self.title, self.steps, self.parent, self.key = title, list(steps), parent, key
@@ -152,6 +155,7 @@ class StepsBox:
         self._thread = threading.get_ident()
         self._start = self._step_start = time.monotonic()
         self._last_draw = 0.0
+        self._last_what = ""
         self._done: list[str] = []
 
     def _draw(self) -> None:
@@ -174,7 +178,8 @@ class StepsBox:
             self._done.append(f"{self.steps[self.step]} ({now - self._step_start:.1f} s)")
         self.step, self._step_start, self._last_draw = step, now, now
         name = self.steps[step]
-        self._status.update(label=f"{self.title} · step {step + 1} of {len(self.steps)}: {name}", state="running")
+        self._status.update(label=f"{self.title} · step {step + 1} of {len(self.steps)}: {name}", state="running",
+                            expanded=True)
         self._bar.progress(0.0, text=text or f"{name}…")
         if self._done:
             self._log.caption("Done: " + "; ".join(self._done))
@@ -186,9 +191,10 @@ class StepsBox:
         if self._status is None:
             self.start(max(self.step, 0))
         now = time.monotonic()
-        if fraction < 1.0 and now - self._last_draw < self.MIN_INTERVAL_S:
+        what = text.split(":", 1)[0]  # a counter's line without its count
+        if fraction < 1.0 and what == self._last_what and now - self._last_draw < self.MIN_INTERVAL_S:
             return
-        self._last_draw = now
+        self._last_draw, self._last_what = now, what
         self._bar.progress(min(1.0, max(0.0, float(fraction))), text=text)
 
     def progress_for(self, step: int) -> Progress:
@@ -390,11 +396,22 @@ OPEN_STEPS = ["reading the data", "finding the base model", "evaluating version 
               "predicting the test split for the pages"]
 
 
-def open_steps_box(title: str, *, upload: bool = False, parent=None) -> StepsBox:
-    """The box :func:`switch_workbench` reports its steps in (with a first step for storing an
-    upload); key ``open-progress`` (browser tests wait for it)."""
+def open_steps_box(what: str, *, upload: bool = False, parent=None) -> StepsBox:
+    """The box :func:`switch_workbench` reports its steps in, titled "Opening WHAT" (with a
+    first step for storing an upload), drawn into ``parent`` (default: where the script is);
+    key ``open-progress`` (browser tests wait for it)."""
     steps = (["storing the upload"] if upload else []) + OPEN_STEPS
-    return StepsBox(title, steps, parent=parent, key="open-progress")
+    return StepsBox(f"Opening {what}", steps, parent=parent, key="open-progress")
+
+
+def source_label(source_text: str) -> str:
+    """A short name for a typed source: a path's last part ("biased-digits:/data/mnist" -> "biased mnist")."""
+    text = source_text.strip().rstrip("/\\")
+    kind = shortcut_kind(text)
+    if kind is not None and ":" in text[len(kind):]:
+        base = text[len(kind) + 1:].rpartition("?")[0] or text[len(kind) + 1:]
+        return f"{kind.removesuffix('-digits')} {source_label(base)}"
+    return Path(text).name or text
 
 
 # What opening a dataset can raise that says what was wrong with it (others are logged as bugs).
@@ -413,7 +430,7 @@ def switch_workbench(source_text: str, arch: str, *, box: StepsBox | None = None
     if old is not None and old.jobs.current is not None and old.jobs.current.running:
         notice("A training job is running; stop it before switching dataset or model.", "warning")
         return False
-    box = box or open_steps_box(f"Opening {source_text}")
+    box = box or open_steps_box(source_label(source_text))
     first = len(box.steps) - len(OPEN_STEPS)  # the index of "reading the data"
     try:
         source = resolve_source(source_text)

@@ -814,6 +814,19 @@ def _app_open_mnist_idx_folder(tmp: Path) -> object:
     return _all_messages(at)
 
 
+def _app_refused_then_good_upload(tmp: Path) -> object:
+    """A refused upload does not stay in the uploader to be mixed with the next file chosen."""
+    at = _app(tmp)
+    _open_upload(at, [("empty.zip", zip_of({}))])
+    first = _all_messages(at)
+    # a browser adds a newly chosen file to those the uploader holds; AppTest's set_value replaces them, so
+    # check what the page shows instead: an uploader holding nothing
+    held = [u.value for u in at.sidebar.file_uploader if u.value]
+    assert not held, f"the uploader still holds the refused upload: {held}"
+    _open_upload(at, [("pets.zip", zip_of(_GOOD_TREE))])
+    return f"{first} | then: {_all_messages(at)}"
+
+
 _GOOD_TREE = tree_members("pets/")
 CASES += [
     Case("app-upload-empty-zip", _app_upload([("empty.zip", zip_of({}))]), None,
@@ -845,6 +858,8 @@ CASES += [
          _app_upload([("big.npy", huge_header_npy()), ("ok.npy", npy_bytes(np.zeros((3, 784), np.uint8)))]), None,
          r"^Upload not opened: big\.npy: its header claims 1,000,000,000,000 rows .* shorter than its header says",
          _app_upload_refused),
+    Case("app-refused-upload-then-a-good-one", _app_refused_then_good_upload, None,
+         r"^Upload not opened: empty\.zip: .* \| then: Started workbench [0-9a-f]{12} on pets with seed-cnn"),
     Case("app-typed-mnist-folder-opens", _app_open_mnist_idx_folder, None, r"^Started workbench [0-9a-f]{12} on mnist"),
 ]
 

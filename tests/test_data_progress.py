@@ -136,6 +136,29 @@ def test_cached_tree_reports_reading_the_cache(tmp_path, monkeypatch):
     assert not any("decoding" in t for _, t in second.calls)
 
 
+def test_chunked_cache_writer_reads_back_like_np_savez(tmp_path):
+    """The cache is written a chunk of rows at a time (so the bar moves); np.load must read the
+    same arrays back, and the counter must reach the total."""
+    import io
+
+    from core.data import folders
+
+    g = np.random.default_rng(0)
+    arrays = {"images": g.integers(0, 256, (301, 3, 8, 8), dtype=np.uint8),
+              "labels": g.integers(0, 10, 301), "is_test": g.random(301) < 0.2, "classes": np.array(["a", "b"])}
+    rec = Recorder()
+    buf = io.BytesIO()
+    folders._savez(buf, arrays, rec, "keeping", chunk_bytes=1000)
+    buf.seek(0)
+    with np.load(buf) as back:
+        assert set(back.files) == set(arrays)
+        for name, a in arrays.items():
+            assert back[name].dtype == a.dtype and np.array_equal(back[name], a), name
+    fractions = [f for f, _ in rec.calls]
+    assert len(fractions) > 5 and fractions == sorted(fractions) and fractions[-1] == 1.0
+    rec.check(r"keeping: [\d.]+ [kKMB]+ of [\d.]+ [kKMB]+")
+
+
 def test_quickdraw_reports_files(tmp_path):
     folder = tmp_path / "doodles"
     folder.mkdir()

@@ -180,7 +180,7 @@ def read_path_cached(path: Path, *, limit_per_class: int | None = None, progress
     if len(raw.labels) >= CACHE_MIN_IMAGES:
         if progress is not None:
             progress(0.95, f"keeping the {len(raw.labels):,} decoded images in the cache, so the next open is quick")
-        _write_cache(entry, raw, prefix)
+        _write_cache(entry, raw, prefix, stage(progress, 0.95, 1.0))
     if progress is not None:
         progress(1.0, f"decoded {len(raw.labels):,} images")
     return raw
@@ -204,7 +204,7 @@ def _cache_key(path: Path, limit: int | None) -> tuple[str, str]:
     return prefix, h.hexdigest()[:24]
 
 
-def _write_cache(entry: Path, raw: RawImages, prefix: str) -> None:
+def _write_cache(entry: Path, raw: RawImages, prefix: str, progress: Progress | None = None) -> None:
     """Write atomically (a reader never sees half a file) and drop older entries of the same source."""
     arrays = {"images": raw.images, "labels": raw.labels}
     if raw.is_test is not None:
@@ -219,7 +219,7 @@ def _write_cache(entry: Path, raw: RawImages, prefix: str) -> None:
         fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.stem}.", suffix=".partial")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
+                _savez(f, arrays, progress, f"keeping the {len(raw.labels):,} decoded images in the cache")
             os.replace(tmp, entry)
         finally:
             Path(tmp).unlink(missing_ok=True)
@@ -228,6 +228,26 @@ def _write_cache(entry: Path, raw: RawImages, prefix: str) -> None:
                 old.unlink(missing_ok=True)
     except OSError as e:  # a read-only or full disk only costs the next load its time
         log.warning("could not cache decoded images in %s (%s)", entry.parent, e)
+
+
+def _savez(f: BinaryIO, arrays: dict[str, np.ndarray], progress: Progress | None, what: str,
+           chunk_bytes: int = 8 << 20) -> None:
+    """``np.savez(f, **arrays)`` (the same file: an uncompressed zip of .npy files), written a
+    chunk of rows at a time so ``progress`` hears how far it is ("WHAT: 120.0 MB of 184.3 MB")."""
+    arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    total = sum(a.nbytes for a in arrays.values())
+    done = 0
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, arr in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as out:
+                np.lib.format.write_array_header_2_0(out, np.lib.format.header_data_from_array_1_0(arr))
+                rows = max(1, chunk_bytes // max(1, arr[:1].nbytes)) if arr.ndim else 1
+                for start in range(0, max(1, len(arr)) if arr.ndim else 1, rows):
+                    part = arr[start:start + rows] if arr.ndim else arr
+                    out.write(part.tobytes())
+                    done += part.nbytes
+                    if progress is not None and total:
+                        progress(done / total, f"{what}: {_bytes(done)} of {_bytes(total)}")
 
 
 def _read_cache(entry: Path) -> RawImages | None:
@@ -442,7 +462,7 @@ def _archive_records(
         progress(0.0, f"listing the members of {path.name}")
     try:
         with tarfile.open(path, "r:*") as tf:
-            all_members = tf.getmembers()
+            all_members = _list_members(tf, path, progress)
             check_archive_members(all_members, path)
             members = [m for m in all_members if m.isfile() and _is_image_name(m.name)]
             image_names, mask_names, root = _split_mask_names([m.name for m in members])
@@ -474,6 +494,19 @@ def _archive_records(
     except _ARCHIVE_ERRORS as e:
         raise DataError(f"{path}: not a readable tar archive ({e}); expected a .tar.gz of class folders") from e
     return records, skipped, notes, masks
+
+
+def _list_members(tf: tarfile.TarFile, path: Path, progress: Progress | None) -> list[tarfile.TarInfo]:
+    """``tf.getmembers()``, reporting how far through the file the listing is (listing a
+    .tar.gz decompresses all of it: seconds for CIFAR-10's 50,000 images)."""
+    raw = getattr(tf.fileobj, "fileobj", tf.fileobj)  # the compressed file under a GzipFile, else the file
+    size = max(1, path.stat().st_size)
+    count = 0
+    while tf.next() is not None:
+        count += 1
+        if progress is not None and count % 1000 == 0 and hasattr(raw, "tell"):
+            progress(0.1 * min(1.0, raw.tell() / size), f"listing the members of {path.name}: {count:,} so far")
+    return tf.getmembers()
 
 
 def check_archive_members(members: Iterable[tarfile.TarInfo], archive: Path, action: str = "read") -> None:
@@ -646,15 +679,12 @@ def _assemble(
     note = _resize_note(pixels, side)
     if note:
         notes.append(note)
-    tick = counting(stage(progress, 0.0, 0.8), len(pixels), f"bringing the images to {side}x{side}")
-    conformed = []
-    for i, p in enumerate(pixels, 1):
-        conformed.append(_conform(p, colour, side))
-        tick(i)
-    if progress is not None:
-        progress(0.8, f"stacking {len(conformed):,} images")
-    images = np.stack(conformed)
-    images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
+    tick = counting(stage(progress, 0.0, 0.9), len(pixels), f"bringing the images to {side}x{side}")
+    images = np.empty((len(pixels), 3 if colour else 1, side, side), dtype=np.uint8)  # filled in place: no stacking
+    for i, p in enumerate(pixels):
+        p = _conform(p, colour, side)
+        images[i] = p.transpose(2, 0, 1) if colour else p
+        tick(i + 1)
     labels = np.fromiter((index[r.cls] for r in records), dtype=np.int64, count=len(records))
     is_test = np.fromiter((r.part == "test" for r in records), dtype=bool, count=len(records))
     if skipped:
