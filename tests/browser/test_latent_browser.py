@@ -73,8 +73,13 @@ def test_drag_a_point_then_update_makes_version_and_summary(page: Page, app_url:
     page.get_by_role("tab", name="Drag a point").click()
     _drag_first_circle(page)
     expect_text(page, MOVES, "Moves: 1", LONG)
-    # right after a rerun Streamlit may briefly keep a stale copy of the button: click the live one
-    page.locator('.st-key-lat-update:not([data-stale="true"]) button').last.click()
+    # click once the drag's rerun has finished and one live, enabled copy of the button is left
+    # (a click sent while that rerun replaced the button was lost once in CI)
+    wait_idle(page, LONG)
+    update = page.locator(live(".st-key-lat-update") + " button")
+    expect(update).to_have_count(1, timeout=LONG)
+    expect(update).to_be_enabled(timeout=LONG)
+    update.click()
     expect_text(page, RESULT, "Moved mistakes now right", UPDATE)
     expect_text(page, RESULT, re.compile(r"[01] / 1"), LONG)
     expect_text(page, ".st-key-sb-version", re.compile(r"Model version:\s*v1\b"), LONG)
