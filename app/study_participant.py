@@ -10,7 +10,7 @@ import streamlit as st
 from streamlit_drawable_canvas import st_canvas
 
 from app.attention_widgets import polygon_from_canvas, render, scale_for
-from app.click_image import click_image
+from app.click_image import click_image, events_after
 from app.state import get_base_models, get_budget, get_dataset, get_registry, get_store
 from core.explain.gradcam import gradcam
 from core.explain.superpixels import superpixels
@@ -80,7 +80,9 @@ def page() -> None:
 
 
 def ss_key(flow: ParticipantFlow, name: str, *parts) -> str:
-    return "-".join(["study", flow.token[:8], str(flow.index), name, *map(str, parts)])
+    """A session-state / widget key for this participant's step. The token's "_" become "-": a
+    token can hold "__", which a bidirectional component's key must not (Streamlit refuses it)."""
+    return "-".join(["study", flow.token[:8].replace("_", "-"), str(flow.index), name, *map(str, parts)])
 
 
 def intro(flow: ParticipantFlow) -> None:
@@ -203,7 +205,9 @@ def annotate(flow: ParticipantFlow, cond: AttentionCondition, current: int) -> N
             negative = np.isin(segments, d["neg"]) if d["neg"] else None
             picture = render(image, cam, size=WORKSPACE_PX, opacity=cond.settings.opacity, segments=segments,
                              positives=d["pos"], negative=negative)
-            click_image(picture, key=img_key, width=picture.width, source_size=(w, h))
+            click_image(picture, key=img_key, width=picture.width, source_size=(w, h), queued=True,
+                        on_click=lambda: _take_click(flow, cond, current, img_key, segments, _draft(flow, current)),
+                        ack=st.session_state.get(ss_key(flow, "seen", current)) or 0)
             st.caption("Green dots: where the model should look. Red hatching: what it should ignore. "
                        "Heat map: where it looks now.")
         b1, b2, b3 = st.columns(3)
@@ -233,23 +237,26 @@ def annotate(flow: ParticipantFlow, cond: AttentionCondition, current: int) -> N
 
 
 def _take_click(flow, cond: AttentionCondition, current: int, key: str, segments: np.ndarray, d: dict) -> None:
-    value = st.session_state.get(key)
-    ev = value.get("click") if isinstance(value, dict) else getattr(value, "click", None)
+    """Log and apply each click the image component sent that is not applied yet (by its
+    ``n``, each once, in order). The component's callback calls this before the script body,
+    so a click whose rerun a quicker next click interrupts is logged all the same (every event
+    carries those not acknowledged yet); the body calls it again and finds nothing new."""
     seen = ss_key(flow, "seen", current)
-    if not ev or ev.get("n") == st.session_state.get(seen):
-        return
-    st.session_state[seen] = ev.get("n")
-    h, w = segments.shape
-    x, y = min(max(float(ev["x"]), 0.0), w - 1e-3), min(max(float(ev["y"]), 0.0), h - 1e-3)
-    negative = int(ev.get("button", 0)) == 2
-    cond.gesture("click", current, {"x": x, "y": y, "button": "right" if negative else "left"})
-    d["undo"].append((list(d["pos"]), list(d["neg"])))
-    d["redo"].clear()
-    if negative:
-        seg = int(segments[int(y), int(x)])
-        d["neg"] = [s for s in d["neg"] if s != seg] if seg in d["neg"] else d["neg"] + [seg]
-    else:
-        d["pos"] = d["pos"] + [(x, y)]
+    for ev in events_after(st.session_state.get(key), st.session_state.get(seen) or 0):
+        st.session_state[seen] = max(st.session_state.get(seen) or 0, ev["n"])
+        if ev["kind"] != "click":
+            continue  # the study page has no mode hotkey: the two mouse buttons say what a click means
+        h, w = segments.shape
+        x, y = min(max(float(ev["x"]), 0.0), w - 1e-3), min(max(float(ev["y"]), 0.0), h - 1e-3)
+        negative = int(ev.get("button", 0)) == 2
+        cond.gesture("click", current, {"x": x, "y": y, "button": "right" if negative else "left"})
+        d["undo"].append((list(d["pos"]), list(d["neg"])))
+        d["redo"].clear()
+        if negative:
+            seg = int(segments[int(y), int(x)])
+            d["neg"] = [s for s in d["neg"] if s != seg] if seg in d["neg"] else d["neg"] + [seg]
+        else:
+            d["pos"] = d["pos"] + [(x, y)]
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

@@ -18,7 +18,7 @@ import streamlit as st
 import torch
 
 from app.attention_widgets import render_grid
-from app.click_image import click_image
+from app.click_image import click_image, events_after
 from app.shortcut_widgets import shortcut_compare
 from app.state import current_workbench, notice
 from app.widgets import live_job, metric_delta, offer_biased_digits, pct, start_job, training_figure
@@ -189,16 +189,25 @@ def picture(i: int, sal: np.ndarray, marked: list[int], n: int, size: int, *, pn
     return cache[key]
 
 
-def take_click(pending, example_id: int, key: str) -> None:
-    """Toggle the square under a click the image component sent in this rerun (once), and
-    save the review at once."""
-    value = ss.get(key)
-    ev = value.get("click") if isinstance(value, dict) else getattr(value, "click", None)
-    seen = ss.setdefault("grid-seen", {})
-    if not ev or ev.get("n") == seen.get(key):
+def take_click(example_id: int, key: str, pending=None) -> None:
+    """Toggle the square under each click the image component sent that is not applied yet
+    (by its ``n``, each once, in order), and save the review at once. The component's callback
+    calls this before the script body (loading the review from disk), so a click whose rerun a
+    quicker next click interrupts is applied all the same, and every event carries those not
+    acknowledged yet; the body calls it again (AppTest runs no callbacks), finding nothing new."""
+    applied = ss.setdefault("grid-applied", {})
+    events = events_after(ss.get(key), applied.get(key, 0))
+    if not events:
         return
-    seen[key] = ev.get("n")
-    pending.toggle(example_id, square_of(float(ev["y"]), float(ev["x"]), shape, pending.n))
+    if pending is None:
+        job_now = wb.jobs.current
+        pending = load_pending(wb, job_now) if job_now is not None else None
+        if pending is None or key != f"grid-img-{pending.epoch}-{example_id}":
+            return  # the review these clicks were for has ended
+    for ev in events:
+        applied[key] = max(applied.get(key, 0), int(ev["n"]))
+        if ev["kind"] == "click":
+            pending.toggle(example_id, square_of(float(ev["y"]), float(ev["x"]), shape, pending.n))
     save_pending(wb, pending)
 
 
@@ -237,7 +246,7 @@ def review_panel(pending) -> None:
         if current is None:
             return
         img_key = f"grid-img-{pending.epoch}-{current}"
-        take_click(pending, current, img_key)
+        take_click(current, img_key, pending)
         marked = pending.squares(current)
         left, right = st.columns([3, 2], gap="medium")
         with left:
@@ -245,7 +254,8 @@ def review_panel(pending) -> None:
                         f"**{classes[int(preds[pos[current]])]}** · {len(marked)} of {pending.n * pending.n} squares "
                         "marked")
             pic = picture(current, maps[pos[current]], marked, pending.n, WORKSPACE_PX)
-            click_image(pic, key=img_key, width=pic.width, source_size=(shape[1], shape[0]))
+            click_image(pic, key=img_key, width=pic.width, source_size=(shape[1], shape[0]), queued=True,
+                        on_click=lambda: take_click(current, img_key), ack=ss.get("grid-applied", {}).get(img_key, 0))
             st.caption(f"Heat: {METHOD_LABELS[method]} of the true class (where the model's decision is sensitive). "
                        "Hatched red: marked squares.")
         with right:

@@ -81,6 +81,19 @@ def test_pause_mark_two_squares_continue_and_the_penalty_series(biased_workspace
     no_exceptions(at)
     saved = wb.get_state(PENDING_KEY)  # every click saved while the job waits
     assert saved["marks"][str(example)] == [0, 48]
+    # two clicks that reach the server in one request (a quick second click during the first's rerun): the
+    # trigger is the newest, its queue holds every click not acknowledged yet, n=2 (applied) among them
+    queue = [{"kind": "click", "x": 27.0, "y": 27.0, "button": 0, "n": 2},
+             {"kind": "click", "x": 15.0, "y": 1.0, "button": 0, "n": 3}]
+    at.session_state[key] = {"click": {"x": 1.0, "y": 15.0, "button": 0, "n": 4, "queue": queue}}
+    at.run()
+    no_exceptions(at)
+    assert sorted(wb.get_state(PENDING_KEY)["marks"][str(example)]) == [0, 3, 21, 48]  # 3 and 4 applied, 2 not again
+    at.session_state[key] = {"click": {"x": 15.0, "y": 1.0, "button": 0, "n": 5}}  # unmark square 3
+    at.run()
+    at.session_state[key] = {"click": {"x": 1.0, "y": 15.0, "button": 0, "n": 6}}  # and square 21
+    at.run()
+    assert sorted(wb.get_state(PENDING_KEY)["marks"][str(example)]) == [0, 48]
     assert job.running and job.control.waiting  # still waiting: nothing resumes without Continue
     at.button(key="grid-continue").click().run()
     no_exceptions(at)
