@@ -116,6 +116,7 @@ class TrainControl:
         self._frozen: set[str] = set()
         self.pause_at_epoch_end = False
         self.waiting = False  # True while the engine is blocked in a pause
+        self._waited = 0.0  # seconds the engine has spent blocked in wait_while_paused, all told
 
     def request_stop(self) -> None:
         with self._cond:
@@ -147,13 +148,25 @@ class TrainControl:
         with self._cond:
             return set(self._frozen)
 
-    def wait_while_paused(self) -> None:
-        """Block the calling (training) thread while paused and no stop is asked."""
+    def wait_while_paused(self) -> float:
+        """Block the calling (training) thread while paused and no stop is asked; return the
+        seconds it waited (also added to :attr:`paused_seconds`)."""
         with self._cond:
             self.waiting = self._paused and not self._stop
+            t0 = time.perf_counter()
             while self._paused and not self._stop:
                 self._cond.wait(timeout=0.5)
+            waited = time.perf_counter() - t0 if self.waiting else 0.0
+            self._waited += waited
             self.waiting = False
+            return waited
+
+    @property
+    def paused_seconds(self) -> float:
+        """Seconds the engine has spent blocked in a pause so far (all epochs together), so
+        a caller timing the run can leave the pauses out."""
+        with self._cond:
+            return self._waited
 
 
 # ----------------------------------------------------------------------------- freezing
@@ -667,6 +680,7 @@ def fit(
     best: tuple[float, int, dict] | None = None  # (val acc, epoch, weights) of the best epoch (keep_best)
     for epoch in range(config.epochs):
         t0 = time.perf_counter()
+        paused0 = control.paused_seconds if control is not None else 0.0
         try:
             loss, acc, n, stopped = train_one_epoch(
                 model, optimizer, images, labels, epoch=epoch, config=config, generator=generator,
@@ -683,7 +697,9 @@ def fit(
             return FitResult(history, exc.step, stopped=True, rolled_back=True, message=msg, diverged=True,
                              kept_epochs=fallback_epochs)
         steps += n
-        epoch_time = time.perf_counter() - t0
+        # running time only: a minute paused mid-epoch (Monitor's pause) must not make the epoch look slow
+        paused = (control.paused_seconds - paused0) if control is not None else 0.0
+        epoch_time = max(time.perf_counter() - t0 - paused, 0.0)
         if stopped and n == 0:
             break
         val_loss = val_acc = None

@@ -225,6 +225,26 @@ def test_pause_at_epoch_end_and_resume_continues_same_step(tiny_data):
     assert out["r"].steps == 2 * n_first
 
 
+def test_a_pause_mid_epoch_is_left_out_of_the_epoch_time(tiny_data):
+    """The Monitor's pause blocks the engine between steps; that wait is not running time, so
+    the paused epoch's time stays near the unpaused ones (Layer freezing compares them)."""
+    control = TrainControl()
+    pause_s = 2.0
+
+    class PauseOnce(Callback):
+        def on_step(self, info):
+            if info.epoch == 1 and not control.paused and control.paused_seconds == 0:
+                control.pause()  # as the Monitor's PAUSE button: the engine waits before the next step
+                threading.Timer(pause_s, control.resume).start()
+
+    result = fit(_model(tiny_data), tiny_data.split("train"), None, config=TrainConfig(epochs=3, batch_size=8),
+                 callbacks=[PauseOnce()], control=control)
+    times = [e.epoch_time for e in result.history]
+    assert len(times) == 3
+    assert control.paused_seconds >= pause_s - 0.1  # the pause really happened, mid epoch 2
+    assert times[1] < times[2] + 0.5 * pause_s, times  # epoch 3 is the warm unpaused one (epoch 1 warms up)
+
+
 def test_fine_tune_adds_weighted_terms_with_example_ids(tiny_data):
     """fine_tune's loss is weights["cls"] x CE + the weighted terms, each term seeing the batch's
     example ids: its weights equal, tensor by tensor, those of a hand-written SGD loop on
