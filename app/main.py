@@ -123,13 +123,19 @@ def waiting_for_base(job) -> None:
 
 
 store_or_stop(shell)  # before any page: a workspace another server holds stops here with a message
-if st.query_params.get("study"):  # participant mode: the study's steps only, no sidebar, no other page
+from app.access import guard_workbench_link, lab_gate, lab_password, participant_token_valid  # noqa: E402
+
+study_token = st.query_params.get("study")
+if lab_password() and not (study_token and participant_token_valid(study_token)):
+    lab_gate(shell)  # a lab password, when set, is asked once per session everywhere but on participant links
+if study_token:  # participant mode: the study's steps only, no sidebar, no other page
     from app.study_participant import page as study_page
 
     shell.empty()
     st.navigation([st.Page(study_page, title="Study", url_path="study", default=True)], position="hidden").run()
     st.stop()
 
+guard_workbench_link()  # a ?wb= link to a study workbench does not open it
 state = boot()
 shell.empty()
 if state.workbench is None:

@@ -13,12 +13,14 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from core.store import Store
 from core.study import Event, order_for
 
 MIN_CONDITIONS, MAX_CONDITIONS = 2, 4
+STUDY_MARK = "study_participant"  # the workbench setting the participant page sets on each study workbench
 
 
 class StudyError(ValueError):
@@ -182,3 +184,98 @@ class StudyStore:
                               "WHERE p.study_id = ? ORDER BY p.number, a.created", (study_id,)).fetchall()
         return [{"participant": t, "number": n, "step": s, "instrument": i, "answers": json.loads(a), "score": sc,
                  "created": c} for t, n, s, i, a, sc, c in rows]
+
+    # ------------------------------------------------------------------ study workbenches (access)
+    def study_workbench_ids(self) -> set[str]:
+        """Every workbench that belongs to a study: marked ``study_participant`` in its settings
+        (the participant page marks each one it makes), or recorded in a participant's progress
+        (``workbenches``, and ``retired_workbenches`` a reset could not delete). These are
+        reachable only through their participant's link and Study admin."""
+        with self.store._read() as db:
+            marked = db.execute("SELECT id FROM workbenches WHERE json_extract(settings, '$.' || ?) = 1",
+                                (STUDY_MARK,)).fetchall()
+            progress = db.execute("SELECT progress FROM participants").fetchall()
+        ids = {i for (i,) in marked}
+        for (text,) in progress:
+            p = json.loads(text)
+            ids.update(str(v) for v in (p.get("workbenches") or {}).values() if v)
+            ids.update(str(v) for v in p.get("retired_workbenches") or [])
+        return ids
+
+    def is_study_workbench(self, wb_id: str) -> bool:
+        """Whether ``wb_id`` belongs to a study (see :meth:`study_workbench_ids`)."""
+        return wb_id in self.study_workbench_ids()
+
+    def missing_workbenches(self, token: str) -> dict[str, str]:
+        """The participant's recorded workbenches that are no longer in the workspace, as
+        slot ("practice" or a condition name) -> workbench id; empty when all are there.
+
+        For the participant page: before opening the current condition's workbench, check
+        ``slot in studies.missing_workbenches(token)`` (slot: "practice" for the practice round,
+        else the condition's name) and show a message asking them to contact the researcher,
+        who can reset or replace them in Study admin. :class:`StudyError` for a bad token."""
+        p = self.participant(token)
+        recorded = {k: str(v) for k, v in (p.progress.get("workbenches") or {}).items() if v}
+        return {slot: wb_id for slot, wb_id in recorded.items() if self.store.get_workbench(wb_id) is None}
+
+    def _workbenches_of(self, progress: dict[str, Any]) -> list[str]:
+        ids = [str(v) for v in (progress.get("workbenches") or {}).values() if v]
+        return ids + [str(v) for v in progress.get("retired_workbenches") or [] if str(v) not in ids]
+
+    def _delete_workbenches(self, ids: list[str], delete_workbench: Callable[[str], None]) -> list[str]:
+        """Delete each id with ``delete_workbench`` (a registry's delete); the ids it could not
+        delete (a job still running, say). An id already gone counts as deleted."""
+        kept = []
+        for wb_id in ids:
+            try:
+                delete_workbench(wb_id)
+            except KeyError:
+                pass
+            except (ValueError, OSError):
+                kept.append(wb_id)
+        return kept
+
+    def reset_participant(self, token: str, delete_workbench: Callable[[str], None]) -> list[str]:
+        """Start this participant again from the first step, with the same link: their progress,
+        events and answers are removed (one transaction) and their workbenches deleted with
+        ``delete_workbench`` (pass the server registry's ``delete``). Returns the workbench ids
+        that could not be deleted yet (still training); they stay recorded as the study's, so
+        nothing else can open them. :class:`StudyError` for a bad token."""
+        p = self.participant(token)
+        ids = self._workbenches_of(p.progress)
+        with self.store._write() as db:
+            db.execute("DELETE FROM study_events WHERE participant = ?", (token,))
+            db.execute("DELETE FROM study_answers WHERE participant = ?", (token,))
+            db.execute("UPDATE participants SET progress = ? WHERE token = ?",
+                       (json.dumps({"retired_workbenches": ids} if ids else {}), token))
+        kept = self._delete_workbenches(ids, delete_workbench)
+        self._set_retired(token, kept)
+        return kept
+
+    def replace_participant(self, token: str, delete_workbench: Callable[[str], None]) -> tuple[str, list[str]]:
+        """A new participant in this one's place: a new token with the same number and condition
+        order, starting from the first step; the old token stops working at once and its events,
+        answers and workbenches are removed. Returns (new token, workbench ids not deleted yet,
+        as in :meth:`reset_participant`). :class:`StudyError` for a bad token."""
+        p = self.participant(token)
+        ids = self._workbenches_of(p.progress)
+        new = secrets.token_urlsafe(16)
+        with self.store._write() as db:
+            created = db.execute("SELECT created FROM participants WHERE token = ?", (token,)).fetchone()[0]
+            db.execute("DELETE FROM participants WHERE token = ?", (token,))  # its events and answers cascade
+            db.execute("INSERT INTO participants (token, study_id, number, conditions, progress, created) "
+                       "VALUES (?,?,?,?,?,?)", (new, p.study_id, p.number, json.dumps(p.conditions),
+                                               json.dumps({"retired_workbenches": ids} if ids else {}), created))
+        kept = self._delete_workbenches(ids, delete_workbench)
+        self._set_retired(new, kept)
+        return new, kept
+
+    def _set_retired(self, token: str, kept: list[str]) -> None:
+        with self.store._write() as db:
+            row = db.execute("SELECT progress FROM participants WHERE token = ?", (token,)).fetchone()
+            progress = json.loads(row[0])
+            if kept:
+                progress["retired_workbenches"] = kept
+            else:
+                progress.pop("retired_workbenches", None)
+            db.execute("UPDATE participants SET progress = ? WHERE token = ?", (json.dumps(progress), token))

@@ -2,16 +2,14 @@
 links, follow their progress, and download the results. Behind a password."""
 from __future__ import annotations
 
-import hmac
-import os
-
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from app.access import password_form, secret
 from app.state import get_base_models, get_dataset, get_store
 from core.attention_workspace import COUNTEREXAMPLES_ON
-from core.study import SEED001_ITEMS
+from core.study import likert_template
 from core.study_flow import INSTRUMENTS, ParticipantFlow, normalize_design
 from core.study_results import condition_means, export_zip, study_tables
 from core.study_store import StudyError, StudyStore
@@ -19,20 +17,14 @@ from core.study_store import StudyError, StudyStore
 PASSWORD_ENV = "STEERBOARD_ADMIN_PASSWORD"
 SAMPLERS = ["gmm", "entropy", "margin", "kcenter", "random"]
 DATASETS = ["biased-digits", "digits"]
-BOX_MEASURES = {"seconds": "Seconds per image", "operations_per_image": "Operations per image",
-                "test_acc": "Test accuracy after (%)", "conflicting_acc": "Bias-conflicting accuracy after (%)",
+BOX_MEASURES = {"seconds": "Seconds per image", "gestures_per_image": "Gestures per image",
+                "test_acc_pct": "Test accuracy after (%)", "conflicting_acc_pct": "Bias-conflicting accuracy after (%)",
                 "sus": "SUS score (0-100)", "tlx": "Raw NASA-TLX (0-100)"}
 
 
 def admin_password() -> str | None:
     """From the environment, else Streamlit secrets (``admin_password``); None when neither is set."""
-    value = os.environ.get(PASSWORD_ENV)
-    if value:
-        return value
-    try:
-        return st.secrets.get("admin_password") or None
-    except Exception:  # no secrets file at all: Streamlit raises its own error type  # noqa: BLE001
-        return None
+    return secret(PASSWORD_ENV, "admin_password")
 
 
 st.title("Study admin")
@@ -42,14 +34,10 @@ if not expected:
             "server, or `admin_password = \"...\"` in `.streamlit/secrets.toml`, then reload this page.")
     st.stop()
 if not st.session_state.get("study-admin-ok"):
-    with st.form("study-login"):
-        given = st.text_input("Password", type="password", key="study-password")
-        sent = st.form_submit_button("Log in", type="primary")
-    if sent:
-        if hmac.compare_digest(given.encode(), expected.encode()):
-            st.session_state["study-admin-ok"] = True
-            st.rerun()
-        st.error("Wrong password.")
+    # wrong guesses back off server-wide (app.access.limiter): 5 free, then 1 s, 2 s, 4 s... per guess
+    if password_form("admin", expected, form_key="study-login", input_key="study-password"):
+        st.session_state["study-admin-ok"] = True
+        st.rerun()
     st.stop()
 
 studies = StudyStore(get_store())
@@ -96,12 +84,15 @@ with new_tab:
         practice = st.checkbox("Practice round first (2 images, not counted)", key="sa-practice")
         after = st.multiselect("Questionnaires after each condition", INSTRUMENTS, ["sus", "tlx"], key="sa-after")
         final = st.multiselect("Questionnaires at the end", INSTRUMENTS, ["likert"], key="sa-final")
-        items = st.text_area("Likert items at the end (one per line; seed 001's as a template)",
-                             "\n".join(i["text"] for i in SEED001_ITEMS if i["kind"] == "likert"), key="sa-items")
+        items = st.text_area("Likert items at the end (one per line)", key="sa-items",
+                             placeholder="Empty: seed 001's questionnaire written for these conditions (difficulty and "
+                                         "concentration per condition, the samplers only when they differ, confidence, "
+                                         "which one is preferred, comments)")
         create = st.form_submit_button("Create study", type="primary")
     if create:
-        likert = [{"id": f"Q{k + 1}", "kind": "likert", "text": t.strip()}
-                  for k, t in enumerate(items.splitlines()) if t.strip()]
+        typed = [t.strip() for t in items.splitlines() if t.strip()]
+        likert = ([{"id": f"Q{k + 1}", "kind": "likert", "text": t} for k, t in enumerate(typed)] if typed
+                  else likert_template(conditions))
         design = {"task": "attention", "dataset": dataset, "arch": "seed-cnn", "intro": intro,
                   "conditions": conditions, "practice": practice,
                   "questionnaires": {"after_each": after, "final": final}, "likert_items": likert}
@@ -152,8 +143,7 @@ with list_tab:
         if summary.empty or not summary["images"].any():
             st.info("No annotations yet.")
         else:
-            st.dataframe(summary.assign(participant=summary["participant"] + 1), hide_index=True,  # as numbered above
-                         width="stretch")
+            st.dataframe(summary, hide_index=True, width="stretch")  # numbered from 1, as above and in the export
             measures = {m: label for m, label in BOX_MEASURES.items()
                         if m == "seconds" or (m in summary and summary[m].notna().any())}
             measure = st.selectbox("Box plot of", list(measures), format_func=measures.get, key="sa-box-measure")

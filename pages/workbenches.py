@@ -1,5 +1,6 @@
 """Workbenches: every workbench on this server, with its dataset, model, versions and last
-change; open, rename, add a note, delete (with confirmation; its files go too)."""
+change; open, rename, add a note, delete (with confirmation; its files go too). A user study's
+workbenches are not here: they are reached only through their participant's link and Study admin."""
 from __future__ import annotations
 
 import time
@@ -8,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from app.access import study_workbench_ids
 from app.state import current_workbench, get_registry, get_store, notice, open_workbench
 from core.export import workbench_bundle
 
@@ -26,7 +28,11 @@ def when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
-rows = get_store().workbench_summaries()
+hidden = study_workbench_ids()  # a participant's annotations and timings: not listed, downloaded or deleted here
+rows = [r for r in get_store().workbench_summaries() if r["id"] not in hidden]
+if hidden:
+    st.caption(f"{len(hidden)} workbench{'es' if len(hidden) != 1 else ''} of user studies "
+               f"{'are' if len(hidden) != 1 else 'is'} not listed: manage them in Study admin.")
 if not rows:
     st.info("No workbenches yet.")
     st.stop()
@@ -70,7 +76,8 @@ with st.container(border=True, key="wbl-detail"):
     with_ckpt = d2.checkbox("with checkpoints", key=f"wbl-ckpt-{picked}",
                             help="Add every version's weights (.pt); without them the zip holds metadata, metrics, "
                                  "training histories, annotations, reports and jobs (CSV and JSON).")
-    d1.download_button("Download all (zip)", data=lambda: workbench_bundle(get_store(), picked, checkpoints=with_ckpt),
+    d1.download_button("Download all (zip)", data=lambda: workbench_bundle(get_store(), picked, checkpoints=with_ckpt)
+                       if picked not in study_workbench_ids() else b"",
                        file_name=f"steerboard-{picked}{'-with-checkpoints' if with_ckpt else ''}.zip",
                        mime="application/zip", key=f"wbl-download-{picked}", on_click="ignore", width="stretch")
     if picked == wb.id:
@@ -83,6 +90,8 @@ with st.container(border=True, key="wbl-detail"):
             sure = st.checkbox("Yes, delete it and its files", key=f"wbl-sure-{picked}")
             if st.button("Delete for good", type="primary", disabled=not sure, key=f"wbl-delete-{picked}"):
                 try:
+                    if picked in study_workbench_ids():  # became a study's since the list was read
+                        raise ValueError("it belongs to a user study; reset that participant in Study admin")
                     get_registry().delete(picked)
                 except (ValueError, KeyError) as exc:
                     st.error(f"Not deleted: {exc}")

@@ -85,3 +85,34 @@ def test_last_change_moves_when_a_training_run_makes_a_version(app_workspace):
     assert last_change() != before
     assert last_change() == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(made))  # the new version's time
     assert f"last change {last_change()}" in _texts(at)  # the detail line of the picked (this) workbench
+
+
+def test_a_study_workbench_is_not_listed_downloadable_deletable_or_openable_by_link(app_workspace):
+    """Issue 30: the Workbenches page listed study workbenches (a participant's annotations and
+    timings could be downloaded and the workbench deleted without a password), and a ?wb= link
+    opened one in the full app."""
+    at = new_app(app_workspace).run()
+    here = workbench_of(at)
+    from app.state import get_store
+    from core.study_store import StudyStore
+
+    marked = Workbench.create(get_store(), here.data, "digits", build_model("seed-cnn", 1, 28, 10, seed=5),
+                              settings={"device": "cpu", "study_participant": True})
+    recorded = Workbench.create(get_store(), here.data, "digits", build_model("seed-cnn", 1, 28, 10, seed=6))
+    studies = StudyStore(get_store())
+    _, (token,) = studies.create_study("hidden", {"conditions": [{"name": "a"}, {"name": "b"}]}, participants=1)
+    studies.set_progress(token, {"step": 1, "workbenches": {"a": recorded.id}})
+    at.switch_page(PAGE).run()
+    no_exceptions(at)
+    listed = set(at.dataframe[0].value["id"])
+    assert here.id in listed and not {marked.id, recorded.id} & listed
+    options = " ".join(at.selectbox(key="wbl-pick").options)  # the labels, each with its id (no name given)
+    assert here.id in options and marked.id not in options and recorded.id not in options
+    assert "of user studies are not listed" in _texts(at)
+
+    for wb_id in (marked.id, recorded.id):  # a link to one gives a fresh workbench and says why
+        linked = new_app(app_workspace, query={"wb": wb_id}).run()
+        no_exceptions(linked)
+        assert workbench_of(linked).id != wb_id
+        assert any("belongs to a user study" in str(w.value) for w in linked.warning)
+        assert get_store().get_workbench(wb_id) is not None

@@ -111,3 +111,69 @@ def test_a_schema_1_workspace_gets_the_study_tables(tmp_path):
     assert reopened.schema_version() == SCHEMA_VERSION == 2
     study_id, _ = StudyStore(reopened).create_study("s", DESIGN, participants=2)
     assert len(StudyStore(reopened).participants(study_id)) == 2
+
+
+def _study_workbench(store, marked: bool = True) -> str:
+    """A workbench row as the participant page makes one (marked ``study_participant``)."""
+    return store.create_workbench("digits", "seed-cnn", {"study_participant": True} if marked else {}).id
+
+
+def test_study_workbenches_are_known_by_their_mark_or_a_participants_progress(tmp_path):
+    store = Store(tmp_path / "ws")
+    studies = StudyStore(store)
+    study_id, (token,) = studies.create_study("s", DESIGN, participants=1)
+    marked, recorded, plain = _study_workbench(store), _study_workbench(store, False), _study_workbench(store, False)
+    studies.set_progress(token, {"step": 1, "workbenches": {"click": recorded}})
+    assert studies.study_workbench_ids() == {marked, recorded}
+    assert studies.is_study_workbench(marked) and not studies.is_study_workbench(plain)
+
+
+def test_a_missing_condition_workbench_is_reported_by_slot(tmp_path):
+    store = Store(tmp_path / "ws")
+    studies = StudyStore(store)
+    _, (token,) = studies.create_study("s", DESIGN, participants=1)
+    kept, gone = _study_workbench(store), _study_workbench(store)
+    studies.set_progress(token, {"step": 2, "workbenches": {"click": kept, "polygon": gone}})
+    assert studies.missing_workbenches(token) == {}
+    store.delete_workbench(gone, files=True)
+    assert studies.missing_workbenches(token) == {"polygon": gone}
+
+
+def test_reset_starts_a_participant_again_and_deletes_their_workbenches(tmp_path):
+    store = Store(tmp_path / "ws")
+    studies = StudyStore(store)
+    study_id, (token, other) = studies.create_study("s", DESIGN, participants=2)
+    wb, busy = _study_workbench(store), _study_workbench(store)
+    studies.set_progress(token, {"step": 3, "items_done": 1, "workbenches": {"click": wb, "polygon": busy}})
+    studies.log(token, "click", CONFIRM, "7")
+    studies.log(other, "click", CONFIRM, "8")
+    studies.save_answers(token, "click", "sus", [3] * 10, 50.0)
+    deleted = []
+
+    def delete(wb_id):
+        if wb_id == busy:
+            raise ValueError("training")
+        deleted.append(wb_id)
+        store.delete_workbench(wb_id, files=True)
+
+    assert studies.reset_participant(token, delete) == [busy]
+    assert deleted == [wb]
+    assert studies.participant(token).progress == {"retired_workbenches": [busy]}  # step 0, busy one still hidden
+    assert studies.is_study_workbench(busy)
+    assert [e.participant for e in studies.events(study_id)] == [other] and studies.answers(study_id) == []
+
+
+def test_replace_gives_the_place_a_new_token_and_revokes_the_old(tmp_path):
+    store = Store(tmp_path / "ws")
+    studies = StudyStore(store)
+    study_id, (first, token) = studies.create_study("s", DESIGN, participants=2)
+    wb = _study_workbench(store)
+    studies.set_progress(token, {"step": 2, "workbenches": {"polygon": wb}})
+    studies.log(token, "polygon", CONFIRM, "7")
+    new, kept = studies.replace_participant(token, lambda i: store.delete_workbench(i, files=True))
+    assert kept == [] and new != token and store.get_workbench(wb) is None
+    with pytest.raises(StudyError, match="not valid"):
+        studies.participant(token)
+    p = studies.participant(new)
+    assert (p.number, p.conditions, p.progress) == (1, ["polygon", "click"], {})
+    assert [x.token for x in studies.participants(study_id)] == [first, new] and studies.events(study_id) == []
