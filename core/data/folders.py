@@ -22,6 +22,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
+from .limits import (SIDE_ENV, Budget, max_image_side, max_member_bytes, max_members, member_too_big, size_text,
+                     too_many)
 from .spec import DataError, ImageDataset, Progress, RawImages, counting, stage
 
 log = logging.getLogger(__name__)
@@ -44,9 +46,15 @@ class _Record:
     part: str  # "" for a source without splits, else "train" or "test"
     cls: str
     name: str
-    pixels: np.ndarray  # uint8 (H, W) or (H, W, 3)
+    pixels: np.ndarray  # uint8 (H, W) or (H, W, 3), scaled down to at most max_image_side()
     key: str = ""  # path below the tree's root without extension: its mask is masks/<key>.<ext>
     origin: str = ""  # the folder or archive it came from, for messages
+    size: tuple[int, int] = (0, 0)  # (H, W) of the file, before any scaling down
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the image as stored in its file."""
+        return self.size if self.size != (0, 0) else tuple(self.pixels.shape[:2])  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -55,8 +63,16 @@ class _Mask:
 
     origin: str
     name: str
-    pixels: np.ndarray | None
+    pixels: np.ndarray | None  # scaled down (nearest) like its image when larger than max_image_side()
     error: str | None = None
+    size: tuple[int, int] = (0, 0)  # (H, W) of the file, before any scaling down
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the mask as stored in its file (only for a decoded one)."""
+        if self.size != (0, 0) or self.pixels is None:
+            return self.size
+        return tuple(self.pixels.shape[:2])  # type: ignore[return-value]
 
 
 @dataclass
@@ -142,7 +158,7 @@ CACHE_ENV = "STEERBOARD_DATA_CACHE"
 # Below this many images decoding takes a second or two: not worth the disk.
 CACHE_MIN_IMAGES = 5000
 # Bump when what the readers produce changes, so old entries are not reused.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: images larger than max_image_side() are scaled down
 
 
 def cache_dir() -> Path | None:
@@ -190,7 +206,7 @@ def _cache_key(path: Path, limit: int | None) -> tuple[str, str]:
     """(a hash of the source and limit, a hash of its input files' sizes and modification times)."""
     resolved = path.resolve()
     prefix = hashlib.sha256(f"{resolved}\0{limit}".encode()).hexdigest()[:16]
-    h = hashlib.sha256(f"{CACHE_FORMAT}\0{resolved}\0{limit}".encode())
+    h = hashlib.sha256(f"{CACHE_FORMAT}\0{resolved}\0{limit}\0side {max_image_side()}".encode())
     if resolved.is_file():
         files = [resolved]
     else:
@@ -399,12 +415,12 @@ def read_image_tree(folder: Path, *, limit_per_class: int | None = None, progres
     total = len(wanted) + len(mask_items)
     tick = counting(stage(progress, 0.02, 0.85), total, f"decoding the images of {folder.name}")
     records, skipped = _decode_all(
-        ((n, (folder / n).read_bytes) for n in image_names if n in wanted), layout, folder, keys, tick
+        ((n, _file_reader(folder, n)) for n in image_names if n in wanted), layout, folder, keys, tick
     )
     wanted_keys = {r.key for r in records}
     for i, (key, name) in enumerate(mask_items):
         if key in wanted_keys:
-            masks.decoded[key] = _decode_mask(folder.name, name, (folder / name).read_bytes)
+            masks.decoded[key] = _decode_mask(folder.name, name, _file_reader(folder, name))
         tick(len(wanted) + i + 1)
     return _assemble(records, skipped, notes, folder, masks if masks.files else None, stage(progress, 0.85, 1.0))
 
@@ -448,7 +464,7 @@ def read_split_archives(archives: dict[str, Path], *, limit_per_class: int | Non
                 continue
             masks.files[key] = (origin, name)
             if key in wanted_keys:
-                masks.decoded[key] = _decode_mask(origin, name, (folder / name).read_bytes)
+                masks.decoded[key] = _decode_mask(origin, name, _file_reader(folder, name))
         masks.problems += outside.problems
     return _assemble(records, skipped, notes, folder, masks if masks.files else None, stage(progress, 0.85, 1.0))
 
@@ -462,7 +478,7 @@ def _archive_records(
         progress(0.0, f"listing the members of {path.name}")
     try:
         with tarfile.open(path, "r:*") as tf:
-            all_members = _list_members(tf, path, progress)
+            all_members = list_members(tf, path.name, path.stat().st_size, progress)
             check_archive_members(all_members, path)
             members = [m for m in all_members if m.isfile() and _is_image_name(m.name)]
             image_names, mask_names, root = _split_mask_names([m.name for m in members])
@@ -496,16 +512,33 @@ def _archive_records(
     return records, skipped, notes, masks
 
 
-def _list_members(tf: tarfile.TarFile, path: Path, progress: Progress | None) -> list[tarfile.TarInfo]:
-    """``tf.getmembers()``, reporting how far through the file the listing is (listing a
-    .tar.gz decompresses all of it: seconds for CIFAR-10's 50,000 images)."""
+def list_members(tf: tarfile.TarFile, what: str, size: int, progress: Progress | None = None,
+                 budget: Budget | None = None) -> list[tarfile.TarInfo]:
+    """``tf.getmembers()`` of an archive of ``size`` bytes named ``what``, reporting how far
+    through the file the listing is (listing a .tar.gz decompresses all of it: seconds for
+    CIFAR-10's 50,000 images), within the limits of :mod:`core.data.limits`: at most
+    max_members() members, none bigger than max_member_bytes(), and a stream (decompressed)
+    of at most ``budget``'s cap (default max_unpacked_bytes()). Each member is checked before
+    the stream is read past it, so a bomb is refused after at most the cap is decompressed."""
     raw = getattr(tf.fileobj, "fileobj", tf.fileobj)  # the compressed file under a GzipFile, else the file
-    size = max(1, path.stat().st_size)
-    count = 0
-    while tf.next() is not None:
+    size = max(1, size)
+    budget = budget or Budget(what)
+    member_cap, count_cap = max_member_bytes(), max_members()
+    count = seen = 0
+    while True:
+        m = tf.next()
+        if m is None:
+            break
         count += 1
+        if count > count_cap:
+            raise too_many(what, count, count_cap)
+        if m.isfile() and m.size > member_cap:
+            raise member_too_big(what, m.name, m.size, member_cap)
+        # tf.offset: where the next header starts in the (decompressed) stream, reached by reading past this member.
+        budget.take(tf.offset - seen)
+        seen = tf.offset
         if progress is not None and count % 1000 == 0 and hasattr(raw, "tell"):
-            progress(0.1 * min(1.0, raw.tell() / size), f"listing the members of {path.name}: {count:,} so far")
+            progress(0.1 * min(1.0, raw.tell() / size), f"listing the members of {what}: {count:,} so far")
     return tf.getmembers()
 
 
@@ -534,9 +567,34 @@ def check_archive_members(members: Iterable[tarfile.TarInfo], archive: Path, act
 
 
 def _member_reader(tf: tarfile.TarFile, member: tarfile.TarInfo) -> Callable[[], bytes]:
+    """Read one member whole, at most max_member_bytes() of it (:func:`list_members` has
+    refused bigger ones already; this is the second guard)."""
     def read() -> bytes:
         f = tf.extractfile(member)
-        return f.read() if f is not None else b""
+        if f is None:
+            return b""
+        cap = max_member_bytes()
+        data = f.read(cap + 1)
+        if len(data) > cap:
+            raise member_too_big(tf.name or "the archive", member.name, member.size, cap)
+        return data
+
+    return read
+
+
+def _file_reader(folder: Path, name: str) -> Callable[[], bytes]:
+    """Read ``folder/name`` whole, refusing a file bigger than max_member_bytes()."""
+    def read() -> bytes:
+        path = folder / name
+        cap = max_member_bytes()
+        size = path.stat().st_size
+        if size > cap:
+            raise member_too_big(str(folder), name, size, cap)
+        with open(path, "rb") as f:
+            data = f.read(cap + 1)
+        if len(data) > cap:  # it grew since
+            raise member_too_big(str(folder), name, None, cap)
+        return data
 
     return read
 
@@ -622,12 +680,13 @@ def _decode_one(
     name: str, read: Callable[[], bytes], layout: dict[str, tuple[str, str]], where: Path, keys: dict[str, str]
 ) -> _Record | str:
     """One image as a record, or the line for the card's skipped list when it cannot be decoded."""
+    data = read()  # a file over the cap on one file is refused here (DataError), not skipped
     try:
-        pixels = decode_image(read())
+        pixels, size = _decode_scaled(data, max_image_side())
     except _DECODE_ERRORS as e:
         return f"{where.name}:{name} ({_decode_reason(e)})"
     part, cls = layout[name]
-    return _Record(part, cls, name, pixels, key=keys[name], origin=where.name)
+    return _Record(part, cls, name, pixels, key=keys[name], origin=where.name, size=size)
 
 
 def _decode_reason(e: BaseException) -> str:
@@ -639,19 +698,57 @@ def _decode_reason(e: BaseException) -> str:
 _BUFFER_REPR = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Decode image bytes with PIL to uint8 (H, W) for grey images or (H, W, 3) for colour."""
-    with Image.open(io.BytesIO(data)) as im:
+def decode_image(data: bytes, max_side: int | None = None) -> np.ndarray:
+    """Decode image bytes with PIL to uint8 (H, W) for grey images or (H, W, 3) for colour;
+    with ``max_side``, an image whose longer side is larger is scaled down to it (aspect kept).
+    An image that would take more than max_member_bytes() once decoded raises ValueError
+    before its pixels are decoded."""
+    return _decode_scaled(data, max_side)[0]
+
+
+def _open_checked(data: bytes) -> Image.Image:
+    """PIL's image for ``data`` with only its header read; ValueError when its pixels would
+    take more than max_member_bytes() (a small file can claim a huge image: a pixel bomb)."""
+    im = Image.open(io.BytesIO(data))
+    w, h = im.size
+    need = w * h * max(1, len(im.getbands()))
+    cap = max_member_bytes()
+    if need > cap:
+        im.close()
+        raise ValueError(f"{w}x{h} pixels would take {size_text(need)} decoded, more than {size_text(cap)} "
+                         "(the cap on one file, STEERBOARD_MAX_MEMBER_BYTES)")
+    return im
+
+
+def _scaled_size(h: int, w: int, max_side: int | None) -> tuple[int, int]:
+    """(H, W) with the longer side brought down to ``max_side`` (aspect kept), or as it is."""
+    if max_side is None or max(h, w) <= max_side:
+        return h, w
+    f = max_side / max(h, w)
+    return max(1, min(max_side, round(h * f))), max(1, min(max_side, round(w * f)))
+
+
+def _decode_scaled(data: bytes, max_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """The pixels (see :func:`decode_image`) and the file's own (H, W)."""
+    with _open_checked(data) as im:
+        w, h = im.size
+        th, tw = _scaled_size(h, w, max_side)
+        if (th, tw) != (h, w):
+            im.draft(None, (tw, th))  # JPEG: decode at a reduced scale, at least (tw, th)
         im.load()
         if im.mode.startswith("I;16"):
-            return (np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8)
-        if im.mode in _GREY_MODES:
-            return np.asarray(im if im.mode == "L" else im.convert("L"))
-        rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
-        # Palette images (GIF) are often grey; keep them one channel when they are.
-        if im.mode == "P" and (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
-            return np.ascontiguousarray(rgb[..., 0])
-        return rgb
+            out = (np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8)
+        elif im.mode in _GREY_MODES:
+            out = np.asarray(im if im.mode == "L" else im.convert("L"))
+        else:
+            rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+            # Palette images (GIF) are often grey; keep them one channel when they are.
+            if im.mode == "P" and (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+                rgb = np.ascontiguousarray(rgb[..., 0])
+            out = rgb
+    if out.shape[:2] != (th, tw):
+        out = np.asarray(Image.fromarray(out).resize((tw, th), Image.BILINEAR))
+    return out, (h, w)
 
 
 def _assemble(
@@ -675,8 +772,9 @@ def _assemble(
     colour = n_grey < len(pixels)
     if colour and n_grey:
         notes.append(f"converted {n_grey} grayscale images to RGB (the source mixes grayscale and colour)")
-    side = model_side(*Counter(p.shape[:2] for p in pixels).most_common(1)[0][0])
-    note = _resize_note(pixels, side)
+    sizes = [r.shape for r in records]  # as in the files; pixels larger than max_image_side() are scaled down already
+    side = model_side(*Counter(sizes).most_common(1)[0][0])
+    note = _resize_note(sizes, side)
     if note:
         notes.append(note)
     tick = counting(stage(progress, 0.0, 0.9), len(pixels), f"bringing the images to {side}x{side}")
@@ -720,16 +818,16 @@ def _match_masks(
     missing = bad = resized = 0
     for i, r in enumerate(records):
         m = masks.decoded.get(r.key)
-        h, w = r.pixels.shape[:2]
+        h, w = r.shape
         if m is None:
             missing += 1
             problems.append(f"{r.origin}:{r.name}: no mask (expected {MASKS_DIR}/{r.key} with an image extension)")
         elif m.pixels is None:
             bad += 1
             problems.append(f"{m.origin}:{m.name}: unreadable mask ({m.error}); {r.name} treated as having no mask")
-        elif m.pixels.shape != (h, w):
+        elif m.shape != (h, w):
             bad += 1
-            mh, mw = m.pixels.shape
+            mh, mw = m.shape
             problems.append(f"{m.origin}:{m.name}: mask is {mw}x{mh} but its image {r.name} is {w}x{h}; "
                             "treated as missing")
         else:
@@ -757,25 +855,34 @@ def _match_masks(
 
 def model_side(h: int, w: int) -> int:
     """The square side every image is resized to, from the most common size ``h`` x ``w``:
-    the larger side rounded up to a multiple of 4, at least 16.
+    the larger side rounded up to a multiple of 4, at least 16, at most max_image_side()
+    (256 unless $STEERBOARD_MAX_IMAGE_SIDE says otherwise).
 
     Every model in the zoo takes square images; a side that is a multiple of 4 pools evenly
-    through seed-cnn's two max-pools, and 16 keeps vgg6's three pools above 1 pixel.
+    through seed-cnn's two max-pools, and 16 keeps vgg6's three pools above 1 pixel. The cap
+    keeps a model's size (seed-cnn's first dense layer grows with the side squared) and its
+    training memory bounded whatever the images' size.
     """
-    return max(MIN_SIDE, -(-max(h, w) // 4) * 4)
+    return min(max_image_side(), max(MIN_SIDE, -(-max(h, w) // 4) * 4))
 
 
-def _resize_note(pixels: list[np.ndarray], side: int) -> str | None:
-    """Say on the card how many images were resized to ``side`` x ``side`` and from which sizes."""
-    sizes = Counter((p.shape[1], p.shape[0]) for p in pixels if p.shape[:2] != (side, side))
-    n = sum(sizes.values())
+def _resize_note(sizes: list[tuple[int, int]], side: int) -> str | None:
+    """Say on the card how many images were resized to ``side`` x ``side``, from which sizes
+    ((H, W) as in the files), and whether the cap on the side did it."""
+    counts = Counter((w, h) for h, w in sizes if (h, w) != (side, side))
+    n = sum(counts.values())
     if not n:
         return None
-    shown = ", ".join(f"{w}x{h} x{k}" for (w, h), k in sizes.most_common(3))
-    if len(sizes) > 3:
-        shown += f" and {len(sizes) - 3} other sizes"
-    return (f"resized {n} image{'s' if n != 1 else ''} to {side}x{side} (from {shown}; "
-            "models take square images with a side that is a multiple of 4)")
+    shown = ", ".join(f"{w}x{h} x{k}" for (w, h), k in counts.most_common(3))
+    if len(counts) > 3:
+        shown += f" and {len(counts) - 3} other sizes"
+    cap = max_image_side()
+    capped = sum(k for (w, h), k in counts.items() if max(w, h) > cap)
+    why = "models take square images with a side that is a multiple of 4"
+    if capped:
+        why = (f"{capped} larger than the {cap} px cap on the side were scaled down, so models stay small; "
+               f"set {SIDE_ENV} to change the cap; {why}")
+    return f"resized {n} image{'s' if n != 1 else ''} to {side}x{side} (from {shown}; {why})"
 
 
 def _conform(p: np.ndarray, colour: bool, side: int) -> np.ndarray:
@@ -794,9 +901,16 @@ def _conform_mask(m: np.ndarray, side: int) -> np.ndarray:
     return u8
 
 
-def decode_mask(data: bytes) -> np.ndarray:
-    """Decode a mask image to bool (H, W): True where any colour channel is non-zero."""
-    with Image.open(io.BytesIO(data)) as im:
+def decode_mask(data: bytes, max_side: int | None = None) -> np.ndarray:
+    """Decode a mask image to bool (H, W): True where any colour channel is non-zero; with
+    ``max_side``, one whose longer side is larger is scaled down to it (nearest neighbour), as
+    :func:`decode_image` scales its image."""
+    return _decode_mask_scaled(data, max_side)[0]
+
+
+def _decode_mask_scaled(data: bytes, max_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """The mask (see :func:`decode_mask`) and the file's own (H, W)."""
+    with _open_checked(data) as im:
         im.load()
         mode = im.mode
         # An alpha channel says nothing about the object: keep the value or colour channels.
@@ -807,12 +921,19 @@ def decode_mask(data: bytes) -> np.ndarray:
         # Raw values, not a conversion to grey: a palette index or a dark colour that is not
         # zero still marks the object.
         arr = np.asarray(im)
-    return arr.any(axis=-1) if arr.ndim == 3 else arr != 0
+    mask = arr.any(axis=-1) if arr.ndim == 3 else arr != 0
+    h, w = mask.shape
+    th, tw = _scaled_size(h, w, max_side)
+    if (th, tw) != (h, w):
+        mask = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((tw, th), Image.NEAREST)) != 0
+    return mask, (h, w)
 
 
 def _decode_mask(origin: str, name: str, read: Callable[[], bytes]) -> _Mask:
+    data = read()  # a file over the cap on one file is refused here (DataError), not skipped
     try:
-        return _Mask(origin, name, decode_mask(read()))
+        pixels, size = _decode_mask_scaled(data, max_image_side())
+        return _Mask(origin, name, pixels, size=size)
     except _DECODE_ERRORS as e:
         return _Mask(origin, name, None, _decode_reason(e))
 

@@ -19,7 +19,8 @@ from urllib.error import URLError
 
 import numpy as np
 
-from .folders import check_archive_members
+from .folders import check_archive_members, list_members
+from .limits import Budget, copy_counted
 from .spec import DataError, ImageDataset, Progress, RawImages, counting, stage
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,8 @@ def _unpack_local_archives(ds: TorchvisionSet, root: Path, folder: Path, progres
 
     Each file appears under its final name only once it is complete (unpacked to a temporary
     name, then renamed), so an archive cut short never leaves a half file that a later load
-    would take as whole.
+    would take as whole. What they unpack to together is counted as it is decompressed and
+    may not pass :func:`core.data.limits.max_unpacked_bytes` (a refusal leaves no file behind).
     """
     if ds.name == "cifar10":
         archive = root / "cifar-10-python.tar.gz"
@@ -149,8 +151,9 @@ def _unpack_local_archives(ds: TorchvisionSet, root: Path, folder: Path, progres
         return
     packed = [f for f in _missing(ds, folder) if (folder / f"{f}.gz").is_file()]
     tick = counting(progress, len(packed), f"unpacking the .gz files in {folder}", steps=len(packed))
+    budget = Budget(f"the .gz files in {folder}")
     for i, f in enumerate(packed, 1):
-        _gunzip(folder / f"{f}.gz", folder / f)
+        _gunzip(folder / f"{f}.gz", folder / f, budget)
         tick(i)
 
 
@@ -166,12 +169,14 @@ def _truncated(path: Path, e: BaseException) -> DataError:
     )
 
 
-def _gunzip(packed: Path, dest: Path) -> None:
-    """Decompress ``packed`` to ``dest`` through a temporary file in the same folder."""
+def _gunzip(packed: Path, dest: Path, budget: Budget | None = None) -> None:
+    """Decompress ``packed`` to ``dest`` through a temporary file in the same folder,
+    counting the bytes against ``budget`` (default: a fresh one of max_unpacked_bytes())."""
+    budget = budget or Budget(packed.name)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
     try:
         with gzip.open(packed, "rb") as src, os.fdopen(fd, "wb") as dst:
-            shutil.copyfileobj(src, dst)
+            copy_counted(src, dst, budget)
         os.replace(tmp, dest)
     except _BROKEN_ARCHIVE as e:
         raise _truncated(packed, e) from e
@@ -188,7 +193,7 @@ def _unpack_cifar_archive(archive: Path, root: Path, folder: Path, progress: Pro
             if progress is not None:
                 progress(0.0, f"listing the members of {archive.name}")
             with tarfile.open(archive, "r:*") as tf:
-                members = tf.getmembers()
+                members = list_members(tf, archive.name, archive.stat().st_size)  # within the limits on archives
                 check_archive_members(members, archive, action="unpack")
                 tick = counting(stage(progress, 0.2, 1.0), len(members), f"unpacking {archive.name}", steps=len(members))
                 for i, member in enumerate(members, 1):

@@ -5,13 +5,17 @@ Accepted, as one upload:
 
 - a ``.zip`` of an ImageFolder tree (one folder per class; an optional ``masks/`` folder as
   the attention page defines it): unpacked into a folder, member by member, after every
-  member passed the same checks as a tar archive's (no absolute path, no ``..``, no links)
-  and the unpacked size stays under a limit (a zip bomb is refused before anything is
-  written);
+  member passed the same checks as a tar archive's (no absolute path, no ``..``, no links);
 - a ``.tar.gz`` / ``.tgz`` of the same: kept as it is (the readers open tar archives without
   unpacking them) once its members pass the checks;
 - one or more Quick Draw ``.npy`` files (one class each): kept in a folder, each checked to be
   a plain numeric array (``allow_pickle=False``: a pickled payload is refused).
+
+Every archive is held to the limits of :mod:`core.data.limits`: what it unpacks to, summed
+over every layer (a zip's members and the ``.gz`` / ``.tar.gz`` files inside it, which the
+readers decompress later; a .tar.gz's stream), is counted as it is decompressed and may not
+pass max_unpacked_bytes(); it holds at most max_members() members, none over
+max_member_bytes(). A refused upload leaves nothing on disk.
 
 The stored name carries a hash of the content, so the same upload twice is stored once. The
 caller opens the returned path like a typed one; when that fails it calls
@@ -19,6 +23,7 @@ caller opens the returned path like a typed one; when that fails it calls
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import re
@@ -26,17 +31,17 @@ import shutil
 import stat
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from core.data.folders import LAYOUT_EXAMPLE, _is_image_name, check_archive_members, check_npy_header
+from core.data.folders import LAYOUT_EXAMPLE, _is_image_name, check_archive_members, check_npy_header, list_members
+from core.data.limits import Budget, copy_counted, max_member_bytes, max_members, member_too_big, too_big, too_many
 from core.data.spec import DataError, Progress, counting
 
 UPLOADS_DIR = "uploads"
-MAX_UNPACKED_BYTES = 4 * 2**30  # a .zip may unpack to at most this much (zip bombs)
-MAX_MEMBERS = 500_000
 _SAFE = re.compile(r"[^A-Za-z0-9._ -]+")
 
 
@@ -62,10 +67,11 @@ def _safe_stem(name: str) -> str:
 
 
 def store_upload(files: Sequence[tuple[str, bytes]], data_dir: str | Path, *,
-                 max_unpacked_bytes: int = MAX_UNPACKED_BYTES, progress: Progress | None = None) -> Path:
+                 max_unpacked_bytes: int | None = None, progress: Progress | None = None) -> Path:
     """Validate ``files`` ((name, content) pairs, as uploaded) and store them under
     ``data_dir/uploads``; returns the path to open. Raises :class:`DataError` with a
-    one-line reason (and stores nothing) when the upload is not one of the accepted forms.
+    one-line reason (and stores nothing) when the upload is not one of the accepted forms or
+    passes a limit (``max_unpacked_bytes`` overrides :func:`core.data.limits.max_unpacked_bytes`).
     ``progress`` hears the members of a .zip as they are unpacked, ending at 1.0."""
     if not files:
         raise DataError("Nothing was uploaded; choose a .zip or .tar.gz of class folders, or Quick Draw .npy files.")
@@ -86,10 +92,11 @@ def store_upload(files: Sequence[tuple[str, bytes]], data_dir: str | Path, *,
     name, data = files[0]
     if progress is not None:
         progress(0.0, f"checking {name}" + (f" and {len(files) - 1} more" if len(files) > 1 else ""))
+    budget = Budget(name, max_unpacked_bytes)
     if kind == "tar":
-        out = _store_tar(name, data, root, tag)
+        out = _store_tar(name, data, root, tag, budget, progress)
     elif kind == "zip":
-        out = _store_zip(name, data, root, tag, max_unpacked_bytes, progress)
+        out = _store_zip(name, data, root, tag, budget, progress)
     else:
         out = _store_npy(files, root, tag)
     if progress is not None:
@@ -113,10 +120,12 @@ def discard_upload(path: str | Path, data_dir: str | Path) -> None:
         top.unlink(missing_ok=True)
 
 
-def _store_tar(name: str, data: bytes, root: Path, tag: str) -> Path:
+def _store_tar(name: str, data: bytes, root: Path, tag: str, budget: Budget,
+               progress: Progress | None = None) -> Path:
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tf:
-            check_archive_members(tf.getmembers(), Path(name), action="store")
+            members = list_members(tf, name, len(data), progress, budget)  # the limits, counted as it decompresses
+            check_archive_members(members, Path(name), action="store")
     except tarfile.TarError as exc:
         raise DataError(f"{name}: not a readable tar archive ({exc}); expected a .tar.gz of class folders") from exc
     except (EOFError, OSError) as exc:  # gzip stream cut short: an interrupted upload
@@ -143,7 +152,7 @@ def _zip_member_problem(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
-def _store_zip(name: str, data: bytes, root: Path, tag: str, max_unpacked: int,
+def _store_zip(name: str, data: bytes, root: Path, tag: str, budget: Budget,
                progress: Progress | None = None) -> Path:
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
@@ -151,18 +160,20 @@ def _store_zip(name: str, data: bytes, root: Path, tag: str, max_unpacked: int,
         raise DataError(f"{name}: not a readable .zip file ({exc}); was the upload cut short?") from exc
     with zf:
         infos = zf.infolist()
-        if len(infos) > MAX_MEMBERS:
-            raise DataError(f"{name}: {len(infos):,} members, more than the {MAX_MEMBERS:,} allowed")
-        total = 0
+        count_cap, member_cap = max_members(), max_member_bytes()
+        if len(infos) > count_cap:
+            raise too_many(name, len(infos), count_cap)
+        declared = 0
         for info in infos:
             why = _zip_member_problem(info)
             if why:
                 raise DataError(f"archive member {info.filename!r} {why}; refusing to store {name} "
                                 "(an archive of images should hold only folders and regular files)")
-            total += info.file_size
-        if total > max_unpacked:
-            raise DataError(f"{name} would unpack to {total / 2**20:,.0f} MB, more than the "
-                            f"{max_unpacked / 2**20:,.0f} MB allowed")
+            if info.file_size > member_cap:
+                raise member_too_big(name, info.filename, info.file_size, member_cap)
+            declared += info.file_size
+        if declared > budget.cap:  # what the headers say is enough to refuse; what they hide is counted below
+            raise too_big(name, budget.cap)
         kept = [(info, parts) for info, parts in ((i, _member_parts(i)) for i in infos) if parts is not None]
         if not any(not info.is_dir() for info, _ in kept):
             raise DataError(f"{name}: the archive holds no files; zip the folder that holds your class folders "
@@ -174,6 +185,7 @@ def _store_zip(name: str, data: bytes, root: Path, tag: str, max_unpacked: int,
             tmp.mkdir(parents=True)
             tick = counting(progress, len(kept), f"unpacking {name}")
             try:
+                packed = []
                 for done, (info, parts) in enumerate(kept, 1):
                     tick(done)
                     target = tmp.joinpath(*parts)
@@ -182,12 +194,33 @@ def _store_zip(name: str, data: bytes, root: Path, tag: str, max_unpacked: int,
                         continue
                     target.parent.mkdir(parents=True, exist_ok=True)
                     with zf.open(info) as src, open(target, "wb") as dst:
-                        shutil.copyfileobj(src, dst, 1 << 20)
+                        copy_counted(src, dst, budget, member_cap=member_cap, member=info.filename)
+                    if target.name.lower().endswith((".gz", ".tgz")):
+                        packed.append(target)
+                for f in packed:  # the readers decompress these later: their bytes count too
+                    _count_gzip(f, budget, progress)
             except (zipfile.BadZipFile, OSError, EOFError) as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise DataError(f"{name}: could not unpack ({exc}); the upload may be damaged") from exc
+            except BaseException:  # a limit passed (or the server stopping): nothing half-written stays
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             tmp.replace(out)
     return _descend(out)
+
+
+def _count_gzip(path: Path, budget: Budget, progress: Progress | None = None) -> None:
+    """Decompress the .gz file ``path`` (a member of an upload: MNIST's idx files, a
+    cifar-10-python.tar.gz, train.tar.gz) without keeping the output, counting its bytes
+    against ``budget``: what a reader will decompress from it later is that much. One that is
+    not a readable gzip file is left for its reader to report."""
+    if progress is not None:
+        progress(1.0, f"checking what {path.name} unpacks to")
+    try:
+        with gzip.open(path, "rb") as src:
+            copy_counted(src, None, budget)
+    except (OSError, EOFError, zlib.error):
+        return
 
 
 def _member_parts(info: zipfile.ZipInfo) -> list[str] | None:

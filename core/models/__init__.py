@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from core.data.limits import SIDE_ENV, max_image_side
 from core.models.base import ModelInfo, SteerableModel
 from core.models.zoo import ARCHITECTURES
 
@@ -59,6 +60,10 @@ def build_model(
         raise ValueError(f"Unknown model '{arch}'. Choose one of: {', '.join(ARCHITECTURES)}.")
     if num_classes < 2:
         raise ValueError(f"A classifier needs at least 2 classes, got {num_classes}.")
+    cap = max_image_side()
+    if image_size > cap:  # seed-cnn's first dense layer grows with the side squared: 1.2 GB at 768 px
+        raise ValueError(f"Images of side {image_size} px are larger than the {cap} px cap on the side a model is "
+                         f"built for; open the data again (it is scaled down to the cap), or set {SIDE_ENV} higher.")
     if seed is None:
         model = ARCHITECTURES[arch](in_channels, image_size, num_classes)
     else:
