@@ -87,3 +87,20 @@ def test_resnet18_local_weights_load_where_shapes_fit(tmp_path):
     assert torch.equal(model.layer1[0].conv1.weight, tv.layer1[0].conv1.weight)
     assert model.conv1.weight.shape == (64, 3, 3, 3)  # small-image stem keeps its own weights
     assert model.fc.out_features == 10
+
+
+@pytest.mark.parametrize("arch,flat", [("seed-cnn", 64 * 7 * 7), ("vgg6", 128 * 3 * 3)])
+def test_small_images_keep_the_papers_dense_layer(arch, flat):
+    """Up to 64 px nothing is pooled before the first dense layer (the papers' networks)."""
+    assert build_model(arch, 1, 28, 10).fc1.in_features == flat
+
+
+@pytest.mark.parametrize("arch", ["seed-cnn", "vgg6", "resnet18"])
+def test_model_size_is_bounded_whatever_the_image_side(arch):
+    """The first dense layer stops growing with the side squared (issue 30: seed-cnn for 768 px
+    images had 302 million weights, a 1.2 GB checkpoint; at the 256 px cap without pooling, 33.6 million)."""
+    sizes = {side: sum(p.numel() for p in build_model(arch, 3, side, 2).parameters()) for side in (64, 128, 256)}
+    assert sizes[256] == sizes[64] and sizes[256] < 12_000_000, sizes
+    model = build_model(arch, 3, 256, 2)
+    x = torch.rand(2, 3, 256, 256)
+    assert model(x).shape == (2, 2) and model.features(x).shape == (2, model.feature_dim)

@@ -1,15 +1,26 @@
 """The model zoo: seed-cnn (seed 000), vgg6 (ReVACNN, seed 003) and a small-image ResNet-18."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from core.models.base import ModelInfo, SteerableModel
 
 
-def _flat_size(body: nn.Module, in_channels: int, image_size: int) -> int:
+def _flat_size(body: Callable[[torch.Tensor], torch.Tensor], in_channels: int, image_size: int) -> int:
     with torch.no_grad():
         return int(body(torch.zeros(1, in_channels, image_size, image_size)).numel())
+
+
+def _grid_cap(image_size: int, pools: int, cap: int) -> nn.Module:
+    """What brings the convolutions' output grid down to at most ``cap`` x ``cap`` before the
+    first dense layer: nothing (the papers' networks, for images up to 64 px) or an adaptive
+    average pool, so that layer's size stops growing with the image side squared (seed-cnn
+    at 256 px would have 33.6 million weights in it; at 768 px, 302 million)."""
+    grid = image_size >> pools
+    return nn.AdaptiveAvgPool2d(cap) if grid > cap else nn.Identity()
 
 
 def _kaiming_init(model: nn.Module) -> None:
@@ -36,7 +47,8 @@ class SeedCNN(SteerableModel):
         self.conv4 = nn.Conv2d(64, 64, 3, padding=1)
         self.pool = nn.MaxPool2d(2)
         self.relu = nn.ReLU()
-        flat = _flat_size(self._conv_body, in_channels, image_size)
+        self.grid = _grid_cap(image_size, 2, 16)  # fc1 at most 64 * 16 * 16 inputs
+        flat = _flat_size(lambda x: self.grid(self._conv_body(x)), in_channels, image_size)
         self.fc1 = nn.Linear(flat, 128)
         self.fc2 = nn.Linear(128, 64)
         self.fc3 = nn.Linear(64, num_classes)
@@ -51,7 +63,7 @@ class SeedCNN(SteerableModel):
         return self.pool(self.relu(self.conv4(x)))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.flatten(self._conv_body(x), 1)
+        x = torch.flatten(self.grid(self._conv_body(x)), 1)
         x = self.relu(self.fc1(x))
         return self.relu(self.fc2(x))
 
@@ -77,7 +89,8 @@ class VGG6(SteerableModel):
             prev = w
         self.pool = nn.MaxPool2d(2)
         self.relu = nn.ReLU()
-        flat = _flat_size(self._conv_body, in_channels, image_size)
+        self.grid = _grid_cap(image_size, 3, 8)  # fc1 at most 128 * 8 * 8 inputs
+        flat = _flat_size(lambda x: self.grid(self._conv_body(x)), in_channels, image_size)
         self.fc1 = nn.Linear(flat, 256)
         self.fc2 = nn.Linear(256, num_classes)
         self._feature_dim = 256
@@ -92,7 +105,7 @@ class VGG6(SteerableModel):
         return x
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.fc1(torch.flatten(self._conv_body(x), 1)))
+        return self.relu(self.fc1(torch.flatten(self.grid(self._conv_body(x)), 1)))
 
     def head(self, f: torch.Tensor) -> torch.Tensor:
         return self.fc2(f)
