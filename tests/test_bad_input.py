@@ -864,6 +864,56 @@ CASES += [
 ]
 
 
+
+def _with_caps(run: Callable[[Path], object], **env: str) -> Callable[[Path], object]:
+    """``run`` with the resource limits of core.data.limits set low (restored after)."""
+    def wrapped(tmp: Path) -> object:
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            return run(tmp)
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    return wrapped
+
+
+def tgz_of(members: dict[str, bytes]) -> bytes:
+    """A .tar.gz holding ``members`` (name -> content) as given."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+_ONE_MIB = {"STEERBOARD_MAX_UNPACKED_BYTES": "1MiB"}
+CASES += [
+    Case("upload-zip-over-the-unpacked-cap",
+         _with_caps(_upload("big.zip", zip_of({**tree_members(), "a/zeros.png": b"\0" * (3 << 20)})), **_ONE_MIB),
+         DataError, r"^big\.zip unpacks to more than 1\.0 MiB \(the cap\); unpack fewer images, or set "
+                    r"STEERBOARD_MAX_UNPACKED_BYTES higher$", _uploads_empty),
+    Case("upload-zip-of-mnist-gz-over-the-cap",
+         _with_caps(_upload("mnist.zip", zip_of({"MNIST/raw/train-images-idx3-ubyte.gz": gzip.compress(b"\0" * (3 << 20))})),
+                    **_ONE_MIB),
+         DataError, r"^mnist\.zip unpacks to more than 1\.0 MiB \(the cap\)", _uploads_empty),
+    Case("upload-tar-gz-member-over-the-member-cap",
+         _with_caps(_upload("one.tar.gz", tgz_of({**tree_members(), "a/huge.png": b"\0" * (3 << 20)})),
+                    STEERBOARD_MAX_MEMBER_BYTES="1MiB"),
+         DataError, r"^one\.tar\.gz: 'a/huge\.png' is 3\.0 MiB, more than 1\.0 MiB \(the cap on one file, which "
+                    r"is read whole\); remove it, or set STEERBOARD_MAX_MEMBER_BYTES higher$", _uploads_empty),
+    Case("app-upload-zip-over-the-unpacked-cap",
+         _with_caps(_app_upload([("big.zip", zip_of({**_GOOD_TREE, "pets/a/zeros.png": b"\0" * (3 << 20)}))]),
+                    **_ONE_MIB),
+         None, r"^Upload not opened: big\.zip unpacks to more than 1\.0 MiB \(the cap\); unpack fewer images, or "
+               r"set STEERBOARD_MAX_UNPACKED_BYTES higher$", _app_upload_refused),
+]
+
 # --- the test ---------------------------------------------------------------------------------
 
 
