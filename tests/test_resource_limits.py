@@ -229,3 +229,24 @@ def test_side_cap_is_configurable_and_masks_follow_their_images(caps, tmp_path):
     assert ds.card.masked == 4 and not ds.card.mask_problems
     mask = ds.masks[0, 0]
     assert float(mask[:32, :32].mean()) == 1.0 and float(mask[32:, 32:].sum()) == 0.0
+
+
+@pytest.mark.parametrize("kind", ["folder", "tar.gz"])
+def test_decoded_images_over_the_cap_are_refused_while_decoding(caps, tmp_path, kind):
+    """Decoding stops once the images (after scaling down) pass STEERBOARD_MAX_DECODED_BYTES:
+    twelve 300x300 RGB images are 3.1 MiB decoded, refused at 1 MiB."""
+    caps.setenv("STEERBOARD_MAX_DECODED_BYTES", "1MiB")
+    caps.setenv("STEERBOARD_MAX_UNPACKED_BYTES", "64MiB")
+    folder = _big_images(tmp_path / "pets", side=300, n=6)
+    source = folder
+    if kind == "tar.gz":
+        source = tmp_path / "pets.tar.gz"
+        with tarfile.open(source, "w:gz") as tf:
+            tf.add(folder, arcname="pets")
+    with pytest.raises(DataError, match=r"pets(\.tar\.gz)?: the images take more than 1\.0 MiB once decoded \(the "
+                                        r"cap\); open fewer \(a limit per class\) or smaller images, or set "
+                                        r"STEERBOARD_MAX_DECODED_BYTES higher$"):
+        load_dataset(str(source))
+    _nothing_left(tmp_path)
+    caps.setenv("STEERBOARD_MAX_DECODED_BYTES", "8MiB")
+    assert load_dataset(str(source)).card.total == 12

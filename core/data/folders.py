@@ -22,7 +22,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-from .limits import (SIDE_ENV, Budget, max_image_side, max_member_bytes, max_members, member_too_big, size_text,
+from .limits import (SIDE_ENV, Budget, DecodedBudget, max_image_side, max_member_bytes, max_members, member_too_big, size_text,
                      too_many)
 from .spec import DataError, ImageDataset, Progress, RawImages, counting, stage
 
@@ -415,7 +415,8 @@ def read_image_tree(folder: Path, *, limit_per_class: int | None = None, progres
     total = len(wanted) + len(mask_items)
     tick = counting(stage(progress, 0.02, 0.85), total, f"decoding the images of {folder.name}")
     records, skipped = _decode_all(
-        ((n, _file_reader(folder, n)) for n in image_names if n in wanted), layout, folder, keys, tick
+        ((n, _file_reader(folder, n)) for n in image_names if n in wanted), layout, folder, keys, tick,
+        DecodedBudget(folder.name),
     )
     wanted_keys = {r.key for r in records}
     for i, (key, name) in enumerate(mask_items):
@@ -429,7 +430,8 @@ def read_archive(path: Path, *, limit_per_class: int | None = None, part: str | 
                  progress: Progress | None = None) -> RawImages:
     """Read an ImageFolder tree (with its ``masks/`` folder, if any) from a tar archive
     without extracting it to disk."""
-    records, skipped, notes, masks = _archive_records(path, limit_per_class, part, stage(progress, 0.0, 0.85))
+    records, skipped, notes, masks = _archive_records(path, limit_per_class, part, stage(progress, 0.0, 0.85),
+                                                      DecodedBudget(path.name))
     return _assemble(records, skipped, notes, path, masks if masks.files else None, stage(progress, 0.85, 1.0))
 
 
@@ -444,9 +446,10 @@ def read_split_archives(archives: dict[str, Path], *, limit_per_class: int | Non
     masks = _Masks()
     sizes = {part: max(1, archive.stat().st_size) for part, archive in archives.items()}
     done = 0
+    decoded = DecodedBudget(archives["train"].parent.name)  # both archives together
     for part, archive in archives.items():  # each archive's share of the reading: its share of the bytes
         share = 0.85 * sizes[part] / sum(sizes.values())
-        r, s, n, m = _archive_records(archive, limit_per_class, part, stage(progress, done, done + share))
+        r, s, n, m = _archive_records(archive, limit_per_class, part, stage(progress, done, done + share), decoded)
         done += share
         records += r
         skipped += s
@@ -470,7 +473,8 @@ def read_split_archives(archives: dict[str, Path], *, limit_per_class: int | Non
 
 
 def _archive_records(
-    path: Path, limit: int | None, part: str | None, progress: Progress | None = None
+    path: Path, limit: int | None, part: str | None, progress: Progress | None = None,
+    decoded: DecodedBudget | None = None,
 ) -> tuple[list[_Record], list[str], list[str], _Masks]:
     """Decode the chosen members (images and their masks) of one archive, in archive order
     (one pass over the stream: seeking back in a .tar.gz means decompressing it again)."""
@@ -499,8 +503,8 @@ def _archive_records(
             done = 0
             for m in members:
                 if m.name in wanted:
-                    decoded = _decode_one(m.name, _member_reader(tf, m), layout, path, keys)
-                    (records if isinstance(decoded, _Record) else skipped).append(decoded)
+                    one = _decode_one(m.name, _member_reader(tf, m), layout, path, keys, decoded)
+                    (records if isinstance(one, _Record) else skipped).append(one)
                 elif m.name in wanted_masks:
                     masks.decoded[wanted_masks[m.name]] = _decode_mask(path.name, m.name, _member_reader(tf, m))
                 else:
@@ -665,26 +669,31 @@ def _decode_all(
     where: Path,
     keys: dict[str, str],
     tick: Callable[[int], None] = lambda done: None,
+    decoded_budget: DecodedBudget | None = None,
 ) -> tuple[list[_Record], list[str]]:
     """Decode each image; files that fail are skipped and listed, not fatal. ``tick(done)``
     hears the count after each one."""
     records, skipped = [], []
     for i, (name, read) in enumerate(items, 1):
-        decoded = _decode_one(name, read, layout, where, keys)
+        decoded = _decode_one(name, read, layout, where, keys, decoded_budget)
         (records if isinstance(decoded, _Record) else skipped).append(decoded)
         tick(i)
     return records, skipped
 
 
 def _decode_one(
-    name: str, read: Callable[[], bytes], layout: dict[str, tuple[str, str]], where: Path, keys: dict[str, str]
+    name: str, read: Callable[[], bytes], layout: dict[str, tuple[str, str]], where: Path, keys: dict[str, str],
+    decoded: DecodedBudget | None = None,
 ) -> _Record | str:
-    """One image as a record, or the line for the card's skipped list when it cannot be decoded."""
+    """One image as a record, or the line for the card's skipped list when it cannot be decoded;
+    its pixels count against ``decoded`` (the refusal, once past its cap, is raised)."""
     data = read()  # a file over the cap on one file is refused here (DataError), not skipped
     try:
         pixels, size = _decode_scaled(data, max_image_side())
     except _DECODE_ERRORS as e:
         return f"{where.name}:{name} ({_decode_reason(e)})"
+    if decoded is not None:
+        decoded.take(pixels.nbytes)
     part, cls = layout[name]
     return _Record(part, cls, name, pixels, key=keys[name], origin=where.name, size=size)
 

@@ -9,6 +9,8 @@ test or a server can change it without a restart):
 - ``STEERBOARD_MAX_MEMBERS`` (default 200,000): the files and folders an archive may hold;
 - ``STEERBOARD_MAX_MEMBER_BYTES`` (default 64 MiB): the size of one archive member or image
   file, and of one image once decoded (width x height x channels), since each is read whole;
+- ``STEERBOARD_MAX_DECODED_BYTES`` (default 1 GiB): the decoded images of one dataset
+  (uint8, after scaling down; the float32 tensor the models read is four times that);
 - ``STEERBOARD_MAX_IMAGE_SIDE`` (default 256): larger images are scaled down so that their
   longer side is at most this (rounded down to a multiple of 4), and no model is built for a
   larger side.
@@ -27,11 +29,13 @@ UNPACKED_ENV = "STEERBOARD_MAX_UNPACKED_BYTES"
 MEMBERS_ENV = "STEERBOARD_MAX_MEMBERS"
 MEMBER_BYTES_ENV = "STEERBOARD_MAX_MEMBER_BYTES"
 SIDE_ENV = "STEERBOARD_MAX_IMAGE_SIDE"
+DECODED_ENV = "STEERBOARD_MAX_DECODED_BYTES"
 
 DEFAULT_MAX_UNPACKED_BYTES = 2**30
 DEFAULT_MAX_MEMBERS = 200_000
 DEFAULT_MAX_MEMBER_BYTES = 64 * 2**20
 DEFAULT_MAX_IMAGE_SIDE = 256
+DEFAULT_MAX_DECODED_BYTES = 2**30
 _SMALLEST_SIDE = 16  # MIN_SIDE of the readers: a cap below it would not leave a usable image
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
@@ -64,6 +68,11 @@ def max_member_bytes() -> int:
     """The bytes of one archive member or image file, read whole, and of one decoded image
     ($STEERBOARD_MAX_MEMBER_BYTES)."""
     return _env_size(MEMBER_BYTES_ENV, DEFAULT_MAX_MEMBER_BYTES)
+
+
+def max_decoded_bytes() -> int:
+    """The bytes one dataset's decoded uint8 images may take ($STEERBOARD_MAX_DECODED_BYTES)."""
+    return _env_size(DECODED_ENV, DEFAULT_MAX_DECODED_BYTES)
 
 
 def max_image_side() -> int:
@@ -131,3 +140,20 @@ def copy_counted(src: BinaryIO, dst: BinaryIO | None, budget: Budget, *, member_
         budget.take(len(block))
         if dst is not None:
             dst.write(block)
+
+
+class DecodedBudget:
+    """Bytes of decoded images left for one dataset: ``take(n)`` after decoding an image of
+    ``n`` bytes raises the refusal once the total passes max_decoded_bytes(), so decoding
+    stops there rather than after every image is in memory."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.cap = max_decoded_bytes()
+        self.used = 0
+
+    def take(self, n: int) -> None:
+        self.used += n
+        if self.used > self.cap:
+            raise DataError(f"{self.what}: the images take more than {size_text(self.cap)} once decoded (the cap); "
+                            f"open fewer (a limit per class) or smaller images, or set {DECODED_ENV} higher")
