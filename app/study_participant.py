@@ -102,6 +102,12 @@ def condition(flow: ParticipantFlow) -> None:
         st.error(f"This study's task ({design.get('task')}) has no participant page yet: only attention-clicking "
                  "studies can be run. Ask the researcher; nothing you did was lost.")
         return
+    slot = "practice" if step.kind == "practice" else step.condition
+    if slot in flow.studies.missing_workbenches(flow.token):  # deleted or lost: never a traceback
+        st.error("The model of this part of the study is no longer on the server, so it cannot go on from here. "
+                 "Please tell the researcher: they can reset your link in Study admin (or give you a new one). "
+                 "Your answers so far are kept until then.")
+        return
     try:
         wb_id = flow.start_condition(lambda: _fresh_workbench(design, flow.token))
     except NotReady as exc:
@@ -123,9 +129,8 @@ def condition(flow: ParticipantFlow) -> None:
                     "Then press Confirm." if cond.settings.mode == "click" else
                     "Click around the object to draw a polygon; click its first point again to close it. "
                     "Then press Confirm.")
-    left = flow.time_left()
-    if left is not None:
-        st.caption(f"Time left in this part: {int(left // 60)}:{int(left % 60):02d}")
+    if flow.time_left() is not None:
+        countdown(flow.token, flow.index)
     job = wb.jobs.current
     if job is not None and job.running:
         fine_tune_progress(flow, cond, job)
@@ -148,6 +153,21 @@ def condition(flow: ParticipantFlow) -> None:
             st.rerun()
         return
     annotate(flow, cond, current)
+
+
+@st.fragment(run_every=1.0)
+def countdown(token: str, index: int) -> None:
+    """The condition's time left, counting down each second; at 0 the whole page reruns, so it
+    says the time is up (the flow is read again: a second tab may have moved on)."""
+    flow = ParticipantFlow(StudyStore(get_store()), token)
+    left = flow.time_left() if flow.index == index else 0.0
+    with st.container(key="study-countdown"):
+        if left is None:
+            return
+        st.caption(f"Time left in this part: **{int(left // 60)}:{int(left % 60):02d}**")
+    if left <= 0 and not st.session_state.get(f"study-time-up-{index}"):
+        st.session_state[f"study-time-up-{index}"] = True  # once: the page then shows that the time is up
+        st.rerun(scope="app")
 
 
 @st.fragment(run_every=1.0)
@@ -192,8 +212,12 @@ def annotate(flow: ParticipantFlow, cond: AttentionCondition, current: int) -> N
             def polygon_changed() -> None:  # the canvas sends the polygon once it is closed
                 points = polygon_from_canvas(st.session_state.get(canvas_key), k)
                 if points and points != st.session_state.get(points_key):
-                    for p in points:  # one event per vertex, logged before the page reacts
-                        cond.gesture("polygon_point", current, {"x": p[0], "y": p[1]})
+                    # logged before the page reacts: one event per vertex and one for the closing click. The
+                    # canvas sends nothing before the polygon closes, so no vertex time is known: each vertex
+                    # says it was timed at the close instead of claiming that instant as its own
+                    for p in points:
+                        cond.gesture("polygon_point", current, {"x": p[0], "y": p[1], "timed_at_close": True})
+                    cond.gesture("polygon_close", current, {"vertices": len(points)})
                     st.session_state[points_key] = points
 
             st_canvas(background_image=bg, drawing_mode="polygon", width=bg.width, height=bg.height, stroke_width=2,
@@ -276,6 +300,7 @@ def _cam(wb_id: str, version: int, example_id: int, target: str) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- questionnaires
 LIKERT = [1, 2, 3, 4, 5]
+TLX_STEPS = list(range(0, 101, 5))
 
 
 def questionnaire(flow: ParticipantFlow) -> None:
@@ -292,7 +317,9 @@ def questionnaire(flow: ParticipantFlow) -> None:
                        for i, text in enumerate(SUS_ITEMS)]
         elif step.instrument == "tlx":
             st.markdown("0 = very low, 100 = very high (performance: 0 = perfect, 100 = failure)")
-            answers = {d: st.slider(text, 0, 100, 50, step=5, key=ss_key(flow, "tlx", d))
+            # the 21 marks of the paper scale, none chosen at first: a slider has no empty state, and one
+            # that starts at 50 could be sent untouched as if answered (the form refuses an unanswered scale)
+            answers = {d: st.radio(text, TLX_STEPS, index=None, horizontal=True, key=ss_key(flow, "tlx", d))
                        for d, text in TLX_DIMENSIONS.items()}
         else:
             st.markdown("1 = strongly disagree, 5 = strongly agree")
@@ -312,6 +339,8 @@ def questionnaire(flow: ParticipantFlow) -> None:
         return
     missing = ([i + 1 for i, a in enumerate(answers) if a is None] if isinstance(answers, list) else
                [k for k, v in answers.items() if v is None])
+    if step.instrument == "tlx":  # the scales have names, not numbers
+        missing = [TLX_DIMENSIONS[d].split(":")[0].lower() for d in missing]
     if missing:
         st.error(f"Please answer every question (missing: {', '.join(map(str, missing))}).")
         return

@@ -84,6 +84,27 @@ SEED001_ITEMS: list[dict[str, Any]] = [
 ]
 
 
+def likert_template(conditions: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Seed 001's questionnaire (:data:`SEED001_ITEMS`) rewritten for a study's own conditions
+    (each a dict with ``name`` and optional ``settings``): the difficulty and concentration items
+    once per condition, the item on the chosen images once per sampler only when the conditions
+    use more than one, the confidence item, the preference between the conditions and the
+    free-text question. Ids run Q1, Q2, ..."""
+    names = [str(c["name"]) for c in conditions]
+    samplers = list(dict.fromkeys(str((c.get("settings") or {}).get("sampler", "gmm")) for c in conditions))
+    sampler_words = {"gmm": "active learning (GMM uncertainty)", "entropy": "active learning (entropy)",
+                     "random": "random sampling"}
+    texts = [f"Annotating in the '{n}' part was difficult." for n in names]
+    texts += [f"It was difficult to concentrate on the task in the '{n}' part." for n in names]
+    if len(samplers) > 1:
+        texts += [f"The images chosen by {sampler_words.get(s, s)} were reasonable to annotate." for s in samplers]
+    texts.append("I am confident to use the fine-tuned networks in my further research or deployment.")
+    items: list[dict[str, Any]] = [{"kind": "likert", "text": t} for t in texts]
+    items.append({"kind": "choice", "text": "Which way of giving feedback do you prefer?", "options": names})
+    items.append({"kind": "text", "text": "Why, or any comments?"})
+    return [{"id": f"Q{k + 1}", **item} for k, item in enumerate(items)]
+
+
 def sus_score(answers: Sequence[int]) -> float:
     """System Usability Scale (Brooke 1996), 0-100, from the ten answers in item order, each
     1 (strongly disagree) to 5 (strongly agree): odd items count answer - 1, even items
@@ -114,7 +135,10 @@ def raw_tlx(ratings: dict[str, float]) -> float:
 # ----------------------------------------------------------------------------- events
 SHOW = "item_shown"
 CONFIRM = "confirm"
-OPERATIONS = frozenset({"click", "undo", "redo", "clear", "move", "polygon_point", "mark", "erase"})
+#: gestures counted as a participant's work on an item. The drawable canvas reports a polygon only
+#: once it is closed, so its vertices are logged then (payload ``timed_at_close``) and the closing
+#: click as ``polygon_close``: the page cannot know when each vertex was placed.
+OPERATIONS = frozenset({"click", "undo", "redo", "clear", "move", "polygon_point", "polygon_close", "mark", "erase"})
 
 
 @dataclass(frozen=True)
@@ -131,9 +155,10 @@ class Event:
 
 
 def per_item(events: Iterable[Event]) -> list[dict[str, Any]]:
-    """One row per confirmed item (participant, condition, item): seconds from the first
-    time it was shown to its confirmation, and the operations logged on it in between.
-    Items shown but never confirmed are left out (they are not annotations)."""
+    """One row per confirmed item (participant, condition, item): when it was first shown
+    (``shown``, the event clock), seconds from then to its confirmation, and the operations
+    (gesture events) logged on it in between. Rows come per participant in the order the items
+    were shown. Items shown but never confirmed are left out (they are not annotations)."""
     by_key: dict[tuple[str, str, str], list[Event]] = {}
     for e in events:
         if e.item is not None:
@@ -146,10 +171,10 @@ def per_item(events: Iterable[Event]) -> list[dict[str, Any]]:
         if shown is None or confirmed is None:
             continue
         ops = [e for e in evs if e.kind in OPERATIONS and shown <= e.t <= confirmed]
-        rows.append({"participant": participant, "condition": condition, "item": item,
+        rows.append({"participant": participant, "condition": condition, "item": item, "shown": shown,
                      "seconds": confirmed - shown, "operations": len(ops),
                      "undos": sum(e.kind == "undo" for e in ops)})
-    rows.sort(key=lambda r: (r["participant"], r["condition"], r["item"]))
+    rows.sort(key=lambda r: (r["participant"], r["shown"], r["condition"], r["item"]))
     return rows
 
 

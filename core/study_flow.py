@@ -19,7 +19,7 @@ from typing import Any
 from core.data import ImageDataset
 from core.engine import evaluate
 from core.models import SteerableModel
-from core.study import SEED001_ITEMS
+from core.study import likert_template
 from core.study_store import Participant, StudyError, StudyStore, check_design
 
 TASKS = {"attention": "images", "latent": "moves", "grid": "images"}  # task -> what its budget counts
@@ -54,7 +54,8 @@ def normalize_design(design: dict[str, Any]) -> dict[str, Any]:
     each ``name``, ``settings`` locked for the participant, ``budget`` >= 1 items,
     ``time_limit_s`` or None, ``instructions`` Markdown), ``intro`` Markdown, ``practice``
     (bool) and ``practice_budget``, ``questionnaires``: ``after_each`` and ``final`` lists of
-    instruments, ``likert_items`` (seed 001's items by default). Raises :class:`StudyError`
+    instruments, ``likert_items`` (by default seed 001's items for these conditions:
+    :func:`core.study.likert_template`). Raises :class:`StudyError`
     saying what to fix.
     """
     d = copy.deepcopy(check_design(dict(design)))
@@ -85,7 +86,8 @@ def normalize_design(design: dict[str, Any]) -> dict[str, Any]:
         if unknown or len(set(q[when])) != len(q[when]):
             raise StudyError(f"questionnaires {when}: each of {', '.join(INSTRUMENTS)} at most once "
                              f"(got {', '.join(map(str, q[when])) or 'none'})")
-    d.setdefault("likert_items", copy.deepcopy(SEED001_ITEMS))
+    if "likert_items" not in d:  # seed 001's questionnaire, asked about this study's own conditions
+        d["likert_items"] = likert_template(d["conditions"])
     if "likert" in q["after_each"] + q["final"] and not d["likert_items"]:
         raise StudyError("the Likert questionnaire is asked but has no items")
     return d

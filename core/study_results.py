@@ -1,7 +1,13 @@
 """A study's results as tidy tables and a zip: events, one row per annotation with its seconds
 and condition, questionnaires with their scores, a summary per participant x condition, and
-paired tests between conditions. Participants appear by number: their tokens are credentials
-and never leave the server.
+paired tests between conditions. Participants appear by number, from 1 as on the pages (their
+tokens are credentials and never leave the server).
+
+One name per meaning, with its unit: ``gestures`` are the gesture events logged on an item
+(clicks, undos, clears, vertices, moves), ``marks`` what the confirmed annotation keeps (its
+clicks or vertices); ``test_acc_pct`` is the percent of every test image a condition's final
+model gets right (the bias-aligned test images included), ``conflicting_acc_pct`` the percent
+of the bias-conflicting test images.
 """
 from __future__ import annotations
 
@@ -19,49 +25,70 @@ from core.study import paired_tests, per_item, summarize
 from core.study_store import StudyError, StudyStore
 
 #: summary columns compared between conditions (higher or lower is better depends on the column)
-COMPARED = ("median_seconds", "operations_per_image", "sus", "tlx", "test_acc", "conflicting_acc")
+COMPARED = ("median_seconds", "gestures_per_image", "sus", "tlx", "test_acc_pct", "conflicting_acc_pct")
+
+
+def shown_number(stored: int) -> int:
+    """The participant number the pages and every export use (from 1) for the store's (from 0)."""
+    return int(stored) + 1
+
+
+def _annotation_json(payload: dict[str, Any]) -> str:
+    """A confirm event's payload for annotations.csv, its clicks or vertices kept as ``marks``
+    (the payload calls them "operations", which the table's ``gestures`` column means)."""
+    out = {("marks" if k == "operations" else k): v for k, v in payload.items()}
+    return json.dumps(out, sort_keys=True)
 
 
 def study_tables(studies: StudyStore, study_id: str) -> dict[str, list[dict[str, Any]]]:
-    """Every table of the results, rows as dicts with plain values."""
-    study = studies.study(study_id)
+    """Every table of the results, rows as dicts with plain values. Annotations come per
+    participant in the order their images were shown (``shown_order`` counts them from 1 within
+    each condition)."""
+    studies.study(study_id)  # StudyError for an unknown study
     people = studies.participants(study_id)
-    number = {p.token: p.number for p in people}
+    number = {p.token: shown_number(p.number) for p in people}
     order = {p.token: p.conditions for p in people}
     events = studies.events(study_id)
     event_rows = [{"participant": number[e.participant], "condition": e.condition, "t": e.t, "kind": e.kind,
                    "item": e.item, "payload": json.dumps(e.payload, sort_keys=True)} for e in events]
     confirms = {(e.participant, e.condition, e.item): e.payload for e in events if e.kind == "confirm"}
-    items = per_item(events)
-    annotations = [{"participant": number[r["participant"]], "condition": r["condition"],
-                    "position": order[r["participant"]].index(r["condition"]) + 1 if r["condition"] in order[r["participant"]] else None,
-                    "item": r["item"], "seconds": r["seconds"], "operations": r["operations"], "undos": r["undos"],
-                    "annotation": json.dumps(confirms.get((r["participant"], r["condition"], r["item"]), {}), sort_keys=True)}
-                   for r in items]
+    items = per_item(events)  # per participant, in the order shown
+    annotations, seen = [], {}
+    for r in items:
+        key = (r["participant"], r["condition"])
+        seen[key] = seen.get(key, 0) + 1
+        payload = confirms.get((r["participant"], r["condition"], r["item"]), {})
+        annotations.append({
+            "participant": number[r["participant"]], "condition": r["condition"],
+            "position": order[r["participant"]].index(r["condition"]) + 1 if r["condition"] in order[r["participant"]] else None,
+            "shown_order": seen[key], "item": r["item"], "seconds": r["seconds"], "gestures": r["operations"],
+            "undos": r["undos"], "marks": payload.get("operations"), "annotation": _annotation_json(payload)})
     answers = studies.answers(study_id)
-    questionnaires = [{"participant": a["number"], "step": a["step"], "instrument": a["instrument"], "score": a["score"],
-                       "answers": json.dumps(a["answers"], sort_keys=True)} for a in answers]
-    scores = {(a["number"], a["step"], a["instrument"]): a["score"] for a in answers}
+    questionnaires = [{"participant": shown_number(a["number"]), "step": a["step"], "instrument": a["instrument"],
+                       "score": a["score"], "answers": json.dumps(a["answers"], sort_keys=True)} for a in answers]
+    scores = {(shown_number(a["number"]), a["step"], a["instrument"]): a["score"] for a in answers}
     summary = []
     by_pc = {(r["participant"], r["condition"]): r for r in summarize(items)}
     for p in people:
         outcomes = p.progress.get("outcomes", {})
+        n = shown_number(p.number)
         for position, condition in enumerate(p.conditions, start=1):
             s = by_pc.get((p.token, condition), {})
             out = outcomes.get(condition, {})
-            summary.append({"participant": p.number, "condition": condition, "position": position,
+            summary.append({"participant": n, "condition": condition, "position": position,
                             "images": s.get("images", 0), "median_seconds": s.get("median_seconds"),
-                            "operations_per_image": s.get("operations_per_image"),
-                            "sus": scores.get((p.number, condition, "sus")), "tlx": scores.get((p.number, condition, "tlx")),
-                            "test_acc": out.get("test_acc"), "conflicting_acc": out.get("conflicting_acc")})
-    names = [c["name"] for c in study["design"]["conditions"]]
+                            "gestures_per_image": s.get("operations_per_image"),
+                            "sus": scores.get((n, condition, "sus")), "tlx": scores.get((n, condition, "tlx")),
+                            "test_acc_pct": out.get("test_acc"), "conflicting_acc_pct": out.get("conflicting_acc")})
+    names = [c["name"] for c in studies.study(study_id)["design"]["conditions"]]
     tests = []
     for a, b in itertools.combinations(names, 2):
         for measure in COMPARED:
             va, vb = [], []
             for p in people:  # pairs from participants who have the measure in both conditions
-                x = next((r[measure] for r in summary if r["participant"] == p.number and r["condition"] == a), None)
-                y = next((r[measure] for r in summary if r["participant"] == p.number and r["condition"] == b), None)
+                n = shown_number(p.number)
+                x = next((r[measure] for r in summary if r["participant"] == n and r["condition"] == a), None)
+                y = next((r[measure] for r in summary if r["participant"] == n and r["condition"] == b), None)
                 if x is not None and y is not None:
                     va.append(x)
                     vb.append(y)
@@ -105,8 +132,10 @@ def condition_models(studies: StudyStore, study_id: str) -> list[dict[str, Any]]
         versions = {v.number: v for v in studies.store.versions(wb_id)} if wb_id else {}
         v = versions.get(int(e.payload["version"]))
         if v is not None and Path(v.checkpoint).is_file():
-            out.append({"participant": p.number, "condition": e.condition, "version": v.number,
-                        "checkpoint": v.checkpoint, "metrics": v.metrics})
+            outcome = (p.progress.get("outcomes") or {}).get(e.condition, {})
+            out.append({"participant": shown_number(p.number), "condition": e.condition, "version": v.number,
+                        "checkpoint": v.checkpoint, "metrics": v.metrics,
+                        "test_acc_pct": outcome.get("test_acc"), "conflicting_acc_pct": outcome.get("conflicting_acc")})
     return out
 
 
@@ -123,10 +152,19 @@ def export_zip(studies: StudyStore, study_id: str, *, models: bool = False,
     files = {f"models/participant-{m['participant']}-{m['condition']}-v{m['version']}.pt": m for m in chosen}
     manifest = {"study": {"id": study["id"], "name": study["name"], "created": study["created"]},
                 "design": study["design"], "exported": time.time(),
-                "participants": [{"number": p.number, "order": p.conditions} for p in studies.participants(study_id)],
+                "participants": [{"number": shown_number(p.number), "order": p.conditions}
+                                 for p in studies.participants(study_id)],
                 "files": {name + ".csv": len(rows) for name, rows in tables.items()},
+                "columns": {"gestures": "gesture events logged on the item (clicks, undos, clears, vertices, moves)",
+                            "marks": "clicks or vertices the confirmed annotation keeps",
+                            "test_acc_pct": "percent of every test image right (bias-aligned ones included)",
+                            "conflicting_acc_pct": "percent of the bias-conflicting test images right",
+                            "version_metrics": "the workbench version's own figures, fractions 0-1 of its splits "
+                                               "(on a biased set its test split is the bias-conflicting one)"},
                 "models": [{"file": name, "participant": m["participant"], "condition": m["condition"],
-                            "version": m["version"], "metrics": m["metrics"]} for name, m in files.items()]}
+                            "version": m["version"], "test_acc_pct": m["test_acc_pct"],
+                            "conflicting_acc_pct": m["conflicting_acc_pct"], "version_metrics": m["metrics"]}
+                           for name, m in files.items()]}
     if study["design"].get("task", "attention") == "attention":
         from core.study_attention import condition_settings
 

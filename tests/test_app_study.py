@@ -56,6 +56,11 @@ def test_admin_logs_in_and_creates_a_counterbalanced_study(app_workspace, monkey
     assert [c["budget"] for c in study["design"]["conditions"]] == [4, 16]
     assert [c["settings"]["mode"] for c in study["design"]["conditions"]] == ["click", "polygon"]
     assert [c["settings"]["counterexamples"] for c in study["design"]["conditions"]] == [True, False]
+    # the Likert items were left empty: seed 001's questionnaire, written for these two conditions (both
+    # use the same sampler, so no item compares samplers)
+    texts = [i["text"] for i in study["design"]["likert_items"]]
+    assert "Annotating in the 'click' part was difficult." in texts and not any("sampling" in t for t in texts)
+    assert study["design"]["likert_items"][-2]["options"] == ["click", "polygon"]
     orders = [p.conditions for p in studies.participants(study["id"])]
     assert orders[0] != orders[1]
     table = at.dataframe[0].value
@@ -130,9 +135,9 @@ def test_a_participant_goes_through_a_condition_and_a_questionnaire(app_workspac
     tables = study_tables(studies, study_id)
     rows = [r for r in tables["annotations"] if r["condition"] == "click"]
     assert len(rows) == 2 and all(r["seconds"] is not None for r in rows)
-    assert sorted(r["operations"] for r in rows) == [0, 2], rows  # both queued clicks were logged (the other draft was set by hand)
+    assert sorted(r["gestures"] for r in rows) == [0, 2], rows  # both queued clicks were logged (the other draft was set by hand)
     summary = next(r for r in tables["summary"] if r["condition"] == "click")
-    assert summary["test_acc"] is not None and summary["sus"] == pytest.approx(50.0)
+    assert summary["test_acc_pct"] is not None and summary["sus"] == pytest.approx(50.0)
 
     again = _participant(app_workspace, token)  # a refresh resumes where they were
     assert "condition 2 of 2, image 1 of 1" in _texts(again)
@@ -144,7 +149,7 @@ def test_a_participant_goes_through_a_condition_and_a_questionnaire(app_workspac
     admin.text_input(key="study-password").input("s3cret")
     admin.button[0].click().run()
     box = admin.selectbox(key="sa-box-measure")
-    assert box.options == ["Seconds per image", "Operations per image", "Test accuracy after (%)",
+    assert box.options == ["Seconds per image", "Gestures per image", "Test accuracy after (%)",
                            "SUS score (0-100)"], box.options
     box.set_value("sus").run()
     no_exceptions(admin)
@@ -199,3 +204,77 @@ def test_a_token_with_two_underscores_still_draws_the_click_image(app_workspace,
     at.button(key="study-start").click().run()
     no_exceptions(at)
     assert "condition 1 of 2, image 1 of 2" in _texts(at)
+
+
+def _at_step(app_workspace, design, kind: str, instrument: str | None = None):
+    """A new participant of a study of ``design`` put straight at its first step of ``kind``."""
+    new_app(app_workspace).run()
+    from app.state import get_store
+    from core.study_flow import ParticipantFlow
+    from core.study_store import StudyStore
+
+    studies = StudyStore(get_store())
+    study_id, (token,) = studies.create_study("steps", design, participants=1)
+    flow = ParticipantFlow(studies, token)
+    index = next(i for i, s in enumerate(flow.steps) if s.kind == kind and (instrument is None or s.instrument == instrument))
+    studies.set_progress(token, {"step": index})
+    return studies, study_id, token
+
+
+def test_tlx_starts_unanswered_and_an_untouched_form_is_refused(app_workspace):
+    studies, study_id, token = _at_step(app_workspace, DESIGN, "questionnaire", "tlx")
+    at = _participant(app_workspace, token)
+    no_exceptions(at)
+    scales = at.radio
+    assert len(scales) == 6 and all(s.value is None for s in scales)  # no rating before one is given
+    assert list(scales[0].options) == [str(v) for v in range(0, 101, 5)]
+    at.button[0].click().run()  # sent untouched: refused, nothing saved
+    assert "Please answer every question (missing: mental demand" in _texts(at)
+    assert studies.answers(study_id) == []
+    for s in at.radio[:5]:
+        s.set_value(40)
+    at.button[0].click().run()
+    assert "missing: frustration)" in _texts(at) and studies.answers(study_id) == []
+    at.radio[5].set_value(100)
+    at.button[0].click().run()
+    no_exceptions(at)
+    (answer,) = studies.answers(study_id)
+    assert answer["instrument"] == "tlx" and answer["score"] == pytest.approx((5 * 40 + 100) / 6)
+
+
+def test_a_time_limit_counts_down_and_then_says_the_time_is_up(app_workspace):
+    design = {**DESIGN, "conditions": [{**c, "time_limit_s": 600} for c in DESIGN["conditions"]]}
+    studies, _, token = _at_step(app_workspace, design, "condition")
+    at = _participant(app_workspace, token)
+    no_exceptions(at)
+
+    def shown() -> int:
+        import re
+
+        text = " ".join(c.value for c in at.caption if "Time left" in c.value)
+        m = re.search(r"Time left in this part: \*\*(\d+):(\d\d)\*\*", text)
+        assert m, _texts(at)
+        return 60 * int(m[1]) + int(m[2])
+
+    first = shown()
+    assert 590 <= first <= 600
+    progress = studies.participant(token).progress
+    slot = next(iter(progress["started"]))
+    studies.set_progress(token, {**progress, "started": {slot: progress["started"][slot] - 300}})
+    at.run()
+    assert 290 <= shown() <= first - 300
+    studies.set_progress(token, {**progress, "started": {slot: progress["started"][slot] - 700}})
+    at.run()
+    no_exceptions(at)
+    assert "The time for this part is up." in _texts(at) and shown() == 0
+
+
+def test_a_participant_whose_workbench_was_deleted_gets_a_message_not_a_traceback(app_workspace):
+    studies, _, token = _at_step(app_workspace, DESIGN, "condition")
+    at = _participant(app_workspace, token)
+    no_exceptions(at)
+    wb_id = next(iter(studies.participant(token).progress["workbenches"].values()))
+    studies.store.delete_workbench(wb_id)
+    again = _participant(app_workspace, token)  # the refresh that raised KeyError before
+    no_exceptions(again)
+    assert "no longer on the server" in _texts(again) and "reset your link in Study admin" in _texts(again)

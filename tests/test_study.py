@@ -119,3 +119,16 @@ def test_paired_tests_say_why_when_they_cannot_run():
     assert paired_tests([float("nan")], [1.0])["note"] == "no complete pairs"
     with pytest.raises(ValueError):
         paired_tests([1.0, 2.0], [1.0])
+
+
+def test_likert_template_follows_the_design():
+    from core.study import likert_template
+
+    same = likert_template([{"name": "lasso", "settings": {"sampler": "gmm"}}, {"name": "drag", "settings": {"sampler": "gmm"}}])
+    texts = [i["text"] for i in same]
+    assert not any("random sampling" in t or "active learning" in t for t in texts)  # both conditions use GMM
+    assert sum("'lasso'" in t for t in texts) == 2 and sum("'drag'" in t for t in texts) == 2
+    assert same[-2] == {"id": f"Q{len(same) - 1}", "kind": "choice", "text": same[-2]["text"], "options": ["lasso", "drag"]}
+    assert [i["id"] for i in same] == [f"Q{k + 1}" for k in range(len(same))]
+    mixed = likert_template([{"name": "a", "settings": {"sampler": "gmm"}}, {"name": "b", "settings": {"sampler": "random"}}])
+    assert sum("random sampling" in i["text"] for i in mixed) == 1 and sum("active learning" in i["text"] for i in mixed) == 1

@@ -105,19 +105,19 @@ def test_a_participant_annotates_a_condition_and_its_outcome_reaches_the_results
     assert [e.kind for e in events[:4]] == [SHOW, "click", "undo", CONFIRM]
     assert all(e.condition == "click" for e in events)
     tables = study_tables(studies, study_id)
-    rows = [r for r in tables["annotations"] if r["participant"] == 0]
+    rows = [r for r in tables["annotations"] if r["participant"] == 1]
     assert sorted(r["seconds"] for r in rows) == [5.0, 6.0, 7.0] and {r["condition"] for r in rows} == {"click"}
-    assert all(r["operations"] == 2 for r in rows)  # click + undo, from the events
-    summary = next(r for r in tables["summary"] if r["participant"] == 0 and r["condition"] == "click")
-    assert summary["images"] == 3 and summary["test_acc"] is not None
+    assert all(r["gestures"] == 2 for r in rows)  # click + undo, from the events
+    summary = next(r for r in tables["summary"] if r["participant"] == 1 and r["condition"] == "click")
+    assert summary["images"] == 3 and summary["test_acc_pct"] is not None
 
     # the export holds the condition's final model only when asked, byte for byte the fine-tuned version
     assert not any(n.startswith("models/") for n in zipfile.ZipFile(io.BytesIO(export_zip(studies, study_id))).namelist())
     zf = zipfile.ZipFile(io.BytesIO(export_zip(studies, study_id, models=True, tables=tables)))
-    assert [n for n in zf.namelist() if n.startswith("models/")] == ["models/participant-0-click-v1.pt"]
-    assert zf.read("models/participant-0-click-v1.pt") == Path(wb.version(1).checkpoint).read_bytes()
+    assert [n for n in zf.namelist() if n.startswith("models/")] == ["models/participant-1-click-v1.pt"]
+    assert zf.read("models/participant-1-click-v1.pt") == Path(wb.version(1).checkpoint).read_bytes()
     manifest = json.loads(zf.read("manifest.json"))
-    assert manifest["models"][0]["file"] == "models/participant-0-click-v1.pt" and manifest["models"][0]["version"] == 1
+    assert manifest["models"][0]["file"] == "models/participant-1-click-v1.pt" and manifest["models"][0]["version"] == 1
     assert manifest["fine_tune"] == {"click": {"counterexamples": False, "cex_k": None},
                                      "polygon": {"counterexamples": False, "cex_k": None}}
 

@@ -151,5 +151,5 @@ def test_a_finished_condition_records_its_models_outcome_for_the_results(tmp_pat
     first = flow.step.condition
     assert flow.finish_condition(biased, expected=flow.index).kind == "questionnaire"
     assert flow.progress["outcomes"] == {first: biased}
-    row = next(r for r in study_tables(studies, study_id)["summary"] if r["participant"] == 0 and r["condition"] == first)
-    assert row["test_acc"] == biased["test_acc"] and row["conflicting_acc"] == biased["conflicting_acc"]
+    row = next(r for r in study_tables(studies, study_id)["summary"] if r["participant"] == 1 and r["condition"] == first)
+    assert row["test_acc_pct"] == biased["test_acc"] and row["conflicting_acc_pct"] == biased["conflicting_acc"]

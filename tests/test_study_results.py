@@ -45,14 +45,20 @@ def test_tables_hold_one_row_per_annotation_and_scores(finished_study):
     studies, study_id, tokens = finished_study
     tables = study_tables(studies, study_id)
     assert len(tables["annotations"]) == 3 * 4
-    first = [r for r in tables["annotations"] if r["participant"] == 0 and r["condition"] == "click"]
-    assert [r["seconds"] for r in first] == [4.0, 6.0] and all(r["operations"] == 1 for r in first)
+    # participants are numbered from 1, as on the pages
+    assert sorted({r["participant"] for r in tables["annotations"]}) == [1, 2, 3]
+    first = [r for r in tables["annotations"] if r["participant"] == 1 and r["condition"] == "click"]
+    assert [r["seconds"] for r in first] == [4.0, 6.0] and all(r["gestures"] == 1 for r in first)
     assert json.loads(first[0]["annotation"]) == {"clicks": [[1, 2]]}
-    second = [r for r in tables["annotations"] if r["participant"] == 1]
+    second = [r for r in tables["annotations"] if r["participant"] == 2]
     assert {r["condition"]: r["position"] for r in second} == {"polygon": 1, "click": 2}  # its own order
+    # rows in the order shown (polygon first for participant 2), not by item id
+    assert [(r["condition"], r["shown_order"]) for r in second] == [("polygon", 1), ("polygon", 2), ("click", 1), ("click", 2)]
     summary = {(r["participant"], r["condition"]): r for r in tables["summary"]}
-    assert summary[(0, "click")]["median_seconds"] == 5.0 and summary[(2, "polygon")]["median_seconds"] == 11.5
-    assert summary[(0, "click")]["sus"] == 100.0 and summary[(0, "polygon")]["sus"] == 50.0
+    assert summary[(1, "click")]["median_seconds"] == 5.0 and summary[(3, "polygon")]["median_seconds"] == 11.5
+    assert summary[(1, "click")]["sus"] == 100.0 and summary[(1, "polygon")]["sus"] == 50.0
+    assert summary[(1, "click")]["gestures_per_image"] == 1.0 and "operations_per_image" not in summary[(1, "click")]
+    assert {q["participant"] for q in tables["questionnaires"]} == {1, 2, 3}
     assert condition_means(tables["summary"], "sus") == {"click": 100.0, "polygon": 50.0}
     seconds = next(t for t in tables["tests"] if t["measure"] == "median_seconds")
     assert (seconds["condition_a"], seconds["condition_b"], seconds["n"]) == ("click", "polygon", 3)
@@ -74,6 +80,25 @@ def test_export_zip_has_every_table_and_the_design(finished_study):
     assert manifest["design"] == DESIGN and [p["order"] for p in manifest["participants"]][:2] == \
         [["click", "polygon"], ["polygon", "click"]]
     assert not any(t in zf.read(n).decode() for n in zf.namelist() for t in tokens)
+    assert [p["number"] for p in manifest["participants"]] == [1, 2, 3]
+    assert {"gestures", "marks", "test_acc_pct", "conflicting_acc_pct"} <= set(manifest["columns"])
+    summary = list(csv.DictReader(io.StringIO(zf.read("summary.csv").decode())))
+    assert {"test_acc_pct", "conflicting_acc_pct", "gestures_per_image"} <= set(summary[0])
+    assert not {"test_acc", "conflicting_acc", "operations_per_image"} & set(summary[0])  # one name per meaning
+
+
+def test_marks_and_gestures_are_two_columns(tmp_path):
+    """A confirm payload's "operations" (the clicks it keeps) is the ``marks`` column; the
+    events logged on the item (here a click, an undo and a click) are ``gestures``."""
+    studies = StudyStore(Store(tmp_path / "ws"))
+    study_id, (token, _) = studies.create_study("m", DESIGN, participants=2)
+    condition = studies.participant(token).conditions[0]
+    for t, kind in enumerate([SHOW, "click", "undo", "click"]):
+        studies.log(token, condition, kind, item=7, t=10.0 + t)
+    studies.log(token, condition, CONFIRM, item=7, payload={"mode": "click", "operations": 1}, t=20.0)
+    (row,) = study_tables(studies, study_id)["annotations"]
+    assert (row["gestures"], row["marks"], row["undos"]) == (3, 1, 1)
+    assert json.loads(row["annotation"]) == {"mode": "click", "marks": 1}
 
 
 def test_an_empty_study_exports_headers_only(tmp_path):

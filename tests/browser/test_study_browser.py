@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import sys
 import zipfile
@@ -31,7 +32,7 @@ def set_number(page: Page, key: str, value: int) -> None:
 
 def answer_questionnaire(page: Page, groups: int) -> None:
     """Answer every question of the form on screen ("4" on the 1-5 scales, the first option of a
-    choice) and submit. ``groups``: its number of radio questions, awaited before answering."""
+    choice or a NASA-TLX scale) and submit. ``groups``: its number of radio questions, awaited before answering."""
     form = page.locator(live(".st-key-study-questionnaire")).first
     expect(form.get_by_role("radiogroup")).to_have_count(groups, timeout=LONG)
     for i in range(groups):
@@ -73,12 +74,12 @@ def participant(page: Page, url: str, token: str, order: list[str]) -> None:
         assert not page.locator('[data-testid="stSidebar"]').is_visible()  # no dataset or page switching
         annotate(page, mode)
         page.get_by_role("button", name="Continue").click(timeout=LONG)
-        for step, groups in ((3, 10), (4, 0)):  # SUS, then NASA-TLX (its sliders keep their middle values)
+        for step, groups in ((3, 10), (4, 6)):  # SUS, then NASA-TLX's six scales (none chosen at first)
             expect_text(page, ".st-key-study-progress", f"Step {3 * k + step} of 9", LONG)
             expect_text(page, ".st-key-study-progress", f"questionnaire after condition {k + 1} of 2", LONG)
             answer_questionnaire(page, groups)
     expect_text(page, ".st-key-study-progress", "Step 8 of 9", LONG)
-    answer_questionnaire(page, 7)  # the final one: seed 001's seven Likert items, from the admin's form
+    answer_questionnaire(page, 6)  # the final one: seed 001's items for these two conditions (5 Likert, the choice)
     expect(page.get_by_text("You have finished the study")).to_be_visible(timeout=LONG)
     assert page.locator('[data-testid="stException"]').count() == 0
 
@@ -115,8 +116,13 @@ def test_admin_creates_a_study_and_two_participants_complete_it(start_server, ma
     annotations = list(csv.DictReader(io.StringIO(zf.read("annotations.csv").decode())))
     assert len(annotations) == 4
     assert sorted((r["participant"], r["condition"]) for r in annotations) == [
-        ("0", "click"), ("0", "polygon"), ("1", "click"), ("1", "polygon")]
+        ("1", "click"), ("1", "polygon"), ("2", "click"), ("2", "polygon")]  # numbered from 1, as on the pages
     assert all(float(r["seconds"]) > 0 for r in annotations)
+    events = list(csv.DictReader(io.StringIO(zf.read("events.csv").decode())))
+    closes = [e for e in events if e["kind"] == "polygon_close"]
+    vertices = [e for e in events if e["kind"] == "polygon_point"]
+    assert len(closes) == 2 and vertices, "each closed polygon logs its vertices and its closing click"
+    assert all(json.loads(e["payload"]).get("timed_at_close") for e in vertices)  # no vertex time is claimed
     questionnaires = list(csv.DictReader(io.StringIO(zf.read("questionnaires.csv").decode())))
     sus = [r for r in questionnaires if r["instrument"] == "sus"]
     assert len(sus) == 4 and all(float(r["score"]) == 50.0 for r in sus)  # all answers 4: (3*5 + 1*5) * 2.5
