@@ -58,16 +58,26 @@ class StudyStore:
         self.store = store
 
     # ------------------------------------------------------------------ studies
-    def create_study(self, name: str, design: dict[str, Any], participants: int = 0) -> tuple[str, list[str]]:
-        """A new study and its first ``participants`` tokens. Returns (study id, tokens)."""
+    def create_study(self, name: str, design: dict[str, Any], participants: int = 0, *,
+                     refuse_repeat_s: float = 0.0) -> tuple[str, list[str]]:
+        """A new study and its first ``participants`` tokens. Returns (study id, tokens).
+
+        ``refuse_repeat_s``: a study of the same name and design created less than this many
+        seconds ago is taken for a repeated click and refused (:class:`StudyError`)."""
         name = (name or "").strip()
         if not name:
             raise StudyError("a study needs a name")
         check_design(design)
         study_id = uuid.uuid4().hex[:12]
+        now = time.time()
         with self.store._write() as db:  # (the store's transaction helper: one writer at a time)
+            if refuse_repeat_s > 0:  # checked in the writing transaction: two clicks at once make one study
+                for (created,) in db.execute("SELECT created FROM studies WHERE name = ? AND design = ? AND created > ?",
+                                             (name, json.dumps(design), now - refuse_repeat_s)).fetchall():
+                    raise StudyError(f"the same study {name!r} was created {now - created:.0f} s ago; to make "
+                                     "another one, change its name or design")
             db.execute("INSERT INTO studies (id, name, design, created) VALUES (?,?,?,?)",
-                       (study_id, name, json.dumps(design), time.time()))
+                       (study_id, name, json.dumps(design), now))
         return study_id, self.add_participants(study_id, participants)
 
     def studies(self) -> list[dict[str, Any]]:

@@ -2,12 +2,14 @@
 links, follow their progress, and download the results. Behind a password."""
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
 from app.access import password_form, secret
-from app.state import get_base_models, get_dataset, get_store
+from app.state import get_base_models, get_dataset, get_registry, get_store
 from core.attention_workspace import COUNTEREXAMPLES_ON
 from core.study import likert_template
 from core.study_flow import INSTRUMENTS, ParticipantFlow, normalize_design
@@ -53,7 +55,59 @@ def link(token: str) -> str:
     return f"{base}/?study={token}"
 
 
+REPEAT_S = 60.0  # the same study again within this many seconds is taken for a second click
+
+
+NEW_STUDY_KEYS = {"sa-name", "sa-data", "sa-people", "sa-intro", "sa-practice", "sa-after", "sa-final", "sa-items"}
+
+
+def clear_new_study_form() -> None:
+    """Empty the New study form (its widgets take their defaults on the next run)."""
+    for key in [k for k in st.session_state if isinstance(k, str)
+                and (k in NEW_STUDY_KEYS or re.fullmatch(r"sa-c\d-\w+", k))]:  # sa-c0-name ...
+        del st.session_state[key]
+
+def reset_or_replace(studies: StudyStore, study_id: str) -> None:
+    """Start a participant again (same link) or give their place a new link (the old one stops
+    working); either deletes their events, answers and workbenches."""
+    if st.session_state.get("sa-who-done"):
+        kind, text = st.session_state.pop("sa-who-done")
+        getattr(st, kind)(text)
+    people = {p.token: p for p in studies.participants(study_id)}
+    with st.popover("Reset or replace a participant…", key="sa-who-pop"):
+        who = st.selectbox("Participant", list(people), key=f"sa-who-{study_id}",  # one per study: its own options
+                           format_func=lambda t: f"participant {people[t].number + 1}")  # as numbered in the table
+        st.caption("**Reset**: the same link starts again from the introduction. **Replace**: a new link in this "
+                   "place (same number and condition order) for someone else; the old link stops working. Either "
+                   "way this participant's events, answers and workbenches are deleted: download the results first.")
+        sure = st.checkbox("Yes, delete this participant's data", key="sa-who-sure")
+        r1, r2 = st.columns(2)
+        reset = r1.button("Reset", disabled=not sure, key="sa-reset", width="stretch")
+        replace = r2.button("Replace", disabled=not sure, key="sa-replace", width="stretch")
+    if not (reset or replace) or who not in people:
+        return
+    number = people[who].number + 1
+    try:
+        if reset:
+            kept = studies.reset_participant(who, get_registry().delete)
+            done = f"Participant {number} starts again from the introduction with the same link."
+        else:
+            new, kept = studies.replace_participant(who, get_registry().delete)
+            done = f"Participant {number} has a new link: {link(new)} (the old one no longer works)."
+    except StudyError as exc:
+        st.session_state["sa-who-done"] = ("error", f"Not done: {exc}.")
+    else:
+        if kept:
+            done += (f" {len(kept)} workbench{'es' if len(kept) != 1 else ''} still training "
+                     "will be deleted by the next reset.")
+        st.session_state["sa-who-done"] = ("success", done)
+    st.session_state.pop("sa-who-sure", None)
+    st.rerun()
+
+
 with new_tab:
+    if st.session_state.get("sa-created"):
+        st.success(st.session_state.pop("sa-created"))
     n = int(st.number_input("Conditions", 2, 4, 2, key="sa-n"))
     with st.form("study-new"):
         name = st.text_input("Study name", key="sa-name")
@@ -98,14 +152,17 @@ with new_tab:
                   "questionnaires": {"after_each": after, "final": final}, "likert_items": likert}
         try:
             design = normalize_design(design)
-            study_id, tokens = studies.create_study(name, design, participants=int(people))
-        except StudyError as exc:
+            study_id, tokens = studies.create_study(name, design, participants=int(people), refuse_repeat_s=REPEAT_S)
+        except StudyError as exc:  # the form keeps what was typed, to fix and send again
             st.error(f"The study was not created: {exc}.")
         else:
             data = get_dataset(dataset)  # train the study's base model now, not when the first participant comes
             get_base_models().status(data, dataset, "seed-cnn", train=True)
             st.session_state["sa-study"] = study_id
-            st.success(f"Created study {name!r} with {len(tokens)} participant links (see Studies).")
+            st.session_state["sa-created"] = (f"Created study {name.strip()!r} with {len(tokens)} participant links "
+                                              "(see Studies). The form is empty again for the next study.")
+            clear_new_study_form()  # a second click on Create does not make the same study twice
+            st.rerun()
 
 with list_tab:
     all_studies = studies.studies()
@@ -122,7 +179,9 @@ with list_tab:
     rows = []
     for p in studies.participants(chosen):
         flow = ParticipantFlow(studies, p.token)
-        rows.append({"participant": p.number + 1, "order": " → ".join(p.conditions), "where": flow.label(),
+        missing = studies.missing_workbenches(p.token)
+        where = flow.label() + (f" · workbench of {', '.join(missing)} missing: reset or replace" if missing else "")
+        rows.append({"participant": p.number + 1, "order": " → ".join(p.conditions), "where": where,
                      "link": link(p.token)})
     st.subheader("Participants")
     with st.container(key="sa-participants"):
@@ -132,6 +191,7 @@ with list_tab:
     if st.button("Add", key="sa-add"):
         studies.add_participants(chosen, int(more))
         st.rerun()
+    reset_or_replace(studies, chosen)
 
     st.subheader("Results")
     revision = (chosen, studies.revision(chosen))  # the paired tests take ~0.1 s: computed again only on a change
@@ -160,7 +220,14 @@ with list_tab:
             if tables["tests"]:
                 st.dataframe(pd.DataFrame(tables["tests"]), hide_index=True, width="stretch")
     with_models = st.checkbox("Include each condition's final model (checkpoints; a larger file)", key="sa-models")
-    st.download_button("Download results (zip of CSVs and the design)",  # built when clicked, not on every rerun
-                       lambda: export_zip(studies, chosen, models=with_models),  # fresh: what is on disk now
+    # Built before the button is drawn, again only when the results or the choice change: a zip made
+    # when clicked (a deferred download) was not found when the click came at once ("MediaFileStorageError:
+    # Deferred file ... not found"), and the browser got no file.
+    zip_key = (revision, with_models)
+    if st.session_state.get("sa-zip-key") != zip_key:
+        with st.spinner("Preparing the results zip" + (" with the models" if with_models else "") + "…"):
+            st.session_state["sa-zip"] = export_zip(studies, chosen, models=with_models, tables=tables)
+        st.session_state["sa-zip-key"] = zip_key
+    st.download_button("Download results (zip of CSVs and the design)", st.session_state["sa-zip"],
                        file_name=f"study-{study['name']}-{chosen}.zip".replace(" ", "_"), mime="application/zip",
                        key="sa-export", type="primary", on_click="ignore")
