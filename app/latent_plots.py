@@ -150,6 +150,21 @@ class CanvasFrame:
         return float(x), float(y)
 
 
+def canvas_fit_css(container_key: str, width: int, smallest: float = 0.4) -> str:
+    """CSS that shrinks the drag canvas (a fixed ``width`` px drawing in the container
+    ``.st-key-<container_key>``) to fit a narrower column: a container query per 5 % step
+    sets CSS ``zoom`` on the component, so layout, toolbar and pointer (fabric scales by the
+    drawn size) all follow, and the coordinates the canvas reports stay in canvas pixels.
+    A column at least ``width`` wide keeps the canvas at full size."""
+    host = f".st-key-{container_key} [data-testid=stBidiComponentIsolated]"
+    rules = [f".st-key-{container_key} {{ container-type: inline-size; }}"]
+    steps = int(round((1 - smallest) / 0.05))
+    for i in range(1, steps + 1):  # widest query first: the tightest one that matches comes last and wins
+        k = 1 - 0.05 * i
+        rules.append(f"@container (max-width: {int(width * (k + 0.05)) - 1}px) {{ {host} {{ zoom: {k:.2f}; }} }}")
+    return "\n".join(rules)
+
+
 def canvas_background(view: LatentView, frame: CanvasFrame, moves: MoveList, skip: set[int]) -> Image.Image:
     """The workspace as a picture: every pool point as a dot in its predicted class's colour
     (mistakes outlined), moved points at their targets; ``skip`` (view indices) are left out

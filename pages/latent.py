@@ -13,6 +13,7 @@ from streamlit_drawable_canvas import st_canvas
 from app.latent_plots import (
     CanvasFrame,
     canvas_background,
+    canvas_fit_css,
     draggable_drawing,
     object_centre,
     result_figure,
@@ -269,6 +270,8 @@ with left:
         ss["lat-canvas-tag"] = f"{view.version}-{which}-{len(moves.undo_stack)}"
         st.caption("Turn on **Edit** in the canvas toolbar, then drag a circle to where it belongs; each drop is recorded "
                    "as a move. Dots are the other points (colour = predicted class).")
+        # a fixed-size drawing: shrunk to fit a column narrower than it (half a 1000 px window cut it)
+        st.html(f"<style>{canvas_fit_css('lat-canvas', frame.width)}</style>")
         with st.container(key="lat-canvas"):
             st_canvas(background_image=canvas_background(view, frame, moves, set(drag_idx)), initial_drawing=drawing,
                       drawing_mode="point", width=frame.width, height=frame.height, point_display_radius=0,

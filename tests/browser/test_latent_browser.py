@@ -2,13 +2,16 @@
 version and the summary."""
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 import pytest
 
 from browser_helpers import Page, expect, expect_text, live, wait_idle
 
 LONG = 90_000
+SHOTS = Path(os.environ.get("STEERBOARD_SHOTS", "/work/shots"))
 UPDATE = 240_000
 MOVES = ".st-key-lat-moves"
 RESULT = ".st-key-lat-result"
@@ -161,4 +164,42 @@ def test_zoom_survives_a_move(page: Page, app_url: str):
     for axis in ("x", "y"):
         assert after[axis] == pytest.approx(zoomed[axis], rel=1e-6, abs=1e-9), (axis, zoomed, after)
         assert after[axis][1] - after[axis][0] < 0.8 * (full[axis][1] - full[axis][0])
+    assert page.locator(EXCEPTION).count() == 0
+
+
+# The drag canvas's drawn area against its column: the canvas sits in the host's shadow root.
+CANVAS_FIT = """() => {
+  const host = document.querySelector('.st-key-lat-canvas [data-testid=stBidiComponentIsolated]');
+  const c = host && host.shadowRoot && host.shadowRoot.querySelector('canvas.upper-canvas');
+  const col = host && host.closest('[data-testid=stColumn]');
+  if (!c || !col) return null;
+  const r = c.getBoundingClientRect(), k = col.getBoundingClientRect();
+  return {left: r.left, right: r.right, width: r.width, colLeft: k.left, colRight: k.right};
+}"""
+
+
+@pytest.mark.parametrize("width", [1600, 1000])
+def test_drag_canvas_fits_its_column(page: Page, app_url: str, width: int):
+    """Issue 29: the 'Drag a point' canvas stays inside its column on a wide and a narrow
+    window (a fixed-width canvas ran past the half-page column and was cut), and a drag on
+    the scaled canvas still records a move."""
+    page.set_viewport_size({"width": width, "height": 1000})
+    page.goto(app_url.rstrip("/") + "/latent")
+    expect(page.locator(".st-key-lat-workspace .js-plotly-plot").first).to_be_visible(timeout=LONG)
+    expect_text(page, MOVES, "Moves: 0", LONG)
+    expect(page.get_by_role("tab", name="Drag a point")).to_have_count(1, timeout=LONG)
+    page.get_by_role("tab", name="Drag a point").click()
+    page.wait_for_function(f"({FIND_CIRCLE})() !== null", timeout=LONG)
+    wait_idle(page, LONG)
+    page.wait_for_timeout(500)
+    fit = page.evaluate(CANVAS_FIT)
+    assert fit is not None
+    assert fit["left"] >= fit["colLeft"] - 1 and fit["right"] <= fit["colRight"] + 1, fit
+    assert fit["width"] >= 0.6 * (fit["colRight"] - fit["colLeft"]), fit  # not shrunk to a stamp
+    _drag_first_circle(page)
+    expect_text(page, MOVES, "Moves: 1", LONG)
+    wait_idle(page, LONG)
+    page.wait_for_timeout(500)
+    page.locator('[data-testid=stColumn]:has(.st-key-lat-canvas)').first.screenshot(
+        path=str(SHOTS / f"h29-latent-canvas-{width}.png"))
     assert page.locator(EXCEPTION).count() == 0
