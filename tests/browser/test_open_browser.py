@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from browser_helpers import Page, expect, expect_text
+from browser_helpers import Page, expect, expect_text, wait_idle
 from PIL import Image
 from test_home_browser import LONG, METRICS, assert_no_exception, open_home
 
@@ -65,11 +65,15 @@ def open_typed(page: Page, path: str) -> None:
 
 def upload_and_open(page: Page, name: str, data: bytes) -> None:
     sidebar = page.locator(SIDEBAR)
-    if not sidebar.locator('[data-testid="stFileUploaderDropzoneInput"]').is_visible():
+    # after an Open the page draws a new, empty uploader: while that rerun runs, the old copy is still
+    # in the DOM beside it, so wait for the rerun and for a single uploader
+    wait_idle(page, LONG)
+    inputs = sidebar.locator('[data-testid="stFileUploaderDropzoneInput"]')
+    if inputs.count() == 0 or not inputs.first.is_visible():
         sidebar.get_by_text("Upload, or add a bias").click()
-    sidebar.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
-        files=[{"name": name, "mimeType": "application/octet-stream", "buffer": data}])
-    expect(sidebar.get_by_text(name)).to_be_visible(timeout=LONG)  # the uploader lists the file
+    expect(inputs).to_have_count(1, timeout=LONG)
+    inputs.set_input_files(files=[{"name": name, "mimeType": "application/octet-stream", "buffer": data}])
+    expect(sidebar.get_by_text(name).first).to_be_visible(timeout=LONG)  # the uploader lists the file
     sidebar.locator(".st-key-sb-open").get_by_role("button").click()
 
 
