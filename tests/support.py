@@ -8,7 +8,9 @@ collection (it did on CI).
 from __future__ import annotations
 
 import importlib
+import io
 import sys
+import tarfile
 from pathlib import Path
 from types import ModuleType
 
@@ -63,3 +65,14 @@ def shared_data_or_skip(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared real data not available at {path}")
     return path
+
+
+def tgz_of(members: dict[str, bytes]) -> bytes:
+    """A .tar.gz holding ``members`` (name -> content) as given."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support import tgz_of
 
 from core.data import DataError, ImageDataset, load_dataset
 from core.models import CheckpointError, build_model
@@ -879,17 +880,6 @@ def _with_caps(run: Callable[[Path], object], **env: str) -> Callable[[Path], ob
                 else:
                     os.environ[k] = v
     return wrapped
-
-
-def tgz_of(members: dict[str, bytes]) -> bytes:
-    """A .tar.gz holding ``members`` (name -> content) as given."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 _ONE_MIB = {"STEERBOARD_MAX_UNPACKED_BYTES": "1MiB"}

@@ -14,6 +14,7 @@ import zipfile
 import numpy as np
 import pytest
 from PIL import Image
+from support import tgz_of
 
 from core.data import load_dataset
 from core.data import folders
@@ -41,16 +42,6 @@ def _zip(members: dict[str, bytes]) -> bytes:
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, data in members.items():
             zf.writestr(name, data)
-    return buf.getvalue()
-
-
-def _tgz(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
 
@@ -117,7 +108,7 @@ def test_typed_torchvision_root_with_a_gz_bomb_writes_at_most_the_cap(caps, tmp_
 
 def test_tar_gz_over_the_cap_is_refused_while_listing(caps, tmp_path):
     members = {**_tree(), **{f"dog/pad{i}.png": b"\0" * (MB // 2) for i in range(6)}}  # 3 MB, each member small
-    data = _tgz(members)
+    data = tgz_of(members)
     with pytest.raises(DataError, match=r"^big\.tar\.gz unpacks to more than 1\.0 MiB \(the cap\)"):
         store_upload([("big.tar.gz", data)], tmp_path / "data")
     _nothing_left(tmp_path)
@@ -132,7 +123,7 @@ def test_tar_gz_member_over_the_member_cap_is_refused_without_reading_it(caps, t
     caps.setenv("STEERBOARD_MAX_UNPACKED_BYTES", "64MiB")
     caps.setenv("STEERBOARD_MAX_MEMBER_BYTES", "1MiB")
     typed = tmp_path / "one.tar.gz"
-    typed.write_bytes(_tgz({**_tree(), "cat/huge.png": b"\0" * (8 * MB)}))
+    typed.write_bytes(tgz_of({**_tree(), "cat/huge.png": b"\0" * (8 * MB)}))
     tracemalloc.start()
     try:
         with pytest.raises(DataError) as err:
@@ -170,7 +161,7 @@ def test_image_file_over_the_member_cap_in_a_folder_is_refused(caps, tmp_path):
 def test_too_many_members_are_refused(caps, tmp_path, kind):
     caps.setenv("STEERBOARD_MAX_MEMBERS", "20")
     members = _tree(15)  # 30 files
-    data = _zip(members) if kind == "zip" else _tgz(members)
+    data = _zip(members) if kind == "zip" else tgz_of(members)
     with pytest.raises(DataError, match=rf"^many\.{kind.replace('.', '[.]')} holds (30|21) members or more, more "
                                         r"than 20 \(the cap\); pack fewer files, or set STEERBOARD_MAX_MEMBERS higher$"):
         store_upload([(f"many.{kind}", data)], tmp_path / "data")

@@ -6,12 +6,12 @@ from __future__ import annotations
 import io
 import pickle
 import stat
-import tarfile
 import zipfile
 
 import numpy as np
 import pytest
 from PIL import Image
+from support import tgz_of
 
 from core.data import load_dataset
 from core.data.spec import DataError
@@ -40,16 +40,6 @@ def _zip(members: dict[str, bytes], links: dict[str, str] | None = None) -> byte
     return buf.getvalue()
 
 
-def _tgz(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def _npy(arr) -> bytes:
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=True)
@@ -66,7 +56,7 @@ def test_zip_image_folder_is_unpacked_and_opens(tmp_path, prefix):
 
 
 def test_tar_gz_is_kept_and_opens(tmp_path):
-    path = store_upload([("pets.tar.gz", _tgz(_tree()))], tmp_path)
+    path = store_upload([("pets.tar.gz", tgz_of(_tree()))], tmp_path)
     assert path.is_file() and path.name.endswith(".tar.gz")
     assert load_dataset(str(path)).classes == ["cat", "dog"]
 
@@ -86,8 +76,8 @@ def test_quickdraw_npy_files_are_stored_as_a_folder(tmp_path):
     ([("evil.zip", _zip({"../../escape.png": _png(1)}))], "points outside"),
     ([("evil.zip", _zip({"/etc/x.png": _png(1)}))], "points outside"),
     ([("link.zip", _zip(_tree(), links={"cat/l.png": "/etc/passwd"}))], "symbolic link"),
-    ([("evil.tar.gz", _tgz({"../x.png": _png(1)}))], "points outside"),
-    ([("cut.tar.gz", _tgz(_tree())[:200])], "truncated"),
+    ([("evil.tar.gz", tgz_of({"../x.png": _png(1)}))], "points outside"),
+    ([("cut.tar.gz", tgz_of(_tree())[:200])], "truncated"),
     ([("cut.zip", _zip(_tree())[:100])], "not a readable .zip"),
     ([("pickle.npy", _npy(np.array([{"a": 1}], dtype=object)))], "pickle"),
     ([("text.npy", _npy(np.array(["a", "b"])))], "expected Quick Draw bitmaps"),
