@@ -5,6 +5,7 @@ import threading
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from core.engine import (
     Callback,
@@ -136,20 +137,38 @@ def test_learning_rate_1_on_seed_cnn_diverges_and_restores_the_start():
 
 
 def test_runaway_loss_after_a_good_epoch_keeps_that_epoch(tiny_data):
-    """A finite loss far above the first step's (the guard's second test) ends the run; the
-    epoch before it kept the validation accuracy, so its weights are kept."""
+    """A finite cross-entropy far above the first step's (the guard's second test) ends the
+    run; the epoch before it kept the validation accuracy, so its weights are kept."""
     model = _model(tiny_data)
 
-    def runaway(model, batch):
+    def runaway(model, batch):  # from step 13 on, gradient ascent on the cross-entropy
         runaway.calls += 1
-        return (batch.logits.sum() * 0 + 1e4) if runaway.calls > 12 else batch.logits.sum() * 0
+        ce = F.cross_entropy(batch.logits, batch.y)
+        return -500.0 * ce if runaway.calls > 12 else ce * 0
 
     runaway.calls = 0  # 48 train examples / batch 8 = 6 steps per epoch: epochs 1-2 are clean
     result = fit(model, tiny_data.split("train"), tiny_data.split("val"),
                  config=TrainConfig(epochs=4, batch_size=8, lr=0.05), loss_terms={"runaway": runaway})
-    assert result.diverged and "ran away" in result.message
-    assert result.kept_epochs == 2
-    assert len(result.history) == 2
+    assert result.diverged and "classification loss ran away" in result.message
+    assert 2 <= result.kept_epochs < 4  # the clean epochs (and one the ascent had not yet spoiled)
+    assert len(result.history) == result.kept_epochs
+
+
+def test_a_large_term_switched_on_mid_run_is_not_a_divergence(tiny_data):
+    """CI found it: a grid penalty switched on after the pause starts near 60 while the
+    fine-tune's first cross-entropy was 0.05; the guard watched the summed loss and called a
+    healthy run diverged. It watches the cross-entropy; a non-finite term still ends the run."""
+    model = _model(tiny_data)
+
+    def big(model, batch):  # 500 from step 7 on, with a real (small) gradient
+        big.calls += 1
+        return (500.0 + 1e-3 * batch.logits.pow(2).mean()) if big.calls > 6 else batch.logits.sum() * 0
+
+    big.calls = 0
+    result = fit(model, tiny_data.split("train"), tiny_data.split("val"),
+                 config=TrainConfig(epochs=3, batch_size=8, lr=0.05), loss_terms={"big": big})
+    assert not result.diverged and result.status == "done" and len(result.history) == 3
+    assert result.history[-1].train_loss > 400  # the term is in the reported loss
 
 
 def test_divergence_guard_rule():
@@ -417,3 +436,30 @@ def test_compile_is_refused_with_extra_loss_terms(tiny_data):
     with pytest.raises(ValueError, match="compile is for plain training"):
         fit(model, tiny_data.split("train"), None, config=TrainConfig(epochs=1, compile=True),
             loss_terms={"zero": lambda m, batch: batch.logits.sum() * 0})
+
+
+def test_steps_with_loss_terms_clip_the_gradient_norm_and_plain_steps_do_not(tiny_data):
+    """TrainConfig.term_grad_norm: with an extra term, one SGD step moves the weights by at
+    most lr x (clip + weight decay x |w|); without terms, or with the clip off, the same
+    steep gradient moves them much further."""
+    x, y = tiny_data.split("train")
+    x, y = x[:8], y[:8]
+
+    def steep(model, batch):  # a term with a huge, weight-dependent gradient
+        return 1e4 * batch.logits.pow(2).mean()
+
+    def moved(config, terms):
+        model = _model(tiny_data)
+        start = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        fit(model, (x, y), None, config=config, loss_terms=terms)
+        end = torch.cat([p.detach().flatten() for p in model.parameters()])
+        return float((end - start).norm()), float(start.norm())
+
+    one_step = dict(epochs=1, batch_size=8, lr=0.01, diverge_factor=None)
+    clipped, w0 = moved(TrainConfig(**one_step), {"steep": steep})
+    assert clipped <= 0.01 * (5.0 + 5e-4 * w0) * 1.001
+    unclipped, _ = moved(TrainConfig(**one_step, term_grad_norm=None), {"steep": steep})
+    assert unclipped > 10 * clipped
+    # plain CE is never clipped: a huge learning rate still takes its full step
+    plain, _ = moved(TrainConfig(epochs=1, batch_size=8, lr=50.0, diverge_factor=None), None)
+    assert plain > 50.0 * 5.0
