@@ -3,7 +3,7 @@ the workspace view of the pool split, the move list on disk, Update and its summ
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -130,6 +130,83 @@ PENDING_KEY = "latent.pending"
 RESULT_KEY = "latent.result"
 
 
+@dataclass
+class VersionedMoveList(MoveList):
+    """A :class:`MoveList` that remembers the model version its moves were made on.
+
+    A move's source is its point's position in that version's projection, so the moves are
+    only meaningful on it: when the current version is another one (restored or trained in
+    another tab), the page asks to :func:`keep_on` the new version or :func:`discard` them.
+    Each undo/redo state keeps its own version, so Undo brings back moves together with the
+    version they belong to. ``None``: unknown (saved by an older release; taken as current).
+    """
+
+    version: int | None = None
+    undo_versions: list[int | None] = field(default_factory=list)
+    redo_versions: list[int | None] = field(default_factory=list)
+
+    def _push(self) -> None:
+        super()._push()
+        self.undo_versions.append(self.version)
+        self.redo_versions.clear()
+
+    def add(self, moves: list[Move], *, on: int | None = None) -> None:
+        """Record one gesture as one undo step; ``on``: the version whose projection the
+        sources come from. Adding to moves of another version is refused (keep or discard
+        them first): one list never mixes two projections."""
+        if on is not None and self.moves and self.version not in (None, on):
+            raise ValueError(f"The {len(self)} moves were made on v{self.version}, not v{on}: "
+                             "keep them on this version or discard them first.")
+        super().add(moves)
+        if moves and on is not None:
+            self.version = int(on)
+
+    def undo(self) -> bool:
+        if not self.undo_stack:
+            return False
+        self.redo_versions.append(self.version)
+        self.version = self.undo_versions.pop() if self.undo_versions else self.version
+        return super().undo()
+
+    def redo(self) -> bool:
+        if not self.redo_stack:
+            return False
+        self.undo_versions.append(self.version)
+        self.version = self.redo_versions.pop() if self.redo_versions else self.version
+        return super().redo()
+
+    def reset_history(self, keep: list[Move] | tuple[Move, ...] = (), *, on: int | None = None) -> None:
+        """See :meth:`MoveList.reset_history`; ``on``: the version ``keep`` belongs to."""
+        super().reset_history(keep)
+        self.undo_versions, self.redo_versions = [], []
+        if on is not None:
+            self.version = int(on)
+
+    def made_on_other_than(self, version: int) -> bool:
+        """Whether there are moves and they were made on a version other than ``version``
+        (moves of unknown version, from an older release, count as made on it)."""
+        return bool(self.moves) and self.version is not None and self.version != version
+
+
+def keep_on(moves: VersionedMoveList, view: LatentView) -> int:
+    """Re-base the moves onto ``view``'s version, as one undo step: each source becomes the
+    same point's position in ``view``, each target stays. A moved example that is not in
+    ``view`` is dropped (it can be neither drawn nor applied). Returns how many were kept."""
+    idx = view.index_of()
+    rebased = [Move(e, tuple(view.coords[idx[e]]), m.target) for e, m in moves.moves.items() if e in idx]
+    moves._push()  # the moves as made on the old version: Undo brings them back with it
+    moves.moves = {m.example_id: m for m in rebased}
+    moves.version = int(view.version)
+    return len(rebased)
+
+
+def discard(moves: VersionedMoveList, version: int) -> None:
+    """Drop the moves, as one undo step (Undo brings them back with their own version);
+    the empty list belongs to ``version``."""
+    moves.clear()
+    moves.version = int(version)
+
+
 def _stack_json(stack: list[dict[int, Move]]) -> list[list[dict[str, Any]]]:
     return [[{"example_id": int(e), **m.payload()} for e, m in state.items()] for state in stack]
 
@@ -138,22 +215,41 @@ def _stack_from_json(raw: list) -> list[dict[int, Move]]:
     return [{int(p["example_id"]): Move.from_payload(int(p["example_id"]), p) for p in state} for state in raw]
 
 
-def load_moves(wb: Workbench) -> MoveList:
-    """The move list as saved in the store, with its undo and redo history."""
-    moves = MoveList.from_items([(a.example_id, a.payload) for a in wb.annotations(KIND)])
+def _versions_from_json(raw: Any, n: int) -> list[int | None]:
+    """One version per history state (None for each when an older release saved none)."""
+    if not isinstance(raw, list) or len(raw) != n:
+        return [None] * n
+    return [None if v is None else int(v) for v in raw]
+
+
+def load_moves(wb: Workbench) -> VersionedMoveList:
+    """The move list as saved in the store, with its undo and redo history and the version
+    each state was made on."""
+    saved = MoveList.from_items([(a.example_id, a.payload) for a in wb.annotations(KIND)])
+    moves = VersionedMoveList(saved.moves)
     history = wb.store.get_state(wb.id, HISTORY_KEY) or {}
     try:
         moves.undo_stack = _stack_from_json(history.get("undo", []))
         moves.redo_stack = _stack_from_json(history.get("redo", []))
-    except (KeyError, TypeError, ValueError):  # a history from another release: keep the moves
-        moves.undo_stack, moves.redo_stack = [], []
+        version = history.get("version")
+        moves.version = None if version is None else int(version)
+        moves.undo_versions = _versions_from_json(history.get("undo_versions"), len(moves.undo_stack))
+        moves.redo_versions = _versions_from_json(history.get("redo_versions"), len(moves.redo_stack))
+    except (KeyError, TypeError, ValueError, AttributeError):  # a history from another release: keep the moves
+        moves.undo_stack, moves.redo_stack, moves.undo_versions, moves.redo_versions = [], [], [], []
     return moves
 
 
 def save_moves(wb: Workbench, moves: MoveList, **state: Any) -> None:
-    """Write the move list and its undo/redo history to the store in one transaction (before
-    the page shows the move); ``state`` adds page-state keys to the same transaction."""
-    history = {"undo": _stack_json(moves.undo_stack[-MAX_HISTORY:]), "redo": _stack_json(moves.redo_stack[-MAX_HISTORY:])}
+    """Write the move list, its undo/redo history and the version the moves were made on
+    to the store in one transaction (before the page shows the move); ``state`` adds
+    page-state keys to the same transaction."""
+    history: dict[str, Any] = {"undo": _stack_json(moves.undo_stack[-MAX_HISTORY:]),
+                               "redo": _stack_json(moves.redo_stack[-MAX_HISTORY:])}
+    if isinstance(moves, VersionedMoveList):
+        history["version"] = moves.version
+        history["undo_versions"] = moves.undo_versions[-MAX_HISTORY:] if moves.undo_stack else []
+        history["redo_versions"] = moves.redo_versions[-MAX_HISTORY:] if moves.redo_stack else []
     wb.replace_annotations(KIND, moves.items(), state={HISTORY_KEY: history, **state})
 
 
@@ -205,7 +301,7 @@ def finish_update(wb: Workbench, pending: dict[str, Any], after: LatentView) -> 
     idx = after.index_of()
     newer = [Move(e, tuple(after.coords[idx[e]]) if e in idx else m.source, m.target)
              for e, m in current.moves.items() if e not in moves.moves or moves.moves[e].target != m.target]
-    current.reset_history(newer)
+    current.reset_history(newer, on=after.version)
     save_moves(wb, current, **{RESULT_KEY: summary, PENDING_KEY: None})
     return summary
 
@@ -238,6 +334,12 @@ def start_update(wb: Workbench, branch: ProjectionBranch, moves: MoveList, view:
     a new version described by the moves."""
     if len(moves) == 0:
         raise ValueError("Move at least one point before pressing Update.")
+    if view.version != wb.current_version:
+        raise ValueError(f"The model is now v{wb.current_version}, not v{view.version} as drawn: look at the page "
+                         "again before pressing Update.")
+    if isinstance(moves, VersionedMoveList) and moves.made_on_other_than(view.version):
+        raise ValueError(f"The moves were made on v{moves.version}; the model is now v{view.version}. Keep them on "
+                         f"v{view.version} or discard them first.")
     loss = build_loss(wb, branch, moves, view, settings.variant)
     config = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
                          momentum=settings.momentum, seed=settings.seed, device=settings.device)

@@ -88,6 +88,7 @@ def test_after_an_update_undo_cannot_bring_back_the_applied_moves(workspace, tin
     assert saved.moves[c].source == pytest.approx(tuple(after.coords[2]))  # the new projection's place
     assert saved.undo_stack == [] and saved.redo_stack == []
     assert not saved.undo()  # nothing of the old projection comes back
+    assert saved.version == 1  # the kept move belongs to the new version now
     assert summary["version"] == 1 and summary["version_before"] == 0
 
 
@@ -159,3 +160,63 @@ def test_an_empty_pool_gives_an_empty_view(workspace, tiny_data):
     wb = _workbench(workspace, tiny_data)
     view = latent_view(wb, load_or_fit_projection(wb))
     assert len(view.ids) == 0 and view.coords.shape == (0, 2) and np.isnan(view.r2)
+
+
+def test_moves_remember_their_version_and_keep_on_rebases_them(workspace, tiny_data):
+    """Issue 29: the moves are saved with the version they were made on (in the same
+    transaction as the moves); keep_on moves each source to the same point's position in the
+    new version's projection, keeps the targets and is one undo step (Undo brings back the
+    moves with their old version); discard is undoable alike; Update refuses stale moves."""
+    from core.latent_workspace import HISTORY_KEY, VersionedMoveList, discard, keep_on, start_update, UpdateSettings
+
+    wb = _workbench(workspace, tiny_data)
+    branch = load_or_fit_projection(wb)
+    v0 = latent_view(wb, branch)
+    a, b = (int(e) for e in v0.ids[:2])
+    moves = load_moves(wb)
+    moves.add([Move(a, tuple(v0.coords[0]), (2.0, 2.0)), Move(b, tuple(v0.coords[1]), (-1.0, 0.5))], on=v0.version)
+    save_moves(wb, moves)
+    assert wb.get_state(HISTORY_KEY)["version"] == 0  # on disk, with the moves
+    saved = load_moves(wb)
+    assert isinstance(saved, VersionedMoveList) and saved.version == 0 and not saved.made_on_other_than(0)
+
+    tuned = copy.deepcopy(wb.model)
+    with torch.no_grad():
+        next(tuned.parameters()).add_(0.05)
+    wb.commit_version(tuned, "another tab trained")  # v1: the projection moves
+    v1 = latent_view(wb, branch)
+    assert not np.allclose(v1.coords[:2], v0.coords[:2])
+    saved = load_moves(wb)
+    assert saved.made_on_other_than(v1.version)
+    with pytest.raises(ValueError, match="made on v0"):
+        saved.add([Move(int(v1.ids[2]), tuple(v1.coords[2]), (0.0, 0.0))], on=v1.version)
+    with pytest.raises(ValueError, match="made on v0"):
+        start_update(wb, branch, saved, v1, UpdateSettings(epochs=1))
+
+    assert keep_on(saved, v1) == 2
+    save_moves(wb, saved)
+    kept = load_moves(wb)
+    assert kept.version == 1 and not kept.made_on_other_than(1)
+    assert kept.moves[a].source == pytest.approx(tuple(v1.coords[0])) and kept.moves[a].target == (2.0, 2.0)
+    assert kept.moves[b].source == pytest.approx(tuple(v1.coords[1])) and kept.moves[b].target == (-1.0, 0.5)
+    assert kept.undo()  # one step back: the moves as made on v0, with their version
+    assert kept.version == 0 and kept.moves[a].source == pytest.approx(tuple(v0.coords[0]))
+    assert kept.redo() and kept.version == 1
+
+    discard(kept, 1)
+    save_moves(wb, kept)
+    gone = load_moves(wb)
+    assert len(gone) == 0 and not gone.made_on_other_than(1)
+    assert gone.undo() and gone.version == 1 and set(gone.moves) == {a, b}  # the kept ones come back
+
+
+def test_moves_of_an_older_release_count_as_made_on_the_current_version(workspace, tiny_data):
+    """A history saved without a version (older release): no version, so never stale."""
+    from core.latent_workspace import HISTORY_KEY
+
+    wb = _workbench(workspace, tiny_data)
+    wb.replace_annotations("latent", [(int(tiny_data.ids("pool")[0]), {"source": [0, 0], "target": [1, 1]})],
+                           state={HISTORY_KEY: {"undo": [[]], "redo": []}})
+    moves = load_moves(wb)
+    assert len(moves) == 1 and moves.version is None and moves.undo_versions == [None]
+    assert not moves.made_on_other_than(0) and not moves.made_on_other_than(5)
