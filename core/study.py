@@ -91,7 +91,8 @@ def likert_template(conditions: Sequence[dict[str, Any]]) -> list[dict[str, Any]
     use more than one, the confidence item, the preference between the conditions and the
     free-text question. Ids run Q1, Q2, ..."""
     names = [str(c["name"]) for c in conditions]
-    samplers = list(dict.fromkeys(str((c.get("settings") or {}).get("sampler", "gmm")) for c in conditions))
+    samplers = list(dict.fromkeys(str((c.get("settings") or {}).get("sampler", "gmm")) for c in conditions
+                                  if c.get("task", "attention") == "attention"))  # latent and grid choose otherwise
     sampler_words = {"gmm": "active learning (GMM uncertainty)", "entropy": "active learning (entropy)",
                      "random": "random sampling"}
     texts = [f"Annotating in the '{n}' part was difficult." for n in names]
@@ -137,8 +138,11 @@ SHOW = "item_shown"
 CONFIRM = "confirm"
 #: gestures counted as a participant's work on an item. The drawable canvas reports a polygon only
 #: once it is closed, so its vertices are logged then (payload ``timed_at_close``) and the closing
-#: click as ``polygon_close``: the page cannot know when each vertex was placed.
-OPERATIONS = frozenset({"click", "undo", "redo", "clear", "move", "polygon_point", "polygon_close", "mark", "erase"})
+#: click as ``polygon_close``: the page cannot know when each vertex was placed. A latent
+#: condition logs each lasso or box ``select`` and each ``move`` (a drop on the drag canvas, or
+#: the selection sent to a centroid); a grid condition each ``mark`` and ``erase`` of a square.
+OPERATIONS = frozenset({"click", "undo", "redo", "clear", "move", "polygon_point", "polygon_close", "mark", "erase",
+                        "select"})
 
 
 @dataclass(frozen=True)

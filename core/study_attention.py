@@ -53,8 +53,8 @@ class AttentionCondition:
         step = flow.step
         if step.kind not in ("condition", "practice"):
             raise StudyError(f"the current step is a {step.kind}, not a condition")
-        if flow.design["task"] != "attention":
-            raise StudyError(f"this study's task is {flow.design['task']}, not attention clicking")
+        if flow.task() != "attention":
+            raise StudyError(f"this condition's task is {flow.task()}, not attention clicking")
         self.flow, self.wb = flow, wb
         self.practice = step.kind == "practice"
         self.condition = "" if self.practice else str(step.condition)  # practice events belong to no condition

@@ -50,8 +50,10 @@ class Step:
 def normalize_design(design: dict[str, Any]) -> dict[str, Any]:
     """The design with every field checked and defaults filled in (a new dict).
 
-    Fields: ``task`` (attention, latent or grid), ``dataset``, ``arch``, ``conditions`` (2-4,
-    each ``name``, ``settings`` locked for the participant, ``budget`` >= 1 items,
+    Fields: ``task`` (attention, latent or grid: the task of a condition that names none),
+    ``dataset``, ``arch``, ``conditions`` (2-4, each ``name``, ``task`` (default: the design's,
+    so one study can hold conditions of different tasks), ``settings`` locked for the
+    participant, ``budget`` >= 1 items (images, or moves for a latent condition),
     ``time_limit_s`` or None, ``instructions`` Markdown), ``intro`` Markdown, ``practice``
     (bool) and ``practice_budget``, ``questionnaires``: ``after_each`` and ``final`` lists of
     instruments, ``likert_items`` (by default seed 001's items for these conditions:
@@ -67,6 +69,9 @@ def normalize_design(design: dict[str, Any]) -> dict[str, Any]:
     d.setdefault("intro", "")
     for c in d["conditions"]:
         c["name"] = c["name"].strip()
+        c.setdefault("task", task)
+        if c["task"] not in TASKS:
+            raise StudyError(f"condition {c['name']!r}: the task must be one of {', '.join(TASKS)} (got {c['task']!r})")
         c.setdefault("settings", {})
         if not isinstance(c["settings"], dict):
             raise StudyError(f"condition {c['name']!r}: settings must be a mapping of setting to value")
@@ -191,10 +196,17 @@ class ParticipantFlow:
         left = self.time_left(now)
         return self.items_done >= self.budget() or (left is not None and left <= 0)
 
+    def task(self, step: Step | None = None) -> str:
+        """The task of the (current) condition or practice round (attention, latent or grid)."""
+        step = step or self.step
+        if step.condition is None:
+            return self.design["task"]
+        return condition_of(self.design, step.condition)["task"]
+
     def label(self) -> str:
         """What the participant always sees, e.g. "condition 2 of 3, image 5 of 16"."""
         step, order = self.step, self.participant.conditions
-        unit = TASKS[self.design["task"]][:-1]  # image / move
+        unit = TASKS[self.task()][:-1]  # image / move
         if step.kind == "practice":
             return f"practice round, {unit} {min(self.items_done + 1, self.budget())} of {self.budget()}"
         if step.kind == "condition":

@@ -3,10 +3,14 @@ and condition, questionnaires with their scores, a summary per participant x con
 paired tests between conditions. Participants appear by number, from 1 as on the pages (their
 tokens are credentials and never leave the server).
 
+Every condition's task (attention, latent or grid) is a column of the summary and the
+annotations; an item is an image, or a move for a latent condition (whose ``images`` column
+counts its moves, its seconds are per move).
+
 One name per meaning, with its unit: ``gestures`` are the gesture events logged on an item
-(clicks, undos, clears, vertices, moves), ``marks`` what the confirmed annotation keeps (its
-clicks or vertices); ``test_acc_pct`` is the percent of every test image a condition's final
-model gets right (the bias-aligned test images included), ``conflicting_acc_pct`` the percent
+(clicks, undos, clears, vertices, selections, moves, grid marks and erases), ``marks`` what the
+confirmed annotation keeps (its clicks or vertices, marked grid squares, or moved points);
+``test_acc_pct`` is the percent of every test image a condition's final model gets right (the bias-aligned test images included), ``conflicting_acc_pct`` the percent
 of the bias-conflicting test images.
 """
 from __future__ import annotations
@@ -48,6 +52,8 @@ def study_tables(studies: StudyStore, study_id: str) -> dict[str, list[dict[str,
     people = studies.participants(study_id)
     number = {p.token: shown_number(p.number) for p in people}
     order = {p.token: p.conditions for p in people}
+    design = studies.study(study_id)["design"]
+    task_of = {c["name"]: c.get("task") or design.get("task", "attention") for c in design["conditions"]}
     events = studies.events(study_id)
     event_rows = [{"participant": number[e.participant], "condition": e.condition, "t": e.t, "kind": e.kind,
                    "item": e.item, "payload": json.dumps(e.payload, sort_keys=True)} for e in events]
@@ -59,7 +65,7 @@ def study_tables(studies: StudyStore, study_id: str) -> dict[str, list[dict[str,
         seen[key] = seen.get(key, 0) + 1
         payload = confirms.get((r["participant"], r["condition"], r["item"]), {})
         annotations.append({
-            "participant": number[r["participant"]], "condition": r["condition"],
+            "participant": number[r["participant"]], "condition": r["condition"], "task": task_of.get(r["condition"]),
             "position": order[r["participant"]].index(r["condition"]) + 1 if r["condition"] in order[r["participant"]] else None,
             "shown_order": seen[key], "item": r["item"], "seconds": r["seconds"], "gestures": r["operations"],
             "undos": r["undos"], "marks": payload.get("operations"), "annotation": _annotation_json(payload)})
@@ -75,7 +81,8 @@ def study_tables(studies: StudyStore, study_id: str) -> dict[str, list[dict[str,
         for position, condition in enumerate(p.conditions, start=1):
             s = by_pc.get((p.token, condition), {})
             out = outcomes.get(condition, {})
-            summary.append({"participant": n, "condition": condition, "position": position,
+            summary.append({"participant": n, "condition": condition, "task": task_of.get(condition),
+                            "position": position,
                             "images": s.get("images", 0), "median_seconds": s.get("median_seconds"),
                             "gestures_per_image": s.get("operations_per_image"),
                             "sus": scores.get((n, condition, "sus")), "tlx": scores.get((n, condition, "tlx")),
@@ -139,6 +146,43 @@ def condition_models(studies: StudyStore, study_id: str) -> list[dict[str, Any]]
     return out
 
 
+def fine_tune_settings(design: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What each condition's fine-tune used, resolved from the design: its task, counterexamples
+    (and per image) and for a grid condition whether it had marks; latent moves have no
+    counterexamples. A design made before the option has no key: off. A condition whose
+    settings the participant page refuses too is left out (nothing was fine-tuned)."""
+    from core.study_flow import normalize_design
+
+    try:
+        design = normalize_design(design)
+    except StudyError:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for c in design["conditions"]:
+        try:
+            if c["task"] == "attention":
+                from core.study_attention import condition_settings
+
+                s = condition_settings(design, c["name"])
+                out[c["name"]] = {"task": "attention", "counterexamples": s.counterexamples,
+                                  "cex_k": s.cex_k if s.counterexamples else None}
+            elif c["task"] == "grid":
+                from core.study_grid import condition_settings as grid_settings
+
+                g = grid_settings(design, c["name"])
+                cex = g.counterexamples()
+                out[c["name"]] = {"task": "grid", "marks": g.marks, "penalty": bool(g.marks and g.page.penalty),
+                                  "counterexamples": cex.enabled, "cex_k": cex.k if cex.enabled else None}
+            else:
+                from core.study_latent import condition_settings as latent_settings
+
+                lat = latent_settings(design, c["name"])
+                out[c["name"]] = {"task": "latent", "gesture": lat.gesture, "counterexamples": False, "cex_k": None}
+        except StudyError:
+            continue
+    return out
+
+
 def export_zip(studies: StudyStore, study_id: str, *, models: bool = False,
                tables: dict[str, list[dict[str, Any]]] | None = None) -> bytes:
     """The results as a zip: events.csv, annotations.csv (one row per annotation, with its
@@ -155,8 +199,13 @@ def export_zip(studies: StudyStore, study_id: str, *, models: bool = False,
                 "participants": [{"number": shown_number(p.number), "order": p.conditions}
                                  for p in studies.participants(study_id)],
                 "files": {name + ".csv": len(rows) for name, rows in tables.items()},
-                "columns": {"gestures": "gesture events logged on the item (clicks, undos, clears, vertices, moves)",
-                            "marks": "clicks or vertices the confirmed annotation keeps",
+                "columns": {"gestures": "gesture events logged on the item (clicks, undos, clears, vertices, "
+                                        "selections, moves, grid marks and erases)",
+                            "marks": "clicks or vertices, marked grid squares or moved points the confirmed "
+                                     "annotation keeps",
+                            "images": "items confirmed: images, or moves for a latent condition",
+                            "seconds": "from the item shown to its confirmation (for a latent condition: from "
+                                       "the workspace ready for the move to the move)",
                             "test_acc_pct": "percent of every test image right (bias-aligned ones included)",
                             "conflicting_acc_pct": "percent of the bias-conflicting test images right",
                             "version_metrics": "the workbench version's own figures, fractions 0-1 of its splits "
@@ -165,18 +214,7 @@ def export_zip(studies: StudyStore, study_id: str, *, models: bool = False,
                             "version": m["version"], "test_acc_pct": m["test_acc_pct"],
                             "conflicting_acc_pct": m["conflicting_acc_pct"], "version_metrics": m["metrics"]}
                            for name, m in files.items()]}
-    if study["design"].get("task", "attention") == "attention":
-        from core.study_attention import condition_settings
-
-        # what each condition's fine-tune used, resolved (a design made before the option has no key: off)
-        manifest["fine_tune"] = {}
-        for c in study["design"]["conditions"]:
-            try:
-                s = condition_settings(study["design"], c["name"])
-            except StudyError:  # a design the participant page refuses too: nothing was fine-tuned
-                continue
-            manifest["fine_tune"][c["name"]] = {"counterexamples": s.counterexamples,
-                                                "cex_k": s.cex_k if s.counterexamples else None}
+    manifest["fine_tune"] = fine_tune_settings(study["design"])
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, rows in tables.items():

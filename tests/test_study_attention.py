@@ -118,8 +118,8 @@ def test_a_participant_annotates_a_condition_and_its_outcome_reaches_the_results
     assert zf.read("models/participant-1-click-v1.pt") == Path(wb.version(1).checkpoint).read_bytes()
     manifest = json.loads(zf.read("manifest.json"))
     assert manifest["models"][0]["file"] == "models/participant-1-click-v1.pt" and manifest["models"][0]["version"] == 1
-    assert manifest["fine_tune"] == {"click": {"counterexamples": False, "cex_k": None},
-                                     "polygon": {"counterexamples": False, "cex_k": None}}
+    assert manifest["fine_tune"] == {"click": {"task": "attention", "counterexamples": False, "cex_k": None},
+                                     "polygon": {"task": "attention", "counterexamples": False, "cex_k": None}}
 
 
 def test_a_condition_with_counterexamples_fine_tunes_with_them_and_exports_it(tmp_path, tiny_data):
@@ -150,8 +150,8 @@ def test_a_condition_with_counterexamples_fine_tunes_with_them_and_exports_it(tm
     assert cex["enabled"] and cex["k"] == 2 and cex["made"] == 2
     manifest = json.loads(zipfile.ZipFile(io.BytesIO(export_zip(studies, study_id))).read("manifest.json"))
     assert manifest["design"]["conditions"][0]["settings"]["counterexamples"] is True
-    assert manifest["fine_tune"] == {"click": {"counterexamples": True, "cex_k": 2},
-                                     "polygon": {"counterexamples": False, "cex_k": None}}
+    assert manifest["fine_tune"] == {"click": {"task": "attention", "counterexamples": True, "cex_k": 2},
+                                     "polygon": {"task": "attention", "counterexamples": False, "cex_k": None}}
 
 
 def test_a_restart_resumes_the_same_images_and_counts(tmp_path, tiny_data):
