@@ -30,8 +30,10 @@ from core.latent_workspace import (
     RESULT_KEY,
     Progress,
     UpdateSettings,
+    discard,
     finish_update,
     heldout_metrics,
+    keep_on,
     latent_view,
     load_moves,
     load_or_fit_projection,
@@ -90,9 +92,37 @@ branch = ss["lat-branch"]
 if len(view.ids) == 0:
     st.warning(f"The dataset {wb.data.name} has no pool split to show (it is too small); open a larger dataset.")
     st.stop()
-moves = ss["lat-moves"] = load_moves(wb)  # from the store on every run: other tabs may have moved points
 job = wb.jobs.current
 busy = job is not None and job.running
+# an Update that made its version is written up before the moves are read: the applied moves
+# leave the list, and the version it made is not "another version" for the ones left
+pending = wb.get_state(PENDING_KEY)
+if pending is not None and not busy and job is not None and job.kind == "latent":
+    if isinstance(job.result, VersionRecord) and job.result.number == wb.current_version \
+            and wb.current_version != pending["version_before"]:
+        if view.version != wb.current_version:  # the version came after this run's view
+            def project_new(progress) -> None:
+                ss["lat-view"] = latent_view(wb, branch, progress)
+
+            with_progress(f"Projecting v{wb.current_version}", [("pool split", project_new)])
+            view = ss["lat-view"]
+        finish_update(wb, pending, view)
+        ss["lat-chart-n"] += 1
+        st.rerun()
+    elif job.status in ("failed", "diverged", "stopped"):
+        wb.put_state(PENDING_KEY, None)  # no version: the moves stay for another try
+moves = ss["lat-moves"] = load_moves(wb)  # from the store on every run: other tabs may have moved points
+if moves.version is None and (moves.moves or moves.undo_stack or moves.redo_stack):
+    # saved by an older release, without a version: made on the version shown now
+    moves.version = view.version
+    moves.undo_versions = [view.version if v is None else v for v in moves.undo_versions]
+    moves.redo_versions = [view.version if v is None else v for v in moves.redo_versions]
+    save_moves(wb, moves)
+# moves made on another version (restored or trained in another tab, or on Home): their sources
+# are that version's positions, so they are neither drawn nor applied here until the person
+# keeps them on this version or discards them
+stale = moves.made_on_other_than(view.version)
+drawn = MoveList() if stale else moves
 
 
 def persist(message: str | None = None) -> None:
@@ -129,7 +159,12 @@ def chart_key() -> str:
 
 def move_to(example_ids: list[int], targets: list[tuple[float, float]]) -> None:
     idx = view.index_of()
-    moves.add([Move(int(e), tuple(map(float, view.coords[idx[int(e)]])), t) for e, t in zip(example_ids, targets)])
+    try:
+        moves.add([Move(int(e), tuple(map(float, view.coords[idx[int(e)]])), t) for e, t in zip(example_ids, targets)],
+                  on=view.version)
+    except ValueError as exc:  # the list holds moves of another version: the page asks first
+        notice(f"Not moved: {exc}", "warning")
+        return
     persist(f"Moved {len(example_ids)} point{'s' if len(example_ids) != 1 else ''}.")
     consume_selection()
 
@@ -186,14 +221,39 @@ with left:
     wrong_idx = np.where(view.wrong)[0]
     others = np.setdiff1d(np.arange(len(view.ids)), wrong_idx)
     shown = np.concatenate([wrong_idx, rng.permutation(others)[: max(0, int(n_show) - len(wrong_idx))]])
-    moved_idx = [view.index_of()[e] for e in moves.moves if e in view.index_of()]
+    moved_idx = [view.index_of()[e] for e in drawn.moves if e in view.index_of()]
     shown = np.union1d(shown, moved_idx).astype(int)
     cand = candidates(view.coords[shown], view.probs[shown], view.labels[shown]) if show_cand else None
     highlight = shown[np.union1d(cand["uncertain"], cand["foreign"]).astype(int)] if cand else None
 
+    if stale:
+        with st.container(key="lat-stale"):
+            n_stale = len(moves)
+            st.warning(f"**{n_stale} move{'s were' if n_stale != 1 else ' was'} made on v{moves.version}; the model is "
+                       f"now v{view.version}.** Keep or discard {'them' if n_stale != 1 else 'it'} before **Update**.",
+                       icon=":material/history:")
+            with st.container(horizontal=True, key="lat-stale-buttons"):
+                keep = st.button(f"Keep on v{view.version}", key="lat-stale-keep", type="primary", disabled=busy,
+                                 help=f"Each move then starts from its point's place on v{view.version}; its target "
+                                      "stays. One Undo step.")
+                drop = st.button("Discard", key="lat-stale-discard", disabled=busy,
+                                 help="Undo brings them back (still made on the old version).")
+        if keep:
+            n_kept = keep_on(moves, view)
+            persist(f"Kept {n_kept} move{'s' if n_kept != 1 else ''} on v{view.version}, from the points' places "
+                    "on it (Undo takes this back).")
+            ss["lat-chart-n"] += 1
+            st.rerun()
+        if drop:
+            discard(moves, view.version)
+            persist(f"Discarded {n_stale} move{'s' if n_stale != 1 else ''} made on an earlier version "
+                    "(Undo brings them back).")
+            ss["lat-chart-n"] += 1
+            st.rerun()
+
     tab_select, tab_drag = st.tabs(["Select and move", "Drag a point"], key="lat-tabs")
     with tab_select:
-        fig = workspace_figure(view, classes, moves, shown, highlight=highlight, dragmode="lasso" if tool == "lasso" else "select",
+        fig = workspace_figure(view, classes, drawn, shown, highlight=highlight, dragmode="lasso" if tool == "lasso" else "select",
                                ranges=ss.get("lat-zoom"))
         with st.container(key="lat-workspace"):
             # plotly's own zoom and pan are left out: Streamlit redraws the chart from scratch after
@@ -240,9 +300,9 @@ with left:
                     target_cls = st.selectbox("Target class", classes, key="lat-target-class", width=200,
                                               index=int(np.bincount(view.labels[sel_i]).argmax()))
                     to_centroid = st.button("Move to its centroid", key="lat-move-centroid", type="primary",
-                                            disabled=busy, width="content")
+                                            disabled=busy or stale, width="content")
                 cent = class_centroids(view.coords, view.labels, view.preds, len(classes))
-                if to_centroid:
+                if to_centroid and not stale:
                     t = tuple(map(float, cent[classes.index(target_cls)]))
                     # a small deterministic spread keeps moved points from landing on one pixel
                     jitter = np.random.default_rng(len(moves)).normal(0, 0.05, (len(selected), 2))
@@ -251,9 +311,9 @@ with left:
                 with st.container(horizontal=True, vertical_alignment="bottom", key="lat-offset-row"):
                     dx = st.number_input("dx", value=0.0, step=0.25, key="lat-dx", width=120)
                     dy = st.number_input("dy", value=0.0, step=0.25, key="lat-dy", width=120)
-                    by_offset = st.button("Move by offset", key="lat-move-offset", disabled=busy or (dx == 0 and dy == 0),
+                    by_offset = st.button("Move by offset", key="lat-move-offset", disabled=busy or stale or (dx == 0 and dy == 0),
                                           width="content")
-                if by_offset:
+                if by_offset and not stale:
                     move_to(selected, [(float(view.coords[idx[e], 0] + dx), float(view.coords[idx[e], 1] + dy)) for e in selected])
                     st.rerun()
 
@@ -263,19 +323,22 @@ with left:
                 "candidates": list(highlight) if highlight is not None else list(shown[candidates(
                     view.coords[shown], view.probs[shown], view.labels[shown])["uncertain"]])}[which]
         drag_idx = [int(i) for i in pool][:40]
-        frame = CanvasFrame.around(view.coords[shown])
-        drawing = draggable_drawing(view, frame, moves, drag_idx)
-        ss["lat-frame"], ss["lat-drag-idx"] = frame, drag_idx
-        ss["lat-drag-px"] = [object_centre(o) for o in drawing["objects"]]
-        ss["lat-canvas-tag"] = f"{view.version}-{which}-{len(moves.undo_stack)}"
-        st.caption("Turn on **Edit** in the canvas toolbar, then drag a circle to where it belongs; each drop is recorded "
-                   "as a move. Dots are the other points (colour = predicted class).")
-        # a fixed-size drawing: shrunk to fit a column narrower than it (half a 1000 px window cut it)
-        st.html(f"<style>{canvas_fit_css('lat-canvas', frame.width)}</style>")
-        with st.container(key="lat-canvas"):
-            st_canvas(background_image=canvas_background(view, frame, moves, set(drag_idx)), initial_drawing=drawing,
-                      drawing_mode="point", width=frame.width, height=frame.height, point_display_radius=0,
-                      stroke_width=1, key="lat-canvas-" + ss["lat-canvas-tag"], on_change=on_drag, update_streamlit=True)
+        if stale:
+            st.caption("Keep or discard the moves made on the earlier version (above) before dragging points.")
+        else:
+            frame = CanvasFrame.around(view.coords[shown])
+            drawing = draggable_drawing(view, frame, drawn, drag_idx)
+            ss["lat-frame"], ss["lat-drag-idx"] = frame, drag_idx
+            ss["lat-drag-px"] = [object_centre(o) for o in drawing["objects"]]
+            ss["lat-canvas-tag"] = f"{view.version}-{which}-{len(moves.undo_stack)}"
+            st.caption("Turn on **Edit** in the canvas toolbar, then drag a circle to where it belongs; each drop is recorded "
+                       "as a move. Dots are the other points (colour = predicted class).")
+            # a fixed-size drawing: shrunk to fit a column narrower than it (half a 1000 px window cut it)
+            st.html(f"<style>{canvas_fit_css('lat-canvas', frame.width)}</style>")
+            with st.container(key="lat-canvas"):
+                st_canvas(background_image=canvas_background(view, frame, drawn, set(drag_idx)), initial_drawing=drawing,
+                          drawing_mode="point", width=frame.width, height=frame.height, point_display_radius=0,
+                          stroke_width=1, key="lat-canvas-" + ss["lat-canvas-tag"], on_change=on_drag, update_streamlit=True)
 
     with st.container(key="lat-moves"):
         st.markdown(f"**Moves: {len(moves)}**")
@@ -284,22 +347,25 @@ with left:
             st.dataframe(pd.DataFrame([{
                 "image": e, "true": classes[view.labels[idx[e]]] if e in idx else "?",
                 "predicted": classes[view.preds[idx[e]]] if e in idx else "?",
-                "from": f"({m.source[0]:.2f}, {m.source[1]:.2f})", "to": f"({m.target[0]:.2f}, {m.target[1]:.2f})",
+                ("from (on v%d)" % moves.version if stale else "from"): f"({m.source[0]:.2f}, {m.source[1]:.2f})",
+                "to": f"({m.target[0]:.2f}, {m.target[1]:.2f})",
             } for e, m in moves.moves.items()]), hide_index=True, width="stretch", height=min(35 * (len(moves) + 1) + 3, 250))
         with st.container(horizontal=True, key="lat-move-buttons"):  # wraps on a narrow page, labels stay whole
             undo = st.button("Undo", key="lat-undo", disabled=busy or not moves.undo_stack)
             redo = st.button("Redo", key="lat-redo", disabled=busy or not moves.redo_stack)
-            clear = st.button("Clear", key="lat-clear", disabled=busy or not moves.moves)
-            update = st.button("Update", key="lat-update", type="primary", disabled=busy or not moves.moves)
-            reset = st.button("Reset", key="lat-reset", disabled=busy,
-                              help="Back to the model version this page started from; clears the moves and the result.")
+            clear = st.button("Clear", key="lat-clear", disabled=busy or stale or not moves.moves)
+            update = st.button("Update", key="lat-update", type="primary", disabled=busy or stale or not moves.moves,
+                               help=f"Keep or discard the moves made on v{moves.version} first." if stale else None)
+            reset = st.button(f"Reset to v{ss['lat-start-version']}", key="lat-reset", disabled=busy,
+                              help=f"Back to v{ss['lat-start-version']}, the model version this page started from; "
+                                   "clears the moves and the result.")
         if undo:
             edit_moves(moves.undo)
         if redo:
             edit_moves(moves.redo)
         if clear:
             edit_moves(moves.clear)
-        if update:
+        if update and not stale:  # a click sent before the page knew of the other version does nothing
             settings = UpdateSettings(epochs=int(epochs), lr=float(lr), momentum=float(momentum), w_cls=float(w_cls),
                                       w_dis=float(w_dis), variant=variant, device=wb.settings.get("device", "cpu"))
             ss["lat-last-before"] = view
@@ -330,7 +396,7 @@ with left:
                 st.error(f"Could not go back to v{ss['lat-start-version']}: {exc}. The current model and the moves are "
                          "unchanged.")
             else:
-                moves.reset_history()  # no Undo back to moves made on the model just left
+                moves.reset_history(on=ss["lat-start-version"])  # no Undo back to moves made on the model just left
                 save_moves(wb, moves, **{RESULT_KEY: None})
                 notice(f"Reset to v{ss['lat-start-version']}.", "success")
                 ss["lat-chart-n"] += 1
@@ -339,22 +405,6 @@ with left:
 with right:
     st.subheader("Result window")
     live_job(wb, key="lat", kinds=("latent",))
-    pending = wb.get_state(PENDING_KEY)
-    if pending is not None and not busy and job is not None and job.kind == "latent":
-        if isinstance(job.result, VersionRecord) and job.result.number == wb.current_version \
-                and wb.current_version != pending["version_before"]:
-            if view.version != wb.current_version:  # the version came after this run's view
-                def project_new(progress) -> None:
-                    ss["lat-view"] = latent_view(wb, branch, progress)
-
-                with_progress(f"Projecting v{wb.current_version}", [("pool split", project_new)])
-                view = ss["lat-view"]
-            finish_update(wb, pending, view)
-            ss["lat-chart-n"] += 1
-            st.rerun()
-        elif job.status in ("failed", "diverged", "stopped"):
-            wb.put_state(PENDING_KEY, None)  # no version: the moves stay for another try
-
     result = wb.get_state(RESULT_KEY)
     with st.container(key="lat-result"):
         if result and result.get("version") != wb.current_version:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from apptest_helpers import ROOT, app_workspace, new_app, no_exceptions, workbench_of  # noqa: F401  (fixture)
 
 from core.latent_workspace import RESULT_KEY, load_moves
@@ -99,6 +101,7 @@ def test_update_makes_a_version_and_a_summary_then_reset(app_workspace):
     assert labels["Moved mistakes now right"] in ("0 / 1", "1 / 1") and labels["Version"] == f"v{start + 1}"
     assert any("already got right" in c.value for c in at.caption)
     assert len(load_moves(wb)) == 0  # the moves went into the version's feedback
+    assert not _stale_warning(at)  # the page's own Update is no "other version"
     assert wb.versions()[-1].feedback["kind"] == "latent"
 
     def undo_is_history(app, redo: bool = False):
@@ -177,3 +180,106 @@ def test_result_window_shows_only_latent_updates_of_the_current_version(app_work
     assert f"the current version is v{wb.current_version}" in texts
     assert any("Press **Update**" in i.value for i in at.info)
     wb.put_state(RESULT_KEY, None)
+
+
+def _move_sources(at):
+    """The start of each move line in the workspace chart (the trace named "moves")."""
+    import json
+
+    key = f"lat-chart-{at.session_state['lat-chart-n']}"
+    chart = next(c for c in at.get("plotly_chart") if c.proto.id and key in c.proto.id)
+    traces = [t for t in json.loads(chart.proto.spec)["data"] if t.get("name") == "moves"]
+    return [(x, y) for t in traces for x, y in list(zip(t["x"], t["y"]))[::3]]
+
+
+def _stale_warning(at):
+    return [w.value for w in at.warning if "made on v" in w.value]
+
+
+def test_moves_made_on_another_version_wait_for_keep_or_discard(app_workspace):
+    """Issue 29: with moves pending on v1, another tab restores v0. The page says so in one
+    line, draws no arrows from v1's positions, and Update stays off (a click does nothing)
+    until the person keeps the moves on v0 (sources re-based onto v0's positions of the same
+    points, targets kept, one undo step) or discards them (undoable); the store follows."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    at = _open(app_workspace)
+    wb = workbench_of(at)
+    start = wb.current_version
+    tuned = copy.deepcopy(wb.model)
+    with torch.no_grad():
+        next(tuned.parameters()).add_(0.05)
+    wb.commit_version(tuned, "trained in another tab")  # v1: the projection moves
+    at.run()
+    no_exceptions(at)
+    v1 = at.session_state["lat-view"]
+    assert v1.version == start + 1 and not _stale_warning(at)
+    picked = [int(e) for e in v1.ids[:2]]
+    _select(at, picked)
+    at.number_input(key="lat-dx").set_value(1.0).run()
+    at.button(key="lat-move-offset").click().run()
+    saved = load_moves(wb)
+    assert sorted(saved.moves) == sorted(picked) and saved.version == start + 1
+    targets = {e: m.target for e, m in saved.moves.items()}
+
+    sources = _move_sources(at)
+    assert sources == pytest.approx([tuple(v1.coords[v1.index_of()[e]]) for e in saved.moves])
+
+    wb.restore(start)  # another tab (or Home's version table) goes back to v0 ...
+    at.button(key="lat-update").click().run()  # ... just before this tab's Update click: nothing starts
+    no_exceptions(at)
+    assert wb.jobs.current is None or wb.jobs.current.kind != "latent"
+    v0 = at.session_state["lat-view"]
+    assert v0.version == start
+    assert _stale_warning(at) == [f"**2 moves were made on v{start + 1}; the model is now v{start}.** Keep or discard "
+                                  "them before **Update**."]
+    assert at.button(key="lat-update").disabled and at.button(key="lat-clear").disabled
+    _select(at, [int(v0.ids[3])])  # no new move on top of v1's until the choice is made
+    assert at.button(key="lat-move-offset").disabled and at.button(key="lat-move-centroid").disabled
+    assert _move_sources(at) == []  # no lines from v1's positions drawn on v0's scatter
+    assert wb.current_version == start and load_moves(wb).version == start + 1
+
+    at.button(key="lat-stale-discard").click().run()
+    no_exceptions(at)
+    assert len(load_moves(wb)) == 0 and not _stale_warning(at)
+    at.button(key="lat-undo").click().run()  # undoable: the moves come back, still made on v1
+    assert sorted(load_moves(wb).moves) == sorted(picked) and load_moves(wb).version == start + 1
+    assert _stale_warning(at) and at.button(key="lat-update").disabled
+
+    at.button(key="lat-stale-keep").click().run()
+    no_exceptions(at)
+    kept = load_moves(wb)
+    idx = v0.index_of()
+    assert kept.version == start and {e: m.target for e, m in kept.moves.items()} == targets
+    for e, m in kept.moves.items():
+        assert m.source == pytest.approx(tuple(v0.coords[idx[e]]))
+    assert not np.allclose([kept.moves[e].source for e in picked], [v1.coords[v1.index_of()[e]] for e in picked])
+    assert not _stale_warning(at) and not at.button(key="lat-update").disabled
+    assert _move_sources(at) == pytest.approx([tuple(v0.coords[idx[e]]) for e in kept.moves])
+    at.button(key="lat-undo").click().run()  # one undo step: back to the moves made on v1, and the question
+    assert load_moves(wb).version == start + 1 and _stale_warning(at)
+    at.button(key="lat-redo").click().run()
+    assert load_moves(wb).version == start and not _stale_warning(at)
+    assert at.button(key="lat-reset").label == f"Reset to v{start}"
+    no_exceptions(at)
+
+
+def test_moves_saved_without_a_version_count_as_made_on_the_current_one(app_workspace):
+    """Issue 29: moves an older release saved (no version) are taken as made on the version
+    shown, without a message, and from then on carry it."""
+    from core.latent_workspace import HISTORY_KEY
+
+    at = _open(app_workspace)
+    wb = workbench_of(at)
+    e = int(at.session_state["lat-view"].ids[0])
+    wb.replace_annotations("latent", [(e, {"source": [0.0, 0.0], "target": [1.0, 1.0]})],
+                           state={HISTORY_KEY: {"undo": [[]], "redo": []}})
+    at.run()
+    no_exceptions(at)
+    assert not _stale_warning(at) and not at.button(key="lat-update").disabled
+    saved = load_moves(wb)
+    assert list(saved.moves) == [e] and saved.version == wb.current_version
+    assert saved.undo_versions == [wb.current_version]
