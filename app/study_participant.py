@@ -1,7 +1,8 @@
 """Participant mode (``?study=<token>``): the one page a study participant sees. It draws the
-participant's current step (instructions, an attention-clicking condition, a questionnaire, the
-end) and turns gestures into calls on :mod:`core.study_attention`, which logs each one before
-the page reacts. Progress is in the store, so a refresh or a server restart resumes it.
+participant's current step (instructions, a condition of attention clicking, latent editing or
+grid feedback, a questionnaire, the end) and turns gestures into calls on
+:mod:`core.study_attention` (latent and grid: :mod:`app.study_tasks` on :mod:`core.study_latent`
+and :mod:`core.study_grid`), which log each one before the page reacts. Progress is in the store, so a refresh or a server restart resumes it.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from core.models import for_inference
 from core.study import SUS_ITEMS, TLX_DIMENSIONS, raw_tlx, sus_score
 from core.study_attention import AttentionCondition
 from core.study_flow import ParticipantFlow
+from core.study_grid import GridCondition
+from core.study_latent import LatentCondition
 from core.study_store import StudyError, StudyStore
 from core.workbench import Workbench
 
@@ -87,7 +90,7 @@ def ss_key(flow: ParticipantFlow, name: str, *parts) -> str:
 
 def intro(flow: ParticipantFlow) -> None:
     st.title("Welcome")
-    st.markdown(flow.design["intro"] or "In this study you will show an image classifier where to look, in "
+    st.markdown(flow.design["intro"] or "In this study you will show an image classifier what it gets wrong, in "
                 f"{len(flow.participant.conditions)} parts with a short questionnaire after each. "
                 "Each part starts with its instructions.")
     if st.button("Start", type="primary", key="study-start"):
@@ -98,10 +101,7 @@ def intro(flow: ParticipantFlow) -> None:
 # ----------------------------------------------------------------------------- a condition
 def condition(flow: ParticipantFlow) -> None:
     design, step = flow.design, flow.step
-    if design.get("task") != "attention":  # checked before a workbench is made for it
-        st.error(f"This study's task ({design.get('task')}) has no participant page yet: only attention-clicking "
-                 "studies can be run. Ask the researcher; nothing you did was lost.")
-        return
+    task = flow.task()  # each condition has its own (attention, latent or grid)
     slot = "practice" if step.kind == "practice" else step.condition
     if slot in flow.studies.missing_workbenches(flow.token):  # deleted or lost: never a traceback
         st.error("The model of this part of the study is no longer on the server, so it cannot go on from here. "
@@ -115,25 +115,32 @@ def condition(flow: ParticipantFlow) -> None:
         wait_for_base(exc.job)
         return
     wb = get_registry().get(wb_id)
+    from app import study_tasks  # (imports this module's helpers)
+
     try:
-        cond = AttentionCondition(flow, wb)
-    except StudyError as exc:  # a design the attention task cannot run (settings checked by the library)
+        cond = {"attention": AttentionCondition, "latent": LatentCondition, "grid": GridCondition}[task](flow, wb)
+    except StudyError as exc:  # a design the task cannot run (settings checked by the library)
         st.error(f"This part cannot start: {exc}. Ask the researcher to fix the study's design.")
         return
     info = next(c for c in design["conditions"] if c["name"] == step.condition)
     st.title("Practice round" if cond.practice else f"Part {flow.participant.conditions.index(step.condition) + 1}")
     if info["instructions"]:
         st.markdown(info["instructions"])
-    else:
+    elif task == "attention":
         st.markdown("Left-click where the model **should** look; right-click a region it should **ignore**. "
                     "Then press Confirm." if cond.settings.mode == "click" else
                     "Click around the object to draw a polygon; click its first point again to close it. "
                     "Then press Confirm.")
+    else:
+        st.markdown(study_tasks.default_instructions(cond))
     if flow.time_left() is not None:
         countdown(flow.token, flow.index)
     job = wb.jobs.current
     if job is not None and job.running:
         fine_tune_progress(flow, cond, job)
+        return
+    if task != "attention":
+        study_tasks.run(flow, cond, job)
         return
     if job is not None and job.status in ("done", "failed", "diverged", "stopped") and cond.round().closed:
         cond.finish(expected=flow.index)
@@ -179,7 +186,7 @@ def wait_for_base(job) -> None:
 
 
 @st.fragment(run_every=1.0)
-def fine_tune_progress(flow: ParticipantFlow, cond: AttentionCondition, job) -> None:
+def fine_tune_progress(flow: ParticipantFlow, cond, job) -> None:
     view = job.view()
     with st.container(key="study-fine-tune"):
         where = f" (place {view['queue_position']} in the queue)" if view.get("queue_position") else ""

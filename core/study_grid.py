@@ -240,12 +240,14 @@ class GridCondition(StudyCondition):
         s = self.settings
         config = s.fine_tune_config(device=self.wb.settings.get("device", "cpu"))
         anns = self.annotations() if s.marks else []
-        self._mark_fine_tune({"reviewed": len(self.confirmed()), "marked_images": len(anns), "marks": s.marks})
         study = {"study": {"reviewed": self.confirmed(), "marks": s.marks}}
         if not s.marks or not anns:  # nothing marked: the same training without feedback
-            return self.wb.start_training(config, description=f"study grid condition: {len(self.confirmed())} images "
+            job = self.wb.start_training(config, description=f"study grid condition: {len(self.confirmed())} images "
                                           "reviewed, no marks (training without feedback)",
                                           feedback={"kind": KIND, "grid": {"reviews": [], **study}}, kind="grid")
-        return self.wb.start_feedback_training(
-            GRID, anns, GridSettings(share=float(s.page.share)), config, guidance=bool(s.page.penalty),
-            counterexamples=s.counterexamples(), on_annotated=False, feedback={"grid": study}, kind="grid")
+        else:
+            job = self.wb.start_feedback_training(
+                GRID, anns, GridSettings(share=float(s.page.share)), config, guidance=bool(s.page.penalty),
+                counterexamples=s.counterexamples(), on_annotated=False, feedback={"grid": study}, kind="grid")
+        self._mark_fine_tune({"reviewed": len(self.confirmed()), "marked_images": len(anns), "marks": s.marks})
+        return job

@@ -181,7 +181,7 @@ class LatentCondition(StudyCondition):
         self._gesture("move", item, {"gesture": self.settings.gesture, "ids": ids[:200], "points": len(ids),
                                      "targets": [list(t) for t in targets][:200]}, now)
         moves = load_moves(self.wb)
-        moves.add([Move(e, tuple(map(float, view.coords[idx[e]])), t) for e, t in zip(ids, targets)])
+        moves.add([Move(e, tuple(map(float, view.coords[idx[e]])), t) for e, t in zip(ids, targets)], on=int(view.version))
         record = {"item": item, "ids": ids, "targets": [list(t) for t in targets], "gesture": self.settings.gesture,
                   "t": now}
         items["made"].append(record)
@@ -199,5 +199,9 @@ class LatentCondition(StudyCondition):
         moves = load_moves(self.wb)
         if not self.made() or len(moves) == 0:
             raise StudyError("no point was moved in this condition: there is nothing to fine-tune on")
+        try:
+            job = start_update(self.wb, branch, moves, view, self.settings.update(self.wb.settings.get("device", "cpu")))
+        except ValueError as exc:  # the latent workspace's refusals (another version drawn, ...), as the page shows them
+            raise StudyError(str(exc)) from None
         self._mark_fine_tune({"moves": len(self.made()), "points": len(moves)})
-        return start_update(self.wb, branch, moves, view, self.settings.update(self.wb.settings.get("device", "cpu")))
+        return job

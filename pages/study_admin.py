@@ -1,5 +1,6 @@
-"""Study admin: define a within-subjects study of attention clicking, hand out participant
-links, follow their progress, and download the results. Behind a password."""
+"""Study admin: define a within-subjects study of attention clicking, latent editing or grid
+feedback (each condition its own task), hand out participant links, follow their progress, and
+download the results. Behind a password."""
 from __future__ import annotations
 
 import re
@@ -11,6 +12,9 @@ import streamlit as st
 from app.access import password_form, secret
 from app.state import get_base_models, get_dataset, get_registry, get_store
 from core.attention_workspace import COUNTEREXAMPLES_ON
+from core.grid_session import COUNTEREXAMPLES_ON as GRID_COUNTEREXAMPLES_ON
+from core.grid_workspace import REVIEW_SAMPLERS
+from core.study_latent import GESTURES
 from core.study import likert_template
 from core.study_flow import INSTRUMENTS, ParticipantFlow, normalize_design
 from core.study_results import condition_means, export_zip, study_tables
@@ -59,12 +63,69 @@ REPEAT_S = 60.0  # the same study again within this many seconds is taken for a 
 
 
 NEW_STUDY_KEYS = {"sa-name", "sa-data", "sa-people", "sa-intro", "sa-practice", "sa-after", "sa-final", "sa-items"}
+TASKS = {"attention": "Attention clicking (seed 001)", "latent": "Latent editing (seed 000)",
+         "grid": "Grid feedback (seed 002)"}
+CEX_HELP = ("Copies of each annotated image whose ignored regions (grid: marked squares) come from other training "
+            "images, as on the {page} page. Off: the {loss} alone (studies made before this option fine-tune "
+            "without them).")
+
+
+def condition_form(i: int, task: str, k: int) -> dict:
+    """Condition ``i``'s fields in the New study form for ``task`` (its own widget keys per task,
+    so switching the task does not carry one task's values into another's); ``k``: how many
+    conditions of the same task come before it (the defaults alternate: lasso then drag, marks
+    then no marks)."""
+    st.markdown(f"**Condition {i + 1}** · {TASKS[task]}")
+    if task == "attention":
+        a, b, c, d, e = st.columns([2, 1, 1, 1, 1])
+        cond = {"name": a.text_input("Name", value=["click", "polygon", "random", "gmm"][i], key=f"sa-c{i}-name"),
+                "settings": {"mode": b.selectbox("Mode", ["click", "polygon"], index=i % 2, key=f"sa-c{i}-mode"),
+                             "sampler": c.selectbox("Sampler", SAMPLERS, key=f"sa-c{i}-sampler"),
+                             "counterexamples": st.checkbox(
+                                 "Fine-tune with counterexamples of the 'ignore' marks", value=COUNTEREXAMPLES_ON,
+                                 key=f"sa-c{i}-cex", help=CEX_HELP.format(page="Attention", loss="attention loss"))},
+                "budget": int(d.number_input("Images", 1, 200, 16, key=f"sa-c{i}-budget"))}
+    elif task == "latent":
+        a, b, c, d, e = st.columns([2, 1, 1, 1, 1])
+        gesture = ["lasso", "drag", "box", "lasso"][k]
+        cond = {"name": a.text_input("Name", value=gesture, key=f"sa-c{i}-lat-name"),
+                "settings": {"gesture": b.selectbox("Gesture", list(GESTURES), index=list(GESTURES).index(gesture),
+                                                    key=f"sa-c{i}-lat-gesture",
+                                                    help="lasso or box: select points, send them to a class's "
+                                                         "centroid; drag: move single points on a canvas"),
+                             "points": int(c.number_input("Points shown", 10, 2000, 300, step=50,
+                                                          key=f"sa-c{i}-lat-points",
+                                                          help="The model's mistakes first, then others"))},
+                "budget": int(d.number_input("Moves", 1, 200, 10, key=f"sa-c{i}-lat-budget"))}
+        st.caption("Latent moves have no 'ignore' marks, so no counterexamples: the fine-tune is the paper's.")
+    else:
+        a, b, c, d, e = st.columns([2, 1, 1, 1, 1])
+        marks = ["marks", "no marks", "marks", "no marks"][k]
+        chosen = b.selectbox("Marks", ["marks", "no marks"], index=["marks", "no marks"].index(marks),
+                             key=f"sa-c{i}-grid-marks",
+                             help="marks: the participant marks the squares the model must not use, and the fine-tune "
+                                  "penalises them; no marks: the same images only looked at, and the fine-tune has no "
+                                  "feedback")
+        cond = {"name": a.text_input("Name", value=marks, key=f"sa-c{i}-grid-name"),
+                "settings": {"marks": chosen == "marks",
+                             "sampler": c.selectbox("Mistakes by", list(REVIEW_SAMPLERS), key=f"sa-c{i}-grid-sampler"),
+                             "counterexamples": st.checkbox(
+                                 "Fine-tune with counterexamples of the marked squares (with marks only)",
+                                 value=GRID_COUNTEREXAMPLES_ON, key=f"sa-c{i}-grid-cex",
+                                 help=CEX_HELP.format(page="Grid feedback", loss="input-gradient penalty"))},
+                "budget": int(d.number_input("Images", 1, 100, 10, key=f"sa-c{i}-grid-budget"))}
+    cond["task"] = task
+    cond["time_limit_s"] = int(e.number_input("Time limit (s)", 0, 7200, 0, key=f"sa-c{i}-limit",
+                                              help="0: no limit")) or None
+    cond["instructions"] = st.text_area("Instructions (Markdown; empty: the default)", key=f"sa-c{i}-text")
+    return cond
+
 
 
 def clear_new_study_form() -> None:
     """Empty the New study form (its widgets take their defaults on the next run)."""
     for key in [k for k in st.session_state if isinstance(k, str)
-                and (k in NEW_STUDY_KEYS or re.fullmatch(r"sa-c\d-\w+", k))]:  # sa-c0-name ...
+                and (k in NEW_STUDY_KEYS or re.fullmatch(r"sa-c\d-[\w-]+", k))]:  # sa-c0-name, sa-c0-lat-name ...
         del st.session_state[key]
 
 def reset_or_replace(studies: StudyStore, study_id: str) -> None:
@@ -109,6 +170,10 @@ with new_tab:
     if st.session_state.get("sa-created"):
         st.success(st.session_state.pop("sa-created"))
     n = int(st.number_input("Conditions", 2, 4, 2, key="sa-n"))
+    # the tasks are chosen outside the form: each one has its own settings below (a form draws them only when sent)
+    task_cols = st.columns(n)
+    tasks = [task_cols[i].selectbox(f"Task of condition {i + 1}", list(TASKS), format_func=TASKS.get,
+                                    key=f"sa-c{i}-task") for i in range(n)]
     with st.form("study-new"):
         name = st.text_input("Study name", key="sa-name")
         c1, c2 = st.columns(2)
@@ -116,25 +181,7 @@ with new_tab:
                                help="biased-digits: the digit's colour gives its class away in training, not in test")
         people = c2.number_input("Participants", 1, 200, 2, key="sa-people")
         intro = st.text_area("Introduction (Markdown)", key="sa-intro")
-        conditions = []
-        for i in range(n):
-            st.markdown(f"**Condition {i + 1}**")
-            a, b, c, d, e = st.columns([2, 1, 1, 1, 1])
-            conditions.append({
-                "name": a.text_input("Name", value=["click", "polygon", "random", "gmm"][i], key=f"sa-c{i}-name"),
-                "settings": {"mode": b.selectbox("Mode", ["click", "polygon"], index=i % 2, key=f"sa-c{i}-mode"),
-                             "sampler": c.selectbox("Sampler", SAMPLERS, key=f"sa-c{i}-sampler"),
-                             "counterexamples": st.checkbox(
-                                 "Fine-tune with counterexamples of the 'ignore' marks", value=COUNTEREXAMPLES_ON,
-                                 key=f"sa-c{i}-cex",
-                                 help="As on the Attention page: copies of each annotated image whose ignored regions "
-                                      "come from other training images. Off: the attention loss alone (studies made "
-                                      "before this option fine-tune without them).")},
-                "budget": int(d.number_input("Images", 1, 200, 16, key=f"sa-c{i}-budget")),
-                "time_limit_s": (int(e.number_input("Time limit (s)", 0, 7200, 0, key=f"sa-c{i}-limit",
-                                                     help="0: no limit")) or None),
-                "instructions": st.text_area("Instructions (Markdown; empty: the default)", key=f"sa-c{i}-text"),
-            })
+        conditions = [condition_form(i, task, tasks[:i].count(task)) for i, task in enumerate(tasks)]
         practice = st.checkbox("Practice round first (2 images, not counted)", key="sa-practice")
         after = st.multiselect("Questionnaires after each condition", INSTRUMENTS, ["sus", "tlx"], key="sa-after")
         final = st.multiselect("Questionnaires at the end", INSTRUMENTS, ["likert"], key="sa-final")
@@ -147,7 +194,7 @@ with new_tab:
         typed = [t.strip() for t in items.splitlines() if t.strip()]
         likert = ([{"id": f"Q{k + 1}", "kind": "likert", "text": t} for k, t in enumerate(typed)] if typed
                   else likert_template(conditions))
-        design = {"task": "attention", "dataset": dataset, "arch": "seed-cnn", "intro": intro,
+        design = {"task": tasks[0], "dataset": dataset, "arch": "seed-cnn", "intro": intro,
                   "conditions": conditions, "practice": practice,
                   "questionnaires": {"after_each": after, "final": final}, "likert_items": likert}
         try:

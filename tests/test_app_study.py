@@ -172,7 +172,9 @@ def test_a_wrong_token_sees_nothing_of_the_study(app_workspace):
     assert not at.button and not at.metric
 
 
-def test_a_study_whose_task_has_no_participant_page_says_so(app_workspace):
+def test_a_study_of_the_grid_task_runs_its_conditions(app_workspace):
+    """A design whose conditions name no task take the design's (grid here): the participant page
+    runs it (it refused every task but attention before)."""
     new_app(app_workspace).run()
     from app.state import get_store
     from core.study_flow import ParticipantFlow
@@ -185,8 +187,8 @@ def test_a_study_whose_task_has_no_participant_page_says_so(app_workspace):
     at = _participant(app_workspace, tokens[0])
     at.button(key="study-start").click().run()
     no_exceptions(at)
-    assert any("only attention-clicking studies can be run" in e.value for e in at.error), _texts(at)
-    assert ParticipantFlow(studies, tokens[0]).progress.get("workbenches", {}) == {}  # no workbench made for it
+    assert not at.error and "Click the grid squares" in _texts(at), _texts(at)
+    assert set(ParticipantFlow(studies, tokens[0]).progress.get("workbenches", {})) == {"a"}
 
 
 def test_a_token_with_two_underscores_still_draws_the_click_image(app_workspace, monkeypatch):

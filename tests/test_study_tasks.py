@@ -13,7 +13,7 @@ from core.models import build_model
 from core.store import Store
 from core.study import CONFIRM, SHOW
 from core.study_flow import ParticipantFlow, Step
-from core.study_grid import GridCondition
+from core.study_grid import ROUND_KEY, GridCondition
 from core.study_grid import condition_settings as grid_settings
 from core.study_latent import LatentCondition, centroid_targets
 from core.study_latent import condition_settings as latent_settings
@@ -85,6 +85,7 @@ def test_a_grid_condition_logs_marks_keeps_its_images_and_records_its_outcome(tm
     cond = GridCondition(flow, wb)
     ids = cond.round()["ids"]
     assert len(ids) == 3 and set(ids) <= set(tiny_data.ids("train").tolist())
+    assert Store(tmp_path / "ws").get_state(wb.id, ROUND_KEY)["ids"] == ids  # on disk once chosen
     n = cond.round()["n"]
     t = 100.0
     for k, example_id in enumerate(ids):
