@@ -58,7 +58,8 @@ def study_tables(studies: StudyStore, study_id: str) -> dict[str, list[dict[str,
     event_rows = [{"participant": number[e.participant], "condition": e.condition, "t": e.t, "kind": e.kind,
                    "item": e.item, "payload": json.dumps(e.payload, sort_keys=True)} for e in events]
     confirms = {(e.participant, e.condition, e.item): e.payload for e in events if e.kind == "confirm"}
-    items = per_item(events)  # per participant, in the order shown
+    # per participant by number (per_item groups them by token, which sorts at random), each in the order shown
+    items = sorted(per_item(events), key=lambda r: number[r["participant"]])
     annotations, seen = [], {}
     for r in items:
         key = (r["participant"], r["condition"])

@@ -108,3 +108,20 @@ def test_an_empty_study_exports_headers_only(tmp_path):
     assert tables["annotations"] == [] and tables["tests"] == [] and len(tables["summary"]) == 4
     zf = zipfile.ZipFile(io.BytesIO(export_zip(studies, study_id)))
     assert json.loads(zf.read("manifest.json"))["files"]["annotations.csv"] == 0
+
+
+def test_annotations_come_by_participant_number_whatever_their_tokens(tmp_path, monkeypatch):
+    """Rows per participant in their numbers' order: participant 2's token sorting before
+    participant 1's does not put their annotations first (the browser study saw it)."""
+    from core import study_store
+
+    tokens = iter(["zzzz-first-made", "aaaa-made-second"])
+    monkeypatch.setattr(study_store.secrets, "token_urlsafe", lambda n: next(tokens))
+    studies = StudyStore(Store(tmp_path / "ws"))
+    study_id, made = studies.create_study("order", DESIGN, participants=2)
+    for k, token in enumerate(made):
+        condition = studies.participant(token).conditions[0]
+        studies.log(token, condition, SHOW, item=k, t=10.0 + k)
+        studies.log(token, condition, CONFIRM, item=k, t=20.0 + k)
+    tables = study_tables(studies, study_id)
+    assert [r["participant"] for r in tables["annotations"]] == [1, 2]
