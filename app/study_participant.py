@@ -190,7 +190,8 @@ def fine_tune_progress(flow: ParticipantFlow, cond, job) -> None:
     view = job.view()
     with st.container(key="study-fine-tune"):
         where = f" (place {view['queue_position']} in the queue)" if view.get("queue_position") else ""
-        st.progress(view["progress"], text=f"Updating the model with your annotations{where}…")
+        what = {"latent": "moves", "grid": "reviews"}.get(flow.task(), "annotations")
+        st.progress(view["progress"], text=f"Updating the model with your {what}{where}: {view['progress']:.0%}")
     if not job.running:
         st.rerun(scope="app")
 

@@ -15,6 +15,7 @@ from app.click_image import click_image, events_after
 from app.latent_plots import CanvasFrame, canvas_background, canvas_fit_css, draggable_drawing, object_centre, \
     workspace_figure
 from app.state import get_registry
+from app.widgets import canvas_toolbars_visible
 from app.study_participant import WORKSPACE_PX, ss_key
 from core.feedback.grid import square_of
 from core.study_flow import ParticipantFlow
@@ -198,6 +199,7 @@ def _drag_canvas(flow, cond: LatentCondition, view, items, moves, shown) -> None
 
     if st.session_state.get(ss_key(flow, "lat-error")):
         st.error(f"Not moved: {st.session_state.pop(ss_key(flow, 'lat-error'))}.")
+    canvas_toolbars_visible()  # (the sidebar mounts it on the other pages; participant mode has none)
     st.html(f"<style>{canvas_fit_css('study-lat-canvas', frame.width)}</style>")
     with st.container(key="study-lat-canvas"):
         st_canvas(background_image=canvas_background(view, frame, moves, set(drag_idx)), initial_drawing=drawing,

@@ -251,7 +251,10 @@ with list_tab:
             st.info("No annotations yet.")
         else:
             st.dataframe(summary, hide_index=True, width="stretch")  # numbered from 1, as above and in the export
-            measures = {m: label for m, label in BOX_MEASURES.items()
+            moves = any(c.get("task") == "latent" for c in study["design"]["conditions"])
+            box_labels = ({**BOX_MEASURES, "seconds": "Seconds per item (image, or move)",
+                           "gestures_per_image": "Gestures per item (image, or move)"} if moves else BOX_MEASURES)
+            measures = {m: label for m, label in box_labels.items()
                         if m == "seconds" or (m in summary and summary[m].notna().any())}
             measure = st.selectbox("Box plot of", list(measures), format_func=measures.get, key="sa-box-measure")
             if measure == "seconds":  # one point per annotation
@@ -262,7 +265,7 @@ with list_tab:
                          labels={y: measures[measure].lower()}, hover_data=["participant"])
             st.plotly_chart(fig, key="sa-box", width="stretch")
             means = condition_means(tables["summary"], "median_seconds")
-            st.caption("Mean of the participants' median seconds per image: "
+            st.caption(f"Mean of the participants' median seconds per {'item' if moves else 'image'}: "
                        + ", ".join(f"{c} {v:.1f} s" for c, v in means.items() if v is not None))
             if tables["tests"]:
                 st.dataframe(pd.DataFrame(tables["tests"]), hide_index=True, width="stretch")
