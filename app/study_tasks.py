@@ -118,8 +118,8 @@ def latent(flow: ParticipantFlow, cond: LatentCondition) -> None:
     made = cond.made()
     item = cond.current_item()
     start = lambda: cond.start_fine_tune(branch, view)  # noqa: E731
-    if item is None or flow.condition_finished():
-        _finished_panel(flow, cond, item is None, start)
+    if item is None or flow.condition_finished() or cond.fine_tune_started():  # (started: its job was lost)
+        _finished_panel(flow, cond, item is None or cond.fine_tune_started(), start)
         return
     cond.show()  # the first move's clock starts when the workspace is first drawn (and survives a refresh)
     moves = cond.moves()

@@ -168,3 +168,26 @@ def test_a_drag_condition_draws_its_canvas_and_a_bad_setting_gets_a_message(app_
     at = _participant(app_workspace, token2)
     no_exceptions(at)
     assert any("sampler must be one of entropy, margin, random" in e.value for e in at.error), _texts(at)
+
+
+def test_a_latent_fine_tune_lost_at_a_restart_is_offered_again(app_workspace):
+    """Done was pressed after one of two moves, and the server restarted during the fine-tune:
+    the page says so and offers Continue (it showed the workspace again before)."""
+    studies, study_id, token = _at_condition(app_workspace, "lasso")
+    at = _participant(app_workspace, token)
+    from app.state import get_registry
+    from core.study_condition import FINE_TUNE_KEY
+    from core.study_latent import LatentCondition
+
+    flow = _flow(studies, token)
+    wb = get_registry().get(flow.progress["workbenches"]["lasso"])
+    cond = LatentCondition(flow, wb)
+    view = cond.view(cond.branch())
+    cond.move(view, cond.items(view)["shown"][:2], [(0.0, 0.0), (0.1, 0.1)])
+    wb.put_state(FINE_TUNE_KEY, {"t": time.time()})  # started; its job is gone with the old server
+    at.run()
+    no_exceptions(at)
+    assert "interrupted" in _texts(at) and at.button(key="study-finish"), _texts(at)
+    at.button(key="study-finish").click().run()
+    _wait_for_questionnaire(at)
+    assert next(e for e in studies.events(study_id) if e.kind == "condition_done").payload["version"] == 1

@@ -233,3 +233,26 @@ def test_a_drag_condition_moves_only_its_draggable_points(tmp_path, tiny_data):
     cond.show(now=1.0)
     cond.move(view, items["draggable"][:1], [(0.5, 0.5)], now=4.0)
     assert flow.items_done == 1 and cond.moves().moves[items["draggable"][0]].target == (0.5, 0.5)
+
+
+def test_a_practice_round_of_a_grid_condition_is_not_a_result(tmp_path, tiny_data):
+    design = {**DESIGN, "practice": True, "practice_budget": 1,
+              "conditions": [DESIGN["conditions"][1], DESIGN["conditions"][0]]}  # marks first
+    store, studies, study_id, tokens, fresh = _setup(tmp_path, tiny_data, design)
+    flow = ParticipantFlow(studies, tokens[0])
+    flow.advance()
+    assert flow.step == Step("practice", "marks") and flow.label() == "practice round, image 1 of 1"
+    cond = GridCondition(flow, _open(store, flow.start_condition(fresh), tiny_data))
+    (example,) = cond.round()["ids"]  # the practice budget, not the condition's
+    cond.show(example, now=1.0)
+    cond.toggle(example, 0, now=2.0)
+    cond.confirm(example, now=3.0)
+    assert flow.condition_finished()
+    assert cond.finish(expected=flow.index) == Step("condition", "marks")
+    events = studies.events(study_id, tokens[0])
+    assert {e.condition for e in events if e.item} == {""} and all(e.payload.get("practice") for e in events if e.item)
+    tables = study_tables(studies, study_id)
+    # the practice item is listed without a condition (as attention's are); no summary row counts it
+    assert [(r["condition"], r["position"]) for r in tables["annotations"]] == [("", None)]
+    assert all(r["images"] == 0 for r in tables["summary"] if r["participant"] == 1)
+    assert "outcomes" not in studies.participant(tokens[0]).progress
