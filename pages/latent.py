@@ -21,7 +21,7 @@ from app.latent_plots import (
     zoom_to,
 )
 from app.state import current_workbench, notice
-from app.widgets import live_job, metric_delta, pct, to_pil
+from app.widgets import IDLE_POLL_S, live_job, metric_delta, pct, to_pil
 from core.feedback.latent import VARIANTS, Move, MoveList, candidates, class_centroids
 from core.jobs import JobBusy
 from core.store import VersionRecord
@@ -123,6 +123,17 @@ if moves.version is None and (moves.moves or moves.undo_stack or moves.redo_stac
 # keeps them on this version or discards them
 stale = moves.made_on_other_than(view.version)
 drawn = MoveList() if stale else moves
+
+
+@st.fragment(run_every=IDLE_POLL_S)
+def watch_version() -> None:
+    """Another tab or Home may make another version current while this tab is idle (a
+    restore starts no job, so nothing else tells this tab): the page is drawn again for it."""
+    if wb.current_version != ss["lat-view"].version:
+        st.rerun(scope="app")
+
+
+watch_version()
 
 
 def persist(message: str | None = None) -> None:

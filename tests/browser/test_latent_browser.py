@@ -211,7 +211,10 @@ STALE = ".st-key-lat-stale"
 def test_moves_made_before_another_tab_trained_wait_for_keep_or_discard(new_context, app_url: str):
     """Issue 29: a move is pending on v0 when another tab trains v1. The Latent tab says in
     one line that the move was made on v0 and the model is now v1, Update is off, and Keep on
-    v1 takes the move over (Update on again)."""
+    v1 takes the move over (Update on again). When the other tab then goes back to v0 (a
+    restore), the idle Latent tab says so by itself; Discard drops the move, Undo brings it
+    back with the question; Keep on v0, and a restore of v1 that starts or ends no job is
+    noticed too (the page polls the current version)."""
     from test_home_browser import open_home, train_version, workbench_id
 
     one = new_context(viewport={"width": 1400, "height": 1000}).new_page()
@@ -230,9 +233,7 @@ def test_moves_made_before_another_tab_trained_wait_for_keep_or_discard(new_cont
     open_home(two, f"{app_url.rstrip('/')}/?wb={wb}")
     train_version(two, 1)
 
-    if not one.locator(live(STALE)).count():  # an idle tab hears of it on its next run: a refresh here
-        one.reload()
-    expect_text(one, STALE, "1 move was made on v0; the model is now v1.", UPDATE)
+    expect_text(one, STALE, "1 move was made on v0; the model is now v1.", UPDATE)  # without a refresh
     wait_idle(one, LONG)
     one.wait_for_timeout(500)
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -248,4 +249,30 @@ def test_moves_made_before_another_tab_trained_wait_for_keep_or_discard(new_cont
     expect_text(one, MOVES, "Moves: 1", LONG)
     wait_idle(one, LONG)
     expect(one.locator(live(".st-key-lat-update") + " button:visible")).to_be_enabled(timeout=LONG)
+
+    # the other tab goes back to v0 (a restore starts no job): the idle Latent tab notices by itself
+    two.get_by_role("tab", name="Versions").click()
+    two.locator(live(".st-key-versions-reset") + " button:visible").click()
+    expect_text(one, STALE, "1 move was made on v1; the model is now v0.", LONG)
+    wait_idle(one, LONG)
+    one.locator(live(".st-key-lat-stale-discard") + " button:visible").click()
+    expect(one.locator(live(STALE))).to_have_count(0, timeout=LONG)
+    expect_text(one, MOVES, "Moves: 0", LONG)
+    wait_idle(one, LONG)
+    one.locator(live(".st-key-lat-undo") + " button:visible").click()  # Discard is undoable
+    expect_text(one, STALE, "1 move was made on v1; the model is now v0.", LONG)
+
+    # that reset dismissed the ended training job, which reran every tab; a restore now changes
+    # nothing but the version: the idle Latent tab polls for it
+    wait_idle(one, LONG)
+    one.locator(live(".st-key-lat-stale-keep") + " button:visible").click()
+    expect(one.locator(live(STALE))).to_have_count(0, timeout=LONG)
+    wait_idle(one, LONG)
+    wait_idle(two, LONG)
+    two.locator(live(".st-key-versions")).get_by_label("Version").click()
+    two.get_by_role("option", name="v1", exact=True).click()
+    wait_idle(two, LONG)
+    two.locator(live(".st-key-versions-restore") + " button:visible").click()
+    expect_text(two, ".st-key-sb-version", re.compile(r"Model version:\s*v1\b"), LONG)
+    expect_text(one, STALE, "1 move was made on v0; the model is now v1.", LONG)
     assert one.locator(EXCEPTION).count() == 0 and two.locator(EXCEPTION).count() == 0
