@@ -61,6 +61,7 @@ def _fine_tune_and_wait(at, wb) -> None:
     no_exceptions(at)
 
 
+@pytest.mark.slow
 def test_round_annotate_confirm_fine_tune_and_test_mode(biased_workspace):
     at = _on_biased_digits(biased_workspace)
     wb = workbench_of(at)
@@ -116,6 +117,7 @@ def _annotate_round_and_fine_tune(at, wb):
     return wb.version(wb.current_version)
 
 
+@pytest.mark.slow
 def test_counterexample_toggles_are_saved_and_reach_the_version(biased_workspace):
     at = _on_biased_digits(biased_workspace)
     wb = workbench_of(at)
@@ -162,6 +164,7 @@ def test_counterexample_toggles_are_saved_and_reach_the_version(biased_workspace
     assert "without the attention loss" in record.description
 
 
+@pytest.mark.slow
 def test_annotations_and_round_survive_a_refresh(biased_workspace):
     at = _on_biased_digits(biased_workspace)
     wb = workbench_of(at)
@@ -198,6 +201,7 @@ def _save_untrained_base(ws, source: str) -> None:
                     data.classes)
 
 
+@pytest.mark.slow
 def test_open_decoy_digits_from_the_page(biased_workspace):
     _save_untrained_base(biased_workspace, "decoy-digits")
     at = new_app(biased_workspace).run()
@@ -243,6 +247,7 @@ def test_polygon_from_canvas_reads_what_the_canvas_really_sends():
     assert polygon_from_canvas(None, 1) == [] and polygon_from_canvas({}, 1) == []
 
 
+@pytest.mark.slow
 def test_fine_tune_on_what_is_confirmed_so_far_and_after_stop(biased_workspace):
     """FINE-TUNE is there as soon as one image of the round is confirmed (not only when all
     are), says on how many, and STOP says the confirmed images are kept and FINE-TUNE uses
@@ -275,6 +280,7 @@ def test_fine_tune_on_what_is_confirmed_so_far_and_after_stop(biased_workspace):
     assert not any(b.key == "att-finetune" for b in at.button)  # nothing confirmed that v1 has not used
 
 
+@pytest.mark.slow
 def test_events_a_quicker_click_overtook_and_the_hotkey_reach_the_draft(biased_workspace):
     """The click component sends every unacknowledged event with each one (two clicks that
     reach the server together arrive as one trigger value, the newer): the page applies all of
@@ -305,6 +311,7 @@ def test_events_a_quicker_click_overtook_and_the_hotkey_reach_the_draft(biased_w
     assert at.session_state["att-mode-switch"] == "ignore"
 
 
+@pytest.mark.slow
 def test_the_overlay_shows_on_any_background_magenta_included():
     """The Grad-CAM overlay (shared by the Attention and Grid pages) stays visible on any image:
     on each background colour of the biased digits (magenta among them, where the Turbo blend

@@ -11,6 +11,8 @@ from apptest_helpers import ROOT, new_app, no_exceptions, prepare_workspace, wor
 
 from core.grid_session import PENDING_KEY, reviews_of_version, waiting_epoch
 
+pytestmark = pytest.mark.slow  # every test here takes over ~1.5 s: out of the fast lane
+
 PAGE = str(Path(ROOT) / "pages" / "grid.py")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 import torch
+import pytest
 
 from apptest_helpers import app_workspace, new_app, no_exceptions, workbench_of  # noqa: F401  (fixture)
 
@@ -17,6 +18,7 @@ def _texts(at) -> str:
     return "\n".join(str(p) for p in parts)
 
 
+@pytest.mark.slow
 def test_default_start_shows_accuracy_and_puts_id_in_url(app_workspace):
     at = new_app(app_workspace).run()
     no_exceptions(at)
@@ -28,6 +30,7 @@ def test_default_start_shows_accuracy_and_puts_id_in_url(app_workspace):
     assert "Model version:** v0" in _texts(at)
 
 
+@pytest.mark.slow
 def test_dataset_switch_opens_new_workbench(app_workspace):
     at = new_app(app_workspace).run()
     first = workbench_of(at).id
@@ -80,6 +83,7 @@ def test_outside_root_path_is_refused(app_workspace, tmp_path, monkeypatch):
         assert "outside the folders" in " ".join(e.value for e in at.error), path
 
 
+@pytest.mark.slow
 def test_restore_a_version_and_reopen_by_url(app_workspace):
     at = new_app(app_workspace).run()
     wb = workbench_of(at)
@@ -130,6 +134,7 @@ def _pick_key(wb) -> str:
     return f"versions-pick-{wb.current_version}-{len(wb.versions())}"
 
 
+@pytest.mark.slow
 def test_picker_follows_the_current_version_and_train_again_reproduces_it(app_workspace):
     """Issue 13: after a run the picker shows the new current version (not the one it first
     showed), and "Train again, same seed" retrains from the parent to identical weights."""
@@ -157,6 +162,7 @@ def test_picker_follows_the_current_version_and_train_again_reproduces_it(app_wo
     assert at.selectbox(key=_pick_key(wb)).value == new + 1
 
 
+@pytest.mark.slow
 def test_unknown_and_malformed_ids_start_fresh_and_say_so(app_workspace):
     for bad, words in (("0123456789ab", "No workbench"), ("<script>", "malformed")):
         at = new_app(app_workspace, {"wb": bad}).run()
@@ -165,6 +171,7 @@ def test_unknown_and_malformed_ids_start_fresh_and_say_so(app_workspace):
         assert workbench_of(at).id != bad
 
 
+@pytest.mark.slow
 def test_training_from_the_page_runs_in_background(app_workspace):
     at = new_app(app_workspace).run()
     at.number_input(key="train-epochs").set_value(1)
@@ -184,6 +191,7 @@ def test_training_from_the_page_runs_in_background(app_workspace):
     assert wb.version(1).feedback["seed"] == 321  # the typed seed is the run's, saved with the version
 
 
+@pytest.mark.slow
 def test_a_second_tab_shares_the_job_and_a_second_start_is_refused(app_workspace):
     from streamlit.testing.v1 import AppTest
 
@@ -212,6 +220,7 @@ def test_a_second_tab_shares_the_job_and_a_second_start_is_refused(app_workspace
     assert any("Keep as new version" == b.label for b in one.button)
 
 
+@pytest.mark.slow
 def test_examples_tab_draws_only_while_open_and_keeps_its_filters(app_workspace):
     """The Examples tab's images are not part of every Home run (they held up the first Home after a
     server start); opening the tab draws them, and its filters survive closing it."""
@@ -232,6 +241,7 @@ def test_examples_tab_draws_only_while_open_and_keeps_its_filters(app_workspace)
     assert at.selectbox(key="ex-class").value == "3"
 
 
+@pytest.mark.slow
 def test_a_workspace_another_server_holds_is_refused_with_a_message(tmp_path):
     """A replica started on a workspace another server uses: every entry (Home, a study link)
     says which server holds it and what to do, before any workbench or study is touched."""
@@ -265,6 +275,7 @@ def test_a_workspace_another_server_holds_is_refused_with_a_message(tmp_path):
     assert not at.error and any(m.label == "Test accuracy" for m in at.metric)
 
 
+@pytest.mark.slow
 def test_home_shows_the_shortcut_meter_only_for_data_with_masks(app_workspace):
     at = new_app(app_workspace).run()
     no_exceptions(at)

@@ -3,10 +3,13 @@ again after a refresh, until someone dismisses it or a new job starts (issue 29:
 the first tab only, once). The state is the workbench's, on disk."""
 from __future__ import annotations
 
+import pytest
 from apptest_helpers import new_app, no_exceptions
 from test_workbench_views import _dead_job
 
 from core.engine import TrainConfig
+
+pytestmark = pytest.mark.slow  # every test here takes over ~1.5 s: out of the fast lane
 
 NOTICE = "was interrupted at step 17 of 90 by a server restart"
 

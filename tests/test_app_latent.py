@@ -10,6 +10,8 @@ from apptest_helpers import ROOT, app_workspace, new_app, no_exceptions, workben
 
 from core.latent_workspace import RESULT_KEY, load_moves
 
+pytestmark = pytest.mark.slow  # every test here takes over ~1.5 s: out of the fast lane
+
 PAGE = str(Path(ROOT) / "pages" / "latent.py")
 
 

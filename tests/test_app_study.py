@@ -19,6 +19,7 @@ def _texts(at) -> str:
     return "\n".join(str(p.value) for p in parts)
 
 
+@pytest.mark.slow
 def test_admin_without_a_password_set_shows_only_how_to_set_one(app_workspace, monkeypatch):
     monkeypatch.delenv("STEERBOARD_ADMIN_PASSWORD", raising=False)
     at = new_app(app_workspace).run()
@@ -77,6 +78,7 @@ def _participant(app_workspace, token):
     return new_app(app_workspace, query={"study": token}, timeout=120).run()
 
 
+@pytest.mark.slow
 def test_a_participant_goes_through_a_condition_and_a_questionnaire(app_workspace, monkeypatch):
     at = new_app(app_workspace).run()  # the server's caches point at this workspace
     from app.state import get_registry, get_store
@@ -172,6 +174,7 @@ def test_a_wrong_token_sees_nothing_of_the_study(app_workspace):
     assert not at.button and not at.metric
 
 
+@pytest.mark.slow
 def test_a_study_of_the_grid_task_runs_its_conditions(app_workspace):
     """A design whose conditions name no task take the design's (grid here): the participant page
     runs it (it refused every task but attention before)."""

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from apptest_helpers import ROOT, app_workspace, new_app, no_exceptions  # noqa: F401  (fixture)
 from test_app_study import _participant, _texts, ss_key
+
+pytestmark = pytest.mark.slow  # every test here takes over ~1.5 s: out of the fast lane
 
 ADMIN = str(ROOT / "pages" / "study_admin.py")
 DESIGN = {"task": "latent", "dataset": "digits", "arch": "seed-cnn",

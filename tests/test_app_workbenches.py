@@ -1,10 +1,13 @@
 """AppTest of the Workbenches page: list, open, rename and note, delete with confirmation."""
 from __future__ import annotations
 
+import pytest
 from apptest_helpers import ROOT, app_workspace, new_app, no_exceptions, workbench_of  # noqa: F401  (fixture)
 
 from core.models import build_model
 from core.workbench import Workbench
+
+pytestmark = pytest.mark.slow  # every test here takes over ~1.5 s: out of the fast lane
 
 PAGE = str(ROOT / "pages" / "workbenches.py")
 

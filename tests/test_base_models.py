@@ -3,6 +3,7 @@ warning (issue 28 item 1: never a base model at chance without a word)."""
 from __future__ import annotations
 
 import torch
+import pytest
 
 from apptest_helpers import ROOT, app_workspace, new_app, no_exceptions, workbench_of  # noqa: F401  (fixture)
 from support import make_tiny_dataset
@@ -116,6 +117,7 @@ def test_the_base_model_job_says_when_it_kept_the_best_epoch(tmp_path, monkeypat
     assert meta["metrics"]["val_acc"] > 0.9  # the best epoch's weights were saved, not the collapsed ones
 
 
+@pytest.mark.slow
 def test_biased_digits_base_model_learns_with_its_base_settings():
     """At the old lr 0.02 this base model ended at chance (val 0.46 after epoch 10, test 9.9%)."""
     data = load_dataset("biased-digits")
@@ -143,6 +145,7 @@ def _chance_lines(at) -> list[str]:
     return [w.value for w in at.warning if "at chance level" in w.value]
 
 
+@pytest.mark.slow
 def test_sidebar_warns_on_every_page_when_the_current_version_is_at_chance(app_workspace):
     at = new_app(app_workspace).run()
     no_exceptions(at)

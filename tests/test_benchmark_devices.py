@@ -37,6 +37,7 @@ def bench(name: str, *args: str) -> tuple[subprocess.CompletedProcess, float]:
     return proc, time.perf_counter() - t0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the benchmark would run")
 @pytest.mark.parametrize(("name", "extra"), SPEED, ids=IDS)
 def test_on_cuda_without_a_gpu_says_so_and_exits_0(tmp_path, name, extra):
@@ -48,6 +49,7 @@ def test_on_cuda_without_a_gpu_says_so_and_exits_0(tmp_path, name, extra):
     assert seconds < 60, f"{name} took {seconds:.0f} s: the device is checked after something expensive"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "extra"), SPEED, ids=IDS)
 def test_a_misspelt_device_is_an_error_not_a_missing_gpu(tmp_path, name, extra):
     out = tmp_path / f"{name}.json"
@@ -66,6 +68,7 @@ CPU_RUNS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "args"), CPU_RUNS, ids=[n for n, _ in CPU_RUNS])
 def test_on_the_cpu_the_json_records_the_device(tmp_path, name, args):
     out = tmp_path / f"{name}.json"
@@ -90,6 +93,7 @@ def test_device_params_name_the_gpu_only_on_cuda(monkeypatch):
     assert common.device_params("cuda:1") == {"device": "cuda:1", "device_name": "Test GPU cuda:1"}
 
 
+@pytest.mark.slow
 def test_compile_speed_refuses_an_unknown_option(tmp_path):
     proc, _ = bench("compile_speed", "--options", "compile,fp8", "--json", str(tmp_path / "c.json"))
     assert proc.returncode == 2 and "--options" in proc.stderr and "fp8" in proc.stderr

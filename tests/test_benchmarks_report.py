@@ -474,6 +474,7 @@ def test_a_dirty_log_of_the_run_itself_does_not_mark_the_figures_dirty(report, t
     assert "working tree dirty in the measured code" in report.markdown(report.build(tmp_path))
 
 
+@pytest.mark.slow
 def test_attention_page_run_loads_the_browser_harness_outside_pytest():
     """benchmarks/attention_page_run.py reuses tests/browser/conftest.py by path, in a plain
     process where pytest has not put tests/browser on sys.path (it once failed there)."""

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # every test here takes over ~1.5 s: out of the fast lane
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -510,6 +510,7 @@ def _describe(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_describe_json(tmp_path):
     _quickdraw(tmp_path, n=6)
     out = _describe(str(tmp_path), "--json", "--seed", "1")
@@ -521,6 +522,7 @@ def test_describe_json(tmp_path):
     assert sum(card["splits"]["train"].values()) + sum(card["splits"]["test"].values()) <= 12
 
 
+@pytest.mark.slow
 def test_describe_text_and_error(tmp_path):
     out = _describe(str(tmp_path / "missing"))
     assert out.returncode == 2 and "Traceback" not in out.stderr
@@ -532,6 +534,7 @@ def test_describe_text_and_error(tmp_path):
 # --- shared real data (skipped where ../shared/data is absent) ----------------------------
 
 
+@pytest.mark.slow
 @needs_shared
 def test_shared_data_quickdraw_describe():
     out = _describe(str(SHARED / "quickdraw"), "--json")
@@ -547,6 +550,7 @@ def test_shared_data_quickdraw_describe():
 @pytest.mark.parametrize("name,train,test,shape", [
     ("mnist", 60000, 10000, (1, 28, 28)), ("cifar10", 50000, 10000, (3, 32, 32)),
 ])
+@pytest.mark.slow
 def test_shared_data_archives(name, train, test, shape):
     ds = load_dataset(str(SHARED / name))
     assert ds.image_shape == shape and ds.num_classes == 10

@@ -291,6 +291,7 @@ def test_dataset_cache_loads_once_and_keeps_the_latest(tmp_path):
     assert cache.get(trees[0]) is not first
 
 
+@pytest.mark.slow
 def test_open_shows_its_steps_in_a_status_box(app_workspace, monkeypatch):
     """The real switch_workbench in a page that does not rerun afterwards: the box that the
     sidebar's Open shows while it waits is still there, complete, with its bar at 1.0."""

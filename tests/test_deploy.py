@@ -364,6 +364,7 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+@pytest.mark.slow
 def test_entry_and_health_commands_two_replicas_and_a_refused_shared_workspace(tmp_path, image):
     ws_a, ws_b = tmp_path / "workspace-a", tmp_path / "workspace-b"
     port_a, port_b, port_c = free_port(), free_port(), free_port()
@@ -464,6 +465,7 @@ def test_every_package_the_code_imports_is_pinned(folders, requirements):
 # --------------------------------------------------------------------------- CI
 
 
+@pytest.mark.slow
 def test_ci_runs_the_readmes_test_command_and_prints_the_slowest_tests(tmp_path):
     readme_command = next(line for line in readme_block_with("python -m pytest") if "python -m pytest" in line)
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()

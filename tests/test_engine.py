@@ -244,6 +244,7 @@ def test_pause_at_epoch_end_and_resume_continues_same_step(tiny_data):
     assert out["r"].steps == 2 * n_first
 
 
+@pytest.mark.slow
 def test_a_pause_mid_epoch_is_left_out_of_the_epoch_time(tiny_data):
     """The Monitor's pause blocks the engine between steps; that wait is not running time, so
     the paused epoch's time stays near the unpaused ones (Layer freezing compares them)."""

@@ -527,6 +527,7 @@ def test_gradient_in_mask_is_the_share_on_the_object(tiny_data):
 
 
 
+@pytest.mark.slow
 def test_a_review_marking_one_empty_corner_does_not_wreck_a_fine_tune():
     """CI found it: on biased-digits a grid run whose review marked one background corner
     square ended diverged, or left the model far below its start, on some seeds (lambda is

@@ -7,8 +7,9 @@ import json
 import pytest
 from support import benchmark
 
+pytestmark = pytest.mark.slow  # every test here takes over ~1.5 s: out of the fast lane
 
-@pytest.mark.slow
+
 def test_grid_benchmark_quick_runs_and_writes_its_json(tmp_path):
     grid_feedback = benchmark("grid_feedback")
 

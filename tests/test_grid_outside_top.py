@@ -78,6 +78,7 @@ def _with_map(at, live, job, saliency: np.ndarray) -> int:
     return pending["ids"][pending["current"]]
 
 
+@pytest.mark.slow
 def test_the_page_warns_and_marks_nothing_on_a_blank_map_and_marks_on_a_real_one(paused_grid):
     from core.grid_session import PENDING_KEY
 

@@ -95,6 +95,7 @@ def test_small_images_keep_the_papers_dense_layer(arch, flat):
     assert build_model(arch, 1, 28, 10).fc1.in_features == flat
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["seed-cnn", "vgg6", "resnet18"])
 def test_model_size_is_bounded_whatever_the_image_side(arch):
     """The first dense layer stops growing with the side squared (issue 30: seed-cnn for 768 px

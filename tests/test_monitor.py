@@ -248,6 +248,7 @@ def test_activation_stride_and_bounded_gradient_history(tiny_data):
         LayerStats(model, act_every=0)
 
 
+@pytest.mark.slow
 def test_freezing_cue_separates_early_convs_from_classifier_on_a_real_run():
     """Issue 13: on a real run (seed-cnn on the built-in digits, SGD lr 0.02, 6 epochs) the
     cue must single out the early convolution that stopped changing relative to the others,

@@ -66,6 +66,7 @@ def test_concurrent_commits_never_cross(workspace):
     assert not list(store.workbench_dir(wb_id).glob("pending-*")), "temporary files left behind"
 
 
+@pytest.mark.slow
 def test_commits_from_two_processes_never_cross(workspace):
     """Two processes (two servers on one workspace) commit at the same time."""
     store = Store(workspace)

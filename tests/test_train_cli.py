@@ -6,11 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from core.models import model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_train_cli_writes_loadable_checkpoint(tmp_path):
     out = tmp_path / "base"
     proc = subprocess.run(
@@ -27,6 +30,7 @@ def test_train_cli_writes_loadable_checkpoint(tmp_path):
     assert metrics["precision"] == "fp32" and metrics["compiled"] is False  # both options off by default
 
 
+@pytest.mark.slow
 def test_train_cli_bf16_is_recorded_and_an_unknown_precision_refused(tmp_path):
     out = tmp_path / "base"
     args = [sys.executable, "-m", "core.train", "--data", "digits", "--model", "seed-cnn", "--epochs", "1",
@@ -40,6 +44,7 @@ def test_train_cli_bf16_is_recorded_and_an_unknown_precision_refused(tmp_path):
     assert bad.returncode == 2 and "invalid choice: 'fp16'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_train_cli_bad_source_is_one_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "core.train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path)],
@@ -65,6 +70,7 @@ def test_train_cli_defaults_are_the_app_base_settings():
     assert (cfg.epochs, cfg.lr, cfg.keep_best, cfg.seed, cfg.batch_size) == (2, 0.1, False, 4, 64)
 
 
+@pytest.mark.slow
 def test_train_cli_biased_digits_run_records_its_base_settings(tmp_path):
     out = tmp_path / "base"
     proc = subprocess.run(

@@ -79,6 +79,7 @@ def runs(tmp_path_factory):
             "half_batch": _train(tmp / "half", 16)}
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_follow_the_single_process_loss_curve(runs):
     ddp, single = runs["ddp"], runs["single"]
     assert ddp["processes"] == 2 and single["processes"] == 1
@@ -92,6 +93,7 @@ def test_two_gloo_processes_follow_the_single_process_loss_curve(runs):
     assert np.abs(c[1:3] - b[1:3]).max() > 1e-3, (c, b)
 
 
+@pytest.mark.slow  # its `runs` fixture trains two gloo processes (~12 s)
 def test_the_checkpoint_of_the_distributed_run_opens_in_the_app(runs, tmp_path):
     ckpt = Path(runs["ddp"]["checkpoint"])
     ws = tmp_path / "workspace"
