@@ -436,8 +436,8 @@ class FitResult:
         return "diverged" if self.diverged else ("stopped" if self.stopped else "done")
 
 
-class NonFiniteLoss(RuntimeError):
-    """Raised inside a step when the loss is NaN or infinite, or runs away (see
+class DivergenceError(RuntimeError):
+    """Training diverged: raised inside a step when the loss is NaN or infinite, or runs away (see
     :class:`DivergenceGuard`); ``step`` is the global step."""
 
     def __init__(self, message: str, step: int) -> None:
@@ -474,16 +474,16 @@ class DivergenceGuard:
         return max(self.factor * self.first, self.first + self.margin)
 
     def check(self, loss: float, *, epoch: int, step: int) -> None:
-        """Raise :class:`NonFiniteLoss` if ``loss`` shows the run diverged."""
+        """Raise :class:`DivergenceError` if ``loss`` shows the run diverged."""
         if not math.isfinite(loss):
-            raise NonFiniteLoss(f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}", step)
+            raise DivergenceError(f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}", step)
         if self.first is None:
             self.first = self.smoothed = loss
             return
         self.smoothed = self.ALPHA * loss + (1 - self.ALPHA) * self.smoothed
         limit = self.limit
         if limit is not None and self.smoothed > limit:
-            raise NonFiniteLoss(
+            raise DivergenceError(
                 f"the classification loss ran away at epoch {epoch + 1}, step {step + 1} (smoothed {self.smoothed:.3g}, "
                 f"limit {limit:.3g} = max({self.factor:g} x the first step's {self.first:.3g}, "
                 f"{self.first:.3g} + {self.margin:g}))", step)
@@ -520,7 +520,7 @@ def train_one_epoch(
     """One pass over ``images``. Returns (mean loss, accuracy, steps done, stopped).
 
     Loss = weights["cls"] * CE + sum(weights[name] * term(model, batch)). Raises
-    :class:`NonFiniteLoss` before the optimiser step when the loss is not finite or, given a
+    :class:`DivergenceError` before the optimiser step when the loss is not finite or, given a
     ``guard``, when the cross-entropy runs away. With ``parallel``, each global batch is sharded over the
     processes (see :func:`shard`), the forward pass goes through DistributedDataParallel, and
     the loss and accuracy reported are those of the whole global batch (all-reduced), so every
@@ -590,7 +590,7 @@ def train_one_epoch(
             loss_value = float(loss.detach())
             ce_value = float(ce.detach())
         if not math.isfinite(loss_value):  # NaN or inf in any term
-            raise NonFiniteLoss(f"the loss became {loss_value} at epoch {epoch + 1}, step {step + 1}", step)
+            raise DivergenceError(f"the loss became {loss_value} at epoch {epoch + 1}, step {step + 1}", step)
         if guard is not None:
             # the runaway rule watches the cross-entropy alone: weights that blow up show there,
             # while a feedback term may rightly start far above the first step's loss (a grid
@@ -706,7 +706,7 @@ def fit(
                 callbacks=callbacks, control=control, step0=steps, schedule=schedule, guard=guard,
                 parallel=parallel, forward=forward,
             )
-        except NonFiniteLoss as exc:
+        except DivergenceError as exc:
             model.load_state_dict(fallback)
             where = ("the weights it had before the run" if fallback_epochs == 0 else
                      f"its weights after epoch {fallback_epochs} (validation accuracy not worse than at the start)")
