@@ -5,7 +5,7 @@ A job ends in exactly one honest state: ``done``, ``stopped``, ``failed`` or ``d
 (``interrupted`` is what the store calls a job whose server died). While it lives it is
 ``queued`` (waiting for a slot in the :class:`ComputeBudget`), ``running`` or ``paused``.
 Pages poll :meth:`Job.view`; they never read the model being trained, only the snapshots the
-training thread publishes (:meth:`Job.weights`).
+training thread publishes (:meth:`Job.request_weights`, :meth:`Job.weights`).
 """
 from __future__ import annotations
 
@@ -163,11 +163,16 @@ class Job(Callback):
             self._weights = (step, state)
             self._weights_wanted = False
 
-    def weights(self) -> tuple[int, dict] | None:
-        """The latest (step, state_dict copy) the training thread published, and a request
-        for a fresh one at its next step. None before the first."""
+    def request_weights(self) -> None:
+        """Ask the training thread for a fresh snapshot at its next step (it also publishes one
+        at every epoch end); read it with :meth:`weights`."""
         with self._lock:
             self._weights_wanted = True
+
+    def weights(self) -> tuple[int, dict] | None:
+        """The latest (step, state_dict copy) the training thread published, None before the
+        first. Only reads: :meth:`request_weights` asks for a newer one."""
+        with self._lock:
             return self._weights
 
     # state ---------------------------------------------------------------------------

@@ -398,7 +398,7 @@ class Workbench:
 
         ``attach(model)`` builds callbacks bound to the training copy (statistics hooks,
         probes), kept in ``job.attached``. Pages read the copy's weights only through
-        ``job.weights()`` (snapshots taken in the training thread). ``context`` is kept in
+        ``job.request_weights()`` and ``job.weights()`` (snapshots taken in the training thread). ``context`` is kept in
         ``job.context`` for the pages (e.g. a penalty set they add to while the job waits).
         ``start_version`` trains a copy of that version instead of the current one (and the
         new version's parent is that version): :meth:`replay_config` gives what to pass to

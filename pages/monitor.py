@@ -50,7 +50,10 @@ sample_ids, sample_x, sample_y = probe_sample(wb, PROBE_N)
 def live_model(job: Job | None) -> torch.nn.Module:
     """The model as it is now: a scratch copy with the latest weights the training thread
     published while a job runs (never the training copy itself), else the current version."""
-    snap = job.weights() if job is not None and job.running else None
+    snap = None
+    if job is not None and job.running:
+        job.request_weights()  # a fresh snapshot at the training thread's next step, for the next redraw
+        snap = job.weights()
     if snap is None:
         return wb.model
     step, state = snap

@@ -297,11 +297,14 @@ def test_each_step_takes_the_next_per_step_reviewed_images(tiny_data):
     anns = [GridAnnotation(i, int(tiny_data.labels[i]), (16, 16), 4, (k, 5 + k, 10 + k)) for k, i in enumerate(ids)]
     own = _real_values(model, tiny_data, anns)
     assert all(v > 0 for v in own.values()) and len({round(v, 12) for v in own.values()}) == 5
-    term = GridPenalty(tiny_data.images, anns, per_step=2)
+    term = GridPenalty(tiny_data.images, anns, per_step=2, lam=1.0)
+    batch = _batch(model, tiny_data, slice(0, 2))
     windows = [ids[0:2], ids[2:4], [ids[4], ids[0]], ids[1:3]]
     for window in windows:
-        got = term.raw(model, create_graph=False)
-        assert float(got) == pytest.approx(np.mean([own[i] for i in window]), rel=1e-5), window
+        want = np.mean([own[i] for i in window])
+        for _ in range(2):  # reading the window has no side effect: the same images each time
+            assert float(term.raw(model, create_graph=False)) == pytest.approx(want, rel=1e-5), window
+        assert float(term(model, batch).detach()) == pytest.approx(want, rel=1e-5), window  # a step uses it, then moves on
 
     # the gradient reaching the weights is exactly that of the window's own penalties
     term = GridPenalty(tiny_data.images, anns, per_step=2)

@@ -104,12 +104,17 @@ def test_weights_are_snapshots_taken_in_the_training_thread():
     model = torch.nn.Linear(2, 2)
     job = Job("train", 10)
     job.publish_weights_of(model)
-    assert job.weights() is None  # the first read asks for one
+    assert job.weights() is None
+    job.on_step(StepInfo(epoch=0, step=0, loss=1.0, accuracy=0.5, lr=0.1, step_time=0.0))
+    assert job.weights() is None  # reading asks for nothing: no snapshot was taken at that step
+    job.request_weights()
     with torch.no_grad():
         model.weight.fill_(1.0)
-    job.on_step(StepInfo(epoch=0, step=0, loss=1.0, accuracy=0.5, lr=0.1, step_time=0.0))
+    job.on_step(StepInfo(epoch=0, step=1, loss=1.0, accuracy=0.5, lr=0.1, step_time=0.0))
     step, state = job.weights()
-    assert step == 0 and torch.all(state["weight"] == 1.0)
+    assert step == 1 and torch.all(state["weight"] == 1.0)
+    job.on_step(StepInfo(epoch=0, step=2, loss=1.0, accuracy=0.5, lr=0.1, step_time=0.0))
+    assert job.weights()[0] == 1  # one request, one snapshot
     with torch.no_grad():
         model.weight.fill_(2.0)  # the training copy moves on; the snapshot does not
     assert torch.all(state["weight"] == 1.0)
@@ -150,6 +155,7 @@ def test_weight_snapshots_stay_whole_and_fixed_while_readers_and_training_conten
             barrier.wait(10)
             while current["step"] < steps - 1 and len(got[k]) < max_reads:
                 asked_at = current["step"]
+                job.request_weights()
                 snap = job.weights()
                 if snap is not None:
                     got[k].append((snap[0], snap[1], asked_at))

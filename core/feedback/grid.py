@@ -272,8 +272,9 @@ class GridPenalty:
                 self._w = torch.from_numpy(np.stack([a.weights() for a in anns]))
             return len(anns)
 
-    def _next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """This step's reviewed images, labels and weights (a rotating window), or None."""
+    def _window(self, *, advance: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The current window's reviewed images, labels and weights, or None; with ``advance``,
+        the window then moves on by ``per_step`` (one training step's use of it)."""
         with self._lock:
             x, y, w = self._x, self._y, self._w
             if x is None or len(x) == 0:
@@ -282,13 +283,15 @@ class GridPenalty:
             if n <= self.per_step:
                 return x, y, w
             idx = torch.arange(self._cursor, self._cursor + self.per_step) % n
-            self._cursor = (self._cursor + self.per_step) % n
+            if advance:
+                self._cursor = (self._cursor + self.per_step) % n
         return x[idx], y[idx], w[idx]
 
     def raw(self, model: SteerableModel, *, create_graph: bool = True) -> torch.Tensor | None:
-        """The unweighted penalty of this step's reviewed images (mean over them), or None
-        while the set is empty. Advances the rotating window."""
-        chosen = self._next()
+        """The unweighted penalty of the current window's reviewed images (mean over them), or
+        None while the set is empty. Only reads: the window moves on when the term is called
+        (a training step)."""
+        chosen = self._window(advance=False)
         if chosen is None:
             return None
         x, y, w = chosen
@@ -296,7 +299,8 @@ class GridPenalty:
         return grid_penalty_values(model, x.to(device), y.to(device), w, create_graph=create_graph).mean()
 
     def __call__(self, model: SteerableModel, batch: Batch) -> torch.Tensor:
-        chosen = self._next()
+        """This step's weighted penalty over the current window; the window then moves on."""
+        chosen = self._window(advance=True)
         if chosen is None:
             return torch.zeros((), device=batch.logits.device)
         x, y, w = chosen
