@@ -428,10 +428,6 @@ class FitResult:
     restored_best: bool = False
 
     @property
-    def ok(self) -> bool:
-        return not self.rolled_back
-
-    @property
     def status(self) -> str:
         return "diverged" if self.diverged else ("stopped" if self.stopped else "done")
 

@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
-import torch
 
 from core.data.spec import ImageDataset
 from core.engine import Callback, EpochInfo, TrainConfig
@@ -256,9 +255,6 @@ class PendingReview:
         self.operations[key] = self.operations.get(key, 0) + 1
         return True
 
-    def marked_total(self) -> int:
-        return sum(len(v) for v in self.marks.values())
-
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> PendingReview:
         known = {f.name for f in fields(cls)}
@@ -351,16 +347,3 @@ def review_records(wb, number: int | None = None) -> list[dict[str, Any]]:
     """The reviews recorded in a version's feedback (one per epoch end), for display and download."""
     number = wb.current_version if number is None else number
     return list(((wb.version(number).feedback or {}).get("grid") or {}).get("reviews", []))
-
-
-def penalty_status(job) -> dict[str, Any]:
-    """The running penalty's state for the page: set size, lambda, last raw and weighted values."""
-    penalty: GridPenalty | None = (job.context or {}).get("penalty") if job is not None else None
-    if penalty is None:
-        return {}
-    return {"size": len(penalty), "lam": penalty.lam, "calibration": dict(penalty.calibration),
-            "last_raw": penalty.last_raw, "last_weighted": penalty.last_weighted}
-
-
-def labels_of(data: ImageDataset, ids: Sequence[int]) -> np.ndarray:
-    return data.labels[torch.as_tensor([int(i) for i in ids], dtype=torch.long)].numpy()

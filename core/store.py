@@ -577,13 +577,6 @@ class Store:
              json.dumps(record.feedback), json.dumps(record.metrics), record.checkpoint),
         )
 
-    def add_version(self, wb_id: str, record: VersionRecord) -> None:
-        """Record a version whose number is already known and whose checkpoint is on disk
-        (version 0 of a workbench), and make it current."""
-        with self._write() as db:
-            self._insert_version(db, wb_id, record)
-            db.execute("UPDATE workbenches SET current_version=?, updated=? WHERE id=?", (record.number, time.time(), wb_id))
-
     def commit_version(self, wb_id: str, write_checkpoint: Callable[[Path], None], *, parent: int | None,
                        description: str, feedback: dict[str, Any] | None = None,
                        metrics: dict[str, Any] | None = None) -> VersionRecord:

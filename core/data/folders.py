@@ -707,14 +707,6 @@ def _decode_reason(e: BaseException) -> str:
 _BUFFER_REPR = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
-def decode_image(data: bytes, max_side: int | None = None) -> np.ndarray:
-    """Decode image bytes with PIL to uint8 (H, W) for grey images or (H, W, 3) for colour;
-    with ``max_side``, an image whose longer side is larger is scaled down to it (aspect kept).
-    An image that would take more than max_member_bytes() once decoded raises ValueError
-    before its pixels are decoded."""
-    return _decode_scaled(data, max_side)[0]
-
-
 def _open_checked(data: bytes) -> Image.Image:
     """PIL's image for ``data`` with only its header read; ValueError when its pixels would
     take more than max_member_bytes() (a small file can claim a huge image: a pixel bomb)."""
@@ -738,7 +730,10 @@ def _scaled_size(h: int, w: int, max_side: int | None) -> tuple[int, int]:
 
 
 def _decode_scaled(data: bytes, max_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
-    """The pixels (see :func:`decode_image`) and the file's own (H, W)."""
+    """Image bytes decoded with PIL to uint8 (H, W) for grey images or (H, W, 3) for colour,
+    and the file's own (H, W); with ``max_side``, an image whose longer side is larger is scaled
+    down to it (aspect kept). An image that would take more than max_member_bytes() once decoded
+    raises ValueError before its pixels are decoded."""
     with _open_checked(data) as im:
         w, h = im.size
         th, tw = _scaled_size(h, w, max_side)
@@ -910,15 +905,10 @@ def _conform_mask(m: np.ndarray, side: int) -> np.ndarray:
     return u8
 
 
-def decode_mask(data: bytes, max_side: int | None = None) -> np.ndarray:
-    """Decode a mask image to bool (H, W): True where any colour channel is non-zero; with
-    ``max_side``, one whose longer side is larger is scaled down to it (nearest neighbour), as
-    :func:`decode_image` scales its image."""
-    return _decode_mask_scaled(data, max_side)[0]
-
-
 def _decode_mask_scaled(data: bytes, max_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
-    """The mask (see :func:`decode_mask`) and the file's own (H, W)."""
+    """A mask image decoded to bool (H, W), True where any colour channel is non-zero, and the
+    file's own (H, W); with ``max_side``, one whose longer side is larger is scaled down to it
+    (nearest neighbour), as :func:`_decode_scaled` scales its image."""
     with _open_checked(data) as im:
         im.load()
         mode = im.mode

@@ -112,10 +112,6 @@ class AttentionAnnotation:
         """The polygon's pixels (polygon mode), else None."""
         return polygon_mask(self.polygon, self.shape) if self.mode == "polygon" and len(self.polygon) >= 3 else None
 
-    @property
-    def is_empty(self) -> bool:
-        return not self.positives and not self.negative and len(self.polygon) < 3
-
     def payload(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("example_id")

@@ -174,11 +174,6 @@ class CounterexampleTerm:
                 self._y = torch.cat([y for _, y in self._copies.values()])
             return 0 if self._x is None else len(self._x)
 
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Every counterexample held, (images, labels), or None."""
-        with self._lock:
-            return None if self._x is None else (self._x, self._y)
-
     def _next(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         with self._lock:
             x, y = self._x, self._y
