@@ -15,7 +15,7 @@ from core.models import SteerableModel, build_model, model_from_checkpoint, read
 from core.store import Store
 from core.workbench import base_checkpoint_path, train_base_model, version_metrics
 
-# Defaults from a sweep on the bundled digits: about 98% test accuracy in ~10 s on 2 cores.
+# Defaults from a sweep on the bundled digits: about 98% test accuracy.
 DEFAULT_BASE_CONFIG = TrainConfig(epochs=10, batch_size=64, lr=0.02, seed=0, keep_best=True)
 # Colour/shortcut sets learn their shortcut fast and then bounce at lr 0.02 (biased-digits, seed 0:
 # val 94% at epoch 4, 46% at epoch 10, test at chance); at 0.005 val reaches 100% on seeds 0-2.

@@ -273,9 +273,9 @@ class Workbench:
                 self._cache[key] = result
         return result
 
-    # A server start would otherwise run the model over the test split before Home can draw (about
-    # 0.3 s of a 5 s budget on 2 cores); versions never change once written, so their predictions
-    # are kept on disk beside their checkpoint, keyed by the checkpoint file and the data's fingerprint.
+    # A server start would otherwise run the model over the test split before Home can draw; versions
+    # never change once written, so their predictions are kept on disk beside their checkpoint, keyed
+    # by the checkpoint file and the data's fingerprint.
     _EVAL_FIELDS = ("loss", "accuracy", "preds", "probs", "labels", "confusion")
 
     def _evaluation_key(self, version: int) -> str:
