@@ -52,12 +52,6 @@ def relative_luminance(rgb: np.ndarray) -> np.ndarray:
     return c @ np.array([0.2126, 0.7152, 0.0722])
 
 
-def contrast_ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """WCAG contrast ratio (1..21) between colours ``a`` and ``b`` (0..255, shape (..., 3))."""
-    la, lb = relative_luminance(a), relative_luminance(b)
-    return (np.maximum(la, lb) + 0.05) / (np.minimum(la, lb) + 0.05)
-
-
 def outline_masks(cam: np.ndarray, k: int, threshold: float = OUTLINE_LEVEL) -> tuple[np.ndarray, np.ndarray]:
     """The outline of where the min-max normalised map ``cam`` (h, w) is at least
     ``threshold``, on the map magnified ``k`` times (bilinear): its line (about k/6 px wide,

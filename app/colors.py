@@ -2,8 +2,6 @@
 of a dataset gets the same colour everywhere, from one qualitative palette."""
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 # D3's category10, then ten more of distinct hue and lightness (a class beyond 20 repeats
 # the palette; the Latent page's marker shapes still tell such classes apart).
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
@@ -13,9 +11,3 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 def class_color(index: int) -> str:
     """The colour of the class at ``index`` in the dataset's class list."""
     return PALETTE[int(index) % len(PALETTE)]
-
-
-def class_colors(class_names: Sequence[str]) -> dict[str, str]:
-    """Class name -> colour, by each class's index in ``class_names`` (stable: a class keeps
-    its colour whichever classes a figure happens to show)."""
-    return {str(name): class_color(i) for i, name in enumerate(class_names)}

@@ -127,10 +127,6 @@ class WorkbenchRegistry:
             raise KeyError(f"No workbench {wb_id!r}.")
         self.store.update_workbench(wb_id, settings={**record.settings, **values})
 
-    def live_ids(self) -> list[str]:
-        with self._lock:
-            return list(self._live)
-
     def evict_idle(self) -> list[str]:
         """Drop workbenches idle for more than ``idle_s`` that run no job; returns their ids."""
         now = self._clock()

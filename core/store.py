@@ -620,12 +620,6 @@ class Store:
             ).fetchall()
         return [VersionRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), json.loads(r[6])) for r in rows]
 
-    def next_version_number(self, wb_id: str) -> int:
-        """The number the next commit would get (for display; commits allocate their own)."""
-        with self._read() as db:
-            (n,) = db.execute("SELECT COALESCE(MAX(number) + 1, 0) FROM versions WHERE workbench_id=?", (wb_id,)).fetchone()
-        return int(n)
-
     # ------------------------------------------------------------------ annotations
     def add_annotations(self, wb_id: str, kind: str, items: list[tuple[int, dict[str, Any]]]) -> list[int]:
         """Insert annotations (example id, payload) in one transaction; returns their ids."""
@@ -765,11 +759,3 @@ class Store:
             rows = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id IN ({','.join('?' * len(dead))})", dead).fetchall()
         return [_job(r) for r in rows]
 
-    def take_interrupted_notices(self, wb_id: str) -> list[str]:
-        """The notices of this workbench's interrupted jobs not shown yet; each is returned once."""
-        self.mark_interrupted()
-        with self._write() as db:
-            rows = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE workbench_id=? AND status='interrupted'"
-                              " AND notified=0 ORDER BY id", (wb_id,)).fetchall()
-            db.executemany("UPDATE jobs SET notified=1 WHERE id=?", [(r[0],) for r in rows])
-        return [_job(r).interrupted_notice() for r in rows]

@@ -76,3 +76,17 @@ def tgz_of(members: dict[str, bytes]) -> bytes:
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def live_ids(registry) -> list[str]:
+    """The ids of the workbenches a registry holds open now."""
+    with registry._lock:
+        return list(registry._live)
+
+
+def predict_ids(model, data, ids) -> np.ndarray:
+    """Predicted class of each example id (in the order given)."""
+    from core.engine import predict
+
+    logits, _ = predict(model, data.images[torch.as_tensor(np.asarray(ids, dtype=np.int64))])
+    return logits.argmax(1).numpy()

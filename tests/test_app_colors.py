@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.colors import PALETTE, class_colors
+from app.colors import PALETTE, class_color
 from app.latent_plots import workspace_figure
 from app.monitor_plots import embedding_figure
 from core.feedback.latent import MoveList
 from core.latent_workspace import LatentView
 
 CLASSES = [f"class {k}" for k in range(12)]
+
+
+def class_colors(class_names):
+    """Class name -> colour by the class's index in the list (what every page must draw)."""
+    return {str(name): class_color(i) for i, name in enumerate(class_names)}
 
 
 def _marker_colours(fig, prefix: str = "") -> dict[str, str]:

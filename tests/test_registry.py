@@ -5,6 +5,7 @@ import shutil
 import threading
 
 import pytest
+from support import live_ids
 
 from core.engine import TrainConfig
 from core.jobs import ComputeBudget
@@ -62,7 +63,7 @@ def test_idle_workbenches_are_dropped_and_reopen_from_the_store(workspace, tiny_
     job = busy.start_training(TrainConfig(epochs=500, batch_size=8), description="long")
     clock.now = 61
     assert reg.evict_idle() == [wb.id]  # the one with a running job stays
-    assert reg.live_ids() == [busy.id]
+    assert live_ids(reg) == [busy.id]
     again = reg.get(wb.id)
     assert again is not wb and again.current_version == wb.current_version
     job.stop()
@@ -86,7 +87,7 @@ def test_deleted_workspace_forgets_live_workbenches(workspace, tiny_data):
     shutil.rmtree(workspace)
     with pytest.raises(KeyError):
         reg.get(wb.id)
-    assert reg.live_ids() == []
+    assert live_ids(reg) == []
 
 
 def test_workbench_list_rename_note_and_delete_with_files(workspace, tiny_data):
@@ -124,7 +125,7 @@ def test_workbench_list_rename_note_and_delete_with_files(workspace, tiny_data):
     folder = store.workbench_dir(a.id)
     assert any(folder.glob("v*.pt"))
     reg.delete(a.id)
-    assert not folder.exists() and store.get_workbench(a.id) is None and a.id not in reg.live_ids()
+    assert not folder.exists() and store.get_workbench(a.id) is None and a.id not in live_ids(reg)
     assert [r["id"] for r in store.workbench_summaries()] == [b_id]
     with pytest.raises(KeyError):
         reg.delete(a.id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from support import live_ids
 
 import core.registry as registry_module
 from core.engine import Callback, TrainConfig
@@ -50,7 +51,7 @@ def test_a_delete_waits_for_an_open_of_the_same_id_and_leaves_nothing_live(works
     tab_a.join(30)
     tab_b.join(30)
     assert not tab_a.is_alive() and not tab_b.is_alive()
-    assert reg.live_ids() == []
+    assert live_ids(reg) == []
     assert store.get_workbench(wb_id) is None and not store.workbench_dir(wb_id).exists()
     with pytest.raises(KeyError):
         reg.get(wb_id)
@@ -84,7 +85,7 @@ def test_two_ids_open_at_the_same_time(workspace, tiny_data, monkeypatch):
     go_on.set()
     slow.join(30)
     quick.join(30)
-    assert done_while_slow_open and sorted(reg.live_ids()) == sorted([slow_id, quick_id])
+    assert done_while_slow_open and sorted(live_ids(reg)) == sorted([slow_id, quick_id])
 
 
 class _HoldAtEpochEnd(Callback):
@@ -127,7 +128,7 @@ def test_a_job_that_ends_after_its_workbench_was_deleted_saves_nothing_and_makes
     assert job.wait(60)
     assert not folder.exists()  # the commit did not make the folder again
     assert job.status == "failed" and "was deleted" in (job.error or "")
-    assert store.get_workbench(wb.id) is None and reg.live_ids() == []
+    assert store.get_workbench(wb.id) is None and live_ids(reg) == []
     with pytest.raises(KeyError):
         store.commit_version(wb.id, lambda path: path.write_bytes(b"x"), parent=0, description="after")
     assert not folder.exists()

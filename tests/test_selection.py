@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from support import predict_ids
 
 from core.engine import Batch, Callback, TrainConfig, evaluate, fit
 from core.feedback.selection import (
@@ -17,7 +18,6 @@ from core.feedback.selection import (
     box_select,
     most_confused_pair,
     plan_retrain,
-    predict_ids,
     retrain_on_selection,
     selection_report,
 )

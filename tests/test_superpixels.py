@@ -12,8 +12,6 @@ from core.explain.superpixels import (
     FelzenszwalbParams,
     SuperpixelCache,
     felzenszwalb_params,
-    segment_at,
-    segments_mask,
     superpixels,
 )
 
@@ -76,7 +74,7 @@ def test_two_colour_image_splits_along_the_colour_edge():
         assert red[seg].all() or not red[seg].any()
     # The smoothing (sigma 0.6) blurs the edge into a few one-pixel strips of their own on
     # each side; the two flat parts away from it are one segment each.
-    assert segment_at(labels, 5, 3)[:, :10].all() and segment_at(labels, 5, 30)[:, 16:].all()
+    assert (labels == labels[5, 3])[:, :10].all() and (labels == labels[5, 30])[:, 16:].all()
     assert labels.max() + 1 <= 6
 
 
@@ -97,23 +95,6 @@ def test_sensible_segment_counts_on_a_digit_and_a_small_colour_image():
     for name in ("chelsea", "coffee"):
         k = int(superpixels(_photo32(name)).max()) + 1
         assert 10 <= k <= 40, (name, k)
-
-
-def test_segment_at_contains_the_click_and_clamps_outside_clicks():
-    labels = superpixels(_digits(1)[0])
-    for y, x in [(0, 0), (14, 14), (27, 3), (5, 20)]:
-        m = segment_at(labels, y, x)
-        assert m.dtype == bool and m.shape == labels.shape and m[y, x]
-        assert np.array_equal(m, labels == labels[y, x])
-    assert np.array_equal(segment_at(labels, -5, 40), segment_at(labels, 0, 27))
-    assert np.array_equal(segment_at(labels, 100, -1), segment_at(labels, 27, 0))
-
-
-def test_segments_mask_is_the_union():
-    labels = np.array([[0, 0, 1], [2, 1, 1], [2, 2, 3]], np.int32)
-    assert np.array_equal(segments_mask(labels, [1, 3]), (labels == 1) | (labels == 3))
-    assert not segments_mask(labels, []).any()
-    assert not segments_mask(labels, [99]).any()
 
 
 def test_cache_computes_once_per_id(monkeypatch):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,27 +89,6 @@ def superpixels(image: Any, params: FelzenszwalbParams | None = None) -> np.ndar
     # felzenszwalb's labels need not be consecutive; renumber them 0..K-1.
     _, labels = np.unique(raw, return_inverse=True)
     return labels.reshape(raw.shape).astype(np.int32)
-
-
-def segment_at(labels: np.ndarray, y: float, x: float) -> np.ndarray:
-    """Boolean (H, W) mask of the segment under pixel (``y``, ``x``) of a label map.
-
-    Coordinates are image pixels (row, column); fractional ones are rounded. A click
-    outside the image (a canvas can report one just past the border) is clamped to the
-    nearest border pixel, not refused.
-    """
-    labels = np.asarray(labels)
-    h, w = labels.shape
-    yy = min(max(round(float(y)), 0), h - 1)
-    xx = min(max(round(float(x)), 0), w - 1)
-    return labels == labels[yy, xx]
-
-
-def segments_mask(labels: np.ndarray, ids: Iterable[int]) -> np.ndarray:
-    """Boolean (H, W) mask of the union of the segments ``ids`` (all False for none;
-    ids not in the map select nothing)."""
-    labels = np.asarray(labels)
-    return np.isin(labels, np.fromiter(ids, dtype=np.int64))
 
 
 class SuperpixelCache:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from core.data.spec import ImageDataset
-from core.engine import Batch, Callback, FitResult, TrainConfig, TrainControl, fit, predict
+from core.engine import Batch, Callback, FitResult, TrainConfig, TrainControl, fit
 from core.models.base import SteerableModel
 
 KIND = "selection"
@@ -212,13 +212,6 @@ def retrain_on_selection(
     val = data.split("val") if "val" in data.splits else None
     return fit(model, plan.train, val, config=plan.config, train_ids=plan.train_ids, loss_terms=plan.loss_terms,
                weights=plan.weights, callbacks=callbacks, control=control)
-
-
-def predict_ids(model: SteerableModel, data: ImageDataset, ids: Sequence[int] | np.ndarray) -> np.ndarray:
-    """Predicted class of each example id (in the order given), for :func:`selection_report`."""
-    rows = torch.as_tensor(np.asarray(ids, dtype=np.int64))
-    logits, _ = predict(model, data.images[rows])
-    return logits.argmax(1).numpy()
 
 
 def most_confused_pair(labels: np.ndarray, preds: np.ndarray, num_classes: int | None = None) -> tuple[int, int]:
