@@ -9,18 +9,55 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from core.data import DataError, list_builtin, load_dataset, parse_biased_source, parse_shortcut_source
-from core.data.shortcuts import (
-    DECOY_LEVELS,
-    TEXTURE_MEAN,
-    corner_masks,
-    decoy_levels,
-    decoy_side,
-    texture_classes,
-    texture_energies,
-)
+from core.data.shortcuts import DECOY_LEVELS, TEXTURE_MEAN, _waves, corner_masks, decoy_side
+from core.data.spec import ImageDataset
 from core.data.splits import check_splits
 
 N = 20  # images per class of the bundled digits: 200 in all, 30 of them test
+
+
+# Readers of the shortcut from the pixels (the tests' oracles: the app never reads them back).
+def decoy_levels(ds: ImageDataset) -> tuple[np.ndarray, np.ndarray]:
+    """The class whose level each row's square has, and the square's corner, read from the pixels.
+
+    The square is the corner region that is most nearly uniform and bright (its minimum less
+    ten times its spread: a stroke seldom fills a whole corner evenly); its mean is matched to the
+    nearest of DECOY_LEVELS.
+    """
+    if ds.images.shape[1] != 1:
+        raise ValueError(f"{ds.name}: not a decoy dataset (needs 1 channel)")
+    h, w = ds.images.shape[2:]
+    regions = corner_masks(h, w).flatten(1)  # (4, HW)
+    pixels = ds.images[:, 0].flatten(1)  # (N, HW)
+    mins = torch.stack([pixels[:, r].min(dim=1).values for r in regions], dim=1)
+    maxs = torch.stack([pixels[:, r].max(dim=1).values for r in regions], dim=1)
+    corner = (mins - 10 * (maxs - mins)).argmax(dim=1)
+    means = torch.stack([pixels[:, r].mean(dim=1) for r in regions], dim=1)
+    level = means.gather(1, corner[:, None])  # (N, 1)
+    return (level - DECOY_LEVELS[None]).abs().argmin(dim=1).numpy(), corner.numpy()
+
+
+def texture_energies(ds: ImageDataset) -> np.ndarray:
+    """(N, 10): how strongly each class's grating is present in each row's background.
+
+    The energy of the background pixels (intensity below 0.5: strokes are brighter) projected
+    on each class's sine and cosine wave; the largest names the grating.
+    """
+    if ds.images.shape[1] != 1:
+        raise ValueError(f"{ds.name}: not a texture dataset (needs 1 channel)")
+    h, w = ds.images.shape[2:]
+    sin, cos = _waves(h, w)
+    pixels = ds.images[:, 0]
+    background = (pixels < 0.5).float()
+    centred = (pixels - TEXTURE_MEAN) * background
+    a = torch.einsum("nhw,khw->nk", centred, sin)
+    b = torch.einsum("nhw,khw->nk", centred, cos)
+    return (a * a + b * b).numpy()
+
+
+def texture_classes(ds: ImageDataset) -> np.ndarray:
+    """The class whose grating each row's background has, read from the pixels."""
+    return texture_energies(ds).argmax(axis=1)
 
 
 def _agree(shortcut: np.ndarray, ds, split: str) -> float:

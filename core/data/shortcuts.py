@@ -129,26 +129,6 @@ def make_decoy(
                     images, labels_all, splits, notes, masks)
 
 
-def decoy_levels(ds: ImageDataset) -> tuple[np.ndarray, np.ndarray]:
-    """The class whose level each row's square has, and the square's corner, read from the pixels.
-
-    The square is the corner region that is most nearly uniform and bright (its minimum less
-    ten times its spread: a stroke seldom fills a whole corner evenly); its mean is matched to the
-    nearest of DECOY_LEVELS.
-    """
-    if ds.images.shape[1] != 1:
-        raise ValueError(f"{ds.name}: not a decoy dataset (needs 1 channel)")
-    h, w = ds.images.shape[2:]
-    regions = corner_masks(h, w).flatten(1)  # (4, HW)
-    pixels = ds.images[:, 0].flatten(1)  # (N, HW)
-    mins = torch.stack([pixels[:, r].min(dim=1).values for r in regions], dim=1)
-    maxs = torch.stack([pixels[:, r].max(dim=1).values for r in regions], dim=1)
-    corner = (mins - 10 * (maxs - mins)).argmax(dim=1)
-    means = torch.stack([pixels[:, r].mean(dim=1) for r in regions], dim=1)
-    level = means.gather(1, corner[:, None])  # (N, 1)
-    return (level - DECOY_LEVELS[None]).abs().argmin(dim=1).numpy(), corner.numpy()
-
-
 # ----------------------------------------------------------------------------- texture digits
 def _waves(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """sin and cos of each class's grating phase, (10, H, W) each."""
@@ -207,29 +187,6 @@ def make_texture(base: ImageDataset, *, rho: float = 0.99, seed: int = 0, name: 
     return _derived(base, name or f"texture-{base.name}",
                     f"{base.card.source}, textured backgrounds (rho={rho}, seed={seed})",
                     images, labels_all, splits, notes, masks)
-
-
-def texture_energies(ds: ImageDataset) -> np.ndarray:
-    """(N, 10): how strongly each class's grating is present in each row's background.
-
-    The energy of the background pixels (intensity below 0.5: strokes are brighter) projected
-    on each class's sine and cosine wave; the largest names the grating.
-    """
-    if ds.images.shape[1] != 1:
-        raise ValueError(f"{ds.name}: not a texture dataset (needs 1 channel)")
-    h, w = ds.images.shape[2:]
-    sin, cos = _waves(h, w)
-    pixels = ds.images[:, 0]
-    background = (pixels < 0.5).float()
-    centred = (pixels - TEXTURE_MEAN) * background
-    a = torch.einsum("nhw,khw->nk", centred, sin)
-    b = torch.einsum("nhw,khw->nk", centred, cos)
-    return (a * a + b * b).numpy()
-
-
-def texture_classes(ds: ImageDataset) -> np.ndarray:
-    """The class whose grating each row's background has, read from the pixels."""
-    return texture_energies(ds).argmax(axis=1)
 
 
 def _derived(base: ImageDataset, name: str, source: str, images: torch.Tensor, labels: np.ndarray,
