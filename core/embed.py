@@ -9,7 +9,6 @@ neighbourhood in feature space changed. Layouts are deterministic under ``seed``
 """
 from __future__ import annotations
 
-import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -20,7 +19,7 @@ from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 from torch import nn
 
-from core.models import for_inference
+from core.explain.activations import capture
 
 __all__ = [
     "EmbeddingStream",
@@ -396,15 +395,11 @@ def filter_vectors(model: torch.nn.Module, layer: str) -> np.ndarray:
     return w.reshape(w.shape[0], -1).to(device="cpu", dtype=torch.float32).numpy().copy()
 
 
-class _StopForward(Exception):
-    """Raised by the hook once the wanted layer has run: nothing after it is needed."""
-
-
 def layer_activations(model: torch.nn.Module, layer: str, images: torch.Tensor, *, batch_size: int = 256) -> np.ndarray:
     """(n, C) activations of `layer` for `images`: conv outputs averaged over space per channel, linear outputs as-is.
     Runs under torch.no_grad() in eval mode without switching the model's mode (it may be shared with other
     threads; see core.models.for_inference: a model in train mode is read through an eval-mode copy). Uses a
-    forward hook, removed afterwards, that acts in the calling thread only.
+    forward hook, removed afterwards, that acts in the calling thread only (core.explain.activations.capture).
 
     The forward pass of each batch stops right after ``layer`` (later layers are not run).
     Images are moved to the device of the model's parameters.
@@ -414,34 +409,4 @@ def layer_activations(model: torch.nn.Module, layer: str, images: torch.Tensor, 
     if not isinstance(images, torch.Tensor) or images.dim() < 2:
         raise ValueError("images must be a tensor (N, C, H, W)")
     _module(model, layer)  # an unknown layer fails before any copy
-    model = for_inference(model)
-    module = _module(model, layer)
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    captured: list[torch.Tensor] = []
-    owner = threading.get_ident()
-
-    def hook(_module: nn.Module, _inputs, output) -> None:
-        if threading.get_ident() != owner:  # another thread running the same (shared) model
-            return
-        out = output[0] if isinstance(output, (tuple, list)) else output
-        out = out.detach()
-        if out.dim() > 2:
-            out = out.flatten(2).mean(dim=2)  # per channel, averaged over space
-        captured.append(out.to(device="cpu", dtype=torch.float32))
-        raise _StopForward
-
-    handle = module.register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            batches = images.split(batch_size) if len(images) else [images]
-            for batch in batches:
-                try:
-                    model(batch.to(device))
-                except _StopForward:
-                    pass
-                else:  # pragma: no cover - the layer is not on the model's forward path
-                    raise ValueError(f"Layer {layer!r} did not run in the model's forward pass")
-    finally:
-        handle.remove()
-    return torch.cat(captured).numpy()
+    return capture(model, [layer], images, batch_size=batch_size).of(layer).numpy()

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from core.engine import Callback, EpochInfo, StepInfo
+from core.explain.activations import capture
 from core.models.base import SteerableModel
 from core.monitor import LayerStats, SettleTracker, watched_layers
 
@@ -137,40 +138,16 @@ class ActivationProbe(Callback):
     def _forward(self, layer: str, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """(activations of ``layer``, predicted classes) for the sample in one eval-mode pass
         per batch: conv outputs averaged over space per channel, linear outputs as-is. Every
-        module's training flag is restored afterwards."""
-        module = dict(self.model.named_modules())[layer]
-        param = next(self.model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        captured: list[torch.Tensor] = []
+        module's training flag is restored afterwards (the training thread owns the model)."""
         images = self.images[: self._count]
-
-        def hook(_module, _inputs, output) -> None:
-            out = (output[0] if isinstance(output, (tuple, list)) else output).detach()
-            if out.dim() > 2:
-                out = out.flatten(2).mean(dim=2)
-            captured.append(out.to(device="cpu", dtype=torch.float32))
-
-        flags = [(m, m.training) for m in self.model.modules()]
-        handle = module.register_forward_hook(hook)
-        preds: list[torch.Tensor] = []
-        batches = images.split(batch_size) if len(images) else []
-        try:
-            self.model.eval()
-            with torch.no_grad():
-                for batch in batches:
-                    logits = self.model.head(self.model.features(batch.to(device)))
-                    preds.append(logits.argmax(1).cpu())
-        finally:
-            handle.remove()
-            for m, flag in flags:
-                m.training = flag
-        if len(captured) != len(batches):  # the layer is not on the features -> head path
-            from core.embed import layer_activations  # scikit-learn import (~0.9 s): only here
-
-            return layer_activations(self.model, layer, images), torch.cat(preds).numpy()
-        if not batches:
+        if not len(images):
             return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
-        return torch.cat(captured).numpy(), torch.cat(preds).numpy()
+        got = capture(self.model, [layer], images, batch_size=batch_size, stop_after=False, forward=_predict,
+                      switch_mode=True)
+        preds = torch.cat(got.outputs).numpy()
+        if layer in got.missing:  # not on the features -> head path: the whole forward, read through a copy
+            got = capture(self.model, [layer], images, batch_size=batch_size)
+        return got.of(layer).numpy(), preds
 
     def probe(self, step: int) -> ProbeSnapshot:
         """Compute a snapshot now (call from the thread that owns the model)."""
@@ -265,6 +242,11 @@ class ActivationProbe(Callback):
                     "requested_s": requested, "observed_s": observed, "probe_s": self._last_cost,
                     "share": self._probe_s / self._train_s if self._train_s > 0 else None,
                     "budget": self.budget, "probes": self.probes, "images": int(self._count)}
+
+
+def _predict(model: SteerableModel, batch: torch.Tensor) -> torch.Tensor:
+    """Predicted classes of ``batch`` (CPU), through the model's features and head."""
+    return model.head(model.features(batch)).argmax(1).cpu()
 
 
 def _check_interval(seconds: float | None) -> None:

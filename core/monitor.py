@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from core.engine import Callback, EpochInfo, StepInfo, frozen_groups
-from core.models import for_inference
+from core.explain.activations import capture, detached
 from core.models.base import SteerableModel
 
 
@@ -399,10 +399,6 @@ class SettleTracker(Callback):
 
 
 # ----------------------------------------------------------------------------- activations
-class _StopForward(Exception):
-    """Raised from a hook once the wanted layer has run, to skip the rest of the forward."""
-
-
 def activation_maps(model: SteerableModel, layer: str, image: torch.Tensor) -> np.ndarray:
     """(C, H, W) output of ``layer`` (a name from :func:`watched_layers`) for one image of
     shape (C, H, W) or (1, C, H, W); linear layers give (units, 1, 1).
@@ -410,33 +406,13 @@ def activation_maps(model: SteerableModel, layer: str, image: torch.Tensor) -> n
     Runs under ``no_grad`` in eval mode without switching the model's mode (it may be
     shared with other threads; a model in train mode is read through an eval-mode copy, see
     :func:`core.models.for_inference`). The forward stops after ``layer``; the hook that
-    stops it acts in the calling thread only."""
+    stops it acts in the calling thread only (:func:`core.explain.activations.capture`)."""
     if layer not in watched_layers(model):
         raise KeyError(f"Unknown layer {layer!r}; watched layers are {list(watched_layers(model))}.")
-    model = for_inference(model)
-    layers = watched_layers(model)
     if image.dim() == 3:
         image = image.unsqueeze(0)
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError(f"Expected one image (C, H, W) or (1, C, H, W), got shape {tuple(image.shape)}.")
-    captured: list[torch.Tensor] = []
-    owner = threading.get_ident()
-
-    def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
-        if threading.get_ident() != owner:  # another thread running the same (shared) model
-            return
-        captured.append(output.detach())
-        raise _StopForward
-
-    handle = layers[layer].register_forward_hook(hook)
-    try:
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            try:
-                model(image.to(device))
-            except _StopForward:
-                pass
-    finally:
-        handle.remove()
-    out = captured[0][0].float().cpu().numpy()
+    captured = capture(model, [layer], image, reduce=detached).of(layer)
+    out = captured[0].float().cpu().numpy()
     return out.reshape(out.shape[0], 1, 1) if out.ndim == 1 else out
