@@ -29,18 +29,17 @@ import os
 import random
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from _common import ROOT, machine, print_table, seeds_record, speed_anchor, write_json  # noqa: I001
+
+sys.path.insert(0, str(ROOT / "tests" / "browser"))  # the one server harness, shared with the browser tests
+from streamlit_server import StreamlitServer  # noqa: E402
 
 ENTRY = ROOT / "app" / "main.py"
 BASE_NAME = "digits__seed-cnn__s0.pt"
@@ -255,64 +254,14 @@ def _check(at, when: str) -> None:
 
 
 # ----------------------------------------------------------------------------- (b, c) browser
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, workspace: Path, log: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(log, "ab")
-        env = {**os.environ, "STEERBOARD_WORKSPACE": str(workspace), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(ENTRY.relative_to(ROOT)), "--server.headless", "true",
-             "--server.port", str(self.port), "--server.address", "127.0.0.1"],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-
-    def wait_healthy(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"{self.url}/_stcore/health not ok after {timeout}s; see {self.log.name}")
-
-    def stop(self) -> None:
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 30)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        try:  # anything left in the group
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.log.close()
-
-
 def time_to_home(browser, workspace: Path, log: Path, timeout_s: float) -> dict:
     """Launch a fresh server on ``workspace`` and time it to Home rendered in a new context."""
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = ctx.new_page()
     t0 = time.perf_counter()
-    server = Server(workspace, log)
+    server = StreamlitServer(workspace, log_path=log)
     try:
-        server.wait_healthy()
+        server.start()
         healthy = time.perf_counter() - t0
         t_goto = time.perf_counter()
         page.goto(server.url, wait_until="commit")

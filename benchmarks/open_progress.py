@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from _common import ROOT, print_table, write_json  # noqa: I001
-from app_latency import Server
+from app_latency import StreamlitServer  # the shared harness (tests/browser/streamlit_server.py)
 
 SHARED = ROOT.parent / "shared" / "data"
 SAMPLE_S = 0.25
@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         os.environ.update(STEERBOARD_DATA_ROOTS=str(SHARED), STEERBOARD_DATA_CACHE=str(tmp / "cache"))
-        server = Server(tmp / "ws", tmp / "server.log")
+        server = StreamlitServer(tmp / "ws", log_path=tmp / "server.log")
         try:
-            server.wait_healthy(120)
+            server.start(120)
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path="/usr/bin/chromium")
                 for name in args.datasets:

@@ -40,90 +40,31 @@ import asyncio
 import os
 import re
 import shutil
-import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from _common import ROOT, machine, print_table, seeds_record, speed_anchor, write_json  # noqa: I001
-from app_latency import BASE_NAME, CHROMIUM_ARGS, ENTRY, _free_port, pretrain_base
+from app_latency import BASE_NAME, CHROMIUM_ARGS, pretrain_base
+from streamlit_server import StreamlitServer  # noqa: I001  (on sys.path: app_latency puts it there)
 
 ACTION_TIMEOUT_S = 120.0  # one gesture's effect; far above any figure, it only catches a hang
 RUN_TIMEOUT_S = 1500.0
 
 
 # ----------------------------------------------------------------------------- the server
-class Server:
-    """``streamlit run app/main.py`` on a fixed port and workspace, killable and restartable."""
-
-    def __init__(self, workspace: Path, log: Path) -> None:
-        self.workspace, self.port = workspace, _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path, self.proc = log, None
-        self.env = {**os.environ, "STEERBOARD_WORKSPACE": str(workspace), "PYTHONUNBUFFERED": "1"}
-
-    def start(self) -> None:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(ENTRY.relative_to(ROOT)), "--server.headless", "true",
-             "--server.port", str(self.port), "--server.address", "127.0.0.1"],
-            cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        log.close()
-
-    def wait_healthy(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.url} not healthy after {timeout}s; see {self.log_path}")
-
-    def kill(self) -> None:
-        """SIGKILL to the whole process group: no handler runs, nothing is flushed."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=30)
-
-    def rss_mb(self) -> float:
-        """Resident memory of every process in the server's group, from /proc."""
-        if self.proc is None or self.proc.poll() is not None:
-            return 0.0
-        total = 0
-        for d in Path("/proc").iterdir():
-            if not d.name.isdigit():
-                continue
-            try:
-                if os.getpgid(int(d.name)) != self.proc.pid:
-                    continue
-                for line in (d / "status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-            except (OSError, ProcessLookupError, ValueError):
-                continue
-        return total / 1024
+# StreamlitServer (tests/browser/streamlit_server.py): the one harness, shared with the browser tests
 
 
 class Sampler(threading.Thread):
     """Every 0.25 s: the server's memory; every 0.5 s: how many training jobs run or wait (database)."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: StreamlitServer) -> None:
         super().__init__(daemon=True)
         self.server, self.stop_flag = server, threading.Event()
         self.peak = {"before_kill": 0.0, "after_restart": 0.0}
@@ -353,7 +294,7 @@ def stored_annotations(workspace: Path, studies_token_wb: dict[str, str]) -> dic
             for tok, wb in studies_token_wb.items()}
 
 
-async def kill_and_restart(server: Server, shared: Shared, people: list[Participant], workbenches, after: int,
+async def kill_and_restart(server: StreamlitServer, shared: Shared, people: list[Participant], workbenches, after: int,
                            report: dict) -> None:
     """Once ``after`` confirmations were acknowledged and a training job runs: SIGKILL, check
     the database holds every acknowledged annotation, restart on the same port."""
@@ -376,8 +317,7 @@ async def kill_and_restart(server: Server, shared: Shared, people: list[Particip
     report["acked_at_kill"] = {p.number: p.acked_at_kill for p in people}
     report["stored_at_kill"] = {p.number: len(stored[p.token]) for p in people}
     report["lost_at_kill"] = {p.number: max(0, p.acked_at_kill - len(stored[p.token])) for p in people}
-    server.start()
-    await asyncio.to_thread(server.wait_healthy)
+    await asyncio.to_thread(server.start, 60)  # waits until healthy, off the event loop
     report["restart_s"] = round(time.perf_counter() - t0, 2)
     shared.up.set()
 
@@ -420,7 +360,7 @@ def summary(timings: list[dict]) -> dict:
     return out
 
 
-async def drive(server: Server, sampler: Sampler, people: list[Participant], workbenches, stagger: float,
+async def drive(server: StreamlitServer, sampler: Sampler, people: list[Participant], workbenches, stagger: float,
                 kill_after: int, headless: bool = True, shots: Path | None = None) -> dict:
     from playwright.async_api import async_playwright
 
@@ -473,9 +413,7 @@ def main(argv: list[str] | None = None) -> dict:
         studies = StudyStore(Store(ws))
         return {p.token: (p.progress.get("workbenches") or {}).get(p.conditions[0]) for p in studies.participants(study_id)}
 
-    server = Server(ws, tmp / "server.log")
-    server.start()
-    server.wait_healthy()
+    server = StreamlitServer(ws, log_path=tmp / "server.log").start(60)
     sampler = Sampler(server)
     sampler.start()
     t0 = time.perf_counter()
