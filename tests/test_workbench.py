@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from core.engine import Callback, TrainConfig
 from core.models import build_model
@@ -138,9 +139,9 @@ def test_diverged_run_makes_no_version_and_says_so(workspace):
 def test_diverged_after_a_good_epoch_offers_that_epoch(workspace, tiny_data):
     wb = _make(Store(workspace), tiny_data)
 
-    def runaway(model, batch):
+    def runaway(model, batch):  # from step 7 on, gradient ascent on the cross-entropy (the guard watches it)
         runaway.calls += 1
-        return batch.logits.sum() * 0 + (1e4 if runaway.calls > 6 else 0.0)
+        return -500.0 * F.cross_entropy(batch.logits, batch.y) if runaway.calls > 6 else batch.logits.sum() * 0
 
     runaway.calls = 0
     job = wb.start_training(TrainConfig(epochs=3, batch_size=8, lr=0.05), description="x", loss_terms={"r": runaway})
