@@ -5,7 +5,7 @@ that copy in eval mode to read activations (BatchNorm would then run in eval mod
 training steps), so :class:`ActivationProbe` does it inside the training thread, between
 steps; the page only reads its latest snapshot. The probe keeps its own cost in check: it
 measures how long a probe takes and how long training steps take, and probes only as often
-as keeps its share of the training time under a budget (``PROBE_BUDGET``, 3%).
+as keeps its share of the training time under a budget (``PROBE_BUDGET``).
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class ActivationProbe(Callback):
     at least ``every`` steps apart (and at an epoch end) whenever the probe's total time, with
     one more probe, stays within ``budget`` times the total time of the training steps so far.
     So the interval adapts: a probe that takes 3 steps' worth of time runs every 100 steps or
-    so at a 3% budget (the first one, at step 0, is not waited for: the page needs a snapshot).
+    so within ``PROBE_BUDGET`` (the first one, at step 0, is not waited for: the page needs a snapshot).
     ``budget=None`` is the fixed schedule: every ``every`` steps and at each epoch end.
 
     ``interval_s`` (also :meth:`set_interval_s`, from the page's "Update every (s)"): besides
