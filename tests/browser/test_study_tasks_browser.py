@@ -129,3 +129,64 @@ def test_two_participants_go_through_a_latent_and_a_grid_condition(start_server,
     assert manifest["fine_tune"]["lasso"]["task"] == "latent" and manifest["fine_tune"]["marks"]["marks"] is True
     assert not any(p.token in zf.read(name).decode(errors="ignore") for name in zf.namelist()
                    if not name.endswith(".pt") for p in people)
+
+
+# The drag canvas draws its draggable circles on their own layer; the first opaque pixel from the
+# top is the top of a circle's stroke, whose centre is below it (as in test_latent_browser.py).
+FIND_CIRCLE = """() => {
+  const host = document.querySelector('.st-key-study-lat-canvas [data-testid=stBidiComponentIsolated]');
+  if (!host || !host.shadowRoot) return null;
+  const c = host.shadowRoot.querySelector('canvas.dc-canvas.lower-canvas');
+  if (!c) return null;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  for (let y = 0; y < c.height; y++) for (let x = 0; x < c.width; x++) {
+    if (d[4 * (y * c.width + x) + 3] > 200) {
+      const r = c.getBoundingClientRect();
+      return {x: r.left + x * r.width / c.width, y: r.top + (y + 8) * r.height / c.height};
+    }
+  }
+  return null;
+}"""
+
+
+def test_a_drag_condition_records_each_drop_and_a_no_marks_condition_only_shows(start_server, make_workspace, new_context):
+    server = start_server(make_workspace("ws-study-drag"))
+    from core.store import Store
+    from core.study_store import StudyStore
+
+    studies = StudyStore(Store(server.workspace))
+    design = {"task": "latent", "dataset": "digits", "arch": "seed-cnn",
+              "conditions": [{"name": "drag", "settings": {"gesture": "drag"}, "budget": 1},
+                             {"name": "look", "task": "grid", "settings": {"marks": False}, "budget": 1}],
+              "questionnaires": {"after_each": [], "final": []}}
+    study_id, (token,) = studies.create_study("drag", design, participants=1)
+    page = new_context().new_page()
+    page.set_viewport_size({"width": 1400, "height": 1100})
+    page.goto(f"{server.url}/?study={token}")
+    page.get_by_role("button", name="Start").click(timeout=LONG)
+    expect_text(page, ".st-key-study-progress", "condition 1 of 2, move 1 of 1", LONG)
+    edit = page.locator(".st-key-study-lat-canvas button[aria-label=Edit]")
+    expect(edit).to_be_visible(timeout=LONG)  # the toolbar shows without the sidebar's fix
+    edit.click()
+    expect(edit).to_have_attribute("aria-pressed", "true")
+    page.wait_for_timeout(500)  # the toolbar has its own row above the canvas now: find the circle after it
+    page.wait_for_function(f"({FIND_CIRCLE})() !== null", timeout=LONG)
+    point = page.evaluate(FIND_CIRCLE)
+    page.mouse.move(point["x"], point["y"])
+    page.mouse.down()
+    page.mouse.move(point["x"] + 60, point["y"] + 70, steps=12)
+    page.mouse.up()
+    expect(page.get_by_text("This part is done.")).to_be_visible(timeout=LONG)
+    moves = [e for e in studies.events(study_id) if e.kind == "move"]
+    assert len(moves) == 1 and moves[0].payload["gesture"] == "drag" and moves[0].payload["points"] == 1
+    assert [e.kind for e in studies.events(study_id) if e.item == "move-1"] == ["item_shown", "move", "confirm"]
+    page.get_by_role("button", name="Continue").click(timeout=LONG)  # the fine-tune toward the drop, then
+    expect_text(page, ".st-key-study-progress", "condition 2 of 2, image 1 of 1", FINE_TUNE)  # a "no marks" review
+    assert page.locator(".st-key-study-workspace .sb-click-wrap").count() == 0  # nothing to click on
+    page.locator(live(".st-key-study-confirm") + " button").first.click()  # Next
+    expect(page.get_by_text("This part is done.")).to_be_visible(timeout=LONG)
+    page.get_by_role("button", name="Continue").click(timeout=LONG)
+    expect(page.get_by_text("You have finished the study")).to_be_visible(timeout=FINE_TUNE)
+    outcomes = studies.participant(token).progress["outcomes"]
+    assert set(outcomes) == {"drag", "look"} and all(o["test_acc"] is not None for o in outcomes.values())
+    assert page.locator('[data-testid="stException"]').count() == 0
