@@ -209,3 +209,16 @@ def object_centre(obj: dict) -> tuple[float, float]:
     ox = {"left": r + sw / 2, "center": 0.0, "right": -(r + sw / 2)}.get(obj.get("originX", "left"), 0.0)
     oy = {"top": r + sw / 2, "center": 0.0, "bottom": -(r + sw / 2)}.get(obj.get("originY", "top"), 0.0)
     return left + ox, top + oy
+
+
+def dropped_moves(raw: dict, ids_shown, drag_idx, start_px, frame) -> tuple[list[int], list[tuple[float, float]]]:
+    """The points a drag canvas's ``raw`` drawing moved: circles whose centre is more than
+    2 px from where it started, as (example ids, targets in the projection's coordinates)."""
+    objs = [o for o in (raw or {}).get("objects", []) if str(o.get("type", "")).lower() == "circle"]
+    ids, targets = [], []
+    for obj, i, (sx, sy) in zip(objs, drag_idx, start_px):
+        cx, cy = object_centre(obj)
+        if abs(cx - sx) > 2 or abs(cy - sy) > 2:
+            ids.append(int(ids_shown[i]))
+            targets.append(frame.to_xy(cx, cy))
+    return ids, targets

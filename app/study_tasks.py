@@ -12,8 +12,8 @@ from streamlit_drawable_canvas import st_canvas
 
 from app.attention_widgets import render, render_grid
 from app.click_image import click_image, events_after
-from app.latent_plots import CanvasFrame, canvas_background, canvas_fit_css, draggable_drawing, object_centre, \
-    workspace_figure
+from app.latent_plots import CanvasFrame, canvas_background, canvas_fit_css, draggable_drawing, dropped_moves, \
+    object_centre, workspace_figure
 from app.state import get_registry
 from app.widgets import canvas_toolbars_visible
 from app.study_participant import WORKSPACE_PX, ss_key
@@ -184,13 +184,7 @@ def _drag_canvas(flow, cond: LatentCondition, view, items, moves, shown) -> None
 
     def dropped() -> None:  # the canvas callback: circles whose centre moved by more than 2 px are one move
         raw = (st.session_state.get(canvas_key) or {}).get("drawing", {}).get("raw") or {}
-        objs = [o for o in raw.get("objects", []) if str(o.get("type", "")).lower() == "circle"]
-        ids, targets = [], []
-        for obj, i, (sx, sy) in zip(objs, drag_idx, start_px):
-            cx, cy = object_centre(obj)
-            if abs(cx - sx) > 2 or abs(cy - sy) > 2:
-                ids.append(int(view.ids[i]))
-                targets.append(frame.to_xy(cx, cy))
+        ids, targets = dropped_moves(raw, view.ids, drag_idx, start_px, frame)
         if ids and cond.current_item() is not None:
             try:
                 cond.move(view, ids, targets)  # logged, saved and counted before the page redraws

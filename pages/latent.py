@@ -15,6 +15,7 @@ from app.latent_plots import (
     canvas_background,
     canvas_fit_css,
     draggable_drawing,
+    dropped_moves,
     object_centre,
     result_figure,
     workspace_figure,
@@ -183,14 +184,7 @@ def move_to(example_ids: list[int], targets: list[tuple[float, float]]) -> None:
 def on_drag() -> None:
     """Canvas callback: circles whose centre moved by more than 2 px become moves."""
     raw = (ss.get("lat-canvas-" + ss.get("lat-canvas-tag", "")) or {}).get("drawing", {}).get("raw") or {}
-    objs = [o for o in raw.get("objects", []) if str(o.get("type", "")).lower() == "circle"]
-    frame, drag_idx, start_px = ss["lat-frame"], ss["lat-drag-idx"], ss["lat-drag-px"]
-    ids, targets = [], []
-    for obj, i, (sx, sy) in zip(objs, drag_idx, start_px):
-        cx, cy = object_centre(obj)
-        if abs(cx - sx) > 2 or abs(cy - sy) > 2:
-            ids.append(int(view.ids[i]))
-            targets.append(frame.to_xy(cx, cy))
+    ids, targets = dropped_moves(raw, view.ids, ss["lat-drag-idx"], ss["lat-drag-px"], ss["lat-frame"])
     if ids:
         move_to(ids, targets)
 
