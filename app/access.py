@@ -1,7 +1,7 @@
 """Who may see what: the optional lab password for the whole app, the server-wide limit on
 password guesses (lab and Study admin), and keeping study workbenches out of the rest of the app.
 
-Study workbenches (:meth:`core.study_store.StudyStore.study_workbench_ids`) are reachable only
+Study workbenches (:meth:`core.study.store.StudyStore.study_workbench_ids`) are reachable only
 through their participant's link and Study admin: a ``?wb=`` link to one does not open it, and
 the Workbenches page neither lists, downloads nor deletes them.
 """
@@ -122,7 +122,7 @@ def lab_gate(shell=None) -> None:
 def participant_token_valid(token: str) -> bool:
     """Whether ``token`` is a participant's link token on this workspace."""
     from app.state import get_store
-    from core.study_store import StudyError, StudyStore
+    from core.study.store import StudyError, StudyStore
 
     try:
         StudyStore(get_store()).participant(token)
@@ -134,7 +134,7 @@ def participant_token_valid(token: str) -> bool:
 def study_workbench_ids() -> set[str]:
     """The workbenches that belong to a study (hidden outside participant mode and Study admin)."""
     from app.state import get_store
-    from core.study_store import StudyStore
+    from core.study.store import StudyStore
 
     return StudyStore(get_store()).study_workbench_ids()
 

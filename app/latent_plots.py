@@ -9,8 +9,8 @@ import plotly.graph_objects as go
 from PIL import Image, ImageDraw
 
 from app.colors import class_color
-from core.feedback.latent import MoveList
-from core.latent_workspace import LatentView
+from core.feedback.latent.loss import MoveList
+from core.feedback.latent.workflow import LatentView
 
 SYMBOLS = ["circle", "square", "diamond", "cross", "x", "triangle-up", "triangle-down", "pentagon", "hexagon", "star",
            "triangle-left", "triangle-right", "hourglass", "bowtie", "circle-cross", "square-x", "diamond-wide", "octagon",

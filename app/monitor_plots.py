@@ -8,7 +8,7 @@ from plotly.subplots import make_subplots
 
 from app.axes import percent_axis
 from app.colors import class_color
-from core.live_monitor import FreezeSaving, freeze_changes
+from core.monitor.live import FreezeSaving, freeze_changes
 
 # colours of the loss terms' series (classes are coloured by app.colors, the same on every page)
 SERIES = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d"]
@@ -132,7 +132,7 @@ def epoch_time_figure(epochs: list[dict], saving: FreezeSaving | None = None) ->
     """Time per epoch (bars) with validation accuracy (line, right axis) and a numbered
     marker at each epoch where the frozen layers changed (labels in the legend).
 
-    With ``saving`` (see :func:`core.live_monitor.freeze_saving`) the bars say what is
+    With ``saving`` (see :func:`core.monitor.live.freeze_saving`) the bars say what is
     compared: the epochs before the change and after it in two blues, each side's median as
     a line over its epochs with its interquartile range as a band, and the epochs left out
     (the first of each phase: warm-up, or the change happened during it; the phases between

@@ -12,9 +12,9 @@ import torch
 from app.widgets import metric_delta, pick_seed, seed_input, start_job
 from core.data import Progress
 from core.engine import EPOCHS_RANGE, LR_RANGE, TrainConfig
-from core.jobs import Job
-from core.live_monitor import PROBE_SAMPLE, ActivationProbe, EpochTimeSpread, FreezeSaving, Monitors, monitors_for
-from core.workbench import Workbench
+from core.session.jobs import Job
+from core.monitor.live import PROBE_SAMPLE, ActivationProbe, EpochTimeSpread, FreezeSaving, Monitors, monitors_for
+from core.session.workbench import Workbench
 
 
 def probe_sample(wb: Workbench, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -156,7 +156,7 @@ def training_controls(wb: Workbench, key: str, *, probe_layer: str | None = None
                       freeze_hint: bool = True,
                       default_epochs: int = 10) -> None:
     """Epochs, learning rate, batch size, "pause at the end of each epoch", and Start. The job
-    carries per-layer statistics, settle tracking and an activation probe (see core.live_monitor)
+    carries per-layer statistics, settle tracking and an activation probe (see core.monitor.live)
     of ``probe_layer``, probing the first ``probe_count`` of its ``probe_n`` images at most every
     ``probe_interval_s`` seconds (the embedding view's settings; the page can change them later)."""
     job = wb.jobs.current

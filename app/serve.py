@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from core.store import WorkspaceError, claim_workspace, resolve_workspace
+from core.session.store import WorkspaceError, claim_workspace, resolve_workspace
 
 ENTRY = Path(__file__).resolve().parent / "main.py"
 EXIT_WORKSPACE_TAKEN = 3

@@ -8,7 +8,7 @@ import streamlit as st
 
 from core.data import ImageDataset
 from core.shortcut import meter_split, shortcut_meter
-from core.workbench import SHORTCUT_ROWS, Workbench
+from core.session.workbench import SHORTCUT_ROWS, Workbench
 
 from app.widgets import metric_delta
 

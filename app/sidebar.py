@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.base_models import chance_warning
+from core.session.base_models import chance_warning
 from core.data import DEFAULT_RHO, parse_shortcut_source, shortcut_kind
 from core.data.spec import DataError
 from core.data.uploads import discard_upload, store_upload
 from core.models import list_models
-from core.workbench import Workbench
+from core.session.workbench import Workbench
 
 from app.state import BUILTIN_CHOICES, devices, get_store, notice, open_steps_box, source_label, switch_workbench
 from app.widgets import canvas_toolbars_visible, pct, sidebar_job

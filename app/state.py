@@ -22,16 +22,16 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from core.base_models import BaseModels, untrained_model
+from core.session.base_models import BaseModels, untrained_model
 from core.data import DataError, ImageDataset, Progress, load_dataset, parse_shortcut_source, shortcut_kind
 from core.engine import available_devices
-from core.jobs import ComputeBudget, compute_plan
+from core.session.jobs import ComputeBudget, compute_plan
 from core.models import CheckpointError, SteerableModel
-from core.paths import PathNotAllowed, check_user_path, data_roots
-from core.registry import DEFAULT_IDLE_S, WorkbenchRegistry
+from core.session.paths import PathNotAllowed, check_user_path, data_roots
+from core.session.registry import DEFAULT_IDLE_S, WorkbenchRegistry
 from core.shortcut import meter_split
-from core.store import Store, WorkspaceError, claim_workspace, valid_workbench_id
-from core.workbench import SHORTCUT_ROWS, Workbench, WorkbenchError, version_metrics
+from core.session.store import Store, WorkspaceError, claim_workspace, valid_workbench_id
+from core.session.workbench import SHORTCUT_ROWS, Workbench, WorkbenchError, version_metrics
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def configure_threads() -> int:
 def get_store() -> Store:
     """The workspace's store, claimed for this server process: a second server started on
     the same workspace (a replica given the same volume) gets a message naming the first one
-    instead of running its jobs beside it (see ``core.store.claim_workspace``)."""
+    instead of running its jobs beside it (see ``core.session.store.claim_workspace``)."""
     store = Store()
     claim = _CLAIMS.get(store.root)
     if claim is None or not claim.holds():  # one descriptor per workspace for the process's life
@@ -249,7 +249,7 @@ def counting_images(model: SteerableModel, total: int, progress: Progress | None
 
 
 def metric_images(data: ImageDataset) -> int:
-    """How many images :func:`core.workbench.version_metrics` runs through a model: the val
+    """How many images :func:`core.session.workbench.version_metrics` runs through a model: the val
     and test splits, and twice the shortcut meter's rows on data with masks."""
     total = sum(len(data.splits.get(s, ())) for s in ("val", "test"))
     split = meter_split(data)

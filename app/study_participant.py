@@ -1,8 +1,8 @@
 """Participant mode (``?study=<token>``): the one page a study participant sees. It draws the
 participant's current step (instructions, a condition of attention clicking, latent editing or
 grid feedback, a questionnaire, the end) and turns gestures into calls on
-:mod:`core.study_attention` (latent and grid: :mod:`app.study_tasks` on :mod:`core.study_latent`
-and :mod:`core.study_grid`), which log each one before the page reacts. Progress is in the store, so a refresh or a server restart resumes it.
+:mod:`core.study.attention` (latent and grid: :mod:`app.study_tasks` on :mod:`core.study.latent`
+and :mod:`core.study.grid`), which log each one before the page reacts. Progress is in the store, so a refresh or a server restart resumes it.
 """
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ from app.click_image import click_image, events_after
 from app.state import get_base_models, get_budget, get_dataset, get_registry, get_store
 from core.explain.gradcam import gradcam
 from core.explain.superpixels import superpixels
-from core.feedback.attention import AttentionAnnotation
+from core.feedback.attention.loss import AttentionAnnotation
 from core.models import for_inference
-from core.study import SUS_ITEMS, TLX_DIMENSIONS, raw_tlx, sus_score
-from core.study_attention import AttentionCondition
-from core.study_flow import ParticipantFlow
-from core.study_grid import GridCondition
-from core.study_latent import LatentCondition
-from core.study_store import StudyError, StudyStore
-from core.workbench import Workbench
+from core.study.design import SUS_ITEMS, TLX_DIMENSIONS, raw_tlx, sus_score
+from core.study.attention import AttentionCondition
+from core.study.flow import ParticipantFlow
+from core.study.grid import GridCondition
+from core.study.latent import LatentCondition
+from core.study.store import StudyError, StudyStore
+from core.session.workbench import Workbench
 
 QUERY_KEY = "study"
 WORKSPACE_PX = 384
@@ -152,7 +152,7 @@ def condition(flow: ParticipantFlow) -> None:
             rnd = cond.round()
             if cond.confirmed() and not cond.practice:
                 rnd.closed = True
-                from core.attention_workspace import save_round
+                from core.feedback.attention.workflow import save_round
                 save_round(wb, rnd)
                 cond.start_fine_tune()
             else:

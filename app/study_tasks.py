@@ -1,6 +1,6 @@
 """The participant page's latent-editing and grid-feedback conditions (the attention one is in
 :mod:`app.study_participant`). Each draws the condition's items and turns gestures into calls
-on :mod:`core.study_latent` / :mod:`core.study_grid`, which log every gesture before the page
+on :mod:`core.study.latent` / :mod:`core.study.grid`, which log every gesture before the page
 reacts; the drawing reuses the Latent space page's figures (:mod:`app.latent_plots`) and the
 Grid feedback page's clickable image (:mod:`app.click_image`, queued clicks acknowledged by
 ``n``)."""
@@ -17,11 +17,11 @@ from app.latent_plots import CanvasFrame, canvas_background, canvas_fit_css, dra
 from app.state import get_registry
 from app.widgets import canvas_toolbars_visible
 from app.study_participant import WORKSPACE_PX, ss_key
-from core.feedback.grid import square_of
-from core.study_flow import ParticipantFlow
-from core.study_grid import GridCondition, review_maps
-from core.study_latent import LatentCondition, centroid_targets
-from core.study_store import StudyError
+from core.feedback.grid.loss import square_of
+from core.study.flow import ParticipantFlow
+from core.study.grid import GridCondition, review_maps
+from core.study.latent import LatentCondition, centroid_targets
+from core.study.store import StudyError
 
 FINAL = ("done", "failed", "diverged", "stopped")
 

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 from plotly.subplots import make_subplots
 
-from core.base_models import base_config
+from core.session.base_models import base_config
 from core.engine import EPOCHS_RANGE, LR_RANGE, TrainConfig, check_train_settings
-from core.jobs import Job, JobBusy
-from core.workbench import Workbench
+from core.session.jobs import Job, JobBusy
+from core.session.workbench import Workbench
 
 from app.axes import percent_axis
 from app.monitor_plots import add_loss_and_accuracy, integer_epoch_axis

@@ -66,14 +66,14 @@ def add_threads_argument(ap) -> None:
     """``--threads``: the torch thread count of a speed benchmark (see :func:`set_torch_threads`)."""
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads on both sides (default: what the server gives a training job on this "
-                         "machine, core.jobs.compute_plan: 1 on 2 cores, one core being left for the server)")
+                         "machine, core.session.jobs.compute_plan: 1 on 2 cores, one core being left for the server)")
 
 
 def set_torch_threads(requested: int | None = None) -> int:
     """Set and return the torch thread count a speed benchmark measures with: ``requested``,
     else the one default every speed benchmark shares, the threads the server gives one
-    training job on this machine (``core.jobs.compute_plan``). Record it with the figures."""
-    from core.jobs import compute_plan
+    training job on this machine (``core.session.jobs.compute_plan``). Record it with the figures."""
+    from core.session.jobs import compute_plan
 
     threads = int(requested or compute_plan()[1])
     if threads < 1:

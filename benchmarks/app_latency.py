@@ -69,8 +69,8 @@ def _study_with_results(at) -> None:
     annotated images (events as the participant page logs them) with its questionnaires, its
     participants, results, box plot and tests drawn."""
     from app.state import get_store
-    from core.study import CONFIRM, SHOW, sus_score
-    from core.study_store import StudyStore
+    from core.study.design import CONFIRM, SHOW, sus_score
+    from core.study.store import StudyStore
 
     studies = StudyStore(get_store())
     design = {"task": "attention", "dataset": "digits", "conditions": [
@@ -215,7 +215,7 @@ def participant_rerun(reruns: int) -> dict:
     from streamlit.testing.v1 import AppTest
 
     from app.state import get_store
-    from core.study_store import StudyStore
+    from core.study.store import StudyStore
 
     target = TARGETS["idle_rerun"]
     params = {"page": "participant mode (?study=<token>)", "reruns": reruns, "via": "streamlit.testing AppTest",

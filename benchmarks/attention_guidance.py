@@ -5,7 +5,7 @@
 
 For each seed: a base model (seed-cnn) is trained on the biased training split. The sampler
 (``--sampler``) picks ``--budget`` pool images with the base model; the simulated user
-(``core.attention_workspace``) clicks the centroid of each image's object mask (positive) and
+(``core.feedback.attention.workflow``) clicks the centroid of each image's object mask (positive) and
 each superpixel outside the object whose mean attention is above the image's mean (negative,
 at most 5 per image), from the Grad-CAM the page shows (true class). Every arm then fine-tunes
 a copy of the base on those images, with the same epochs, batch size and so steps:
@@ -43,7 +43,7 @@ import torch
 
 from _common import machine, print_table, seeds_record, write_json  # noqa: I001
 from _effect import cached_fit, effect_record, oracle_accuracy, random_masks, summarize_arms
-from core.attention_workspace import (
+from core.feedback.attention.workflow import (
     AttentionAnnotation,
     FineTuneSettings,
     annotate_like_a_person,

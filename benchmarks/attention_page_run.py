@@ -6,7 +6,7 @@ Starts `streamlit run app/main.py` on a fresh workspace with cached base models 
 with ``python -m core.train``'s defaults, the app's own base-model settings), and for each
 bundled shortcut set in ``--sets``, one after the other, in a fresh browser context: opens the
 Attention page in Chromium, presses the page's "Open ..." button for the set, starts a round
-with the page's defaults (``core.attention_workspace.PageSettings``: gmm sampler, 16
+with the page's defaults (``core.feedback.attention.workflow.PageSettings``: gmm sampler, 16
 candidates, lr 0.01, 20 epochs, the attention loss, no counterexamples), and for each image
 makes the clicks the benchmark's simulated user makes (``simulated_annotation``: left-click
 the mask's centroid, right-click each attended superpixel outside the object, from the
@@ -55,10 +55,10 @@ def same_information(workspace: Path, wb_id: str, version: int = 1) -> dict:
     (``fine_tune(guidance=False)``) on the annotations the page stored for ``wb_id``, from a
     deep copy of v0, with that version's epochs, batch size, momentum, weight decay and seed
     and lr SAME_INFORMATION_LR."""
-    from core.attention_workspace import FineTuneSettings, annotations_of, bias_report, fine_tune
+    from core.feedback.attention.workflow import FineTuneSettings, annotations_of, bias_report, fine_tune
     from core.models import model_from_checkpoint
-    from core.store import Store
-    from core.workbench import Workbench
+    from core.session.store import Store
+    from core.session.workbench import Workbench
 
     store = Store(workspace)
     wb = Workbench.open(store, wb_id)
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     env = {**__import__("os").environ, **bconf.thread_env()}
     subprocess.run([sys.executable, "-m", "core.train", "--data", "digits", "--model", "seed-cnn", "--epochs", "3",
                     "--lr", "0.02", "--out", str(ws / "base")], cwd=ROOT, check=True, capture_output=True, env=env)
-    for data_name in sets:  # the app's own base-model settings for the set (core.base_models.base_config)
+    for data_name in sets:  # the app's own base-model settings for the set (core.session.base_models.base_config)
         subprocess.run([sys.executable, "-m", "core.train", "--data", data_name, "--model", "seed-cnn",
                         "--out", str(ws / "base")], cwd=ROOT, check=True, capture_output=True, env=env)
     server = bconf.StreamlitServer(ws).start()

@@ -1,7 +1,7 @@
 """Engine overhead: core.engine.fit against a bare hand-written PyTorch loop.
 
 Same model, data, batch size, seed and thread count (by default the server's for one training
-job, ``core.jobs.compute_plan``, as in monitor_overhead.py: ``_common.set_torch_threads``;
+job, ``core.session.jobs.compute_plan``, as in monitor_overhead.py: ``_common.set_torch_threads``;
 recorded as ``params.torch_threads``); interleaved repeats of one epoch each.
 Entries: ``engine`` (no statistics), ``engine_stats`` (per-layer and per-filter statistics on
 every step), ``frozen`` (seed-cnn with conv1-2 frozen, against a bare loop with the same
@@ -26,7 +26,7 @@ from _common import (add_threads_argument, device_or_exit, device_params, interl
 from core.data import load_dataset
 from core.engine import TrainConfig, apply_freeze, fit
 from core.models import build_model
-from core.monitor import LayerStats
+from core.monitor.stats import LayerStats
 
 
 def bare_epoch(model, images, labels, batch_size: int, seed: int, lr: float, frozen: tuple[str, ...] = (),

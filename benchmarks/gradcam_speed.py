@@ -47,7 +47,7 @@ def pool_scoring(args, device: torch.device) -> dict:
     import numpy as np
     import torch.nn.functional as F
 
-    from core.attention_workspace import pool_view
+    from core.feedback.attention.workflow import pool_view
     from core.select import get_sampler
 
     g = torch.Generator().manual_seed(args.seed)

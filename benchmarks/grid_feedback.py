@@ -10,10 +10,10 @@ same config, seed and therefore the same initial weights and batch order:
 - ``baseline``: no feedback (CE only);
 - ``feedback``: at each epoch end that has training after it, the ``--review-k`` mistakes of the
   training split with the highest predictive entropy that were not reviewed yet are reviewed by
-  the simulated user (``core.grid_workspace.simulated_review``), who marks every square of the
+  the simulated user (``core.feedback.grid.workflow.simulated_review``), who marks every square of the
   grid (7 x 7 by default) that holds no object pixel (from the object masks: a person sees where
   the object is); training goes on with CE + the grid penalty over all images reviewed so far
-  (``core.feedback.grid``: lambda calibrated so that the penalty starts at ``--share`` x CE);
+  (``core.feedback.grid.loss``: lambda calibrated so that the penalty starts at ``--share`` x CE);
 - ``random_squares``: the control for "any penalty helps": the SAME images at the same epoch
   ends as ``feedback`` reviewed, each with as many squares as the simulated user marked on it,
   chosen at random among all squares; same penalty rule;
@@ -75,12 +75,12 @@ from _effect import effect_record, oracle_accuracy
 from _common import (device_or_exit, device_params, interleaved, machine, mean_sd, paired, print_table,  # noqa: I001
                      seeds_record, sync, write_json)
 from core.data import DataError, load_dataset, shortcut_kind
-import core.feedback.grid as grid_loss
+import core.feedback.grid.loss as grid_loss
 from core.engine import Callback, StepInfo, TrainConfig, evaluate, fit
-from core.feedback.grid import FEEDBACK as GRID
+from core.feedback.grid.loss import FEEDBACK as GRID
 from core.feedback.counterexamples import CounterexampleSettings
-from core.feedback.grid import KIND, PER_STEP, SHARE, GridSettings
-from core.grid_workspace import bias_report, simulated_review, train_with_reviews, without_masks
+from core.feedback.grid.loss import KIND, PER_STEP, SHARE, GridSettings
+from core.feedback.grid.workflow import bias_report, simulated_review, train_with_reviews, without_masks
 from core.models import build_model, model_from_checkpoint, read_checkpoint, save_checkpoint
 
 RUNS = ("baseline", "random_squares", "reviewed_ce", "feedback", "counterexamples", "both", "counterexamples_random")
@@ -99,7 +99,7 @@ LEAD = "feedback"  # the run whose own model picks the images every other run re
 # the random-region control of each arm
 RANDOM_OF = {"feedback": "random_squares", "counterexamples": "counterexamples_random", "both": None}
 TUNED_ON = [100, 101, 102]
-TUNED = ("the penalty's starting share of the reviewed images' CE (core.feedback.grid.SHARE = 0.3), chosen on seeds "
+TUNED = ("the penalty's starting share of the reviewed images' CE (core.feedback.grid.loss.SHARE = 0.3), chosen on seeds "
          "100-102 among 0.1 / 0.3 / 1, first by the feedback run's bias-conflicting accuracy alone, then re-checked "
          "there with the random-squares control (results/diagnostics/grid/): at 0.1 random squares help as much as "
          "the marks, at 1 they fall below no feedback and the feedback's own gain is the smallest; 0.3 kept. The "
@@ -190,7 +190,7 @@ def baseline_run(data, cfg: TrainConfig, seed: int, cache: Path | None, source: 
 
 def reviewed_ce_values(model, images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, *,
                        create_graph: bool = True) -> torch.Tensor:
-    """The ``reviewed_ce`` control's stand-in for ``core.feedback.grid.grid_penalty_values``:
+    """The ``reviewed_ce`` control's stand-in for ``core.feedback.grid.loss.grid_penalty_values``:
     the per-image CE of the reviewed images (N,), with its graph; the marks (``weights``) unused."""
     device = next(model.parameters()).device
     return F.cross_entropy(model(images.to(device)), labels.to(device), reduction="none")

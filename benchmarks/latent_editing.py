@@ -48,10 +48,10 @@ from _common import (device_or_exit, device_params, interleaved, machine, pair_f
                      print_table, seeds_record, summarize, sync, write_json)
 from core.data import load_dataset
 from core.engine import TrainConfig, evaluate, fine_tune, fit, predict
-from core.feedback.latent import PAPER_WEIGHTS, VARIANTS, LatentMoveLoss, class_centroids, implied_labels, lift_targets
-from core.feedback.selection import SelectedExamplesLoss
+from core.feedback.latent.loss import PAPER_WEIGHTS, VARIANTS, LatentMoveLoss, class_centroids, implied_labels, lift_targets
+from core.feedback.selection.loss import SelectedExamplesLoss
 from core.models import build_model, model_from_checkpoint, save_checkpoint
-from core.projection import fit_projection, projection_r2
+from core.feedback.latent.projection import fit_projection, projection_r2
 
 
 KEYS = {"lifted": "lifted", "paper": "paper", "implied-label": "implied"}

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.monitor_widgets import probe_sample
     from app.state import SESSION_KEY, compute_plan, get_registry
     from core.engine import TrainConfig
-    from core.live_monitor import PROBE_SAMPLE, monitors_for
+    from core.monitor.live import PROBE_SAMPLE, monitors_for
 
     import torch
 

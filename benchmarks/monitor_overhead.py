@@ -2,10 +2,10 @@
 against a bare loop.
 
 "Ours" is what the training-monitor page runs: ``fit`` with the callbacks of
-:func:`core.live_monitor.monitors_for` (what the page passes to ``start_training``):
-:class:`core.monitor.LayerStats` (per-filter mean |activation| and gradient norm on every
-step), :class:`core.monitor.SettleTracker` (once per epoch) and
-:class:`core.live_monitor.ActivationProbe` on the page's sample (``PROBE_SAMPLE`` pool
+:func:`core.monitor.live.monitors_for` (what the page passes to ``start_training``):
+:class:`core.monitor.stats.LayerStats` (per-filter mean |activation| and gradient norm on every
+step), :class:`core.monitor.stats.SettleTracker` (once per epoch) and
+:class:`core.monitor.live.ActivationProbe` on the page's sample (``PROBE_SAMPLE`` pool
 images drawn as ``app.monitor_widgets.probe_sample`` draws them; the whole pool when it is
 smaller), with its default schedule (adaptive, at most ``PROBE_BUDGET`` of the step time),
 while a second thread plays the page: every ``--poll`` seconds (``app.widgets.POLL_S``) it
@@ -15,7 +15,7 @@ Streamlit thread (the t-SNE of the Embedding view is timed by ``streamed_tsne.py
 
 The reference is a bare hand-written PyTorch loop (``bare_epoch`` from
 ``engine_overhead.py``). Same model, data, batch size, seed and thread count (by default the
-server's for one training job, ``core.jobs.compute_plan``, the default of engine_overhead.py
+server's for one training job, ``core.session.jobs.compute_plan``, the default of engine_overhead.py
 too: ``_common.set_torch_threads``; recorded as ``params.torch_threads``); interleaved
 pairs of ``--epochs`` epochs each (default 10, the page's default run), medians.
 
@@ -40,7 +40,7 @@ from _common import (add_threads_argument, device_or_exit, device_params, interl
 from engine_overhead import bare_epoch
 from core.data import load_dataset
 from core.engine import TrainConfig, fit
-from core.live_monitor import PROBE_BUDGET, PROBE_EVERY, PROBE_SAMPLE, Monitors, monitors_for
+from core.monitor.live import PROBE_BUDGET, PROBE_EVERY, PROBE_SAMPLE, Monitors, monitors_for
 from core.models import build_model
 
 TARGET = 1.10

@@ -10,7 +10,7 @@ that holds that share of them along each axis. Every pool point inside the box i
 looking at the drawings has). Three runs from the same base model, same optimiser, same
 number of steps:
 
-- ``ours``: :func:`core.feedback.selection.retrain_on_selection` (CE on the selection,
+- ``ours``: :func:`core.feedback.selection.loss.retrain_on_selection` (CE on the selection,
   batches filled up with random training examples);
 - ``no_fill`` (same information): the same selected examples with the same labels, the same
   number of them per step, without the random fill;
@@ -37,9 +37,9 @@ import torch
 
 from _common import ROOT, machine, pair_figures, paired, print_table, seeds_record, summarize, write_json  # noqa: I001
 from core.data import load_dataset
-from core.embed import tsne_layout
+from core.monitor.embed import tsne_layout
 from core.engine import TrainConfig, evaluate, fit, predict
-from core.feedback.selection import (
+from core.feedback.selection.loss import (
     RetrainSettings,
     box_select,
     fill_indices,
@@ -180,7 +180,7 @@ def run_seed(args, seed: int, settings: RetrainSettings, cache: Path | None, tag
 FIGURES = ["heldout_fixed", "heldout_fixed_fraction", "heldout_broken", "heldout_net", "heldout_acc_after",
            "selected_fixed_fraction", "selected_right_after", "val_acc_after", "val_acc_change", "test_acc_after"]
 # RetrainSettings' defaults (200 iterations, lr 0.003, 16 selected per batch) were tuned on
-# Quick Draw seeds 0-4 (see core/feedback/selection.py); the figures are reported on 100-102.
+# Quick Draw seeds 0-4 (see core/feedback/selection/loss.py); the figures are reported on 100-102.
 TUNED_ON = [0, 1, 2, 3, 4]
 TUNED = "RetrainSettings defaults (iterations 200, lr 0.003, 16 selected per batch), on Quick Draw seeds 0-4"
 

@@ -1,4 +1,4 @@
-"""Streamed t-SNE: a warm update of core.embed.EmbeddingStream against a cold openTSNE layout
+"""Streamed t-SNE: a warm update of core.monitor.embed.EmbeddingStream against a cold openTSNE layout
 with the page's settings (the work it replaces) and a cold scikit-learn TSNE.
 
 The points are real activations: a seed-cnn is trained for one epoch on the data, and the
@@ -9,7 +9,7 @@ untimed); what is timed is its update on B (warm start, ``warm_iter`` = 100 iter
 early exaggeration). Two references, timed in the same run, interleaved (rotating order):
 
 - ``opentsne_cold`` (headline, same work otherwise done): what the page computes for a first
-  layout, :func:`core.embed.tsne_layout` on B with the same perplexity (30), seed and
+  layout, :func:`core.monitor.embed.tsne_layout` on B with the same perplexity (30), seed and
   iteration count (the stream's ``cold_iter`` = 500 after 250 of early exaggeration);
 - ``sklearn``: ``sklearn.manifold.TSNE`` on B with the same perplexity, PCA initialisation and
   seed (its default 1,000 iterations): what a user would otherwise reach for.
@@ -48,7 +48,7 @@ from threadpoolctl import threadpool_limits
 from _common import (ROOT, device_or_exit, device_params, interleaved_many, machine, print_table,  # noqa: I001
                      seeds_record, sync, write_json)
 from core.data import load_dataset
-from core.embed import EmbeddingStream, layer_activations, tsne_layout
+from core.monitor.embed import EmbeddingStream, layer_activations, tsne_layout
 from core.engine import TrainConfig, fit
 from core.models import build_model
 
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
         "pass": ratio["opentsne_cold"] <= TARGET,
         "references": {
             "opentsne_cold": {"s": r["median_s"]["opentsne_cold"], "ratio": ratio["opentsne_cold"],
-                              "what": f"core.embed.tsne_layout, perplexity {PERPLEXITY:g}, 250 exaggerated + "
+                              "what": f"core.monitor.embed.tsne_layout, perplexity {PERPLEXITY:g}, 250 exaggerated + "
                                       f"{primed.cold_iter} iterations, same seed (the page's first layout)"},
             "sklearn": {"s": r["median_s"]["sklearn"], "ratio": ratio["sklearn"],
                         "what": f"sklearn.manifold.TSNE(init='pca', learning_rate='auto', perplexity {PERPLEXITY:g}), "

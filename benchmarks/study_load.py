@@ -73,7 +73,7 @@ class Sampler(threading.Thread):
         self.busy_seconds = 0.0
 
     def run(self) -> None:
-        db_path = self.server.workspace / "steerboard.db"  # core.store.Store.db_path
+        db_path = self.server.workspace / "steerboard.db"  # core.session.store.Store.db_path
         k, last = 0, time.monotonic()
         while not self.stop_flag.wait(0.25):
             now = time.monotonic()
@@ -287,7 +287,7 @@ async def run_participant(context, url: str, shared: Shared, p: Participant, del
 
 def stored_annotations(workspace: Path, studies_token_wb: dict[str, str]) -> dict[str, list[int]]:
     """Example ids of the attention annotations on each participant's first-condition workbench."""
-    from core.store import Store
+    from core.session.store import Store
 
     store = Store(workspace)
     return {tok: sorted(a.example_id for a in store.annotations(wb, "attention")) if wb else []
@@ -324,8 +324,8 @@ async def kill_and_restart(server: StreamlitServer, shared: Shared, people: list
 
 # ----------------------------------------------------------------------------- the run
 def make_study(workspace: Path, participants: int, budget: int, epochs: int) -> tuple[str, list]:
-    from core.store import Store
-    from core.study_store import StudyStore
+    from core.session.store import Store
+    from core.study.store import StudyStore
 
     design = {"task": "attention", "dataset": "digits", "arch": "seed-cnn",
               "conditions": [{"name": "click", "settings": {"mode": "click", "sampler": "random", "epochs": epochs},
@@ -406,8 +406,8 @@ def main(argv: list[str] | None = None) -> dict:
     study_id, parts = make_study(ws, args.participants, args.budget, args.epochs)
     people = [Participant(p.number, p.token, p.conditions, args.budget) for p in parts]
 
-    from core.store import Store
-    from core.study_store import StudyStore
+    from core.session.store import Store
+    from core.study.store import StudyStore
 
     def workbenches() -> dict[str, str | None]:
         studies = StudyStore(Store(ws))
@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> dict:
                                            for p in people],
                    "isolation": isolation,
                    "machine_speed": {"before": speed_before, "after": speed_anchor()},
-                   "server": "1 Streamlit process; training jobs at once and threads from core.jobs.compute_plan",
+                   "server": "1 Streamlit process; training jobs at once and threads from core.session.jobs.compute_plan",
                    "browser": "chromium (headless), one context per participant",
                    **machine()},
         "seeds": seeds_record([], [], "nothing (a load test)"),

@@ -3,7 +3,7 @@
     python -m core.train --data digits --model seed-cnn --out runs/digits
 
 Without --epochs, --batch-size, --lr or --keep-best/--no-keep-best it trains with the settings the app's
-base models use for that dataset (core.base_models.base_config), so the checkpoint is the one the
+base models use for that dataset (core.session.base_models.base_config), so the checkpoint is the one the
 app would train.
 
 Data-parallel on several processes or GPUs with PyTorch's own launcher (DistributedDataParallel;
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from core.base_models import base_config, base_meta, config_meta
+from core.session.base_models import base_config, base_meta, config_meta
 from core.data import DataError, ImageDataset, load_dataset
 from core.engine import PRECISIONS, Callback, EpochInfo, TrainConfig
 from core.models import list_models, save_checkpoint
-from core.workbench import base_key, train_base_model, version_metrics
+from core.session.workbench import base_key, train_base_model, version_metrics
 
 
 class _StepLosses(Callback):
@@ -75,7 +75,7 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m core.train", description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="digits", help="built-in name or a folder (see python -m core.data describe)")
     ap.add_argument("--model", default="seed-cnn", choices=list_models())
-    # None: the app's base-model setting for this dataset (core.base_models.base_config)
+    # None: the app's base-model setting for this dataset (core.session.base_models.base_config)
     ap.add_argument("--epochs", type=int, default=None, help="default: the app's base-model setting (10)")
     ap.add_argument("--batch-size", type=int, default=None, help="default: the app's base-model setting (64)")
     ap.add_argument("--lr", type=float, default=None,
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def train_config(args: argparse.Namespace, data: ImageDataset, device: str | None = None) -> TrainConfig:
     """The run's settings: the flags given, the rest from the app's base-model settings for
-    ``args.data`` (:func:`core.base_models.base_config`)."""
+    ``args.data`` (:func:`core.session.base_models.base_config`)."""
     base = base_config(args.data, data, seed=args.seed)
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "keep_best": args.keep_best}
     return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None}, device=device,

@@ -16,7 +16,7 @@ from app.click_image import click_image, events_after
 from app.shortcut_widgets import shortcut_compare
 from app.state import current_workbench
 from app.widgets import live_job, metric_delta, offer_biased_digits, start_job
-from core.attention_workspace import (
+from core.feedback.attention.workflow import (
     SETTINGS_KEY,
     PageSettings,
     Round,
@@ -32,7 +32,7 @@ from core.attention_workspace import (
 from core.engine import predict
 from core.explain import gradcam
 from core.explain.superpixels import SuperpixelCache
-from core.feedback.attention import AttentionAnnotation
+from core.feedback.attention.loss import AttentionAnnotation
 from core.models import model_from_checkpoint
 from core.select import SAMPLERS
 

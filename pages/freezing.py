@@ -8,8 +8,8 @@ from app.monitor_plots import epoch_time_figure, live_figure, step_freeze_marker
 from app.monitor_widgets import current_monitors, saving_summary, training_controls
 from app.state import current_workbench
 from app.widgets import live_job
-from core.jobs import Job
-from core.live_monitor import freeze_saving
+from core.session.jobs import Job
+from core.monitor.live import freeze_saving
 
 wb = current_workbench()
 ss = st.session_state

@@ -25,8 +25,8 @@ from app.widgets import live_job, metric_delta, offer_biased_digits, pct, start_
 from core.engine import predict
 from core.explain.saliency import METHODS, saliency_maps
 from core.feedback.counterexamples import feedback_line
-from core.feedback.grid import square_of
-from core.grid_session import (
+from core.feedback.grid.loss import square_of
+from core.feedback.grid.job import (
     SETTINGS_KEY,
     GridPageSettings,
     continue_training,
@@ -39,7 +39,7 @@ from core.grid_session import (
     start_grid_training,
     waiting_epoch,
 )
-from core.grid_workspace import REVIEW_SAMPLERS, bias_report, outside_top_marks, review_rows
+from core.feedback.grid.workflow import REVIEW_SAMPLERS, bias_report, outside_top_marks, review_rows
 
 wb = current_workbench()
 ss = st.session_state

@@ -23,10 +23,10 @@ from app.latent_plots import (
 )
 from app.state import current_workbench, notice
 from app.widgets import IDLE_POLL_S, live_job, metric_delta, pct, to_pil
-from core.feedback.latent import VARIANTS, Move, MoveList, candidates, class_centroids
-from core.jobs import JobBusy
-from core.store import VersionRecord
-from core.latent_workspace import (
+from core.feedback.latent.loss import VARIANTS, Move, MoveList, candidates, class_centroids
+from core.session.jobs import JobBusy
+from core.session.store import VersionRecord
+from core.feedback.latent.workflow import (
     PENDING_KEY,
     RESULT_KEY,
     Progress,

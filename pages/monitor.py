@@ -14,11 +14,11 @@ from app.monitor_widgets import (PROBE_N, EmbeddingWait, current_monitors, probe
                                  training_controls)
 from app.state import current_workbench, notice
 from app.widgets import live_job, pct, to_pil
-from core.embed import EmbeddingStream, filter_vectors, layer_activations
+from core.monitor.embed import EmbeddingStream, filter_vectors, layer_activations
 from core.engine import predict
-from core.feedback.selection import KIND as SELECTION, RetrainSettings, plan_retrain, selection_report
-from core.jobs import Job, JobBusy
-from core.monitor import activation_maps, watched_layers
+from core.feedback.selection.loss import KIND as SELECTION, RetrainSettings, plan_retrain, selection_report
+from core.session.jobs import Job, JobBusy
+from core.monitor.stats import activation_maps, watched_layers
 
 wb = current_workbench()
 ss = st.session_state

@@ -11,14 +11,14 @@ import streamlit as st
 
 from app.access import password_form, secret
 from app.state import get_base_models, get_dataset, get_registry, get_store
-from core.attention_workspace import COUNTEREXAMPLES_ON
-from core.grid_session import COUNTEREXAMPLES_ON as GRID_COUNTEREXAMPLES_ON
-from core.grid_workspace import REVIEW_SAMPLERS
-from core.study_latent import GESTURES
-from core.study import likert_template
-from core.study_flow import INSTRUMENTS, ParticipantFlow, normalize_design
-from core.study_results import condition_means, export_zip, study_tables
-from core.study_store import StudyError, StudyStore
+from core.feedback.attention.workflow import COUNTEREXAMPLES_ON
+from core.feedback.grid.job import COUNTEREXAMPLES_ON as GRID_COUNTEREXAMPLES_ON
+from core.feedback.grid.workflow import REVIEW_SAMPLERS
+from core.study.latent import GESTURES
+from core.study.design import likert_template
+from core.study.flow import INSTRUMENTS, ParticipantFlow, normalize_design
+from core.study.results import condition_means, export_zip, study_tables
+from core.study.store import StudyError, StudyStore
 
 PASSWORD_ENV = "STEERBOARD_ADMIN_PASSWORD"
 SAMPLERS = ["gmm", "entropy", "margin", "kcenter", "random"]

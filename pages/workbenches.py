@@ -11,7 +11,7 @@ import streamlit as st
 
 from app.access import study_workbench_ids
 from app.state import current_workbench, get_registry, get_store, notice, open_workbench
-from core.export import workbench_bundle
+from core.session.export import workbench_bundle
 
 HOME = str(Path(__file__).resolve().parent / "home.py")
 wb = current_workbench()

@@ -15,8 +15,8 @@ def prepare_workspace(path: Path) -> Path:
     from core.data import load_dataset
     from core.engine import TrainConfig
     from core.models import save_checkpoint
-    from core.store import Store
-    from core.workbench import base_checkpoint_path, train_base_model
+    from core.session.store import Store
+    from core.session.workbench import base_checkpoint_path, train_base_model
 
     store = Store(path)
     data = load_dataset("digits")

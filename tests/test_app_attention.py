@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from apptest_helpers import ROOT, new_app, no_exceptions, prepare_workspace, workbench_of
 
-from core.attention_workspace import annotations_of, bias_report, load_round
+from core.feedback.attention.workflow import annotations_of, bias_report, load_round
 
 PAGE = str(Path(ROOT) / "pages" / "attention.py")
 
@@ -19,8 +19,8 @@ def biased_workspace(tmp_path_factory):
     from core.data import load_dataset
     from core.engine import TrainConfig
     from core.models import save_checkpoint
-    from core.store import Store
-    from core.workbench import base_checkpoint_path, train_base_model
+    from core.session.store import Store
+    from core.session.workbench import base_checkpoint_path, train_base_model
 
     ws = prepare_workspace(tmp_path_factory.mktemp("att") / "workspace")
     data = load_dataset("biased-digits")
@@ -190,11 +190,11 @@ def test_annotations_and_round_survive_a_refresh(biased_workspace):
 
 def _save_untrained_base(ws, source: str) -> None:
     """A cached (untrained) base model for ``source``, so opening it does not train one."""
-    from core.base_models import untrained_model
+    from core.session.base_models import untrained_model
     from core.data import load_dataset
     from core.models import save_checkpoint
-    from core.store import Store
-    from core.workbench import base_checkpoint_path
+    from core.session.store import Store
+    from core.session.workbench import base_checkpoint_path
 
     data = load_dataset(source)
     save_checkpoint(untrained_model(data, "seed-cnn"), base_checkpoint_path(Store(ws), source, "seed-cnn", 0),

@@ -7,8 +7,8 @@ import numpy as np
 from app.colors import PALETTE, class_color
 from app.latent_plots import workspace_figure
 from app.monitor_plots import embedding_figure
-from core.feedback.latent import MoveList
-from core.latent_workspace import LatentView
+from core.feedback.latent.loss import MoveList
+from core.feedback.latent.workflow import LatentView
 
 CLASSES = [f"class {k}" for k in range(12)]
 

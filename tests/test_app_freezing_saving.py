@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from app.monitor_plots import epoch_time_figure
 from app.monitor_widgets import epoch_list, saving_summary
-from core.live_monitor import freeze_saving
+from core.monitor.live import freeze_saving
 
 
 def _epochs(times, frozen_from):

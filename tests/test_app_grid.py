@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from apptest_helpers import ROOT, new_app, no_exceptions, prepare_workspace, workbench_of
 
-from core.grid_session import PENDING_KEY, reviews_of_version, waiting_epoch
+from core.feedback.grid.job import PENDING_KEY, reviews_of_version, waiting_epoch
 
 pytestmark = pytest.mark.slow  # every test here takes over ~1.5 s: out of the fast lane
 
@@ -22,8 +22,8 @@ def biased_workspace(tmp_path_factory):
     from core.data import load_dataset
     from core.engine import TrainConfig
     from core.models import save_checkpoint
-    from core.store import Store
-    from core.workbench import base_checkpoint_path, train_base_model
+    from core.session.store import Store
+    from core.session.workbench import base_checkpoint_path, train_base_model
 
     ws = prepare_workspace(tmp_path_factory.mktemp("grid") / "workspace")
     data = load_dataset("biased-digits")
@@ -215,11 +215,11 @@ def test_skip_resumes_without_feedback(biased_workspace):
 
 def test_open_texture_digits_from_the_page(biased_workspace):
     """The texture set opens from the page's offer and the page draws on it (it has test_aligned)."""
-    from core.base_models import untrained_model
+    from core.session.base_models import untrained_model
     from core.data import load_dataset
     from core.models import save_checkpoint
-    from core.store import Store
-    from core.workbench import base_checkpoint_path
+    from core.session.store import Store
+    from core.session.workbench import base_checkpoint_path
 
     data = load_dataset("texture-digits")
     path = base_checkpoint_path(Store(biased_workspace), "texture-digits", "seed-cnn", 0)

@@ -251,7 +251,7 @@ def test_a_workspace_another_server_holds_is_refused_with_a_message(tmp_path):
     from apptest_helpers import ROOT, prepare_workspace
 
     ws = prepare_workspace(tmp_path / "workspace")  # its base model cached, so the last run draws Home
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from core.store import claim_workspace; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from core.session.store import claim_workspace; "
                                "claim_workspace(sys.argv[1]); print('held', flush=True); time.sleep(120)", str(ws)],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:

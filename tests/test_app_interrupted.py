@@ -21,8 +21,8 @@ def _notice_shown(at) -> bool:
 def _workbench(tmp_path):
     from core.data import load_dataset
     from core.models import build_model
-    from core.store import Store
-    from core.workbench import Workbench
+    from core.session.store import Store
+    from core.session.workbench import Workbench
 
     store = Store(tmp_path / "ws")
     wb = Workbench.create(store, load_dataset("digits"), "digits", build_model("seed-cnn", 1, 28, 10, seed=0))

@@ -8,7 +8,7 @@ import pytest
 
 from apptest_helpers import ROOT, app_workspace, new_app, no_exceptions, workbench_of  # noqa: F401  (fixture)
 
-from core.latent_workspace import RESULT_KEY, load_moves
+from core.feedback.latent.workflow import RESULT_KEY, load_moves
 
 pytestmark = pytest.mark.slow  # every test here takes over ~1.5 s: out of the fast lane
 
@@ -137,7 +137,7 @@ def test_update_makes_a_version_and_a_summary_then_reset(app_workspace):
 def test_preparing_the_workspace_reports_its_steps(app_workspace, monkeypatch):
     """Issue 29: the waits of a first visit (features of the training sample, the PCA, the
     pool's features, the projection) report k / n to the page's progress bar."""
-    import core.latent_workspace as lw
+    import core.feedback.latent.workflow as lw
 
     seen: list[tuple] = []
 
@@ -272,7 +272,7 @@ def test_moves_made_on_another_version_wait_for_keep_or_discard(app_workspace):
 def test_moves_saved_without_a_version_count_as_made_on_the_current_one(app_workspace):
     """Issue 29: moves an older release saved (no version) are taken as made on the version
     shown, without a message, and from then on carry it."""
-    from core.latent_workspace import HISTORY_KEY
+    from core.feedback.latent.workflow import HISTORY_KEY
 
     at = _open(app_workspace)
     wb = workbench_of(at)

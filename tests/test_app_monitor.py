@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from apptest_helpers import ROOT, app_workspace, new_app, no_exceptions, workbench_of  # noqa: F401  (fixture)
 
-from core.feedback.selection import KIND as SELECTION
-from core.live_monitor import Monitors, freeze_saving
+from core.feedback.selection.loss import KIND as SELECTION
+from core.monitor.live import Monitors, freeze_saving
 
 pytestmark = pytest.mark.slow  # every test here takes over ~1.5 s: out of the fast lane
 

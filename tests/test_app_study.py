@@ -50,7 +50,7 @@ def test_admin_logs_in_and_creates_a_counterbalanced_study(app_workspace, monkey
     no_exceptions(at)
     assert "Created study 'click vs polygon' with 3 participant links" in _texts(at)
     from app.state import get_store
-    from core.study_store import StudyStore
+    from core.study.store import StudyStore
 
     studies = StudyStore(get_store())
     study = next(s for s in studies.studies() if s["name"] == "click vs polygon")
@@ -82,10 +82,10 @@ def _participant(app_workspace, token):
 def test_a_participant_goes_through_a_condition_and_a_questionnaire(app_workspace, monkeypatch):
     at = new_app(app_workspace).run()  # the server's caches point at this workspace
     from app.state import get_registry, get_store
-    from core.study_attention import AttentionCondition
-    from core.study_flow import ParticipantFlow
-    from core.study_results import study_tables
-    from core.study_store import StudyStore
+    from core.study.attention import AttentionCondition
+    from core.study.flow import ParticipantFlow
+    from core.study.results import study_tables
+    from core.study.store import StudyStore
 
     studies = StudyStore(get_store())
     study_id, tokens = studies.create_study("AppTest", DESIGN, participants=1)
@@ -180,8 +180,8 @@ def test_a_study_of_the_grid_task_runs_its_conditions(app_workspace):
     runs it (it refused every task but attention before)."""
     new_app(app_workspace).run()
     from app.state import get_store
-    from core.study_flow import ParticipantFlow
-    from core.study_store import StudyStore
+    from core.study.flow import ParticipantFlow
+    from core.study.store import StudyStore
 
     studies = StudyStore(get_store())
     design = {**DESIGN, "task": "grid",
@@ -199,8 +199,8 @@ def test_a_token_with_two_underscores_still_draws_the_click_image(app_workspace,
     keys replace "_" (this failed at random before, about once in 600 tokens)."""
     new_app(app_workspace).run()
     from app.state import get_store
-    from core import study_store
-    from core.study_store import StudyStore
+    from core.study import store as study_store
+    from core.study.store import StudyStore
 
     monkeypatch.setattr(study_store.secrets, "token_urlsafe", lambda n: "ab__cd_efghijklmnopqrstu")
     _, tokens = StudyStore(get_store()).create_study("Underscores", DESIGN, participants=1)
@@ -215,8 +215,8 @@ def _at_step(app_workspace, design, kind: str, instrument: str | None = None):
     """A new participant of a study of ``design`` put straight at its first step of ``kind``."""
     new_app(app_workspace).run()
     from app.state import get_store
-    from core.study_flow import ParticipantFlow
-    from core.study_store import StudyStore
+    from core.study.flow import ParticipantFlow
+    from core.study.store import StudyStore
 
     studies = StudyStore(get_store())
     study_id, (token,) = studies.create_study("steps", design, participants=1)

@@ -20,8 +20,8 @@ DESIGN = {"task": "latent", "dataset": "digits", "arch": "seed-cnn",
 def _at_condition(app_workspace, name: str, design=DESIGN):
     new_app(app_workspace).run()
     from app.state import get_store
-    from core.study_flow import ParticipantFlow, Step
-    from core.study_store import StudyStore
+    from core.study.flow import ParticipantFlow, Step
+    from core.study.store import StudyStore
 
     studies = StudyStore(get_store())
     study_id, (token,) = studies.create_study(f"tasks {time.time()}", design, participants=1)
@@ -31,7 +31,7 @@ def _at_condition(app_workspace, name: str, design=DESIGN):
 
 
 def _flow(studies, token):
-    from core.study_flow import ParticipantFlow
+    from core.study.flow import ParticipantFlow
 
     return ParticipantFlow(studies, token)
 
@@ -67,7 +67,7 @@ def test_admin_creates_a_study_of_a_latent_and_a_grid_condition(app_workspace, m
     no_exceptions(at)
     assert "Created study 'latent vs grid'" in _texts(at), _texts(at)
     from app.state import get_store
-    from core.study_store import StudyStore
+    from core.study.store import StudyStore
 
     study = next(s for s in StudyStore(get_store()).studies() if s["name"] == "latent vs grid")
     c0, c1 = study["design"]["conditions"]
@@ -84,7 +84,7 @@ def test_a_participant_reviews_a_grid_condition_and_its_outcome_is_recorded(app_
     no_exceptions(at)
     assert "image 1 of 2" in _texts(at) and "Click the grid squares" in _texts(at), _texts(at)
     from app.state import get_registry
-    from core.study_grid import GridCondition
+    from core.study.grid import GridCondition
 
     flow = _flow(studies, token)
     cond = GridCondition(flow, get_registry().get(flow.progress["workbenches"]["marks"]))
@@ -96,7 +96,7 @@ def test_a_participant_reviews_a_grid_condition_and_its_outcome_is_recorded(app_
                                                                "queue": [queued]}}
     at.run()
     no_exceptions(at)
-    from core.feedback.grid import square_of
+    from core.feedback.grid.loss import square_of
 
     n, shape = cond.round()["n"], tuple(cond.wb.data.image_shape[1:])
     assert cond.squares(first) == sorted({square_of(0.5, 0.5, shape, n), square_of(7.5, 7.5, shape, n)})
@@ -109,7 +109,7 @@ def test_a_participant_reviews_a_grid_condition_and_its_outcome_is_recorded(app_
     assert "This part is done" in _texts(at)
     at.button(key="study-finish").click().run()
     _wait_for_questionnaire(at)
-    from core.study_results import study_tables
+    from core.study.results import study_tables
 
     tables = study_tables(studies, study_id)
     rows = tables["annotations"]
@@ -127,7 +127,7 @@ def test_a_participant_moves_points_in_a_latent_condition_and_fine_tunes(app_wor
     assert "move 1 of 2" in _texts(at) and "Draw a lasso around" in _texts(at), _texts(at)
     assert at.button(key="study-lat-done").disabled  # nothing moved yet
     from app.state import get_registry
-    from core.study_latent import LatentCondition
+    from core.study.latent import LatentCondition
 
     flow = _flow(studies, token)
     cond = LatentCondition(flow, get_registry().get(flow.progress["workbenches"]["lasso"]))
@@ -147,7 +147,7 @@ def test_a_participant_moves_points_in_a_latent_condition_and_fine_tunes(app_wor
     assert sorted(cond.moves().moves) == sorted(picked)
     at.button(key="study-lat-done").click().run()  # done after one move: the model learns from it
     _wait_for_questionnaire(at)
-    from core.study_results import study_tables
+    from core.study.results import study_tables
 
     tables = study_tables(studies, study_id)
     (row,) = tables["annotations"]
@@ -179,8 +179,8 @@ def test_a_latent_fine_tune_lost_at_a_restart_is_offered_again(app_workspace):
     studies, study_id, token = _at_condition(app_workspace, "lasso")
     at = _participant(app_workspace, token)
     from app.state import get_registry
-    from core.study_condition import FINE_TUNE_KEY
-    from core.study_latent import LatentCondition
+    from core.study.condition import FINE_TUNE_KEY
+    from core.study.latent import LatentCondition
 
     flow = _flow(studies, token)
     wb = get_registry().get(flow.progress["workbenches"]["lasso"])

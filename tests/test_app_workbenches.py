@@ -5,7 +5,7 @@ import pytest
 from apptest_helpers import ROOT, app_workspace, new_app, no_exceptions, workbench_of  # noqa: F401  (fixture)
 
 from core.models import build_model
-from core.workbench import Workbench
+from core.session.workbench import Workbench
 
 pytestmark = pytest.mark.slow  # every test here takes over ~1.5 s: out of the fast lane
 
@@ -97,7 +97,7 @@ def test_a_study_workbench_is_not_listed_downloadable_deletable_or_openable_by_l
     at = new_app(app_workspace).run()
     here = workbench_of(at)
     from app.state import get_store
-    from core.study_store import StudyStore
+    from core.study.store import StudyStore
 
     marked = Workbench.create(get_store(), here.data, "digits", build_model("seed-cnn", 1, 28, 10, seed=5),
                               settings={"device": "cpu", "study_participant": True})

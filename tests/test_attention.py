@@ -9,7 +9,7 @@ import torch
 from core.engine import Batch, TrainConfig, fit
 from core.explain import gradcam
 from core.feedback import FeedbackKind, get_kind, kinds
-from core.feedback.attention import (
+from core.feedback.attention.loss import (
     FEEDBACK,
     AttentionAnnotation,
     AttentionLoss,
@@ -46,7 +46,7 @@ def test_rle_and_polygon_masks():
 
 
 def test_annotation_payload_round_trip_through_the_store(tmp_path):
-    from core.store import Store, VersionRecord
+    from core.session.store import Store, VersionRecord
 
     neg = np.zeros((16, 16), bool)
     neg[:4, :4] = True

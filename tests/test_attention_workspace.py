@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.attention_workspace import (
+from core.feedback.attention.workflow import (
     FineTuneSettings,
     annotate_like_a_person,
     bias_report,

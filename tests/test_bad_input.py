@@ -30,9 +30,9 @@ from support import tgz_of
 
 from core.data import DataError, ImageDataset, load_dataset
 from core.models import CheckpointError, build_model
-from core.store import WorkspaceError
-from core.workbench import WorkbenchError
-from core.paths import PathNotAllowed, check_user_path, data_roots
+from core.session.store import WorkspaceError
+from core.session.workbench import WorkbenchError
+from core.session.paths import PathNotAllowed, check_user_path, data_roots
 
 
 @dataclass(frozen=True)
@@ -532,8 +532,8 @@ def _workbench(tmp: Path):
     from support import make_tiny_dataset
 
     from core.engine import TrainConfig
-    from core.store import Store
-    from core.workbench import Workbench
+    from core.session.store import Store
+    from core.session.workbench import Workbench
 
     data = make_tiny_dataset()
     wb = Workbench.create(Store(tmp / "ws"), data, "tiny", build_model("seed-cnn", 1, 16, data.num_classes, seed=0))
@@ -564,8 +564,8 @@ def _pickled_object_checkpoint(path: Path) -> None:
 
 
 def _versionless_workbench(tmp: Path) -> object:
-    from core.store import Store
-    from core.workbench import Workbench
+    from core.session.store import Store
+    from core.session.workbench import Workbench
 
     store = Store(tmp / "ws")
     orphan = store.create_workbench("digits", "seed-cnn", {})  # what an older release could leave behind
@@ -575,7 +575,7 @@ def _versionless_workbench(tmp: Path) -> object:
 def _newer_schema(tmp: Path) -> object:
     import sqlite3
 
-    from core.store import Store
+    from core.session.store import Store
 
     store = Store(tmp / "ws")
     with sqlite3.connect(store.db_path) as db:
@@ -642,7 +642,7 @@ def _app_link(wb_id: str) -> Callable[[Path], object]:
 def _app_orphan_link(tmp: Path) -> object:
     from apptest_helpers import new_app
 
-    from core.store import Store
+    from core.session.store import Store
 
     ws = _app_workspace(tmp)
     orphan = Store(ws).create_workbench("digits", "seed-cnn", {})

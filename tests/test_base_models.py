@@ -8,12 +8,12 @@ import pytest
 from apptest_helpers import ROOT, app_workspace, new_app, no_exceptions, workbench_of  # noqa: F401  (fixture)
 from support import make_tiny_dataset
 
-from core.base_models import DEFAULT_BASE_CONFIG, BaseModels, base_config, chance_warning
+from core.session.base_models import DEFAULT_BASE_CONFIG, BaseModels, base_config, chance_warning
 from core.data import load_dataset
 from core.engine import Callback, TrainConfig, evaluate, fit
 from core.models import build_model, read_checkpoint
-from core.store import Store
-from core.workbench import train_base_model, version_metrics
+from core.session.store import Store
+from core.session.workbench import train_base_model, version_metrics
 
 
 # ----------------------------------------------------------------------------- base_config
@@ -31,7 +31,7 @@ def test_base_config_lowers_the_learning_rate_for_shortcut_sets_only():
 
 
 def test_base_models_train_with_base_config_when_none_is_given(tmp_path, monkeypatch):
-    import core.base_models as bm
+    import core.session.base_models as bm
 
     seen = []
 
@@ -98,7 +98,7 @@ def test_keep_best_changes_nothing_when_the_last_epoch_is_fine():
 
 
 def test_the_base_model_job_says_when_it_kept_the_best_epoch(tmp_path, monkeypatch):
-    import core.base_models as bm
+    import core.session.base_models as bm
 
     def collapsing(data, arch, *, config, callbacks, control):  # base training that collapses after epoch 2
         model = build_model(arch, 1, 16, data.num_classes, seed=config.seed)
@@ -173,8 +173,8 @@ def test_sidebar_warns_on_every_page_when_the_current_version_is_at_chance(app_w
 def test_a_workbench_run_that_collapses_keeps_its_best_epoch_and_the_version_says_so(workspace):
     """Home's Train (keep_best on): the version holds the best epoch's weights, its description
     and feedback say which epoch, and the job's message says why."""
-    from core.store import Store
-    from core.workbench import Workbench
+    from core.session.store import Store
+    from core.session.workbench import Workbench
 
     data = make_tiny_dataset()
     wb = Workbench.create(Store(workspace), data, "tiny", build_model("seed-cnn", 1, 16, 4, seed=0))

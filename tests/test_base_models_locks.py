@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import threading
 
-import core.base_models as bm
-from core.base_models import BaseModels
+import core.session.base_models as bm
+from core.session.base_models import BaseModels
 from core.models import build_model, save_checkpoint
-from core.store import Store
-from core.workbench import base_checkpoint_path
+from core.session.store import Store
+from core.session.workbench import base_checkpoint_path
 from support import make_tiny_dataset
 
 

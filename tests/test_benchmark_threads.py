@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from core.jobs import compute_plan
+from core.session.jobs import compute_plan
 from support import benchmark, make_tiny_dataset
 
 

@@ -10,7 +10,7 @@ import torch
 
 from core.data.spec import DatasetCard, ImageDataset
 from core.engine import Batch, TrainConfig, evaluate, fit
-from core.feedback.attention import AttentionAnnotation
+from core.feedback.attention.loss import AttentionAnnotation
 from core.feedback.counterexamples import (
     CounterexampleSettings,
     CounterexampleTerm,
@@ -18,10 +18,10 @@ from core.feedback.counterexamples import (
     ignore_mask,
     make_counterexamples,
 )
-from core.feedback.grid import GridAnnotation
+from core.feedback.grid.loss import GridAnnotation
 from core.models import build_model
-from core.store import Store
-from core.workbench import Workbench
+from core.session.store import Store
+from core.session.workbench import Workbench
 
 
 def _batch(n=6, c=3, s=8, seed=0):

@@ -232,7 +232,7 @@ def test_real_quickdraw_reports_seven_files(tmp_path):
 def test_counting_images_counts_what_version_metrics_runs(tiny_data):
     from app.state import counting_images, metric_images
     from core.models import build_model
-    from core.workbench import version_metrics
+    from core.session.workbench import version_metrics
 
     model = build_model("seed-cnn", 1, 16, tiny_data.num_classes, seed=0).eval()  # as shared models are
     seen = []  # counted independently, at the first layer
@@ -269,7 +269,7 @@ def test_counting_images_ignores_other_threads(tiny_data):
 
 def test_metric_images_counts_the_shortcut_meter_rows():
     from app.state import metric_images
-    from core.workbench import SHORTCUT_ROWS
+    from core.session.workbench import SHORTCUT_ROWS
 
     data = load_dataset("biased-digits")
     rows = min(SHORTCUT_ROWS, int(data.rows_with_mask()[data.ids("test_aligned")].sum()))

@@ -396,7 +396,7 @@ def test_entry_and_health_commands_two_replicas_and_a_refused_shared_workspace(t
         for proc in procs:
             stop(proc)
     # the kernel dropped the claims with the processes: the workspace can be served again
-    from core.store import claim_workspace
+    from core.session.store import claim_workspace
 
     claim_workspace(ws_a).release()
 

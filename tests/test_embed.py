@@ -1,13 +1,13 @@
-"""core.embed: PCA / t-SNE layouts, the warm-started stream with trails, and the layer readers."""
+"""core.monitor.embed: PCA / t-SNE layouts, the warm-started stream with trails, and the layer readers."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from core.embed import EmbeddingStream, filter_vectors, layer_activations, pca_layout, tsne_layout
+from core.monitor.embed import EmbeddingStream, filter_vectors, layer_activations, pca_layout, tsne_layout
 from core.models import build_model
-from core.monitor import watched_layers
+from core.monitor.stats import watched_layers
 
 
 def blobs(seed: int = 0, per: int = 40, dim: int = 10) -> tuple[np.ndarray, np.ndarray]:

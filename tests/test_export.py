@@ -10,10 +10,10 @@ import zipfile
 import pytest
 
 from core.engine import TrainConfig
-from core.export import workbench_bundle
+from core.session.export import workbench_bundle
 from core.models import build_model
-from core.store import Store
-from core.workbench import Workbench
+from core.session.store import Store
+from core.session.workbench import Workbench
 
 
 def test_bundle_holds_everything_made_on_the_workbench(workspace, tiny_data):
@@ -54,7 +54,7 @@ def test_bundle_holds_everything_made_on_the_workbench(workspace, tiny_data):
 def test_bundle_carries_a_versions_counterexample_settings(workspace, tiny_data):
     import numpy as np
 
-    from core.feedback.attention import AttentionAnnotation
+    from core.feedback.attention.loss import AttentionAnnotation
     from core.feedback.counterexamples import CounterexampleSettings
 
     store = Store(workspace)

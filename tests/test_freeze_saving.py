@@ -1,4 +1,4 @@
-"""core.live_monitor.freeze_saving: time per epoch before vs after a freezing change,
+"""core.monitor.live.freeze_saving: time per epoch before vs after a freezing change,
 compared like with like (the first epoch of each phase left out), with its spread, and
 "too few epochs to tell" where the epochs cannot tell."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from core.live_monitor import EpochTimeSpread, epoch_phases, freeze_changes, freeze_saving
+from core.monitor.live import EpochTimeSpread, epoch_phases, freeze_changes, freeze_saving
 
 
 def _epochs(times, frozen_from=None, groups=("conv1",)):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from core.engine import Batch, Callback, TrainConfig, fit, predict
 from core.explain.saliency import input_gradients
 from core.feedback import FeedbackKind, get_kind
-from core.feedback.grid import (
+from core.feedback.grid.loss import (
     FEEDBACK,
     SHARE,
     GridAnnotation,
@@ -32,7 +32,7 @@ from core.feedback.grid import (
     squares_outside_top,
     squares_without_object,
 )
-from core.grid_workspace import (
+from core.feedback.grid.workflow import (
     ReviewCallback,
     bias_report,
     gradient_in_mask,
@@ -139,7 +139,7 @@ def test_bad_grid_and_squares_raise_clear_errors():
 
 # ----------------------------------------------------------------------------- annotations
 def test_annotation_round_trips_through_the_kind_and_the_store(tmp_path):
-    from core.store import Store, VersionRecord
+    from core.session.store import Store, VersionRecord
 
     a = GridAnnotation(7, 2, (16, 16), 4, (5, 1, 5), "smoothgrad", epoch=1, seconds=3.5, operations=4,
                        extra={"user": "me"})
@@ -542,7 +542,7 @@ def test_a_review_marking_one_empty_corner_does_not_wreck_a_fine_tune():
 
     from core.data import load_dataset
     from core.engine import evaluate
-    from core.workbench import train_base_model
+    from core.session.workbench import train_base_model
 
     data = load_dataset("biased-digits")
     torch.manual_seed(0)

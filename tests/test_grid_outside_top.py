@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from apptest_helpers import ROOT, new_app, no_exceptions, workbench_of
 
-from core.grid_workspace import outside_top_marks
+from core.feedback.grid.workflow import outside_top_marks
 
 PAGE = str(ROOT / "pages" / "grid.py")
 
@@ -40,10 +40,10 @@ def paused_grid(tmp_path):
     plenty of mistakes, and no base model has to be trained) whose grid run waits for the
     review after epoch 1. Stops the run at the end."""
     from core.data import load_dataset
-    from core.grid_session import waiting_epoch
+    from core.feedback.grid.job import waiting_epoch
     from core.models import build_model
-    from core.store import Store
-    from core.workbench import Workbench
+    from core.session.store import Store
+    from core.session.workbench import Workbench
 
     data = load_dataset("biased-digits")
     wb = Workbench.create(Store(tmp_path / "ws"), data, "biased-digits", build_model("seed-cnn", 3, 28, 10, seed=0))
@@ -70,7 +70,7 @@ def paused_grid(tmp_path):
 def _with_map(at, live, job, saliency: np.ndarray) -> int:
     """Make the review's saliency maps ``saliency`` (the page's per-job cache), returns the
     image the workspace shows."""
-    from core.grid_session import PENDING_KEY, job_token
+    from core.feedback.grid.job import PENDING_KEY, job_token
 
     pending = live.get_state(PENDING_KEY)
     maps = np.stack([saliency] * len(pending["ids"])).astype(np.float32)
@@ -80,7 +80,7 @@ def _with_map(at, live, job, saliency: np.ndarray) -> int:
 
 @pytest.mark.slow
 def test_the_page_warns_and_marks_nothing_on_a_blank_map_and_marks_on_a_real_one(paused_grid):
-    from core.grid_session import PENDING_KEY
+    from core.feedback.grid.job import PENDING_KEY
 
     at, live, job = paused_grid
     example = _with_map(at, live, job, np.zeros((28, 28)))

@@ -1,4 +1,4 @@
-"""core.grid_session on tiny generated data: a run pauses at each epoch end with candidates
+"""core.feedback.grid.job on tiny generated data: a run pauses at each epoch end with candidates
 ready, a review's marks are saved and continued, Continue puts them on disk and in the
 penalty before training resumes, Skip adds nothing, and the version the run makes carries its
 reviews, so restoring it restores its penalty set."""
@@ -11,8 +11,8 @@ import torch
 from support import make_tiny_dataset
 
 from core.engine import TrainConfig
-from core.feedback.grid import GridAnnotation
-from core.grid_session import (
+from core.feedback.grid.loss import GridAnnotation
+from core.feedback.grid.job import (
     PENDING_KEY,
     GridPageSettings,
     check_settings,
@@ -25,8 +25,8 @@ from core.grid_session import (
     waiting_epoch,
 )
 from core.models import build_model
-from core.store import Store
-from core.workbench import Workbench
+from core.session.store import Store
+from core.session.workbench import Workbench
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_review_continue_skip_and_the_version_keeps_its_reviews(wb):
     pending.toggle(first, 48)
     pending.toggle(first, 3)
     pending.undo_last(first)
-    from core.grid_session import save_pending
+    from core.feedback.grid.job import save_pending
 
     save_pending(wb, pending)
     again = load_pending(wb, job)

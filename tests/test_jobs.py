@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from core.engine import EpochInfo, StepInfo
-from core.jobs import ComputeBudget, Job, JobBusy, JobRunner, StepHistory
+from core.session.jobs import ComputeBudget, Job, JobBusy, JobRunner, StepHistory
 
 
 def _wait(pred, timeout=10.0):

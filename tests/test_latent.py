@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from core.engine import Batch, TrainConfig, fine_tune, predict
-from core.feedback.latent import (
+from core.feedback.latent.loss import (
     PAPER_WEIGHTS,
     LatentMoveLoss,
     Move,
@@ -17,7 +17,7 @@ from core.feedback.latent import (
     class_centroids,
     implied_labels,
 )
-from core.latent_workspace import (
+from core.feedback.latent.workflow import (
     UpdateSettings,
     latent_view,
     load_moves,
@@ -26,9 +26,9 @@ from core.latent_workspace import (
     start_update,
 )
 from core.models import build_model
-from core.projection import fit_projection, projection_r2
-from core.store import Store
-from core.workbench import Workbench
+from core.feedback.latent.projection import fit_projection, projection_r2
+from core.session.store import Store
+from core.session.workbench import Workbench
 
 
 def _trained(data, epochs=3):
@@ -145,7 +145,7 @@ def test_workflow_on_a_workbench_persists_projection_moves_and_version(workspace
 
 
 def test_lift_targets_is_mean_of_nearest_features():
-    from core.feedback.latent import lift_targets
+    from core.feedback.latent.loss import lift_targets
 
     coords = np.array([[0, 0], [0, 1], [10, 10], [10, 11]], float)
     feats = np.array([[1, 0], [3, 0], [0, 5], [0, 7]], float)
@@ -172,8 +172,8 @@ def test_lifted_variant_pulls_features_toward_lifted_target(tiny_data):
 
 
 def test_every_variant_builds_a_loss(workspace, tiny_data):
-    from core.feedback.latent import VARIANTS
-    from core.latent_workspace import build_loss
+    from core.feedback.latent.loss import VARIANTS
+    from core.feedback.latent.workflow import build_loss
 
     wb = Workbench.create(Store(workspace), tiny_data, "tiny", _trained(tiny_data, epochs=1))
     branch = load_or_fit_projection(wb)

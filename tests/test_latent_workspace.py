@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import core.latent_workspace as lw
+import core.feedback.latent.workflow as lw
 from core.engine import predict
-from core.feedback.latent import Move, MoveList, candidates
-from core.latent_workspace import (
+from core.feedback.latent.loss import Move, MoveList, candidates
+from core.feedback.latent.workflow import (
     LatentView,
     finish_update,
     heldout_metrics,
@@ -24,8 +24,8 @@ from core.latent_workspace import (
     update_summary,
 )
 from core.models import build_model
-from core.store import Store
-from core.workbench import Workbench
+from core.session.store import Store
+from core.session.workbench import Workbench
 
 
 def _view(version, labels, preds, coords=None):
@@ -167,7 +167,7 @@ def test_moves_remember_their_version_and_keep_on_rebases_them(workspace, tiny_d
     transaction as the moves); keep_on moves each source to the same point's position in the
     new version's projection, keeps the targets and is one undo step (Undo brings back the
     moves with their old version); discard is undoable alike; Update refuses stale moves."""
-    from core.latent_workspace import HISTORY_KEY, VersionedMoveList, discard, keep_on, start_update, UpdateSettings
+    from core.feedback.latent.workflow import HISTORY_KEY, VersionedMoveList, discard, keep_on, start_update, UpdateSettings
 
     wb = _workbench(workspace, tiny_data)
     branch = load_or_fit_projection(wb)
@@ -212,7 +212,7 @@ def test_moves_remember_their_version_and_keep_on_rebases_them(workspace, tiny_d
 
 def test_moves_of_an_older_release_count_as_made_on_the_current_version(workspace, tiny_data):
     """A history saved without a version (older release): no version, so never stale."""
-    from core.latent_workspace import HISTORY_KEY
+    from core.feedback.latent.workflow import HISTORY_KEY
 
     wb = _workbench(workspace, tiny_data)
     wb.replace_annotations("latent", [(int(tiny_data.ids("pool")[0]), {"source": [0, 0], "target": [1, 1]})],

@@ -1,4 +1,4 @@
-"""core.live_monitor: the activation probe, monitors attached to a workbench job, and the
+"""core.monitor.live: the activation probe, monitors attached to a workbench job, and the
 freezing-change bookkeeping of the layer-freezing page."""
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from core.embed import layer_activations
+from core.monitor.embed import layer_activations
 from core.engine import EpochInfo, StepInfo, TrainConfig, fit, predict
-from core.live_monitor import PROBE_BUDGET, ActivationProbe, Monitors, freeze_changes, monitors_for
+from core.monitor.live import PROBE_BUDGET, ActivationProbe, Monitors, freeze_changes, monitors_for
 from core.models import build_model
-from core.monitor import LayerStats, SettleTracker
-from core.store import Store
-from core.workbench import Workbench
+from core.monitor.stats import LayerStats, SettleTracker
+from core.session.store import Store
+from core.session.workbench import Workbench
 
 
 def _model(data):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from core.engine import Callback, EpochInfo, TrainConfig, TrainControl, apply_freeze, fit
 from core.models import build_model
-from core.monitor import LayerStats, SettleTracker, activation_maps, watched_layers
+from core.monitor.stats import LayerStats, SettleTracker, activation_maps, watched_layers
 
 
 def test_statistics_match_direct_computation(tiny_data):
@@ -275,7 +275,7 @@ def test_freezing_cue_separates_early_convs_from_classifier_on_a_real_run():
 
 
 def test_direction_change_ignores_weight_decay_shrinkage():
-    from core.monitor import direction_change, relative_pace
+    from core.monitor.stats import direction_change, relative_pace
 
     v = torch.randn(500, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     assert direction_change(v, 0.98 * v) == pytest.approx(0.0, abs=1e-12)  # decay alone: no turn

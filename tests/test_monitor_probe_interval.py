@@ -10,7 +10,7 @@ import torch
 
 from app.monitor_widgets import probe_caption
 from core.engine import StepInfo
-from core.live_monitor import ActivationProbe
+from core.monitor.live import ActivationProbe
 from core.models import build_model
 
 

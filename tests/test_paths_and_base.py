@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from core.base_models import BaseModels
+from core.session.base_models import BaseModels
 from core.engine import TrainConfig
-from core.paths import PathNotAllowed, check_user_path, data_roots
-from core.store import Store
+from core.session.paths import PathNotAllowed, check_user_path, data_roots
+from core.session.store import Store
 from support import make_tiny_dataset
 
 
@@ -76,7 +76,7 @@ def test_base_model_trained_once_in_background_then_loaded_from_disk(tmp_path, t
 def test_base_model_metrics_are_reused_only_for_the_same_evaluation_splits(tmp_path, tiny_data, monkeypatch):
     """A server start loads the base model's metrics from its checkpoint instead of evaluating
     it again, but only when the val and test splits are the ones they were computed on."""
-    import core.base_models as bm
+    import core.session.base_models as bm
 
     store = Store(tmp_path / "ws")
     cfg = TrainConfig(epochs=1, batch_size=16, seed=0)

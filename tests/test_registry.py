@@ -8,11 +8,11 @@ import pytest
 from support import live_ids
 
 from core.engine import TrainConfig
-from core.jobs import ComputeBudget
+from core.session.jobs import ComputeBudget
 from core.models import build_model
-from core.registry import WorkbenchRegistry
-from core.store import Store
-from core.workbench import Workbench, WorkbenchError
+from core.session.registry import WorkbenchRegistry
+from core.session.store import Store
+from core.session.workbench import Workbench, WorkbenchError
 
 
 def _create(store, data):

@@ -8,12 +8,12 @@ import threading
 import pytest
 from support import live_ids
 
-import core.registry as registry_module
+import core.session.registry as registry_module
 from core.engine import Callback, TrainConfig
 from core.models import build_model
-from core.registry import WorkbenchRegistry
-from core.store import Store
-from core.workbench import Workbench
+from core.session.registry import WorkbenchRegistry
+from core.session.store import Store
+from core.session.workbench import Workbench
 
 
 def _create(store, data):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from support import predict_ids
 
 from core.engine import Batch, Callback, TrainConfig, evaluate, fit
-from core.feedback.selection import (
+from core.feedback.selection.loss import (
     KIND,
     RetrainSettings,
     SelectedExamplesLoss,

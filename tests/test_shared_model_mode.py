@@ -9,16 +9,16 @@ import threading
 import numpy as np
 import torch
 
-from core.attention_workspace import annotate_like_a_person, bias_report, pool_view
-from core.embed import layer_activations
+from core.feedback.attention.workflow import annotate_like_a_person, bias_report, pool_view
+from core.monitor.embed import layer_activations
 from core.engine import evaluate, fit, predict, TrainConfig
 from core.explain.gradcam import gradcam
 from core.explain.saliency import saliency_maps
-from core.grid_workspace import gradient_in_mask
+from core.feedback.grid.workflow import gradient_in_mask
 from core.models import build_model, for_inference, in_eval_mode, read_checkpoint
-from core.monitor import activation_maps
-from core.store import Store
-from core.workbench import Workbench
+from core.monitor.stats import activation_maps
+from core.session.store import Store
+from core.session.workbench import Workbench
 
 
 def _shared_vgg6(workspace, data):

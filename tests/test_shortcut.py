@@ -9,7 +9,7 @@ from torch import nn
 from core.data.spec import make_dataset
 from core.models.base import ModelInfo, SteerableModel
 from core.shortcut import meter_split, shortcut_meter, swap_backgrounds, swap_partners
-from core.workbench import version_metrics
+from core.session.workbench import version_metrics
 
 K, SIZE = 4, 10
 PALETTE = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 1.0, 0]])  # class k's background colour

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from core.models import build_model, model_from_checkpoint, save_checkpoint
-from core.store import SCHEMA_VERSION, Store, VersionRecord, WorkspaceError
+from core.session.store import SCHEMA_VERSION, Store, VersionRecord, WorkspaceError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def test_commits_from_two_processes_never_cross(workspace):
     code = (
         "import sys, torch\n"
         "from core.models import build_model, save_checkpoint\n"
-        "from core.store import Store\n"
+        "from core.session.store import Store\n"
         "who = int(sys.argv[1]); store = Store(sys.argv[2])\n"
         "for k in range(5):\n"
         "    m = build_model('seed-cnn', 1, 16, 4, seed=0)\n"
@@ -217,7 +217,7 @@ def test_workspace_deleted_under_a_running_server_is_created_again(workspace):
 
 # --------------------------------------------------------------------------- one server per workspace
 
-HOLD = ("import sys, time; from core.store import claim_workspace; claim_workspace(sys.argv[1]); "
+HOLD = ("import sys, time; from core.session.store import claim_workspace; claim_workspace(sys.argv[1]); "
         "print('held', flush=True); time.sleep(120)")
 
 
@@ -229,7 +229,7 @@ def hold_claim(root) -> subprocess.Popen:
 
 
 def test_a_workspace_has_one_server_and_a_killed_one_leaves_no_stale_claim(tmp_path):
-    from core.store import SERVER_LOCK, WorkspaceError, claim_workspace
+    from core.session.store import SERVER_LOCK, WorkspaceError, claim_workspace
 
     root = tmp_path / "workspace"
     holder = hold_claim(root)
@@ -254,7 +254,7 @@ def test_a_workspace_has_one_server_and_a_killed_one_leaves_no_stale_claim(tmp_p
 def test_a_claim_ends_with_its_workspace_folder(tmp_path):
     import shutil
 
-    from core.store import claim_workspace
+    from core.session.store import claim_workspace
 
     root = tmp_path / "workspace"
     claim = claim_workspace(root)

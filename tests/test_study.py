@@ -1,4 +1,4 @@
-"""core.study: counterbalancing, questionnaire scoring, measures from events, paired tests."""
+"""core.study.design: counterbalancing, questionnaire scoring, measures from events, paired tests."""
 from __future__ import annotations
 
 import itertools
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from core.study import (
+from core.study.design import (
     CONFIRM,
     SHOW,
     SUS_ITEMS,
@@ -122,7 +122,7 @@ def test_paired_tests_say_why_when_they_cannot_run():
 
 
 def test_likert_template_follows_the_design():
-    from core.study import likert_template
+    from core.study.design import likert_template
 
     same = likert_template([{"name": "lasso", "settings": {"sampler": "gmm"}}, {"name": "drag", "settings": {"sampler": "gmm"}}])
     texts = [i["text"] for i in same]

@@ -69,7 +69,7 @@ def test_a_lab_password_guards_every_page_but_participant_links(app_workspace, m
     at = new_app(app_workspace).run()
     no_exceptions(at)
     from app.state import SESSION_KEY, get_store
-    from core.study_store import StudyStore
+    from core.study.store import StudyStore
 
     assert at.text_input(key="lab-password") and SESSION_KEY not in at.session_state  # no workbench, no page
     assert not at.sidebar.button and "password-protected" in _texts(at)
@@ -120,7 +120,7 @@ def test_created_empties_the_form_and_the_same_study_again_is_refused(app_worksp
     """After "Created" the form stayed filled, so a second click made a duplicate study."""
     at = _admin(app_workspace, monkeypatch)
     from app.state import get_store
-    from core.study_store import StudyStore
+    from core.study.store import StudyStore
 
     before = len(StudyStore(get_store()).studies())
     _create(at, "twice")
@@ -168,7 +168,7 @@ def test_the_results_download_holds_the_whole_zip_before_it_is_clicked(app_works
 def test_admin_resets_and_replaces_a_participant(app_workspace, monkeypatch):
     at = _admin(app_workspace, monkeypatch)
     from app.state import get_store
-    from core.study_store import StudyStore
+    from core.study.store import StudyStore
 
     _create(at, "reset me")
     studies = StudyStore(get_store())

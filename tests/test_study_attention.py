@@ -1,4 +1,4 @@
-"""core.study_attention: one participant's attention condition, from its images to its outcome."""
+"""core.study.attention: one participant's attention condition, from its images to its outcome."""
 from __future__ import annotations
 
 import io
@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from core import attention_workspace as aw
+from core.feedback.attention import workflow as aw
 from core.models import build_model
-from core.store import Store
-from core.study import CONFIRM, SHOW
-from core.study_attention import AttentionCondition, condition_settings
-from core.study_flow import ParticipantFlow, Step
-from core.study_results import export_zip, study_tables
-from core.study_store import StudyError, StudyStore
-from core.workbench import Workbench
+from core.session.store import Store
+from core.study.design import CONFIRM, SHOW
+from core.study.attention import AttentionCondition, condition_settings
+from core.study.flow import ParticipantFlow, Step
+from core.study.results import export_zip, study_tables
+from core.study.store import StudyError, StudyStore
+from core.session.workbench import Workbench
 
 DESIGN = {
     "task": "attention",

@@ -1,11 +1,11 @@
-"""core.study_flow: a participant's steps, progress that survives a restart, budgets and limits."""
+"""core.study.flow: a participant's steps, progress that survives a restart, budgets and limits."""
 from __future__ import annotations
 
 import pytest
 
-from core.store import Store
-from core.study_flow import ParticipantFlow, Step, condition_outcome, normalize_design, steps_for
-from core.study_store import StudyError, StudyStore
+from core.session.store import Store
+from core.study.flow import ParticipantFlow, Step, condition_outcome, normalize_design, steps_for
+from core.study.store import StudyError, StudyStore
 
 DESIGN = {
     "task": "attention",
@@ -130,7 +130,7 @@ def test_a_finished_condition_records_its_models_outcome_for_the_results(tmp_pat
     import numpy as np
 
     from core.models import build_model
-    from core.study_results import study_tables
+    from core.study.results import study_tables
 
     model = build_model("seed-cnn", 1, 16, tiny_data.num_classes, seed=0)
     plain = condition_outcome(model, tiny_data)

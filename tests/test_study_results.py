@@ -1,4 +1,4 @@
-"""core.study_results: tables, paired tests and the export zip of a study."""
+"""core.study.results: tables, paired tests and the export zip of a study."""
 from __future__ import annotations
 
 import csv
@@ -8,10 +8,10 @@ import zipfile
 
 import pytest
 
-from core.store import Store
-from core.study import CONFIRM, SHOW, sus_score
-from core.study_results import condition_means, export_zip, study_tables
-from core.study_store import StudyStore
+from core.session.store import Store
+from core.study.design import CONFIRM, SHOW, sus_score
+from core.study.results import condition_means, export_zip, study_tables
+from core.study.store import StudyStore
 
 DESIGN = {"task": "attention", "conditions": [{"name": "click"}, {"name": "polygon"}]}
 
@@ -113,7 +113,7 @@ def test_an_empty_study_exports_headers_only(tmp_path):
 def test_annotations_come_by_participant_number_whatever_their_tokens(tmp_path, monkeypatch):
     """Rows per participant in their numbers' order: participant 2's token sorting before
     participant 1's does not put their annotations first (the browser study saw it)."""
-    from core import study_store
+    from core.study import store as study_store
 
     tokens = iter(["zzzz-first-made", "aaaa-made-second"])
     monkeypatch.setattr(study_store.secrets, "token_urlsafe", lambda n: next(tokens))

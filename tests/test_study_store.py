@@ -1,13 +1,13 @@
-"""core.study_store: study tables in the workspace database (schema 2)."""
+"""core.study.store: study tables in the workspace database (schema 2)."""
 from __future__ import annotations
 
 import sqlite3
 
 import pytest
 
-from core.store import SCHEMA_VERSION, Store
-from core.study import CONFIRM, SHOW, per_item, sus_score
-from core.study_store import StudyError, StudyStore
+from core.session.store import SCHEMA_VERSION, Store
+from core.study.design import CONFIRM, SHOW, per_item, sus_score
+from core.study.store import StudyError, StudyStore
 
 DESIGN = {"task": "attention", "conditions": [{"name": "click", "settings": {"mode": "click"}},
                                                 {"name": "polygon", "settings": {"mode": "polygon"}}]}

@@ -1,4 +1,4 @@
-"""core.study_grid and core.study_latent: one participant's grid and latent conditions of a
+"""core.study.grid and core.study.latent: one participant's grid and latent conditions of a
 mixed study, from their items to their outcomes and the export."""
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ import zipfile
 import pytest
 
 from core.models import build_model
-from core.store import Store
-from core.study import CONFIRM, SHOW
-from core.study_flow import ParticipantFlow, Step
-from core.study_grid import ROUND_KEY, GridCondition
-from core.study_grid import condition_settings as grid_settings
-from core.study_latent import LatentCondition, centroid_targets
-from core.study_latent import condition_settings as latent_settings
-from core.study_results import export_zip, study_tables
-from core.study_store import StudyError, StudyStore
-from core.workbench import Workbench
+from core.session.store import Store
+from core.study.design import CONFIRM, SHOW
+from core.study.flow import ParticipantFlow, Step
+from core.study.grid import ROUND_KEY, GridCondition
+from core.study.grid import condition_settings as grid_settings
+from core.study.latent import LatentCondition, centroid_targets
+from core.study.latent import condition_settings as latent_settings
+from core.study.results import export_zip, study_tables
+from core.study.store import StudyError, StudyStore
+from core.session.workbench import Workbench
 
 DESIGN = {
     "task": "latent",
@@ -68,7 +68,7 @@ def test_settings_are_locked_per_task():
         latent_settings(bad, "a")
     with pytest.raises(StudyError, match="mode cannot be set for a grid condition"):
         grid_settings(bad, "b")
-    from core.study_flow import normalize_design
+    from core.study.flow import normalize_design
 
     with pytest.raises(StudyError, match="the task must be one of"):
         normalize_design({**DESIGN, "conditions": [{"name": "a", "task": "paint"}, {"name": "b"}]})

@@ -56,7 +56,7 @@ def test_train_cli_bad_source_is_one_line(tmp_path):
 
 def test_train_cli_defaults_are_the_app_base_settings():
     """No training flags: exactly the settings the app's base models use for that dataset."""
-    from core.base_models import base_config
+    from core.session.base_models import base_config
     from core.data import load_dataset
     from core.train import parser, train_config
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from core.engine import Callback, TrainConfig
 from core.models import build_model
-from core.store import Store, valid_workbench_id
-from core.workbench import Workbench
+from core.session.store import Store, valid_workbench_id
+from core.session.workbench import Workbench
 
 
 def _make(store, data):
@@ -197,7 +197,7 @@ def test_evaluation_is_kept_on_disk_for_the_next_server(workspace, tiny_data, mo
 
     import numpy as np
 
-    import core.workbench as workbench_module
+    import core.session.workbench as workbench_module
 
     store = Store(workspace)
     wb = _make(store, tiny_data)

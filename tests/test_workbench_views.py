@@ -9,10 +9,10 @@ import sys
 import threading
 
 from core.engine import TrainConfig
-from core.jobs import Job, JobRunner
+from core.session.jobs import Job, JobRunner
 from core.models import build_model
-from core.store import HOST, Store
-from core.workbench import Workbench
+from core.session.store import HOST, Store
+from core.session.workbench import Workbench
 
 
 def _make(store, data):

@@ -1,7 +1,7 @@
 """Activations of named layers, read with forward hooks: the one capture behind the
-embeddings (:func:`core.embed.layer_activations`), the monitor's maps
-(:func:`core.monitor.activation_maps`) and the live probe
-(:class:`core.live_monitor.ActivationProbe`).
+embeddings (:func:`core.monitor.embed.layer_activations`), the monitor's maps
+(:func:`core.monitor.stats.activation_maps`) and the live probe
+(:class:`core.monitor.live.ActivationProbe`).
 
 :func:`capture` runs images through a model in batches under ``torch.no_grad()`` in eval
 mode and keeps, per wanted layer, what ``reduce`` makes of the layer's output. With

@@ -12,10 +12,10 @@ workbench and a new page need no plumbing of their own for a new kind:
 
 | kind | annotation | loss term | paper |
 |---|---|---|---|
-| latent | :class:`~core.feedback.latent.Move` | L2 of the projection to the target | seed 000 |
-| selection | :class:`~core.feedback.selection.Selected` | CE on the selected examples | seed 003 |
-| attention | :class:`~core.feedback.attention.AttentionAnnotation` | Grad-CAM barycentre + negative mass | seed 001 |
-| grid | :class:`~core.feedback.grid.GridAnnotation` | lambda x W-weighted squared input gradients (double backward) | seed 002 |
+| latent | :class:`~core.feedback.latent.loss.Move` | L2 of the projection to the target | seed 000 |
+| selection | :class:`~core.feedback.selection.loss.Selected` | CE on the selected examples | seed 003 |
+| attention | :class:`~core.feedback.attention.loss.AttentionAnnotation` | Grad-CAM barycentre + negative mass | seed 001 |
+| grid | :class:`~core.feedback.grid.loss.GridAnnotation` | lambda x W-weighted squared input gradients (double backward) | seed 002 |
 """
 from __future__ import annotations
 
@@ -53,10 +53,10 @@ class FeedbackKind(Protocol):
 def kinds() -> dict[str, FeedbackKind]:
     """Every feedback kind by name (imported here, not at module import: each pulls in its
     own dependencies)."""
-    from core.feedback.attention import FEEDBACK as attention
-    from core.feedback.grid import FEEDBACK as grid
-    from core.feedback.latent import FEEDBACK as latent
-    from core.feedback.selection import FEEDBACK as selection
+    from core.feedback.attention.loss import FEEDBACK as attention
+    from core.feedback.grid.loss import FEEDBACK as grid
+    from core.feedback.latent.loss import FEEDBACK as latent
+    from core.feedback.selection.loss import FEEDBACK as selection
 
     return {k.name: k for k in (latent, selection, attention, grid)}
 

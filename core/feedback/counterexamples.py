@@ -75,8 +75,8 @@ def ignore_mask(annotation: Any) -> np.ndarray:
     """The pixels an annotation says to ignore, (H, W) bool: an attention annotation's negative
     superpixels (and, in polygon mode, everything outside the polygon); a grid annotation's
     marked squares."""
-    from core.feedback.attention import AttentionAnnotation
-    from core.feedback.grid import GridAnnotation
+    from core.feedback.attention.loss import AttentionAnnotation
+    from core.feedback.grid.loss import GridAnnotation
 
     if isinstance(annotation, AttentionAnnotation):
         mask = annotation.negative_mask().copy()

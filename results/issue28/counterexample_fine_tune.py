@@ -1,12 +1,12 @@
 """FINE-TUNE with counterexamples on 16 images through the page's path (Workbench.start_feedback_training via
-core.attention_workspace.start_fine_tune), bundled biased digits, the page's defaults with counterexamples on."""
+core.feedback.attention.workflow.start_fine_tune), bundled biased digits, the page's defaults with counterexamples on."""
 import json, sys, time, tempfile, dataclasses, torch
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[2]))
 from core.data import load_dataset
-from core.base_models import base_config
-from core.workbench import Workbench, train_base_model
-from core.store import Store
-from core.attention_workspace import PageSettings, select_candidates, annotate_like_a_person, without_masks, start_fine_tune, KIND, ATTENTION
+from core.session.base_models import base_config
+from core.session.workbench import Workbench, train_base_model
+from core.session.store import Store
+from core.feedback.attention.workflow import PageSettings, select_candidates, annotate_like_a_person, without_masks, start_fine_tune, KIND, ATTENTION
 src = 'biased-digits'; data = load_dataset(src)
 base, _ = train_base_model(data, 'seed-cnn', config=base_config(src, data))
 wb = Workbench.create(Store(tempfile.mkdtemp()), data, src, base)

@@ -118,7 +118,7 @@ def run_attention_demo(page: Page, url: str, workspace, source: str, *, images: 
     button for the bundled shortcut set ``source`` (``biased-digits``, ``decoy-digits``, ...; its
     base model must be in ``workspace``/base), sets "Candidates per round" and "Epochs" when
     given (otherwise the page's defaults hold), presses START, makes for each candidate the
-    clicks of :func:`core.attention_workspace.simulated_annotation` (left: the mask's centroid;
+    clicks of :func:`core.feedback.attention.workflow.simulated_annotation` (left: the mask's centroid;
     right: each attended superpixel outside the object, from the base model's Grad-CAM the page
     shows), confirms, presses NEXT after each screenful, then FINE-TUNE, and opens test mode.
 
@@ -138,12 +138,12 @@ def run_attention_demo(page: Page, url: str, workspace, source: str, *, images: 
 
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from core.attention_workspace import PageSettings, annotations_of, bias_report, simulated_annotation
+    from core.feedback.attention.workflow import PageSettings, annotations_of, bias_report, simulated_annotation
     from core.explain import gradcam
     from core.explain.superpixels import superpixels
     from core.models import model_from_checkpoint
-    from core.store import Store
-    from core.workbench import Workbench
+    from core.session.store import Store
+    from core.session.workbench import Workbench
 
     defaults = PageSettings()
     page.set_default_timeout(timeout)

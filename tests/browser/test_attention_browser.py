@@ -168,7 +168,7 @@ def test_counterexamples_set_in_the_panel_reach_the_version(start_server, attent
     expect_text(page, ".st-key-att-status", re.compile(r"Finished: version v1\b"), LONG)
     expect_text(page, ".st-key-sb-version", "+ counterexamples (3 per marked image, 3 made)", LONG)
     _sys.path.insert(0, str(ROOT))
-    from core.store import Store
+    from core.session.store import Store
 
     version = Store(server.workspace).versions(wb_id)[-1]
     assert version.number == 1
@@ -254,9 +254,9 @@ def test_every_click_right_after_confirm_is_saved_across_images_and_rounds(start
     (the component's per-element counter restarting, a rerun swallowing a click) or when the
     picture moves under the pointer between clicks (a notice above it that goes away)."""
     sys.path.insert(0, str(ROOT))
-    from core.attention_workspace import annotations_of
-    from core.store import Store
-    from core.workbench import Workbench
+    from core.feedback.attention.workflow import annotations_of
+    from core.session.store import Store
+    from core.session.workbench import Workbench
 
     server = start_server(attention_workspace)
     open_biased(page, server.url)

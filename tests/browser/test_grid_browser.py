@@ -147,7 +147,7 @@ def test_counterexamples_turned_on_in_the_panel_reach_the_version(start_server, 
     expect_text(page, ".st-key-grid-results", "Counterexamples: 3 per marked image", LONG)
     expect_text(page, ".st-key-sb-version", "+ counterexamples (3 per marked image)", LONG)
     sys.path.insert(0, str(ROOT))
-    from core.store import Store
+    from core.session.store import Store
 
     version = Store(server.workspace).versions(wb_id)[-1]
     cex = version.feedback["counterexamples"]

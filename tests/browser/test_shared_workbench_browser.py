@@ -85,7 +85,7 @@ def test_learning_rate_1_diverges_and_adds_no_version(page: Page, app_url: str):
 
 
 def test_server_killed_mid_run_says_interrupted_in_every_tab_until_dismissed(start_server, new_context):
-    from core.store import Store
+    from core.session.store import Store
 
     server = start_server()
     page = new_context().new_page()

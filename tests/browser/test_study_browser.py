@@ -97,8 +97,8 @@ def test_admin_creates_a_study_and_two_participants_complete_it(start_server, ma
     expect(admin.get_by_text("Created study 'click vs polygon' with 2 participant links")).to_be_visible(timeout=LONG)
 
     sys.path.insert(0, str(ROOT))
-    from core.store import Store
-    from core.study_store import StudyStore
+    from core.session.store import Store
+    from core.study.store import StudyStore
 
     studies = StudyStore(Store(server.workspace))
     study = next(s for s in studies.studies() if s["name"] == "click vs polygon")

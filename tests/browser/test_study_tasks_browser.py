@@ -82,8 +82,8 @@ def test_two_participants_go_through_a_latent_and_a_grid_condition(start_server,
     admin.get_by_role("button", name="Create study").click()
     expect(admin.get_by_text("Created study 'lasso vs marks' with 2 participant links")).to_be_visible(timeout=LONG)
 
-    from core.store import Store
-    from core.study_store import StudyStore
+    from core.session.store import Store
+    from core.study.store import StudyStore
 
     studies = StudyStore(Store(server.workspace))
     study = next(s for s in studies.studies() if s["name"] == "lasso vs marks")
@@ -151,8 +151,8 @@ FIND_CIRCLE = """() => {
 
 def test_a_drag_condition_records_each_drop_and_a_no_marks_condition_only_shows(start_server, make_workspace, new_context):
     server = start_server(make_workspace("ws-study-drag"))
-    from core.store import Store
-    from core.study_store import StudyStore
+    from core.session.store import Store
+    from core.study.store import StudyStore
 
     studies = StudyStore(Store(server.workspace))
     design = {"task": "latent", "dataset": "digits", "arch": "seed-cnn",

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-import core.feedback.grid as grid  # noqa: E402
+import core.feedback.grid.loss as grid  # noqa: E402
 from grid_feedback import reviewed_ce_values  # noqa: E402  (the benchmark's reviewed_ce control uses the same)
 
 grid.grid_penalty_values = reviewed_ce_values  # GridPenalty looks the name up at call time

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[3]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-import core.feedback.grid as grid  # noqa: E402
+import core.feedback.grid.loss as grid  # noqa: E402
 
 
 def all_class_gradients(model, images, targets, *, create_graph: bool = False) -> torch.Tensor:

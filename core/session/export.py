@@ -27,7 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from core.store import Store
+from core.session.store import Store
 
 BUNDLE_FORMAT = 1
 

@@ -9,7 +9,7 @@ fine-tune whose model is the condition's outcome.
 model must not use and the fine-tune trains with the grid penalty (and counterexamples when
 they are on) on those marks; off ("no marks"), the participant looks at the same kind of
 images without a grid and the fine-tune is the same training without feedback (the paper's
-baseline). ``core.grid_workspace`` and ``core.feedback.grid`` do the grid work itself.
+baseline). ``core.feedback.grid.workflow`` and ``core.feedback.grid.loss`` do the grid work itself.
 """
 from __future__ import annotations
 
@@ -22,13 +22,13 @@ import torch
 
 from core.engine import TrainConfig, predict
 from core.feedback.counterexamples import CounterexampleSettings
-from core.feedback.grid import FEEDBACK as GRID, KIND, GridAnnotation, GridSettings
-from core.grid_session import GridPageSettings
-from core.grid_workspace import REVIEW_SAMPLERS, review_candidates
+from core.feedback.grid.loss import FEEDBACK as GRID, KIND, GridAnnotation, GridSettings
+from core.feedback.grid.job import GridPageSettings
+from core.feedback.grid.workflow import REVIEW_SAMPLERS, review_candidates
 from core.select import PoolView, get_sampler
-from core.study import CONFIRM, SHOW
-from core.study_condition import StudyCondition, locked_settings
-from core.study_store import StudyError
+from core.study.design import CONFIRM, SHOW
+from core.study.condition import StudyCondition, locked_settings
+from core.study.store import StudyError
 
 TASK = "grid"
 #: settings a study may lock per grid condition (the rest keep the Grid feedback page's defaults)
@@ -81,7 +81,7 @@ def condition_settings(design: dict[str, Any], name: str, *, practice: bool = Fa
 
 def choose_images(model, data, k: int, sampler: str, seed: int = 0) -> list[int]:
     """``k`` training images to review: the mistakes ``sampler`` ranks first
-    (:func:`core.grid_workspace.review_candidates`), filled up, when the model makes fewer
+    (:func:`core.feedback.grid.workflow.review_candidates`), filled up, when the model makes fewer
     mistakes than that, with the right ones it is least sure of (entropy)."""
     ids = [int(i) for i in review_candidates(model, data, k, method=sampler, seed=seed)]
     if len(ids) < k:

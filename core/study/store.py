@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
 
-from core.store import Store
-from core.study import Event, order_for
+from core.session.store import Store
+from core.study.design import Event, order_for
 
 MIN_CONDITIONS, MAX_CONDITIONS = 2, 4
 STUDY_MARK = "study_participant"  # the workbench setting the participant page sets on each study workbench
@@ -52,7 +52,7 @@ def check_design(design: dict[str, Any]) -> dict[str, Any]:
 
 
 class StudyStore:
-    """The study tables of one workspace (see ``core.store._SCHEMA_V2``)."""
+    """The study tables of one workspace (see ``core.study.schema.STUDY_SCHEMA``)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store

@@ -28,7 +28,7 @@ from core.engine import (
     fit,
     pick_device,
 )
-from core.jobs import ComputeBudget, Job, JobRunner
+from core.session.jobs import ComputeBudget, Job, JobRunner
 from core.models import (
     SteerableModel,
     build_model,
@@ -38,7 +38,7 @@ from core.models import (
     save_checkpoint,
 )
 from core.shortcut import shortcut_meter
-from core.store import Annotation, Store, VersionRecord, new_workbench_id
+from core.session.store import Annotation, Store, VersionRecord, new_workbench_id
 
 if TYPE_CHECKING:
     from core.feedback import FeedbackKind

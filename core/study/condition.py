@@ -1,4 +1,4 @@
-"""What every study condition class shares (latent and grid; see ``core.study_attention`` for
+"""What every study condition class shares (latent and grid; see ``core.study.attention`` for
 the attention one, which came first): the participant's current condition or practice round,
 its locked settings checked against the settings its task allows, and events logged (committed
 to the store) before the page reacts to a gesture. No Streamlit here.
@@ -8,10 +8,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from core.study import OPERATIONS
-from core.study_flow import ParticipantFlow, condition_of
-from core.study_store import StudyError
-from core.workbench import Workbench
+from core.study.design import OPERATIONS
+from core.study.flow import ParticipantFlow, condition_of
+from core.study.store import StudyError
+from core.session.workbench import Workbench
 
 #: what the workbench's page state says once a condition's fine-tune was started (a refresh then
 #: waits for it, or starts it again after a restart lost the job, instead of asking for more items)
@@ -71,8 +71,8 @@ class StudyCondition:
 
     def finish(self, expected: int | None = None):
         """Record the outcome of the workbench's current model (the fine-tuned version when the
-        fine-tune finished; see :func:`core.study_flow.condition_outcome`) and go to the next step."""
-        from core.study_flow import condition_outcome
+        fine-tune finished; see :func:`core.study.flow.condition_outcome`) and go to the next step."""
+        from core.study.flow import condition_outcome
 
         outcome = condition_outcome(self.wb.model, self.wb.data)
         self._log("condition_done", None, {**outcome, "version": self.wb.current_version})

@@ -25,8 +25,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from core.study import paired_tests, per_item, summarize
-from core.study_store import StudyError, StudyStore
+from core.study.design import paired_tests, per_item, summarize
+from core.study.store import StudyError, StudyStore
 
 #: summary columns compared between conditions (higher or lower is better depends on the column)
 COMPARED = ("median_seconds", "gestures_per_image", "sus", "tlx", "test_acc_pct", "conflicting_acc_pct")
@@ -152,7 +152,7 @@ def fine_tune_settings(design: dict[str, Any]) -> dict[str, dict[str, Any]]:
     (and per image) and for a grid condition whether it had marks; latent moves have no
     counterexamples. A design made before the option has no key: off. A condition whose
     settings the participant page refuses too is left out (nothing was fine-tuned)."""
-    from core.study_flow import normalize_design
+    from core.study.flow import normalize_design
 
     try:
         design = normalize_design(design)
@@ -162,20 +162,20 @@ def fine_tune_settings(design: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for c in design["conditions"]:
         try:
             if c["task"] == "attention":
-                from core.study_attention import condition_settings
+                from core.study.attention import condition_settings
 
                 s = condition_settings(design, c["name"])
                 out[c["name"]] = {"task": "attention", "counterexamples": s.counterexamples,
                                   "cex_k": s.cex_k if s.counterexamples else None}
             elif c["task"] == "grid":
-                from core.study_grid import condition_settings as grid_settings
+                from core.study.grid import condition_settings as grid_settings
 
                 g = grid_settings(design, c["name"])
                 cex = g.counterexamples()
                 out[c["name"]] = {"task": "grid", "marks": g.marks, "penalty": bool(g.marks and g.page.penalty),
                                   "counterexamples": cex.enabled, "cex_k": cex.k if cex.enabled else None}
             else:
-                from core.study_latent import condition_settings as latent_settings
+                from core.study.latent import condition_settings as latent_settings
 
                 lat = latent_settings(design, c["name"])
                 out[c["name"]] = {"task": "latent", "gesture": lat.gesture, "counterexamples": False, "cex_k": None}

@@ -9,7 +9,7 @@ the budget, and the fine-tune whose model is the condition's outcome.
 An item is a move: it is "shown" when the workspace is ready for it (the first drawing, or
 the previous move) and confirmed when it is made, so its seconds are the time the participant
 took for that gesture and its gestures the selections and moves in between.
-``core.latent_workspace`` does the latent work itself (projection, moves, fine-tune).
+``core.feedback.latent.workflow`` does the latent work itself (projection, moves, fine-tune).
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from core.feedback.latent import DEFAULT_VARIANT, PAPER_LR, PAPER_MOMENTUM, PAPER_WEIGHTS, VARIANTS, Move, class_centroids
-from core.latent_workspace import (
+from core.feedback.latent.loss import DEFAULT_VARIANT, PAPER_LR, PAPER_MOMENTUM, PAPER_WEIGHTS, VARIANTS, Move, class_centroids
+from core.feedback.latent.workflow import (
     LatentView,
     UpdateSettings,
     latent_view,
@@ -29,9 +29,9 @@ from core.latent_workspace import (
     save_moves,
     start_update,
 )
-from core.study import CONFIRM, SHOW
-from core.study_condition import StudyCondition, locked_settings
-from core.study_store import StudyError
+from core.study.design import CONFIRM, SHOW
+from core.study.condition import StudyCondition, locked_settings
+from core.study.store import StudyError
 
 TASK = "latent"
 GESTURES = ("lasso", "box", "drag")

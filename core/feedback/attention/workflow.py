@@ -15,7 +15,7 @@ from core.data.spec import ImageDataset
 from core.engine import Callback, FitResult, TrainConfig, TrainControl, evaluate, fit, predict
 from core.explain.gradcam import gradcam, gradcam_batches
 from core.explain.superpixels import superpixels
-from core.feedback.attention import (
+from core.feedback.attention.loss import (
     FEEDBACK as ATTENTION,
     KIND,
     PAPER_LR,
@@ -166,7 +166,7 @@ def fine_tune_plan(data: ImageDataset, annotations: Sequence[AttentionAnnotation
                    settings: FineTuneSettings = FineTuneSettings(), *, guidance: bool = True,
                    counterexamples: CounterexampleSettings | None = None) -> dict[str, Any]:
     """What :func:`core.engine.fit` takes for one round (the page goes through
-    :meth:`core.workbench.Workbench.start_feedback_training`, which builds the same terms)."""
+    :meth:`core.session.workbench.Workbench.start_feedback_training`, which builds the same terms)."""
     if not annotations:
         raise ValueError("Confirm at least one annotation before fine-tuning.")
     ids = torch.as_tensor([a.example_id for a in annotations], dtype=torch.long)

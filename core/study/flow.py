@@ -3,7 +3,7 @@ participant (instructions, an optional practice round, each condition followed b
 questionnaires, the final questionnaires), and the progress that lets a refresh or a server
 restart resume exactly where they were.
 
-Progress lives in the participants table (:meth:`core.study_store.StudyStore.set_progress`) as
+Progress lives in the participants table (:meth:`core.study.store.StudyStore.set_progress`) as
 a small JSON object: the step index, the items done in the current condition, the workbench
 each condition runs on, and when each condition started. Every change is written before the
 call returns. No Streamlit here; the participant page only draws the current step.
@@ -19,8 +19,8 @@ from typing import Any
 from core.data import ImageDataset
 from core.engine import evaluate
 from core.models import SteerableModel
-from core.study import likert_template
-from core.study_store import Participant, StudyError, StudyStore, check_design
+from core.study.design import likert_template
+from core.study.store import Participant, StudyError, StudyStore, check_design
 
 TASKS = {"attention": "images", "latent": "moves", "grid": "images"}  # task -> what its budget counts
 INSTRUMENTS = ("sus", "tlx", "likert")
@@ -57,7 +57,7 @@ def normalize_design(design: dict[str, Any]) -> dict[str, Any]:
     ``time_limit_s`` or None, ``instructions`` Markdown), ``intro`` Markdown, ``practice``
     (bool) and ``practice_budget``, ``questionnaires``: ``after_each`` and ``final`` lists of
     instruments, ``likert_items`` (by default seed 001's items for these conditions:
-    :func:`core.study.likert_template`). Raises :class:`StudyError`
+    :func:`core.study.design.likert_template`). Raises :class:`StudyError`
     saying what to fix.
     """
     d = copy.deepcopy(check_design(dict(design)))

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from core.engine import TrainConfig, evaluate, predict
-from core.feedback.latent import (
+from core.feedback.latent.loss import (
     KIND,
     PAPER_LR,
     PAPER_MOMENTUM,
@@ -23,11 +23,11 @@ from core.feedback.latent import (
     Move,
     MoveList,
 )
-from core.jobs import Job
+from core.session.jobs import Job
 from core.models import atomic_torch_save
 from core.models.base import SteerableModel
-from core.projection import ProjectionBranch, fit_projection, from_state, projection_r2, state
-from core.workbench import Workbench
+from core.feedback.latent.projection import ProjectionBranch, fit_projection, from_state, projection_r2, state
+from core.session.workbench import Workbench
 
 PROJECTION_FILE = "projection.pt"
 FIT_SAMPLE = 5000

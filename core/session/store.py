@@ -1,6 +1,6 @@
 """The workspace folder: checkpoints (atomic writes) and one SQLite database holding
 workbenches, model versions, annotations, jobs and what the pages persist (and the user-study
-tables, see ``core/study_store.py``), so work survives a refresh, a second tab or a restart.
+tables, see ``core/study/store.py``), so work survives a refresh, a second tab or a restart.
 
 Layout::
 
@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
+
+from core.study.schema import STUDY_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -106,47 +108,6 @@ CREATE TABLE IF NOT EXISTS page_state (
 );
 """
 
-# User studies (core/study_store.py): a study's design, its participants (an unguessable
-# token each, the condition order and where they are), every gesture as an event row, and
-# questionnaire answers. Not tied to a workbench: a participant gets a fresh one per condition.
-_SCHEMA_V2 = """
-CREATE TABLE IF NOT EXISTS studies (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    design TEXT NOT NULL,
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS participants (
-    token TEXT PRIMARY KEY,
-    study_id TEXT NOT NULL REFERENCES studies(id) ON DELETE CASCADE,
-    number INTEGER NOT NULL,
-    conditions TEXT NOT NULL,
-    progress TEXT NOT NULL DEFAULT '{}',
-    created REAL NOT NULL,
-    UNIQUE (study_id, number)
-);
-CREATE TABLE IF NOT EXISTS study_events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    participant TEXT NOT NULL REFERENCES participants(token) ON DELETE CASCADE,
-    condition TEXT NOT NULL,
-    t REAL NOT NULL,
-    kind TEXT NOT NULL,
-    item TEXT,
-    payload TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS study_events_by_participant ON study_events (participant, condition);
-CREATE TABLE IF NOT EXISTS study_answers (
-    participant TEXT NOT NULL REFERENCES participants(token) ON DELETE CASCADE,
-    step TEXT NOT NULL,
-    instrument TEXT NOT NULL,
-    answers TEXT NOT NULL,
-    score REAL,
-    created REAL NOT NULL,
-    PRIMARY KEY (participant, step, instrument)
-);
-"""
-
-
 def _run_script(db: sqlite3.Connection, script: str) -> None:
     for statement in script.split(";"):
         if statement.strip():
@@ -155,7 +116,7 @@ def _run_script(db: sqlite3.Connection, script: str) -> None:
 
 def _migrate_1_to_2(db: sqlite3.Connection, _root: Path) -> list[Path]:
     """Add the user-study tables."""
-    _run_script(db, _SCHEMA_V2)
+    _run_script(db, STUDY_SCHEMA)
     return []
 
 
@@ -397,7 +358,7 @@ class Store:
                             db.execute(statement)
                     if fresh:
                         _run_script(db, _SCHEMA_V1)
-                        _run_script(db, _SCHEMA_V2)
+                        _run_script(db, STUDY_SCHEMA)
                     else:
                         while version < SCHEMA_VERSION:
                             to_delete += MIGRATIONS[version](db, self.root)

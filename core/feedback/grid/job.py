@@ -4,7 +4,7 @@ feedback page drives these functions.
 How a run goes:
 
 1. :func:`start_grid_training` trains a copy of the current model in the background with
-   CE + the grid penalty (:class:`core.feedback.grid.GridPenalty`) and "pause at the end of
+   CE + the grid penalty (:class:`core.feedback.grid.loss.GridPenalty`) and "pause at the end of
    each epoch" on. The penalty starts with the reviews of the version it starts from (so
    restoring a version restores its penalty set).
 2. At each epoch end that has training after it, :class:`CandidateFinder` (a callback bound to
@@ -32,7 +32,7 @@ import numpy as np
 
 from core.data.spec import ImageDataset
 from core.engine import Callback, EpochInfo, TrainConfig
-from core.feedback.grid import (
+from core.feedback.grid.loss import (
     FEEDBACK as GRID,
     KIND,
     PER_STEP,
@@ -43,7 +43,7 @@ from core.feedback.grid import (
     default_grid,
 )
 from core.feedback.counterexamples import KIND as CEX, CounterexampleSettings
-from core.grid_workspace import REVIEW_K, REVIEW_SAMPLERS, review_candidates
+from core.feedback.grid.workflow import REVIEW_K, REVIEW_SAMPLERS, review_candidates
 from core.models.base import SteerableModel
 
 SETTINGS_KEY = "grid"  # in the workbench's settings
@@ -65,7 +65,7 @@ class GridPageSettings:
     batch_size: int = 64
     k: int = REVIEW_K
     sampler: str = "entropy"
-    n: int = 0  # squares per side; 0: core.feedback.grid.default_grid for the image size
+    n: int = 0  # squares per side; 0: core.feedback.grid.loss.default_grid for the image size
     method: str = "gradient"  # saliency shown while reviewing
     share: float = SHARE  # lambda: the penalty starts at this share of the CE
     opacity: float = 0.5

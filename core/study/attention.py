@@ -3,7 +3,7 @@ condition's locked settings, its images (chosen once by its sampler and kept wit
 workbench, so a refresh shows the same ones), the gesture events logged before the page
 reacts, each confirmed annotation counted, and the fine-tune whose model is the condition's
 outcome. The participant page draws :meth:`AttentionCondition.current` and turns clicks into
-calls here; ``core.attention_workspace`` does the attention work itself.
+calls here; ``core.feedback.attention.workflow`` does the attention work itself.
 """
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import time
 from dataclasses import fields
 from typing import Any
 
-from core import attention_workspace as aw
-from core.feedback.attention import AttentionAnnotation
-from core.study import CONFIRM, OPERATIONS, SHOW
-from core.study_flow import ParticipantFlow, condition_of, condition_outcome
-from core.study_store import StudyError
-from core.workbench import Workbench
+from core.feedback.attention import workflow as aw
+from core.feedback.attention.loss import AttentionAnnotation
+from core.study.design import CONFIRM, OPERATIONS, SHOW
+from core.study.flow import ParticipantFlow, condition_of, condition_outcome
+from core.study.store import StudyError
+from core.session.workbench import Workbench
 
 #: settings a study may lock per condition (the rest of the Attention page's settings keep their defaults)
 LOCKABLE = frozenset({"mode", "sampler", "per_page", "target", "epochs", "lr", "w_g", "w_c", "opacity",

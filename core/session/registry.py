@@ -1,4 +1,4 @@
-"""One live :class:`~core.workbench.Workbench` per id per server: every tab and every refresh
+"""One live :class:`~core.session.workbench.Workbench` per id per server: every tab and every refresh
 of a workbench gets the same object, hence the same job runner and current version. Idle
 workbenches are dropped from memory and reopen from the store when asked for again."""
 from __future__ import annotations
@@ -9,9 +9,9 @@ import time
 from collections.abc import Callable
 
 from core.data import ImageDataset
-from core.jobs import ComputeBudget
-from core.store import Store
-from core.workbench import Workbench
+from core.session.jobs import ComputeBudget
+from core.session.store import Store
+from core.session.workbench import Workbench
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class WorkbenchRegistry:
     def get(self, wb_id: str) -> Workbench:
         """The live workbench ``wb_id``, opened from the store if it is not in memory.
 
-        Raises ``KeyError`` (unknown or deleted id), :class:`core.workbench.WorkbenchError` (no
+        Raises ``KeyError`` (unknown or deleted id), :class:`core.session.workbench.WorkbenchError` (no
         versions), and what opening its data or checkpoint raises.
         """
         self.store.check_present()
@@ -82,7 +82,7 @@ class WorkbenchRegistry:
         Holds the id's lock throughout, so it waits for an open of the same id in progress
         and no open starts until it is done; afterwards the id is refused (a tombstone), and
         a job of the deleted workbench that ends later cannot save a version into its folder
-        (:meth:`core.store.Store.commit_version` refuses a deleted workbench)."""
+        (:meth:`core.session.store.Store.commit_version` refuses a deleted workbench)."""
         with self._id_lock(wb_id):
             if self.store.get_workbench(wb_id) is None:
                 raise KeyError(f"No workbench {wb_id!r}.")

@@ -10,10 +10,10 @@ from typing import Any
 
 from core.data import ImageDataset
 from core.engine import TrainConfig
-from core.jobs import ComputeBudget, Job, JobRunner
+from core.session.jobs import ComputeBudget, Job, JobRunner
 from core.models import SteerableModel, build_model, model_from_checkpoint, read_checkpoint, save_checkpoint
-from core.store import Store
-from core.workbench import base_checkpoint_path, train_base_model, version_metrics
+from core.session.store import Store
+from core.session.workbench import base_checkpoint_path, train_base_model, version_metrics
 
 # Defaults from a sweep on the bundled digits: about 98% test accuracy.
 DEFAULT_BASE_CONFIG = TrainConfig(epochs=10, batch_size=64, lr=0.02, seed=0, keep_best=True)

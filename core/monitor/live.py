@@ -22,7 +22,7 @@ import torch
 from core.engine import Callback, EpochInfo, StepInfo
 from core.explain.activations import capture
 from core.models.base import SteerableModel
-from core.monitor import LayerStats, SettleTracker, watched_layers
+from core.monitor.stats import LayerStats, SettleTracker, watched_layers
 
 PROBE_SAMPLE = 1000  # pool examples the monitor pages follow during training
 PROBE_EVERY = 25  # fewest training steps between two probes

@@ -26,7 +26,7 @@ from scipy.spatial import cKDTree
 
 from core.engine import Batch
 from core.models.base import SteerableModel
-from core.projection import ProjectionBranch
+from core.feedback.latent.projection import ProjectionBranch
 
 KIND = "latent"
 PAPER_WEIGHTS = {"cls": 0.89, "latent": 0.11}

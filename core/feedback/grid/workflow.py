@@ -15,7 +15,7 @@ import torch
 from core.data.spec import ImageDataset
 from core.engine import Callback, EpochInfo, FitResult, TrainConfig, TrainControl, evaluate, fit, predict
 from core.explain.saliency import input_gradients
-from core.feedback.grid import (
+from core.feedback.grid.loss import (
     FEEDBACK as GRID,
     KIND,
     GridAnnotation,
@@ -76,7 +76,7 @@ def _masked_rows(data: ImageDataset, ids: Sequence[int]) -> list[int]:
 def simulated_review(data: ImageDataset, ids: Sequence[int], *, n: int | None = None, method: str = "gradient",
                      epoch: int | None = None) -> list[GridAnnotation]:
     """What a careful person marks on each image: every square of an ``n`` x ``n`` grid
-    (default :func:`core.feedback.grid.default_grid`) that holds no object pixel, from the
+    (default :func:`core.feedback.grid.loss.default_grid`) that holds no object pixel, from the
     object masks (ground truth a person has: they see where the object is). Needs a mask
     for every id (see :func:`without_masks`). ``method``: the saliency shown (recorded)."""
     ids = _masked_rows(data, ids)
@@ -279,7 +279,7 @@ class OutsideTop:
 
 def outside_top_marks(saliency: np.ndarray, n: int, top_percent: float) -> OutsideTop:
     """The squares of an ``n`` x ``n`` grid that hold none of the ``top_percent`` (1-100) most
-    salient pixels of ``saliency`` (H, W) (:func:`core.feedback.grid.squares_outside_top`),
+    salient pixels of ``saliency`` (H, W) (:func:`core.feedback.grid.loss.squares_outside_top`),
     unless the rule would mark every square or none: then nothing, and a message.
 
     Every square comes out on a blank map (no pixel above zero: no top pixels at all), none
