@@ -492,53 +492,131 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     )
 
 
-def train_one_epoch(
-    model: SteerableModel,
-    optimizer: torch.optim.Optimizer,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    epoch: int,
-    config: TrainConfig,
-    generator: torch.Generator,
-    device: torch.device,
-    ids: torch.Tensor | None = None,
-    loss_terms: Mapping[str, LossTerm] | None = None,
-    weights: Mapping[str, float] | None = None,
-    callbacks: Sequence[Callback] = (),
-    control: TrainControl | None = None,
-    step0: int = 0,
-    schedule: Callable[[int], float] | None = None,
-    guard: DivergenceGuard | None = None,
-    parallel: DataParallel | None = None,
-    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> tuple[float, float, int, bool]:
-    """One pass over ``images``. Returns (mean loss, accuracy, steps done, stopped).
+@dataclass
+class EpochSettings:
+    """What every epoch of one run shares: :func:`train_one_epoch`'s settings (built once by
+    :func:`fit`, or by hand for a single pass).
 
-    Loss = weights["cls"] * CE + sum(weights[name] * term(model, batch)). Raises
-    :class:`DivergenceError` before the optimiser step when the loss is not finite or, given a
-    ``guard``, when the cross-entropy runs away. With ``parallel``, each global batch is sharded over the
-    processes (see :func:`shard`), the forward pass goes through DistributedDataParallel, and
-    the loss and accuracy reported are those of the whole global batch (all-reduced), so every
-    process takes the same decisions; extra loss terms are not supported there. ``forward``
-    (a compiled model, see ``TrainConfig.compile``) computes the logits in place of the
-    model's features and head; not with extra loss terms either, which need the features.
-    The forward pass and loss run under :func:`autocast_for` ``config.precision``.
+    Loss = ``weights["cls"]`` x CE + sum(``weights[name]`` x term(model, batch)) over
+    ``loss_terms``. ``ids``: the global example ids of the training rows (what a term's batch
+    names its examples by). ``schedule(step) -> lr`` sets the learning rate of every step;
+    ``guard`` watches the cross-entropy for a runaway. The two other paths are apart:
+    ``parallel`` (data-parallel, see :class:`DataParallel`) and ``forward`` (a compiled
+    model, see ``TrainConfig.compile``); neither takes extra loss terms, which need the features.
     """
-    if parallel is not None and loss_terms:
-        raise ValueError("extra loss terms are not supported in data-parallel training")
-    if forward is not None and loss_terms:
-        raise ValueError("extra loss terms are not supported with a compiled forward pass")
-    amp = autocast_for(config.precision, device)
-    loss_terms = dict(loss_terms or {})
-    weights = dict(weights or {})
-    w_cls = float(weights.get("cls", 1.0))
+
+    config: TrainConfig
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    device: torch.device
+    ids: torch.Tensor | None = None
+    loss_terms: Mapping[str, LossTerm] = field(default_factory=dict)
+    weights: Mapping[str, float] = field(default_factory=dict)
+    callbacks: Sequence[Callback] = ()
+    control: TrainControl | None = None
+    schedule: Callable[[int], float] | None = None
+    guard: DivergenceGuard | None = None
+    parallel: DataParallel | None = None
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        self.loss_terms = dict(self.loss_terms or {})
+        self.weights = dict(self.weights or {})
+        if self.parallel is not None and self.loss_terms:
+            raise ValueError("extra loss terms are not supported in data-parallel training")
+        if self.forward is not None and self.loss_terms:
+            raise ValueError("extra loss terms are not supported with a compiled forward pass")
+
+
+@dataclass
+class _StepFigures:
+    """One step's loss, cross-entropy, correct count and batch size (of the global batch when
+    data-parallel), and each extra term's value."""
+
+    loss: float
+    ce: float
+    correct: int
+    n: int
+    terms: dict[str, float]
+
+
+def _batch_loss(model: SteerableModel, run: EpochSettings, x: torch.Tensor, y: torch.Tensor,
+                batch_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
+    """(weighted loss, cross-entropy, logits, term values) of one batch, under the run's autocast."""
+    term_values: dict[str, float] = {}
+    with autocast_for(run.config.precision, run.device):
+        if run.forward is not None or run.parallel is not None:
+            feats, logits = None, (run.forward if run.forward is not None else run.parallel.module)(x)
+        else:
+            feats = model.features(x)
+            logits = model.head(feats)
+        loss = ce = F.cross_entropy(logits, y)
+        if run.loss_terms:
+            loss = float(run.weights.get("cls", 1.0)) * loss
+            batch = Batch(x, y, batch_ids, feats, logits)
+            for name, term in run.loss_terms.items():
+                value = term(model, batch)
+                term_values[name] = float(value.detach())
+                loss = loss + float(run.weights.get(name, 1.0)) * value
+    return loss, ce, logits, term_values
+
+
+def _step_figures(run: EpochSettings, loss: torch.Tensor, ce: torch.Tensor, logits: torch.Tensor, y: torch.Tensor,
+                  terms: dict[str, float]) -> _StepFigures:
+    """The figures the step reports; data-parallel: those of the whole global batch
+    (all-reduced), so every process takes the same decisions."""
+    correct, n = int((logits.detach().argmax(1) == y).sum()), len(y)
+    if run.parallel is None:
+        return _StepFigures(float(loss.detach()), float(ce.detach()), correct, n, terms)
+    import torch.distributed as dist
+
+    totals = torch.tensor([float(loss.detach()) * n, correct, n], dtype=torch.float64, device=run.device)
+    dist.all_reduce(totals)
+    value = float(totals[0] / totals[2])
+    return _StepFigures(value, value, int(totals[1]), int(totals[2]), terms)  # no extra terms in data-parallel training
+
+
+def _train_step(model: SteerableModel, run: EpochSettings, images: torch.Tensor, labels: torch.Tensor,
+                idx: torch.Tensor, *, epoch: int, step: int) -> _StepFigures:
+    """One optimiser step on the rows ``idx``. Raises :class:`DivergenceError` before the
+    step when the loss is not finite or the guard sees the cross-entropy run away."""
+    if run.schedule is not None:
+        for group in run.optimizer.param_groups:
+            group["lr"] = run.schedule(step)
+    if run.parallel is not None:
+        idx = shard(idx, run.parallel.rank, run.parallel.world_size)
+    x = images[idx].to(run.device, non_blocking=True)
+    y = labels[idx].to(run.device, non_blocking=True)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss, ce, logits, terms = _batch_loss(model, run, x, y, run.ids[idx] if run.ids is not None else idx)
+    figures = _step_figures(run, loss, ce, logits, y, terms)
+    if not math.isfinite(figures.loss):  # NaN or inf in any term
+        raise DivergenceError(f"the loss became {figures.loss} at epoch {epoch + 1}, step {step + 1}", step)
+    if run.guard is not None:
+        # the runaway rule watches the cross-entropy alone: weights that blow up show there,
+        # while a feedback term may rightly start far above the first step's loss (a grid
+        # penalty switched on mid-run at 60 after a CE of 0.05 is not a divergence)
+        run.guard.check(figures.ce, epoch=epoch, step=step)
+    loss.backward()
+    if run.loss_terms and run.config.term_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None],
+                                       float(run.config.term_grad_norm))
+    run.optimizer.step()
+    return figures
+
+
+def train_one_epoch(model: SteerableModel, images: torch.Tensor, labels: torch.Tensor, run: EpochSettings, *,
+                    epoch: int, step0: int = 0) -> tuple[float, float, int, bool]:
+    """One pass over ``images`` with ``run``'s settings, its steps numbered from ``step0``.
+    Returns (mean loss, accuracy, steps done, stopped). Between steps it waits while
+    ``run.control`` pauses, stops when asked and applies freezing changes."""
+    control = run.control
     model.train()
     frozen = control.frozen() if control else set(frozen_groups(model))
     apply_freeze(model, frozen)
     total_loss, total_correct, total_seen, steps = 0.0, 0, 0, 0
     stopped = False
-    for idx in batch_order(len(images), config.batch_size, generator):
+    for idx in batch_order(len(images), run.config.batch_size, run.generator):
         if control is not None:
             control.wait_while_paused()
             if control.stop_requested:
@@ -549,73 +627,17 @@ def train_one_epoch(
                 frozen = wanted
                 apply_freeze(model, frozen)
         t0 = time.perf_counter()
-        step = step0 + steps
-        if schedule is not None:
-            for group in optimizer.param_groups:
-                group["lr"] = schedule(step)
-        if parallel is not None:
-            idx = shard(idx, parallel.rank, parallel.world_size)
-        x = images[idx].to(device, non_blocking=True)
-        y = labels[idx].to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        term_values: dict[str, float] = {}
-        with amp:
-            if forward is not None or parallel is not None:
-                feats, logits = None, (forward if forward is not None else parallel.module)(x)
-            else:
-                feats = model.features(x)
-                logits = model.head(feats)
-            loss = ce = F.cross_entropy(logits, y)
-            if loss_terms:
-                loss = w_cls * loss
-                batch = Batch(x, y, (ids[idx] if ids is not None else idx), feats, logits)
-                for name, term in loss_terms.items():
-                    value = term(model, batch)
-                    term_values[name] = float(value.detach())
-                    loss = loss + float(weights.get(name, 1.0)) * value
-        correct = int((logits.detach().argmax(1) == y).sum())
-        n = len(y)
-        if parallel is not None:  # the global batch's loss and accuracy, the same on every process
-            import torch.distributed as dist
-
-            totals = torch.tensor([float(loss.detach()) * n, correct, n], dtype=torch.float64, device=device)
-            dist.all_reduce(totals)
-            loss_value, correct, n = float(totals[0] / totals[2]), int(totals[1]), int(totals[2])
-            ce_value = loss_value  # no extra terms in data-parallel training
-        else:
-            loss_value = float(loss.detach())
-            ce_value = float(ce.detach())
-        if not math.isfinite(loss_value):  # NaN or inf in any term
-            raise DivergenceError(f"the loss became {loss_value} at epoch {epoch + 1}, step {step + 1}", step)
-        if guard is not None:
-            # the runaway rule watches the cross-entropy alone: weights that blow up show there,
-            # while a feedback term may rightly start far above the first step's loss (a grid
-            # penalty switched on mid-run at 60 after a CE of 0.05 is not a divergence)
-            guard.check(ce_value, epoch=epoch, step=step)
-        loss.backward()
-        if loss_terms and config.term_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None],
-                                           float(config.term_grad_norm))
-        optimizer.step()
-        total_loss += loss_value * n
-        total_correct += correct
-        total_seen += n
+        figures = _train_step(model, run, images, labels, idx, epoch=epoch, step=step0 + steps)
+        total_loss += figures.loss * figures.n
+        total_correct += figures.correct
+        total_seen += figures.n
+        info = StepInfo(epoch=epoch, step=step0 + steps, loss=figures.loss, accuracy=figures.correct / figures.n,
+                        lr=run.optimizer.param_groups[0]["lr"], step_time=time.perf_counter() - t0,
+                        frozen=tuple(sorted(frozen)), terms=figures.terms)
         steps += 1
-        info = StepInfo(
-            epoch=epoch,
-            step=step,
-            loss=loss_value,
-            accuracy=correct / n,
-            lr=optimizer.param_groups[0]["lr"],
-            step_time=time.perf_counter() - t0,
-            frozen=tuple(sorted(frozen)),
-            terms=term_values,
-        )
-        for cb in callbacks:
+        for cb in run.callbacks:
             cb.on_step(info)
-    mean_loss = total_loss / max(total_seen, 1)
-    acc = total_correct / max(total_seen, 1)
-    return mean_loss, acc, steps, stopped
+    return total_loss / max(total_seen, 1), total_correct / max(total_seen, 1), steps, stopped
 
 
 def _ends_in_eval_mode(run: Callable[..., "FitResult"]) -> Callable[..., "FitResult"]:
@@ -670,6 +692,63 @@ def fit(
     in eval mode when the run ends, however it ends.
     """
     config = config or TrainConfig()
+    run = _epoch_settings(model, config, len(train[0]), train_ids=train_ids, loss_terms=loss_terms, weights=weights,
+                          callbacks=callbacks, control=control, optimizer=optimizer, distributed=distributed)
+    state = _RunState(start_state=copy.deepcopy(model.state_dict()), start_val_acc=start_val_acc)
+    state.fallback = state.start_state
+    images, labels = train
+    for epoch in range(config.epochs):
+        t0 = time.perf_counter()
+        paused0 = control.paused_seconds if control is not None else 0.0
+        try:
+            loss, acc, n, stopped = train_one_epoch(model, images, labels, run, epoch=epoch, step0=state.steps)
+        except DivergenceError as exc:
+            return _rolled_back(model, state, exc)
+        state.steps += n
+        # running time only: a minute paused mid-epoch (Monitor's pause) must not make the epoch look slow
+        paused = (control.paused_seconds - paused0) if control is not None else 0.0
+        epoch_time = max(time.perf_counter() - t0 - paused, 0.0)
+        if stopped and n == 0:
+            break
+        val_loss, val_acc = _validate(model, val, run, state, epoch)
+        info = EpochInfo(epoch=epoch, train_loss=loss, train_acc=acc, val_loss=val_loss, val_acc=val_acc,
+                         epoch_time=epoch_time, lr=run.optimizer.param_groups[0]["lr"], steps=n,
+                         frozen=frozen_groups(model))
+        state.history.append(info)
+        for cb in callbacks:
+            cb.on_epoch(info)
+        if stopped:
+            break
+        _remember_fallback(model, val, run, state, val_acc, epoch)
+        if control is not None and control.pause_at_epoch_end and epoch + 1 < config.epochs:
+            control.pause()
+            control.wait_while_paused()
+            if control.stop_requested:
+                return FitResult(state.history, state.steps, stopped=True, message="Stopped after a pause.")
+    return _finished(model, state, config, control)
+
+
+@dataclass
+class _RunState:
+    """What :func:`fit` tracks across epochs: the history, the steps done, the weights a
+    divergence rolls back to (``fallback``, after ``fallback_epochs`` epochs; at first the
+    weights before the run) and the best epoch so far for ``keep_best`` (val acc, epoch, weights)."""
+
+    start_state: dict
+    start_val_acc: float | None = None
+    history: list[EpochInfo] = field(default_factory=list)
+    steps: int = 0
+    fallback: dict | None = None
+    fallback_epochs: int = 0
+    best: tuple[float, int, dict] | None = None
+
+
+def _epoch_settings(model: SteerableModel, config: TrainConfig, n_train: int, *, train_ids: torch.Tensor | None,
+                    loss_terms: Mapping[str, LossTerm] | None, weights: Mapping[str, float] | None,
+                    callbacks: Sequence[Callback], control: TrainControl | None,
+                    optimizer: torch.optim.Optimizer | None, distributed: bool) -> EpochSettings:
+    """The run's :class:`EpochSettings`: the device (the model moved there), the data-parallel
+    or compiled path, the optimiser, the seeded batch order, the cosine schedule and the guard."""
     device = pick_device(config.device)
     model.to(device)
     parallel = data_parallel(model, device) if distributed else None
@@ -679,80 +758,66 @@ def fit(
         if loss_terms:
             raise ValueError("TrainConfig.compile is for plain training: extra loss terms need the features")
         forward = torch.compile(parallel.module if parallel is not None else model)
-    optimizer = optimizer or make_optimizer(model, config)
-    generator = torch.Generator().manual_seed(config.seed)
-    images, labels = train
-    total_steps = config.epochs * math.ceil(len(images) / config.batch_size)
+    total_steps = config.epochs * math.ceil(n_train / config.batch_size)
     schedule = None
     if config.cosine:
         schedule = lambda s: 0.5 * config.lr * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))  # noqa: E731
-    guard = DivergenceGuard(config.diverge_factor, config.diverge_margin)
-    history: list[EpochInfo] = []
-    steps = 0
-    start_state = copy.deepcopy(model.state_dict())
-    fallback, fallback_epochs = start_state, 0  # what a divergence rolls back to
-    best: tuple[float, int, dict] | None = None  # (val acc, epoch, weights) of the best epoch (keep_best)
-    for epoch in range(config.epochs):
-        t0 = time.perf_counter()
-        paused0 = control.paused_seconds if control is not None else 0.0
-        try:
-            loss, acc, n, stopped = train_one_epoch(
-                model, optimizer, images, labels, epoch=epoch, config=config, generator=generator,
-                device=device, ids=train_ids, loss_terms=loss_terms, weights=weights,
-                callbacks=callbacks, control=control, step0=steps, schedule=schedule, guard=guard,
-                parallel=parallel, forward=forward,
-            )
-        except DivergenceError as exc:
-            model.load_state_dict(fallback)
-            where = ("the weights it had before the run" if fallback_epochs == 0 else
-                     f"its weights after epoch {fallback_epochs} (validation accuracy not worse than at the start)")
-            msg = f"Training diverged: {exc}. The model was put back to {where}."
-            log.warning(msg)
-            return FitResult(history, exc.step, stopped=True, rolled_back=True, message=msg, diverged=True,
-                             kept_epochs=fallback_epochs)
-        steps += n
-        # running time only: a minute paused mid-epoch (Monitor's pause) must not make the epoch look slow
-        paused = (control.paused_seconds - paused0) if control is not None else 0.0
-        epoch_time = max(time.perf_counter() - t0 - paused, 0.0)
-        if stopped and n == 0:
-            break
-        val_loss = val_acc = None
-        if val is not None and len(val[0]):
-            model.eval()  # this run's own model (train_one_epoch switches it back): no copy to evaluate
-            ev = evaluate(model, val[0], val[1], batch_size=config.eval_batch_size, device=device)
-            val_loss, val_acc = ev.loss, ev.accuracy
-            if config.keep_best and (best is None or val_acc > best[0]):  # the weights just evaluated
-                best = (val_acc, epoch + 1, copy.deepcopy(model.state_dict()))
-        info = EpochInfo(
-            epoch=epoch, train_loss=loss, train_acc=acc, val_loss=val_loss, val_acc=val_acc,
-            epoch_time=epoch_time, lr=optimizer.param_groups[0]["lr"], steps=n,
-            frozen=frozen_groups(model),
-        )
-        history.append(info)
-        for cb in callbacks:
-            cb.on_epoch(info)
-        if stopped:
-            break
-        if val_acc is not None and start_val_acc is None:
-            start_val_acc = _accuracy_of(model, start_state, val, config, device)
-        if val_acc is None or val_acc >= start_val_acc:
-            fallback, fallback_epochs = copy.deepcopy(model.state_dict()), epoch + 1
-        if control is not None and control.pause_at_epoch_end and epoch + 1 < config.epochs:
-            control.pause()
-            control.wait_while_paused()
-            if control.stop_requested:
-                return FitResult(history, steps, stopped=True, message="Stopped after a pause.")
+    return EpochSettings(config=config, optimizer=optimizer or make_optimizer(model, config),
+                         generator=torch.Generator().manual_seed(config.seed), device=device, ids=train_ids,
+                         loss_terms=loss_terms or {}, weights=weights or {}, callbacks=callbacks, control=control,
+                         schedule=schedule, guard=DivergenceGuard(config.diverge_factor, config.diverge_margin),
+                         parallel=parallel, forward=forward)
+
+
+def _rolled_back(model: SteerableModel, state: _RunState, exc: DivergenceError) -> FitResult:
+    """The run diverged: put the fallback weights back and say which they are."""
+    model.load_state_dict(state.fallback)
+    where = ("the weights it had before the run" if state.fallback_epochs == 0 else
+             f"its weights after epoch {state.fallback_epochs} (validation accuracy not worse than at the start)")
+    msg = f"Training diverged: {exc}. The model was put back to {where}."
+    log.warning(msg)
+    return FitResult(state.history, exc.step, stopped=True, rolled_back=True, message=msg, diverged=True,
+                     kept_epochs=state.fallback_epochs)
+
+
+def _validate(model: SteerableModel, val: tuple[torch.Tensor, torch.Tensor] | None, run: EpochSettings,
+              state: _RunState, epoch: int) -> tuple[float | None, float | None]:
+    """(val loss, val accuracy) after ``epoch``, or (None, None) without a val split; with
+    ``keep_best``, remembers the weights just evaluated when they are the best so far."""
+    if val is None or not len(val[0]):
+        return None, None
+    model.eval()  # this run's own model (train_one_epoch switches it back): no copy to evaluate
+    ev = evaluate(model, val[0], val[1], batch_size=run.config.eval_batch_size, device=run.device)
+    if run.config.keep_best and (state.best is None or ev.accuracy > state.best[0]):
+        state.best = (ev.accuracy, epoch + 1, copy.deepcopy(model.state_dict()))
+    return ev.loss, ev.accuracy
+
+
+def _remember_fallback(model: SteerableModel, val: tuple[torch.Tensor, torch.Tensor] | None, run: EpochSettings,
+                       state: _RunState, val_acc: float | None, epoch: int) -> None:
+    """After an epoch that was not worse on val than the start, a divergence later rolls back to it."""
+    if val_acc is not None and state.start_val_acc is None:
+        state.start_val_acc = _accuracy_of(model, state.start_state, val, run.config, run.device)
+    if val_acc is None or val_acc >= state.start_val_acc:
+        state.fallback, state.fallback_epochs = copy.deepcopy(model.state_dict()), epoch + 1
+
+
+def _finished(model: SteerableModel, state: _RunState, config: TrainConfig, control: TrainControl | None) -> FitResult:
+    """How a run that did not diverge ended; with ``keep_best``, the best epoch's weights put
+    back when the last epoch's validation accuracy fell more than the margin below it."""
     stopped = bool(control and control.stop_requested)
-    result = FitResult(history, steps, stopped=stopped, message="Stopped by request." if stopped else "")
-    if best is not None:
-        result.best_epoch = best[1]
-        last = history[-1]
-        if not stopped and last.val_acc is not None and best[0] - last.val_acc > config.keep_best_margin:
-            model.load_state_dict(best[2])
-            result.restored_best = True
-            result.message = (f"validation accuracy fell from {100 * best[0]:.1f}% at epoch {best[1]} to "
-                              f"{100 * last.val_acc:.1f}% at epoch {last.epoch + 1}; kept epoch {best[1]}'s weights")
-            log.warning(result.message)
+    result = FitResult(state.history, state.steps, stopped=stopped, message="Stopped by request." if stopped else "")
+    if state.best is None:
+        return result
+    best_acc, best_epoch, best_weights = state.best
+    result.best_epoch = best_epoch
+    last = state.history[-1]
+    if not stopped and last.val_acc is not None and best_acc - last.val_acc > config.keep_best_margin:
+        model.load_state_dict(best_weights)
+        result.restored_best = True
+        result.message = (f"validation accuracy fell from {100 * best_acc:.1f}% at epoch {best_epoch} to "
+                          f"{100 * last.val_acc:.1f}% at epoch {last.epoch + 1}; kept epoch {best_epoch}'s weights")
+        log.warning(result.message)
     return result
 
 

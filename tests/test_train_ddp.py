@@ -35,7 +35,7 @@ def test_each_process_trains_on_its_shard_of_every_global_batch(tmp_path):
     of which this process is rank 1; the all-reduce runs in a one-process gloo group)."""
     import torch.distributed as dist
 
-    from core.engine import DataParallel, TrainConfig, make_optimizer, train_one_epoch
+    from core.engine import DataParallel, EpochSettings, TrainConfig, make_optimizer, train_one_epoch
     from core.models import build_model
 
     model = build_model("seed-cnn", 1, 28, 10, seed=0)
@@ -50,10 +50,10 @@ def test_each_process_trains_on_its_shard_of_every_global_batch(tmp_path):
     config = TrainConfig(batch_size=32, lr=0.01)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
     try:
-        loss, acc, steps, _ = train_one_epoch(model, make_optimizer(model, config), images, labels, epoch=0,
-                                              config=config, generator=torch.Generator().manual_seed(0),
-                                              device=torch.device("cpu"),
-                                              parallel=DataParallel(1, 2, Recorder()))
+        run = EpochSettings(config=config, optimizer=make_optimizer(model, config),
+                            generator=torch.Generator().manual_seed(0), device=torch.device("cpu"),
+                            parallel=DataParallel(1, 2, Recorder()))
+        loss, acc, steps, _ = train_one_epoch(model, images, labels, run, epoch=0)
     finally:
         dist.destroy_process_group()
     order = torch.randperm(70, generator=torch.Generator().manual_seed(0)).split(32)  # the global batches
