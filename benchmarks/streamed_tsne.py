@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         again = copy.deepcopy(primed)
         again.update(x_a, ids)
         disp_warm = float(again.last_displacement)
-        cold = tsne_layout(x_a, perplexity=PERPLEXITY, seed=args.seed + 1, n_iter=primed.cold_iter)
+        cold = tsne_layout(x_a, perplexity=PERPLEXITY, seed=args.seed + 1, n_iter=primed.config.cold_iter)
         disp_cold = displacement(first, cold)
 
         warmup = 1
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
             out["ours"] = streams.pop().update(x_b, ids)
 
         def opentsne_cold() -> None:
-            out["opentsne_cold"] = tsne_layout(x_b, perplexity=PERPLEXITY, seed=args.seed, n_iter=primed.cold_iter)
+            out["opentsne_cold"] = tsne_layout(x_b, perplexity=PERPLEXITY, seed=args.seed, n_iter=primed.config.cold_iter)
 
         def sklearn() -> None:
             out["sklearn"] = TSNE(n_components=2, perplexity=PERPLEXITY, init="pca", learning_rate="auto",
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
         "references": {
             "opentsne_cold": {"s": r["median_s"]["opentsne_cold"], "ratio": ratio["opentsne_cold"],
                               "what": f"core.monitor.embed.tsne_layout, perplexity {PERPLEXITY:g}, 250 exaggerated + "
-                                      f"{primed.cold_iter} iterations, same seed (the page's first layout)"},
+                                      f"{primed.config.cold_iter} iterations, same seed (the page's first layout)"},
             "sklearn": {"s": r["median_s"]["sklearn"], "ratio": ratio["sklearn"],
                         "what": f"sklearn.manifold.TSNE(init='pca', learning_rate='auto', perplexity {PERPLEXITY:g}), "
                                 "1,000 iterations, same seed"},
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
         "quick": args.quick,
         "seeds": seeds_record([args.seed], TUNED_ON, TUNED),
         "params": {"data": source, "limit_per_class": limit, "model": "seed-cnn", "layer": args.layer,
-                   "points": n, "perplexity": PERPLEXITY, "warm_iter": args.warm_iter, "cold_iter": primed.cold_iter,
+                   "points": n, "perplexity": PERPLEXITY, "warm_iter": args.warm_iter, "cold_iter": primed.config.cold_iter,
                    "threads": 1, "rounds": args.pairs, "seed": args.seed, **info,
                    **device_params(device, DEVICE_NOTE), "timed_on": "cpu"},
         "provenance": prov,

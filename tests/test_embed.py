@@ -60,7 +60,7 @@ def test_tiny_inputs_do_not_crash(n):
         for _ in range(2):
             out = s.update(x[:n], list(range(n)))
             assert out.shape == (n, 2) and np.isfinite(out).all()
-        assert s.trails().shape[0] == n and s.trail_lengths().shape == (n,)
+        assert s.trails().shape[0] == n
 
 
 def test_degenerate_data_does_not_crash():
@@ -122,8 +122,7 @@ def test_trails_hold_exactly_the_last_positions():
     np.testing.assert_array_equal(tr, np.stack(outs[-3:], axis=1))
     np.testing.assert_array_equal(s.layout, outs[-1])
     steps = np.linalg.norm(np.diff(tr.astype(np.float64), axis=1), axis=2).sum(1)
-    np.testing.assert_allclose(s.trail_lengths(), steps / rms(outs[-1].astype(np.float64)), rtol=1e-5)
-    assert (s.trail_lengths() > 0).all()
+    assert (steps > 0).all()  # every point moved along its trail
 
     # a new id (and one that returns after missing an update) starts a fresh, padded trail;
     # rows come back in the order of the ids given
@@ -135,7 +134,7 @@ def test_trails_hold_exactly_the_last_positions():
     np.testing.assert_array_equal(tr[0], np.repeat(out[[0]], 3, axis=0))
     np.testing.assert_array_equal(tr[1:, -1], out[1:])
     np.testing.assert_array_equal(tr[1:, :2], np.stack(outs[-2:], axis=1)[::-1])
-    assert s.trail_lengths()[0] == 0
+    assert (np.diff(tr[0], axis=0) == 0).all()  # the new id has not moved yet
 
 
 def test_stream_is_deterministic_under_a_seed():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,7 +23,9 @@ from torch import nn
 from core.explain.activations import capture
 
 __all__ = [
+    "EmbeddingConfig",
     "EmbeddingStream",
+    "StreamState",
     "filter_vectors",
     "layer_activations",
     "pca_layout",
@@ -207,6 +210,47 @@ def _tsne_warm(x: np.ndarray, init: np.ndarray, *, perplexity: float, seed: int,
 # a stream of layouts
 
 
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """How a stream lays its points out (the parameters; the layouts are :class:`StreamState`).
+
+    ``method``: "tsne" or "pca"; ``perplexity`` of t-SNE; ``seed`` of every layout;
+    ``trail``: positions kept per point; ``warm_iter`` / ``cold_iter``: t-SNE iterations of a
+    warm update and of a cold one (after early exaggeration).
+    """
+
+    method: str = "tsne"
+    perplexity: float = 30.0
+    seed: int = 0
+    trail: int = 5
+    warm_iter: int = 100
+    cold_iter: int = 500
+
+    def __post_init__(self) -> None:
+        if self.method not in _METHODS:
+            raise ValueError(f"Unknown method {self.method!r}; choose one of: {', '.join(_METHODS)}")
+        if not self.perplexity > 0:
+            raise ValueError(f"perplexity must be positive, got {self.perplexity}")
+        if self.trail < 1:
+            raise ValueError(f"trail must be >= 1 position, got {self.trail}")
+        if self.warm_iter < 1 or self.cold_iter < 0:
+            raise ValueError(f"warm_iter must be >= 1 and cold_iter >= 0, got {self.warm_iter} and {self.cold_iter}")
+
+
+@dataclass
+class StreamState:
+    """What a stream has laid out so far: the last layout (rows in the order of ``ids``), each
+    id's recent positions, how many updates ran, whether the last layout was a t-SNE one (not
+    a PCA fallback), and the mean displacement of the last update's shared points."""
+
+    layout: np.ndarray | None = None
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    history: dict[int, deque[np.ndarray]] = field(default_factory=dict)
+    updates: int = 0
+    prev_tsne: bool = False
+    last_displacement: float | None = None
+
+
 class EmbeddingStream:
     """Warm-started 2D layouts of a changing set of points keyed by example/filter ids, with trails.
 
@@ -227,45 +271,32 @@ class EmbeddingStream:
 
     def __init__(self, method: str = "tsne", *, perplexity: float = 30.0, seed: int = 0,
                  trail: int = 5, warm_iter: int = 100, cold_iter: int = 500) -> None:
-        if method not in _METHODS:
-            raise ValueError(f"Unknown method {method!r}; choose one of: {', '.join(_METHODS)}")
-        if not perplexity > 0:
-            raise ValueError(f"perplexity must be positive, got {perplexity}")
-        if trail < 1:
-            raise ValueError(f"trail must be >= 1 position, got {trail}")
-        if warm_iter < 1 or cold_iter < 0:
-            raise ValueError(f"warm_iter must be >= 1 and cold_iter >= 0, got {warm_iter} and {cold_iter}")
-        self.method = method
-        self.perplexity = float(perplexity)
-        self.seed = int(seed)
-        self.trail = int(trail)
-        self.warm_iter = int(warm_iter)
-        self.cold_iter = int(cold_iter)
-        self.reset()
+        self.config = EmbeddingConfig(method, float(perplexity), int(seed), int(trail), int(warm_iter), int(cold_iter))
+        self.state = StreamState()
 
     def reset(self) -> None:
         """Forget every layout and history; the next update is cold."""
-        self._layout: np.ndarray | None = None
-        self._ids = np.zeros(0, dtype=np.int64)
-        self._history: dict[int, deque[np.ndarray]] = {}
-        self._updates = 0
-        self._prev_tsne = False  # whether the last layout was a t-SNE one (not a PCA fallback)
-        self.last_displacement: float | None = None
+        self.state = StreamState()
 
     @property
     def layout(self) -> np.ndarray | None:
         """Last layout (n, 2) float32, rows in the order of :attr:`ids`; None before the first update."""
-        return None if self._layout is None else self._layout.copy()
+        return None if self.state.layout is None else self.state.layout.copy()
 
     @property
     def ids(self) -> np.ndarray:
         """Ids of the last update."""
-        return self._ids.copy()
+        return self.state.ids.copy()
 
     @property
     def updates(self) -> int:
         """Number of update() calls so far (since the last reset)."""
-        return self._updates
+        return self.state.updates
+
+    @property
+    def last_displacement(self) -> float | None:
+        """Mean distance the last update's shared points moved, over the layout's RMS radius."""
+        return self.state.last_displacement
 
     def update(self, x: np.ndarray, ids: Sequence[int], progress: Progress | None = None) -> np.ndarray:
         """Lay out rows of x (one per id). First call: cold. Later calls: warm start from the previous
@@ -275,59 +306,61 @@ class EmbeddingStream:
         ``progress`` hears how far the layout is (a cold t-SNE takes seconds; PCA reports once)."""
         arr = _check_x(x)
         id_arr = _check_ids(ids, len(arr))
-        prev, prev_ids = self._layout, self._ids
+        st, cfg = self.state, self.config
+        prev, prev_ids = st.layout, st.ids
         prev_row = {int(i): r for r, i in enumerate(prev_ids)}
         # rows of this update that were in the previous layout, and their previous rows
         known = np.array([int(i) in prev_row for i in id_arr], dtype=bool)
         old_rows = np.array([prev_row[int(i)] for i in id_arr[known]], dtype=np.int64)
 
-        if self.method == "pca" or len(arr) < MIN_TSNE_POINTS:
-            new = pca_layout(arr, self.seed).astype(np.float64)
+        if cfg.method == "pca" or len(arr) < MIN_TSNE_POINTS:
+            new = pca_layout(arr, cfg.seed).astype(np.float64)
             if prev is not None and known.any():
                 new = self._align_signs(new, known, prev[old_rows])
             if progress is not None:
                 progress(1.0, f"PCA of {len(arr)} points: done")
-        elif (not self._prev_tsne or known.sum() < max(MIN_TSNE_POINTS, len(arr) / 2)
+        elif (not st.prev_tsne or known.sum() < max(MIN_TSNE_POINTS, len(arr) / 2)
               or _rms_radius(prev[old_rows]) <= 1e-12):
-            new = tsne_layout(arr, perplexity=self.perplexity, seed=self.seed, n_iter=self.cold_iter, progress=progress)
+            new = tsne_layout(arr, perplexity=cfg.perplexity, seed=cfg.seed, n_iter=cfg.cold_iter, progress=progress)
             new = new.astype(np.float64)
         else:
             old = prev[old_rows].astype(np.float64)
             init = self._warm_init(arr, known, old)
-            new = _tsne_warm(arr, init, perplexity=_clip_perplexity(self.perplexity, len(arr)),
-                             seed=self.seed, n_iter=self.warm_iter, progress=progress)
+            new = _tsne_warm(arr, init, perplexity=_clip_perplexity(cfg.perplexity, len(arr)),
+                             seed=cfg.seed, n_iter=cfg.warm_iter, progress=progress)
             new = self._match_spread(new, known, old)
 
         if prev is not None and known.any():
             moved = np.linalg.norm(new[known] - prev[old_rows], axis=1)
-            self.last_displacement = float(moved.mean() / _safe_radius(new))
+            st.last_displacement = float(moved.mean() / _safe_radius(new))
         else:
-            self.last_displacement = None
+            st.last_displacement = None
 
         history: dict[int, deque[np.ndarray]] = {}
         for r, i in enumerate(id_arr.tolist()):
-            h = self._history.get(i) if known[r] else None
+            h = st.history.get(i) if known[r] else None
             if h is None:
-                h = deque(maxlen=self.trail)
+                h = deque(maxlen=cfg.trail)
             h.append(new[r].astype(np.float32))
             history[i] = h
-        self._history = history
-        self._layout = new.astype(np.float32)
-        self._prev_tsne = self.method == "tsne" and len(arr) >= MIN_TSNE_POINTS
-        self._ids = id_arr.copy()
-        self._updates += 1
-        return self._layout.copy()
+        st.history = history
+        st.layout = new.astype(np.float32)
+        st.prev_tsne = cfg.method == "tsne" and len(arr) >= MIN_TSNE_POINTS
+        st.ids = id_arr.copy()
+        st.updates += 1
+        return st.layout.copy()
 
     def _warm_init(self, x: np.ndarray, known: np.ndarray, known_pos: np.ndarray) -> np.ndarray:
         """Previous positions for known rows; new rows at their nearest known neighbour in
         x-space plus jitter of 1e-3 of the layout's RMS radius (seeded by seed and update count)."""
+        st, cfg = self.state, self.config
         init = np.empty((len(x), 2), dtype=np.float64)
         init[known] = known_pos
         new = ~known
         if new.any():
             nn_index = NearestNeighbors(n_neighbors=1).fit(x[known])
             nearest = nn_index.kneighbors(x[new], return_distance=False)[:, 0]
-            rng = np.random.default_rng([self.seed, self._updates])
+            rng = np.random.default_rng([cfg.seed, st.updates])
             jitter = rng.normal(scale=1e-3 * _safe_radius(known_pos), size=(int(new.sum()), 2))
             init[new] = known_pos[nearest] + jitter
         return init
@@ -354,9 +387,10 @@ class EmbeddingStream:
     def trails(self) -> np.ndarray:
         """(n, k, 2) last k <= trail positions of each id of the last update, oldest first; ids with a
         shorter history are padded by repeating their oldest position."""
-        if self._layout is None or len(self._ids) == 0:
-            return np.zeros((len(self._ids), 0, 2), dtype=np.float32)
-        hists = [self._history[int(i)] for i in self._ids]
+        st = self.state
+        if st.layout is None or len(st.ids) == 0:
+            return np.zeros((len(st.ids), 0, 2), dtype=np.float32)
+        hists = [st.history[int(i)] for i in st.ids]
         k = max(len(h) for h in hists)
         out = np.empty((len(hists), k, 2), dtype=np.float32)
         for r, h in enumerate(hists):
@@ -364,14 +398,6 @@ class EmbeddingStream:
             out[r, : k - len(pos)] = pos[0]
             out[r, k - len(pos):] = pos
         return out
-
-    def trail_lengths(self) -> np.ndarray:
-        """(n,) path length of each point's trail, divided by the layout's RMS radius (scale-free)."""
-        tr = self.trails()
-        if tr.shape[1] < 2:
-            return np.zeros(len(tr), dtype=np.float64)
-        steps = np.linalg.norm(np.diff(tr.astype(np.float64), axis=1), axis=2).sum(axis=1)
-        return steps / _safe_radius(self._layout.astype(np.float64))
 
 
 # ---------------------------------------------------------------------------------------------
