@@ -71,13 +71,13 @@ def test_progress_label_budget_and_resume_after_a_restart(tmp_path):
     wb = flow.start_condition(lambda: made.append(1) or "wb-practice", now=100.0)
     assert wb == "wb-practice" and flow.start_condition(lambda: made.append(1) or "other") == "wb-practice"
     assert made == [1]  # a refresh resumes the same workbench
-    flow.item_done()
-    flow.item_done()
+    flow.sync_items(flow.items_done + 1)
+    flow.sync_items(flow.items_done + 1)
     assert flow.condition_finished()
     step = flow.advance(expected=1)
     assert step == Step("condition", order[0])
     flow.start_condition(lambda: "wb-first", now=1000.0)
-    flow.item_done()
+    flow.sync_items(flow.items_done + 1)
     n = 3 if order[0] == "click" else (2 if order[0] == "polygon" else 16)
     unit_label = f"condition 1 of 3, image 2 of {n}"
     assert flow.label() == unit_label
@@ -95,8 +95,8 @@ def test_a_stale_tab_cannot_skip_a_step_and_items_need_a_condition(tmp_path):
     assert b.advance(expected=0) == ParticipantFlow(studies, tokens[0]).step  # b showed step 0: ignored
     assert ParticipantFlow(studies, tokens[0]).index == 1
     intro_only = ParticipantFlow(studies, tokens[1])
-    with pytest.raises(StudyError, match="no item to confirm"):
-        intro_only.item_done()
+    with pytest.raises(StudyError, match="no item to count"):
+        intro_only.sync_items(1)
     with pytest.raises(StudyError, match="not a condition"):
         intro_only.start_condition(lambda: "x")
     for _ in range(30):  # advancing past the end stays on "done"

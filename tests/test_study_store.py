@@ -125,7 +125,7 @@ def test_study_workbenches_are_known_by_their_mark_or_a_participants_progress(tm
     marked, recorded, plain = _study_workbench(store), _study_workbench(store, False), _study_workbench(store, False)
     studies.set_progress(token, {"step": 1, "workbenches": {"click": recorded}})
     assert studies.study_workbench_ids() == {marked, recorded}
-    assert studies.is_study_workbench(marked) and not studies.is_study_workbench(plain)
+    assert marked in studies.study_workbench_ids() and plain not in studies.study_workbench_ids()
 
 
 def test_a_missing_condition_workbench_is_reported_by_slot(tmp_path):
@@ -159,7 +159,7 @@ def test_reset_starts_a_participant_again_and_deletes_their_workbenches(tmp_path
     assert studies.reset_participant(token, delete) == [busy]
     assert deleted == [wb]
     assert studies.participant(token).progress == {"retired_workbenches": [busy]}  # step 0, busy one still hidden
-    assert studies.is_study_workbench(busy)
+    assert busy in studies.study_workbench_ids()
     assert [e.participant for e in studies.events(study_id)] == [other] and studies.answers(study_id) == []
 
 

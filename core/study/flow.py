@@ -240,15 +240,6 @@ class ParticipantFlow:
         self._save(progress)
         return wb_id
 
-    def item_done(self) -> int:
-        """Count one confirmed item (image or move) in the current condition; returns the count."""
-        if self.step.kind not in ("condition", "practice"):
-            raise StudyError(f"the current step is a {self.step.kind}: there is no item to confirm")
-        progress = copy.deepcopy(self.progress)
-        progress["items_done"] = self.items_done + 1
-        self._save(progress)
-        return progress["items_done"]
-
     def sync_items(self, done: int) -> int:
         """Set the current condition's item count to ``done`` (the confirmed annotations, the
         truth a page counts from), so a kill between storing an item and counting it heals."""

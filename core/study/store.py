@@ -212,10 +212,6 @@ class StudyStore:
             ids.update(str(v) for v in p.get("retired_workbenches") or [])
         return ids
 
-    def is_study_workbench(self, wb_id: str) -> bool:
-        """Whether ``wb_id`` belongs to a study (see :meth:`study_workbench_ids`)."""
-        return wb_id in self.study_workbench_ids()
-
     def missing_workbenches(self, token: str) -> dict[str, str]:
         """The participant's recorded workbenches that are no longer in the workspace, as
         slot ("practice" or a condition name) -> workbench id; empty when all are there.
