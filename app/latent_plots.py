@@ -1,5 +1,5 @@
-"""Figures of the latent workspace: the plotly scatter (select, lasso), the PNG the drag canvas
-draws on, and the result window with old -> new lines."""
+"""Figures of the latent map (the 2D view of the features): the plotly scatter (select, lasso),
+the PNG the drag canvas draws on, and the result window with old -> new lines."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,9 +36,9 @@ def add_encoding_legend(fig: go.Figure, classes: list[str], *, present_pred: lis
                              marker=dict(color="#e5e7eb", size=12, line=dict(color="#111827", width=1.5))))
 
 
-def workspace_figure(view: LatentView, classes: list[str], moves: MoveList, shown: np.ndarray, *,
-                     highlight: np.ndarray | None = None, dragmode: str = "lasso", title: str = "",
-                     uirevision: str = "latent", ranges: dict[str, list[float]] | None = None) -> go.Figure:
+def map_figure(view: LatentView, classes: list[str], moves: MoveList, shown: np.ndarray, *,
+               highlight: np.ndarray | None = None, dragmode: str = "lasso", title: str = "",
+               uirevision: str = "latent", ranges: dict[str, list[float]] | None = None) -> go.Figure:
     """Scatter of the pool points ``shown`` (indices into the view): colour = predicted class,
     marker = true class, mistakes larger with a dark outline, moved points drawn at their
     target with a line from where they were. ``customdata`` carries the example id."""
@@ -89,6 +89,17 @@ def workspace_figure(view: LatentView, classes: list[str], moves: MoveList, show
     return fig
 
 
+# the old name, still imported by tests/test_app_colors.py (not this module's to change)
+workspace_figure = map_figure
+
+
+def selected_ids(event) -> list[int]:
+    """The example ids of the points a plotly chart's selection ``event`` holds, sorted."""
+    points = (event or {}).get("selection", {}).get("points", []) if event else []
+    return sorted({int(p["customdata"][0] if isinstance(p.get("customdata"), list) else p["customdata"])
+                   for p in points if p.get("customdata") is not None})
+
+
 def zoom_to(coords: np.ndarray, margin: float = 0.1) -> dict[str, list[float]]:
     """Axis ranges around ``coords`` (n, 2) with a ``margin`` share of their extent on each
     side (at least a small absolute one, so one point is not a zero-width view).
@@ -104,7 +115,7 @@ def zoom_to(coords: np.ndarray, margin: float = 0.1) -> dict[str, list[float]]:
 def result_figure(before: LatentView, after: LatentView, classes: list[str], moves: MoveList) -> go.Figure:
     """The new projection, with a line from each moved point's old to its new position and
     a cross at its target."""
-    fig = workspace_figure(after, classes, MoveList(), np.arange(len(after.ids)), dragmode="pan", uirevision="result")
+    fig = map_figure(after, classes, MoveList(), np.arange(len(after.ids)), dragmode="pan", uirevision="result")
     ib, ia = before.index_of(), after.index_of()
     xs, ys, tx, ty = [], [], [], []
     for e, m in moves.moves.items():
@@ -121,7 +132,7 @@ def result_figure(before: LatentView, after: LatentView, classes: list[str], mov
 
 @dataclass
 class CanvasFrame:
-    """Maps workspace coordinates to canvas pixels and back for the drag canvas."""
+    """Maps coordinates on the map to canvas pixels and back for the drag canvas."""
 
     width: int
     height: int
@@ -166,7 +177,7 @@ def canvas_fit_css(container_key: str, width: int, smallest: float = 0.4) -> str
 
 
 def canvas_background(view: LatentView, frame: CanvasFrame, moves: MoveList, skip: set[int]) -> Image.Image:
-    """The workspace as a picture: every pool point as a dot in its predicted class's colour
+    """The map as a picture: every pool point as a dot in its predicted class's colour
     (mistakes outlined), moved points at their targets; ``skip`` (view indices) are left out
     because the canvas draws them as draggable circles."""
     img = Image.new("RGB", (frame.width, frame.height), "white")

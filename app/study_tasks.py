@@ -1,22 +1,22 @@
 """The participant page's latent-editing and grid-feedback conditions (the attention one is in
 :mod:`app.study_participant`). Each draws the condition's items and turns gestures into calls
 on :mod:`core.study.latent` / :mod:`core.study.grid`, which log every gesture before the page
-reacts; the drawing reuses the Latent space page's figures (:mod:`app.latent_plots`) and the
+reacts; the drawing reuses the Latent space page's map and canvas (:mod:`app.latent_plots`,
+:mod:`app.latent_panels`) and the
 Grid feedback page's clickable image (:mod:`app.click_image`, queued clicks acknowledged by
 ``n``)."""
 from __future__ import annotations
 
 import numpy as np
 import streamlit as st
-from streamlit_drawable_canvas import st_canvas
 
 from app.attention_widgets import render, render_grid
 from app.click_image import click_image, events_after
-from app.latent_plots import CanvasFrame, canvas_background, canvas_fit_css, draggable_drawing, dropped_moves, \
-    object_centre, workspace_figure
+from app.latent_panels import MAP_CONFIG, drag_canvas
+from app.latent_plots import dropped_moves, map_figure, selected_ids
 from app.state import get_registry
 from app.widgets import canvas_toolbars_visible
-from app.study_participant import WORKSPACE_PX, ss_key
+from app.study_participant import WORKSPACE_PX as IMAGE_PX, ss_key  # (its name there: not this module's to change)
 from core.feedback.grid.loss import square_of
 from core.study.flow import ParticipantFlow
 from core.study.grid import GridCondition, review_maps
@@ -97,20 +97,20 @@ def _with_progress(title: str, steps) -> None:
     holder.empty()
 
 
-def _latent_workspace(flow: ParticipantFlow, cond: LatentCondition):
+def _latent_map(flow: ParticipantFlow, cond: LatentCondition):
     """The projection and the view of the condition's starting model, computed once per tab."""
     key = ss_key(flow, "lat-view")
     cached = st.session_state.get(key)
     if cached is None or cached[1].version != cond.wb.current_version:
         out = {}
-        _with_progress("Preparing the workspace", [lambda p: out.update(branch=cond.branch(p)),
-                                                  lambda p: out.update(view=cond.view(out["branch"], p))])
+        _with_progress("Preparing the map", [lambda p: out.update(branch=cond.branch(p)),
+                                            lambda p: out.update(view=cond.view(out["branch"], p))])
         cached = st.session_state[key] = (out["branch"], out["view"])
     return cached
 
 
 def latent(flow: ParticipantFlow, cond: LatentCondition) -> None:
-    branch, view = _latent_workspace(flow, cond)
+    branch, view = _latent_map(flow, cond)
     if len(view.ids) == 0:
         st.error("This dataset has no images to show here. Please tell the researcher; nothing you did was lost.")
         return
@@ -121,7 +121,7 @@ def latent(flow: ParticipantFlow, cond: LatentCondition) -> None:
     if item is None or flow.condition_finished() or cond.fine_tune_started():  # (started: its job was lost)
         _finished_panel(flow, cond, item is None or cond.fine_tune_started(), start)
         return
-    cond.show()  # the first move's clock starts when the workspace is first drawn (and survives a refresh)
+    cond.show()  # the first move's clock starts when the map is first drawn (and survives a refresh)
     moves = cond.moves()
     idx = view.index_of()
     shown = np.array(sorted(idx[e] for e in items["shown"] if e in idx), dtype=int)
@@ -140,16 +140,12 @@ def latent(flow: ParticipantFlow, cond: LatentCondition) -> None:
 
 def _select_and_move(flow, cond: LatentCondition, view, moves, shown, classes, n_made: int) -> None:
     tool = cond.settings.gesture  # lasso or box
-    fig = workspace_figure(view, classes, moves, shown, dragmode="lasso" if tool == "lasso" else "select")
+    fig = map_figure(view, classes, moves, shown, dragmode="lasso" if tool == "lasso" else "select")
     chart_key = ss_key(flow, "lat-chart", n_made)  # a new chart after each move: its selection starts empty
     with st.container(key="study-lat-chart"):
         event = st.plotly_chart(fig, key=chart_key, on_select="rerun", selection_mode=(tool,), width="stretch",
-                                config={"modeBarButtonsToRemove": ["zoom2d", "pan2d", "zoomIn2d", "zoomOut2d",
-                                                                   "autoScale2d", "resetScale2d"],
-                                        "scrollZoom": False})
-    points = (event or {}).get("selection", {}).get("points", []) if event else []
-    selected = sorted({int(p["customdata"][0] if isinstance(p.get("customdata"), list) else p["customdata"])
-                       for p in points if p.get("customdata") is not None})
+                                config=MAP_CONFIG)
+    selected = selected_ids(event)
     logged = ss_key(flow, "lat-selected")
     if selected and st.session_state.get(logged) != (chart_key, tuple(selected)):
         cond.select(selected, tool)  # logged before the page shows the selection
@@ -177,9 +173,6 @@ def _select_and_move(flow, cond: LatentCondition, view, moves, shown, classes, n
 def _drag_canvas(flow, cond: LatentCondition, view, items, moves, shown) -> None:
     idx = view.index_of()
     drag_idx = [idx[e] for e in items["draggable"] if e in idx]
-    frame = CanvasFrame.around(view.coords[shown])
-    drawing = draggable_drawing(view, frame, moves, drag_idx)
-    start_px = [object_centre(o) for o in drawing["objects"]]
     canvas_key = ss_key(flow, "lat-canvas", len(cond.made()))  # drawn afresh from the saved moves after each move
 
     def dropped() -> None:  # the canvas callback: circles whose centre moved by more than 2 px are one move
@@ -191,14 +184,13 @@ def _drag_canvas(flow, cond: LatentCondition, view, items, moves, shown) -> None
             except StudyError as exc:
                 st.session_state[ss_key(flow, "lat-error")] = str(exc)
 
-    if st.session_state.get(ss_key(flow, "lat-error")):
-        st.error(f"Not moved: {st.session_state.pop(ss_key(flow, 'lat-error'))}.")
-    canvas_toolbars_visible()  # (the sidebar mounts it on the other pages; participant mode has none)
-    st.html(f"<style>{canvas_fit_css('study-lat-canvas', frame.width)}</style>")
-    with st.container(key="study-lat-canvas"):
-        st_canvas(background_image=canvas_background(view, frame, moves, set(drag_idx)), initial_drawing=drawing,
-                  drawing_mode="point", width=frame.width, height=frame.height, point_display_radius=0,
-                  stroke_width=1, key=canvas_key, on_change=dropped, update_streamlit=True)
+    def above() -> None:
+        if st.session_state.get(ss_key(flow, "lat-error")):
+            st.error(f"Not moved: {st.session_state.pop(ss_key(flow, 'lat-error'))}.")
+        canvas_toolbars_visible()  # (the sidebar mounts it on the other pages; participant mode has none)
+
+    frame, start_px = drag_canvas(view, moves, shown, drag_idx, container="study-lat-canvas", key=canvas_key,
+                                  on_change=dropped, before=above)
     st.caption("Large circles can be dragged (turn on **Edit** first); small dots are the other images.")
 
 
@@ -232,7 +224,7 @@ def grid(flow: ParticipantFlow, cond: GridCondition) -> None:
         st.markdown(f"Image {k + 1} of {len(ids)}: it shows **{data.classes[int(data.labels[current])]}**; the model "
                     f"says **{data.classes[int(preds[k])]}**.")
         if not cond.settings.marks:
-            st.image(render(data.images[current], maps[k], size=WORKSPACE_PX, opacity=s.opacity), width=WORKSPACE_PX)
+            st.image(render(data.images[current], maps[k], size=IMAGE_PX, opacity=s.opacity), width=IMAGE_PX)
             st.caption("Heat map: where the model's decision is sensitive (input gradient of the true class).")
             if st.button("Next", type="primary", key="study-confirm"):
                 cond.confirm(current)  # stored, logged and counted before the next image is drawn
@@ -241,7 +233,7 @@ def grid(flow: ParticipantFlow, cond: GridCondition) -> None:
         img_key = ss_key(flow, "grid", current)
         _take_clicks(flow, cond, current, img_key, (h, w), n)
         marked = cond.squares(current)
-        pic = render_grid(data.images[current], maps[k], n, marked, size=WORKSPACE_PX, opacity=s.opacity)
+        pic = render_grid(data.images[current], maps[k], n, marked, size=IMAGE_PX, opacity=s.opacity)
         click_image(pic, key=img_key, width=pic.width, source_size=(w, h), queued=True,
                     on_click=lambda: _take_clicks(flow, cond, current, img_key, (h, w), n),
                     ack=st.session_state.get(ss_key(flow, "grid-seen", current)) or 0)

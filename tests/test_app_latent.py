@@ -9,6 +9,7 @@ import pytest
 from apptest_helpers import ROOT, app_workspace, new_app, no_exceptions, workbench_of  # noqa: F401  (fixture)
 
 from core.feedback.latent.workflow import RESULT_KEY, load_moves
+from core.session.runs import JobOptions
 
 pytestmark = pytest.mark.slow  # every test here takes over ~1.5 s: out of the fast lane
 
@@ -134,7 +135,7 @@ def test_update_makes_a_version_and_a_summary_then_reset(app_workspace):
     assert at.button(key="lat-undo").disabled  # no way back to moves made on the model just left
 
 
-def test_preparing_the_workspace_reports_its_steps(app_workspace, monkeypatch):
+def test_preparing_the_map_reports_its_steps(app_workspace, monkeypatch):
     """Issue 29: the waits of a first visit (features of the training sample, the PCA, the
     pool's features, the projection) report k / n to the page's progress bar."""
     import core.feedback.latent.workflow as lw
@@ -172,7 +173,7 @@ def test_result_window_shows_only_latent_updates_of_the_current_version(app_work
 
     at = _open(app_workspace)
     wb = workbench_of(at)
-    job = wb.start_training(TrainConfig(epochs=1, batch_size=256), description="home run")
+    job = wb.train(TrainConfig(epochs=1, batch_size=256), JobOptions("home run"))
     assert job.wait(120) and job.status == "done"
     wb.put_state(RESULT_KEY, {"version": wb.current_version - 1, "moved": [], "targets": {}, "before_coords": {}})
     at.run()
@@ -185,7 +186,7 @@ def test_result_window_shows_only_latent_updates_of_the_current_version(app_work
 
 
 def _move_sources(at):
-    """The start of each move line in the workspace chart (the trace named "moves")."""
+    """The start of each move line in the map chart (the trace named "moves")."""
     import json
 
     key = f"lat-chart-{at.session_state['lat-chart-n']}"
