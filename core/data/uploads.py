@@ -45,6 +45,15 @@ UPLOADS_DIR = "uploads"
 _SAFE = re.compile(r"[^A-Za-z0-9._ -]+")
 
 
+
+def _fresh_part_dir(out: Path) -> Path:
+    """An empty ``.<name>.part`` folder beside ``out`` to write into before renaming it to ``out``
+    (what a crash leaves there is a part folder, never a half-written ``out``)."""
+    tmp = out.parent / f".{out.name}.part"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
 def upload_kind(name: str) -> str | None:
     """"zip", "tar" or "npy" from a file name, or None for anything else."""
     low = name.lower()
@@ -180,9 +189,7 @@ def _store_zip(name: str, data: bytes, root: Path, tag: str, budget: Budget,
                             f"({LAYOUT_EXAMPLE}) and upload that zip")
         out = root / f"{_safe_stem(name)}-{tag}"
         if not out.exists():
-            tmp = root / f".{out.name}.part"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            tmp = _fresh_part_dir(out)
             tick = counting(progress, len(kept), f"unpacking {name}")
             try:
                 packed = []
@@ -266,9 +273,7 @@ def _store_npy(files: Sequence[tuple[str, bytes]], root: Path, tag: str) -> Path
                             f"got {arr.dtype} of shape {arr.shape}")
     out = root / f"quickdraw-{tag}"
     if not out.exists():
-        tmp = root / f".{out.name}.part"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp = _fresh_part_dir(out)
         for (_, data), stem in zip(files, stems):
             (tmp / f"{stem}.npy").write_bytes(data)
         tmp.replace(out)
