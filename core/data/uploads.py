@@ -45,7 +45,6 @@ UPLOADS_DIR = "uploads"
 _SAFE = re.compile(r"[^A-Za-z0-9._ -]+")
 
 
-
 def _fresh_part_dir(out: Path) -> Path:
     """An empty ``.<name>.part`` folder beside ``out`` to write into before renaming it to ``out``
     (what a crash leaves there is a part folder, never a half-written ``out``)."""
@@ -53,6 +52,7 @@ def _fresh_part_dir(out: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp
+
 
 def upload_kind(name: str) -> str | None:
     """"zip", "tar" or "npy" from a file name, or None for anything else."""
