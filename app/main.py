@@ -129,10 +129,9 @@ study_token = st.query_params.get("study")
 if lab_password() and not (study_token and participant_token_valid(study_token)):
     lab_gate(shell)  # a lab password, when set, is asked once per session everywhere but on participant links
 if study_token:  # participant mode: the study's steps only, no sidebar, no other page
-    from app.study_participant import page as study_page
-
     shell.empty()
-    st.navigation([st.Page(study_page, title="Study", url_path="study", default=True)], position="hidden").run()
+    st.navigation([st.Page(str(ROOT / "pages" / "participant.py"), title="Study", url_path="study", default=True)],
+                  position="hidden").run()
     st.stop()
 
 guard_workbench_link()  # a ?wb= link to a study workbench does not open it
