@@ -14,6 +14,7 @@ from core.data import Progress
 from core.engine import EPOCHS_RANGE, LR_RANGE, TrainConfig
 from core.session.jobs import Job
 from core.monitor.live import PROBE_SAMPLE, ActivationProbe, EpochTimeSpread, FreezeSaving, Monitors, monitors_for
+from core.session.runs import JobOptions
 from core.session.workbench import Workbench
 
 
@@ -186,11 +187,11 @@ def training_controls(wb: Workbench, key: str, *, probe_layer: str | None = None
         cfg = TrainConfig(epochs=int(epochs), lr=float(lr), batch_size=int(batch), seed=pick_seed(seed),
                           device=wb.settings.get("device", "cpu"))
         _, sample, _ = probe_sample(wb, probe_n)
-        start_job(lambda: wb.start_training(cfg, description=f"trained {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} (lr {cfg.lr:g}, monitored)",
-                                            attach=lambda m: monitors_for(m, sample, layer=probe_layer, interval_s=probe_interval_s,
-                                                                         count=probe_count), frozen=frozen,
-                                            pause_at_epoch_end=bool(st.session_state.get(f"{key}-pae"))),
-                  key=key, settings=(float(epochs), float(lr)))
+        options = JobOptions(f"trained {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} (lr {cfg.lr:g}, monitored)",
+                             attach=lambda m: monitors_for(m, sample, layer=probe_layer, interval_s=probe_interval_s,
+                                                          count=probe_count),
+                             frozen=frozen, pause_at_epoch_end=bool(st.session_state.get(f"{key}-pae")))
+        start_job(lambda: wb.train(cfg, options), key=key, settings=(float(epochs), float(lr)))
 
 
 def _set_pause_at_epoch_end(wb: Workbench, key: str) -> None:

@@ -15,6 +15,7 @@ from plotly.subplots import make_subplots
 from core.session.base_models import base_config
 from core.engine import EPOCHS_RANGE, LR_RANGE, TrainConfig, check_train_settings
 from core.session.jobs import Job, JobBusy
+from core.session.runs import JobOptions
 from core.session.workbench import Workbench
 
 from app.axes import percent_axis
@@ -179,8 +180,8 @@ def train_panel(wb: Workbench, *, key: str = "train", default_epochs: int = 5,
         if go_clicked:
             cfg = TrainConfig(epochs=int(epochs), lr=float(lr), batch_size=int(batch), seed=pick_seed(seed),
                               device=wb.settings.get("device", "cpu"), keep_best=True)
-            start_job(lambda: wb.start_training(cfg, description=describe(cfg) if describe else
-                                                f"trained {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} (lr {cfg.lr:g})"),
+            text = describe(cfg) if describe else f"trained {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} (lr {cfg.lr:g})"
+            start_job(lambda: wb.train(cfg, JobOptions(text)),
                       settings=(float(epochs), float(lr)), key=key)
         live_job(wb, key)
 
@@ -414,8 +415,9 @@ def versions_panel(wb: Workbench, *, key: str = "versions") -> None:
                                "with feedback or runs whose freezing changed.")
         if again and replay is not None:
             cfg, parent, frozen = replay
-            start_job(lambda: wb.start_training(cfg, description=f"v{chosen} trained again from v{parent} (seed {cfg.seed})",
-                                                frozen=frozen, start_version=parent), key=key)
+            again_options = JobOptions(f"v{chosen} trained again from v{parent} (seed {cfg.seed})", frozen=frozen,
+                                       start_version=parent)
+            start_job(lambda: wb.train(cfg, again_options), key=key)
         if busy:
             st.caption("Restoring is disabled while a job runs.")
 

@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.monitor_widgets import probe_sample
     from app.state import SESSION_KEY, compute_plan, get_registry
     from core.engine import TrainConfig
+    from core.session.runs import JobOptions
     from core.monitor.live import PROBE_SAMPLE, monitors_for
 
     import torch
@@ -86,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     _, sample, _ = probe_sample(wb, PROBE_SAMPLE)
     # what the page's Start does (app.monitor_widgets.training_controls), with more epochs
     # than the page's field allows so that one job spans the whole session
-    job = wb.start_training(TrainConfig(epochs=100_000, lr=0.02, batch_size=64, seed=0),
-                            description="long session (monitored)", attach=lambda m: monitors_for(m, sample))
+    job = wb.train(TrainConfig(epochs=100_000, lr=0.02, batch_size=64, seed=0),
+                   JobOptions("long session (monitored)", attach=lambda m: monitors_for(m, sample)))
     while job.done_steps < 20:
         time.sleep(0.1)
     at.run()  # the page now shows the running job

@@ -16,7 +16,8 @@ from app.state import current_workbench, notice
 from app.widgets import live_job, pct, to_pil
 from core.monitor.embed import EmbeddingStream, filter_vectors, layer_activations
 from core.engine import predict
-from core.feedback.selection.loss import KIND as SELECTION, RetrainSettings, plan_retrain, selection_report
+from core.feedback.selection import workflow as selection_workflow
+from core.feedback.selection.loss import KIND as SELECTION, RetrainSettings
 from core.session.jobs import Job, JobBusy
 from core.monitor.stats import activation_maps, watched_layers
 
@@ -24,7 +25,6 @@ wb = current_workbench()
 ss = st.session_state
 data = wb.data
 classes = data.classes
-REPORT_KEY = "monitor.retrain"
 LAYERS = list(watched_layers(wb.model))
 
 if ss.get("mon-wb") != wb.id:  # first visit, or another workbench: start clean, load from disk
@@ -249,24 +249,11 @@ def draw_selection(job: Job | None, preds: np.ndarray | None, ids: np.ndarray) -
 
 def start_retrain(selected: list[int], settings: RetrainSettings) -> None:
     try:
-        plan = plan_retrain(data, selected, settings)
-    except ValueError as exc:
+        selection_workflow.start_retrain(wb, selected, settings)  # the pending report is on disk when it returns
+    except selection_workflow.SelectionError as exc:
         st.error(f"Cannot retrain on this selection: {exc}")
         return
-    x = data.images[torch.as_tensor(selected)]
-    before = predict(wb.model, x)[0].argmax(1).numpy()
-    pending = {"ids": selected, "labels": [int(data.labels[i]) for i in selected], "preds_before": before.tolist(),
-               "version_before": wb.current_version, "val_before": wb.version(wb.current_version).metrics.get("val_acc"),
-               "settings": settings.__dict__, "report": None}
-    previous = wb.get_state(REPORT_KEY)
-    wb.put_state(REPORT_KEY, pending)  # on disk before the page says it started
-    try:
-        wb.start_training(plan.config, description=f"retrain on selection: {len(selected)} examples, {settings.iterations} iterations",
-                          train=plan.train, train_ids=plan.train_ids, loss_terms=plan.loss_terms, weights=plan.weights,
-                          feedback={"kind": SELECTION, "ids": selected, "settings": settings.__dict__}, keep_if_stopped=False,
-                          kind="retrain")
     except (JobBusy, ValueError) as exc:
-        wb.put_state(REPORT_KEY, previous)
         st.error(f"Could not start: {exc}")
         return
     notice(f"Retraining on {len(selected)} selected examples…")
@@ -274,22 +261,9 @@ def start_retrain(selected: list[int], settings: RetrainSettings) -> None:
 
 
 def draw_report(job: Job | None) -> None:
-    pending = wb.get_state(REPORT_KEY)
+    pending = selection_workflow.retrain_report(wb, job)
     if not pending:
         return
-    if pending.get("report") is None and job is not None and not job.running and job.kind == "retrain" \
-            and job.result is None:  # it ended without a version (stopped, failed, diverged)
-        wb.put_state(REPORT_KEY, None)
-        return
-    if pending.get("report") is None and job is not None and not job.running and job.result is not None \
-            and job.kind == "retrain" and wb.current_version != pending["version_before"]:
-        ids = pending["ids"]
-        after = predict(wb.model, data.images[torch.as_tensor(ids)])[0].argmax(1).numpy()
-        report = selection_report(np.array(pending["labels"]), np.array(pending["preds_before"]), after)
-        report.update(version=wb.current_version, val_before=pending["val_before"],
-                      val_after=wb.version(wb.current_version).metrics.get("val_acc"))
-        pending["report"] = report
-        wb.put_state(REPORT_KEY, pending)
     report = pending.get("report")
     with st.container(key="mon-report"):
         if report is None:

@@ -9,6 +9,7 @@ import pytest
 from apptest_helpers import app_workspace, new_app, no_exceptions, workbench_of  # noqa: F401  (fixture)
 
 from core.engine import TrainConfig
+from core.session.runs import JobOptions
 
 
 def _texts(at) -> str:
@@ -87,7 +88,7 @@ def test_outside_root_path_is_refused(app_workspace, tmp_path, monkeypatch):
 def test_restore_a_version_and_reopen_by_url(app_workspace):
     at = new_app(app_workspace).run()
     wb = workbench_of(at)
-    job = wb.start_training(TrainConfig(epochs=1, lr=0.02), description="one more epoch")
+    job = wb.train(TrainConfig(epochs=1, lr=0.02), JobOptions("one more epoch"))
     assert job.wait(120) and job.status == "done", job.error
     at.run()
     no_exceptions(at)
@@ -142,7 +143,7 @@ def test_picker_follows_the_current_version_and_train_again_reproduces_it(app_wo
     wb = workbench_of(at)
     assert at.selectbox(key=_pick_key(wb)).value == wb.current_version
     start = wb.current_version
-    job = wb.start_training(TrainConfig(epochs=1, lr=0.02, seed=77, device="cpu"), description="seeded")
+    job = wb.train(TrainConfig(epochs=1, lr=0.02, seed=77, device="cpu"), JobOptions("seeded"))
     assert job.wait(120) and job.status == "done", job.error
     at.run()
     no_exceptions(at)

@@ -8,6 +8,7 @@ from apptest_helpers import new_app, no_exceptions
 from test_workbench_views import _dead_job
 
 from core.engine import TrainConfig
+from core.session.runs import JobOptions
 
 pytestmark = pytest.mark.slow  # every test here takes over ~1.5 s: out of the fast lane
 
@@ -61,7 +62,7 @@ def test_a_new_job_ends_the_notice_in_every_tab(tmp_path):
     wb_id = _workbench(tmp_path)
     one = new_app(tmp_path / "ws", {"wb": wb_id}).run()
     assert _notice_shown(one)
-    job = workbench_of(one).start_training(TrainConfig(epochs=1, lr=0.02), description="a new run")
+    job = workbench_of(one).train(TrainConfig(epochs=1, lr=0.02), JobOptions("a new run"))
     assert not _notice_shown(one.run()) and not _notice_shown(_tab(wb_id))
     job.stop()
     job.wait(60)

@@ -6,6 +6,7 @@ from apptest_helpers import ROOT, app_workspace, new_app, no_exceptions, workben
 
 from core.models import build_model
 from core.session.workbench import Workbench
+from core.session.runs import JobOptions
 
 pytestmark = pytest.mark.slow  # every test here takes over ~1.5 s: out of the fast lane
 
@@ -80,7 +81,7 @@ def test_last_change_moves_when_a_training_run_makes_a_version(app_workspace):
 
     before = last_change()
     time.sleep(1.1)  # the run ends at least a second later
-    job = wb.start_training(TrainConfig(epochs=1, lr=0.02), description="one more epoch")
+    job = wb.train(TrainConfig(epochs=1, lr=0.02), JobOptions("one more epoch"))
     assert job.wait(120) and job.status == "done", job.error
     at.run()
     no_exceptions(at)

@@ -33,6 +33,7 @@ from core.models import CheckpointError, build_model
 from core.session.store import WorkspaceError
 from core.session.workbench import WorkbenchError
 from core.session.paths import PathNotAllowed, check_user_path, data_roots
+from core.session.runs import JobOptions
 
 
 @dataclass(frozen=True)
@@ -537,7 +538,7 @@ def _workbench(tmp: Path):
 
     data = make_tiny_dataset()
     wb = Workbench.create(Store(tmp / "ws"), data, "tiny", build_model("seed-cnn", 1, 16, data.num_classes, seed=0))
-    job = wb.start_training(TrainConfig(epochs=1, batch_size=16), description="v1")
+    job = wb.train(TrainConfig(epochs=1, batch_size=16), JobOptions("v1"))
     assert job.wait(60) and job.status == "done", job.error
     wb.restore(0)
     return wb

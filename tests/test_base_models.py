@@ -14,6 +14,7 @@ from core.engine import Callback, TrainConfig, evaluate, fit
 from core.models import build_model, read_checkpoint
 from core.session.store import Store
 from core.session.workbench import train_base_model, version_metrics
+from core.session.runs import JobOptions
 
 
 # ----------------------------------------------------------------------------- base_config
@@ -179,7 +180,7 @@ def test_a_workbench_run_that_collapses_keeps_its_best_epoch_and_the_version_say
     data = make_tiny_dataset()
     wb = Workbench.create(Store(workspace), data, "tiny", build_model("seed-cnn", 1, 16, 4, seed=0))
     cfg = TrainConfig(epochs=4, batch_size=16, lr=0.05, seed=0, keep_best=True)
-    job = wb.start_training(cfg, description="trained", attach=lambda m: [_Collapse(m, 1)])
+    job = wb.train(cfg, JobOptions("trained", attach=lambda m: [_Collapse(m, 1)]))
     assert job.wait(120) and job.status == "done", job.error
     record = wb.version(wb.current_version)
     best = record.feedback["kept_best_epoch"]

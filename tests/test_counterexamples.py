@@ -22,6 +22,7 @@ from core.feedback.grid.loss import GridAnnotation
 from core.models import build_model
 from core.session.store import Store
 from core.session.workbench import Workbench
+from core.session.runs import FineTune
 
 
 def _batch(n=6, c=3, s=8, seed=0):
@@ -184,8 +185,9 @@ def test_workbench_fine_tune_through_the_kind_records_counterexamples(workspace,
     neg[:, :4] = True
     anns = [AttentionAnnotation.from_masks(int(i), int(tiny_data.labels[i]), positives=[(8, 8)], negative=neg)
             for i in ids]
-    job = wb.start_feedback_training("attention", anns, None, TrainConfig(epochs=2, batch_size=4, lr=0.01),
-                                     counterexamples=CounterexampleSettings(k=3), cls_weight=0.25, kind_weight=0.75)
+    job = wb.start_training("attention", anns, FineTune(TrainConfig(epochs=2, batch_size=4, lr=0.01),
+                                                        counterexamples=CounterexampleSettings(k=3),
+                                                        cls_weight=0.25, kind_weight=0.75))
     assert job.wait(120) and job.status == "done", job.error
     assert set(job.context["terms"]) == {"attention", "counterexamples"}
     record = wb.version(wb.current_version)
@@ -196,10 +198,10 @@ def test_workbench_fine_tune_through_the_kind_records_counterexamples(workspace,
     before = {k: v.clone() for k, v in wb._model_of(0).state_dict().items()}
     assert any(not torch.equal(before[k], v) for k, v in wb.model.state_dict().items())
     # off: no counterexample term, and the version says so
-    job = wb.start_feedback_training("attention", anns, None, TrainConfig(epochs=1, batch_size=4),
-                                     counterexamples=CounterexampleSettings(enabled=False))
+    job = wb.start_training("attention", anns, FineTune(TrainConfig(epochs=1, batch_size=4),
+                                                        counterexamples=CounterexampleSettings(enabled=False)))
     assert job.wait(120) and job.status == "done", job.error
     assert set(job.context["terms"]) == {"attention"}
     assert wb.version(wb.current_version).feedback["counterexamples"] is None
     with pytest.raises(ValueError, match="at least one annotation"):
-        wb.start_feedback_training("attention", [], None, TrainConfig(epochs=1))
+        wb.start_training("attention", [], FineTune(TrainConfig(epochs=1)))

@@ -14,12 +14,13 @@ from core.session.export import workbench_bundle
 from core.models import build_model
 from core.session.store import Store
 from core.session.workbench import Workbench
+from core.session.runs import FineTune, JobOptions
 
 
 def test_bundle_holds_everything_made_on_the_workbench(workspace, tiny_data):
     store = Store(workspace)
     wb = Workbench.create(store, tiny_data, "tiny", build_model("seed-cnn", 1, 16, tiny_data.num_classes, seed=0))
-    job = wb.start_training(TrainConfig(epochs=2, batch_size=16, seed=42), description="two epochs")
+    job = wb.train(TrainConfig(epochs=2, batch_size=16, seed=42), JobOptions("two epochs"))
     assert job.wait(60) and job.status == "done"
     wb.add_annotations("latent", [(3, {"target": [1.0, 2.0]}), (5, {"target": [0.5, -1.0]})])
     wb.add_annotations("attention", [(7, {"clicks": [[4, 5, 1]]})])
@@ -63,11 +64,11 @@ def test_bundle_carries_a_versions_counterexample_settings(workspace, tiny_data)
     neg[:, :4] = True
     anns = [AttentionAnnotation.from_masks(int(i), int(tiny_data.labels[i]), positives=[(8, 8)], negative=neg)
             for i in tiny_data.ids("pool")[:2]]
-    job = wb.start_feedback_training("attention", anns, None, TrainConfig(epochs=1, batch_size=4),
-                                     counterexamples=CounterexampleSettings(k=2))
+    job = wb.start_training("attention", anns, FineTune(TrainConfig(epochs=1, batch_size=4),
+                                                        counterexamples=CounterexampleSettings(k=2)))
     assert job.wait(120) and job.status == "done", job.error
-    job = wb.start_feedback_training("attention", anns, None, TrainConfig(epochs=1, batch_size=4),
-                                     counterexamples=CounterexampleSettings(enabled=False))
+    job = wb.start_training("attention", anns, FineTune(TrainConfig(epochs=1, batch_size=4),
+                                                        counterexamples=CounterexampleSettings(enabled=False)))
     assert job.wait(120) and job.status == "done", job.error
 
     z = zipfile.ZipFile(io.BytesIO(workbench_bundle(store, wb.id)))

@@ -27,6 +27,7 @@ from core.feedback.grid.job import (
 from core.models import build_model
 from core.session.store import Store
 from core.session.workbench import Workbench
+from core.session.runs import JobOptions
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def wb(tmp_path):
     data = make_tiny_dataset(n_per_class=24, size=14)
     model = build_model("seed-cnn", 1, 14, data.num_classes, seed=0)
     wb = Workbench.create(Store(tmp_path / "ws"), data, "tiny", model)
-    job = wb.start_training(TrainConfig(epochs=1, batch_size=16, lr=1e-5), description="v1")
+    job = wb.train(TrainConfig(epochs=1, batch_size=16, lr=1e-5), JobOptions("v1"))
     assert job.wait(60) and job.status == "done", job.error
     return wb
 

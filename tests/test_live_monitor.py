@@ -15,6 +15,7 @@ from core.models import build_model
 from core.monitor.stats import LayerStats, SettleTracker
 from core.session.store import Store
 from core.session.workbench import Workbench
+from core.session.runs import JobOptions
 
 
 def _model(data):
@@ -127,8 +128,8 @@ def test_workbench_job_carries_monitors_bound_to_the_training_copy(workspace, ti
     wb = Workbench.create(Store(workspace), tiny_data, "tiny", _model(tiny_data))
     sample = tiny_data.split("pool")[0]
     shown = wb.model
-    job = wb.start_training(TrainConfig(epochs=2, batch_size=8), description="monitored",
-                            attach=lambda m: monitors_for(m, sample, every=2))
+    job = wb.train(TrainConfig(epochs=2, batch_size=8), JobOptions("monitored",
+                                                                attach=lambda m: monitors_for(m, sample, every=2)))
     assert job.wait(60) and job.status == "done", job.error
     mons = Monitors.of(job.attached)
     assert isinstance(mons.stats, LayerStats) and isinstance(mons.settle, SettleTracker) and mons.probe is not None

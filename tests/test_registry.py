@@ -13,6 +13,7 @@ from core.models import build_model
 from core.session.registry import WorkbenchRegistry
 from core.session.store import Store
 from core.session.workbench import Workbench, WorkbenchError
+from core.session.runs import JobOptions
 
 
 def _create(store, data):
@@ -48,7 +49,7 @@ def test_a_job_started_through_one_caller_is_seen_by_another(workspace, tiny_dat
     reg = WorkbenchRegistry(store, loader=lambda s, seed=0: tiny_data, budget=budget)
     wb_id = _create(store, tiny_data).id
     tab_a, tab_b = reg.get(wb_id), reg.get(wb_id)
-    job = tab_a.start_training(TrainConfig(epochs=1, batch_size=16), description="from tab a")
+    job = tab_a.train(TrainConfig(epochs=1, batch_size=16), JobOptions("from tab a"))
     assert tab_b.jobs.current is job
     assert job.wait(60) and job.status == "done"
     assert tab_b.current_version == tab_a.current_version == 1
@@ -60,7 +61,7 @@ def test_idle_workbenches_are_dropped_and_reopen_from_the_store(workspace, tiny_
     reg = WorkbenchRegistry(store, loader=lambda s, seed=0: tiny_data, idle_s=60, clock=clock)
     wb = reg.add(_create(store, tiny_data))
     busy = reg.add(_create(store, tiny_data))
-    job = busy.start_training(TrainConfig(epochs=500, batch_size=8), description="long")
+    job = busy.train(TrainConfig(epochs=500, batch_size=8), JobOptions("long"))
     clock.now = 61
     assert reg.evict_idle() == [wb.id]  # the one with a running job stays
     assert live_ids(reg) == [busy.id]
@@ -101,7 +102,7 @@ def test_workbench_list_rename_note_and_delete_with_files(workspace, tiny_data):
     reg = WorkbenchRegistry(store, loader=lambda s, seed=0: tiny_data)
     a = reg.add(_create(store, tiny_data))
     b_id = _create(store, tiny_data).id  # not live: set_label goes to the store
-    job = a.start_training(TrainConfig(epochs=1, batch_size=16), description="one")
+    job = a.train(TrainConfig(epochs=1, batch_size=16), JobOptions("one"))
     assert job.wait(60) and job.status == "done"
     reg.set_label(a.id, name="  digits run ", note="try lr 0.05 next")
     reg.set_label(b_id, name="second")
@@ -117,7 +118,7 @@ def test_workbench_list_rename_note_and_delete_with_files(workspace, tiny_data):
         def on_step(self, info):
             time.sleep(0.05)
 
-    running = a.start_training(TrainConfig(epochs=20, batch_size=8), description="long", listeners=[Slow()])
+    running = a.train(TrainConfig(epochs=20, batch_size=8), JobOptions("long", listeners=[Slow()]))
     with pytest.raises(ValueError, match="stop its job"):
         reg.delete(a.id)
     running.stop()

@@ -14,6 +14,7 @@ from core.models import build_model
 from core.session.registry import WorkbenchRegistry
 from core.session.store import Store
 from core.session.workbench import Workbench
+from core.session.runs import JobOptions
 
 
 def _create(store, data):
@@ -119,7 +120,7 @@ def test_a_job_that_ends_after_its_workbench_was_deleted_saves_nothing_and_makes
     deleting.start()
     assert checked.wait(30)
     hold = _HoldAtEpochEnd()
-    job = wb.start_training(TrainConfig(epochs=1, batch_size=16), description="late", listeners=[hold])
+    job = wb.train(TrainConfig(epochs=1, batch_size=16), JobOptions("late", listeners=[hold]))
     assert hold.reached.wait(60)  # trained, not yet committed
     go_on.set()
     deleting.join(30)

@@ -13,6 +13,7 @@ from core.engine import Callback, TrainConfig
 from core.models import build_model
 from core.session.store import Store, valid_workbench_id
 from core.session.workbench import Workbench
+from core.session.runs import JobOptions, KindPlan
 
 
 def _make(store, data):
@@ -27,7 +28,7 @@ def _loader(data):
 def test_version_saved_and_restored_is_identical(workspace, tiny_data):
     store = Store(workspace)
     wb = _make(store, tiny_data)
-    job = wb.start_training(TrainConfig(epochs=1, batch_size=16), description="train")
+    job = wb.train(TrainConfig(epochs=1, batch_size=16), JobOptions("train"))
     assert job.wait(60) and job.status == "done", job.error
     assert wb.current_version == 1
     trained = {k: v.clone() for k, v in wb.model.state_dict().items()}
@@ -43,7 +44,7 @@ def test_version_saved_and_restored_is_identical(workspace, tiny_data):
 def test_workbench_reopened_by_id_has_same_versions_and_annotations(workspace, tiny_data):
     store = Store(workspace)
     wb = _make(store, tiny_data)
-    job = wb.start_training(TrainConfig(epochs=1, batch_size=16), description="first")
+    job = wb.train(TrainConfig(epochs=1, batch_size=16), JobOptions("first"))
     job.wait(60)
     wb.add_annotations("latent", [(3, {"xy": [0.5, 1.0]}), (7, {"xy": [0.0, -1.0]})])
     wb_id, versions, state = wb.id, wb.versions(), {k: v.clone() for k, v in wb.model.state_dict().items()}
@@ -87,7 +88,7 @@ def test_stopped_job_makes_no_version_until_the_user_keeps_it(workspace, tiny_da
             assert all(torch.equal(base_state[k], v) for k, v in wb.model.state_dict().items())
             time.sleep(0.05)
 
-    job = wb.start_training(TrainConfig(epochs=50, batch_size=8), description="long", listeners=[Slow()])
+    job = wb.train(TrainConfig(epochs=50, batch_size=8), JobOptions("long", listeners=[Slow()]))
     while not seen:
         time.sleep(0.01)
     job.stop()
@@ -112,8 +113,8 @@ def test_stopped_job_with_keep_if_stopped_commits_at_once(workspace, tiny_data):
             if info.step == 2:
                 job.stop()
 
-    job = wb.start_training(TrainConfig(epochs=5, batch_size=8), description="partial", listeners=[StopAt()],
-                            keep_if_stopped=True)
+    job = wb.train(TrainConfig(epochs=5, batch_size=8), JobOptions("partial", listeners=[StopAt()],
+                                                                  keep_if_stopped=True))
     assert job.wait(30) and job.status == "stopped"
     assert wb.current_version == 1 and "stopped after" in wb.versions()[1].description
 
@@ -126,7 +127,7 @@ def test_diverged_run_makes_no_version_and_says_so(workspace):
     store = Store(workspace)
     wb = Workbench.create(store, data, "digits", build_model("seed-cnn", 1, 28, 10, seed=0))
     before = {k: v.clone() for k, v in wb.model.state_dict().items()}
-    job = wb.start_training(TrainConfig(epochs=2, lr=1.0), description="lr 1.0")
+    job = wb.train(TrainConfig(epochs=2, lr=1.0), JobOptions("lr 1.0"))
     assert job.wait(120)
     assert job.status == "diverged" and "diverged" in job.message
     assert job.result is None and job.partial is None
@@ -144,7 +145,7 @@ def test_diverged_after_a_good_epoch_offers_that_epoch(workspace, tiny_data):
         return -500.0 * F.cross_entropy(batch.logits, batch.y) if runaway.calls > 6 else batch.logits.sum() * 0
 
     runaway.calls = 0
-    job = wb.start_training(TrainConfig(epochs=3, batch_size=8, lr=0.05), description="x", loss_terms={"r": runaway})
+    job = wb.train(TrainConfig(epochs=3, batch_size=8, lr=0.05), JobOptions("x"), KindPlan(terms={"r": runaway}))
     assert job.wait(60) and job.status == "diverged"
     assert wb.current_version == 0
     assert job.view()["has_partial"] and "after epoch 1" in job.partial_note
@@ -163,7 +164,7 @@ def test_create_leaves_no_orphan_when_it_fails(workspace, tiny_data):
 def test_jobs_are_recorded_with_progress(workspace, tiny_data):
     store = Store(workspace)
     wb = _make(store, tiny_data)
-    job = wb.start_training(TrainConfig(epochs=2, batch_size=8), description="recorded")
+    job = wb.train(TrainConfig(epochs=2, batch_size=8), JobOptions("recorded"))
     assert job.wait(60) and job.status == "done"
     (record,) = store.jobs(wb.id)
     assert (record.status, record.done_steps, record.total_steps) == ("done", job.total_steps, job.total_steps)
@@ -176,7 +177,7 @@ def test_failed_job_reports_message_and_keeps_model(workspace, tiny_data):
     def boom(model, batch):
         raise ValueError("bad annotation")
 
-    job = wb.start_training(TrainConfig(epochs=1, batch_size=8), description="x", loss_terms={"boom": boom})
+    job = wb.train(TrainConfig(epochs=1, batch_size=8), JobOptions("x"), KindPlan(terms={"boom": boom}))
     job.wait(30)
     assert job.status == "failed" and "bad annotation" in job.error
     assert wb.current_version == 0 and len(wb.versions()) == 1
@@ -242,7 +243,7 @@ def test_train_again_with_the_same_seed_is_bit_identical(workspace, tiny_data):
     store = Store(workspace)
     wb = _make(store, tiny_data)
     cfg = TrainConfig(epochs=2, batch_size=16, lr=0.03, seed=1234, device="cpu")
-    job = wb.start_training(cfg, description="train", frozen=["conv1"])
+    job = wb.train(cfg, JobOptions("train", frozen=["conv1"]))
     assert job.wait(60) and job.status == "done", job.error
     first = wb.version(1)
     assert first.feedback["seed"] == 1234 and first.feedback["config"]["lr"] == 0.03
@@ -253,16 +254,16 @@ def test_train_again_with_the_same_seed_is_bit_identical(workspace, tiny_data):
     cfg2, parent, frozen = replay
     assert cfg2 == cfg and parent == 0 and frozen == ["conv1"]
     # train something else on top first: the replay must start from the parent, not the current
-    job = wb.start_training(TrainConfig(epochs=1, batch_size=16, seed=5), description="other")
+    job = wb.train(TrainConfig(epochs=1, batch_size=16, seed=5), JobOptions("other"))
     assert job.wait(60) and job.status == "done"
-    again = wb.start_training(cfg2, description="again", frozen=frozen, start_version=parent)
+    again = wb.train(cfg2, JobOptions("again", frozen=frozen, start_version=parent))
     assert again.wait(60) and again.status == "done", again.error
     assert wb.current_version == 3 and wb.version(3).parent == 0
     a = torch.load(first.checkpoint, weights_only=True)["model"]
     b = torch.load(wb.version(3).checkpoint, weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    other = wb.start_training(TrainConfig(**{**cfg2.__dict__, "seed": 99}), description="other seed",
-                              frozen=frozen, start_version=parent)
+    other = wb.train(TrainConfig(**{**cfg2.__dict__, "seed": 99}),
+                     JobOptions("other seed", frozen=frozen, start_version=parent))
     assert other.wait(60) and other.status == "done"
     c = torch.load(wb.version(4).checkpoint, weights_only=True)["model"]
     assert not all(torch.equal(a[k], c[k]) for k in a)

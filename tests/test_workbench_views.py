@@ -13,6 +13,7 @@ from core.session.jobs import Job, JobRunner
 from core.models import build_model
 from core.session.store import HOST, Store
 from core.session.workbench import Workbench
+from core.session.runs import JobOptions
 
 
 def _make(store, data):
@@ -36,7 +37,7 @@ def test_dismiss_ended_forgets_only_a_job_that_has_ended():
 
 def test_restore_forgets_the_finished_job_whose_banner_named_another_version(workspace, tiny_data):
     wb = _make(Store(workspace), tiny_data)
-    job = wb.start_training(TrainConfig(epochs=1, batch_size=16), description="train")
+    job = wb.train(TrainConfig(epochs=1, batch_size=16), JobOptions("train"))
     assert job.wait(60) and job.status == "done" and wb.current_version == 1
     assert wb.jobs.current is job  # "Finished: version v1" while v1 is current
     assert wb.restore(0) is job
@@ -73,7 +74,7 @@ def test_a_new_job_ends_the_interrupted_notice(workspace, tiny_data):
     wb = _make(store, tiny_data)
     _dead_job(store, wb.id)
     assert wb.interrupted_notice() is not None
-    job = wb.start_training(TrainConfig(epochs=1, batch_size=16), description="train")
+    job = wb.train(TrainConfig(epochs=1, batch_size=16), JobOptions("train"))
     assert wb.interrupted_notice() is None  # a new job runs: the old notice is history
     assert job.wait(60)
     assert wb.interrupted_notice() is None

@@ -8,7 +8,12 @@ workbench and a new page need no plumbing of their own for a new kind:
 - ``annotation_type``: a dataclass of one annotation, with ``to_payload`` / ``from_payload``
   to and from the store's JSON;
 - ``loss_term(data, annotations, settings)``: the term the engine adds during a fine-tune;
-- ``describe(annotations)``: one line for the version's description.
+- ``describe(annotations)``: one line for the version's description;
+- ``plan(data, annotations, settings)``: what a fine-tune trains with
+  (:class:`~core.session.runs.KindPlan`: terms, weights, train set, description, feedback);
+  :class:`CommonPlan` gives the common one (:func:`common_plan`).
+
+A fine-tune starts with ``Workbench.start_training(kind, annotations, FineTune(config, settings))``.
 
 | kind | annotation | loss term | paper |
 |---|---|---|---|
@@ -22,8 +27,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import torch
+
 from core.data.spec import ImageDataset
 from core.engine import LossTerm
+from core.session.runs import FineTune, KindPlan
 
 
 @runtime_checkable
@@ -48,6 +56,44 @@ class FeedbackKind(Protocol):
     def describe(self, annotations: Sequence[Any]) -> str:
         """One line for the version's description."""
         ...
+
+    def plan(self, data: ImageDataset, annotations: Sequence[Any], settings: FineTune) -> KindPlan:
+        """The loss terms, weights, train set, description and feedback of a fine-tune
+        (most kinds: :func:`common_plan`, through :class:`CommonPlan`)."""
+        ...
+
+
+def common_plan(kind: FeedbackKind, data: ImageDataset, annotations: Sequence[Any], settings: FineTune) -> KindPlan:
+    """The common fine-tune of a kind: ``cls_weight`` x CE on the annotated images
+    (``settings.on_annotated``; ValueError when there are none) or on the training split,
+    plus ``kind_weight`` x the kind's term (``settings.term`` or ``kind.loss_term``) unless
+    ``settings.guidance`` is off. The feedback records the kind and the annotations' ids."""
+    annotations = list(annotations)
+    if settings.on_annotated and not annotations:
+        raise ValueError("Confirm at least one annotation before fine-tuning.")
+    terms: dict[str, LossTerm] = {}
+    weights = {"cls": float(settings.cls_weight)}
+    if settings.guidance:
+        terms[kind.name] = settings.term if settings.term is not None else kind.loss_term(data, annotations,
+                                                                                          settings.settings)
+        weights[kind.name] = float(settings.kind_weight)
+    ids = [int(a.example_id) for a in annotations]
+    feedback = {"kind": kind.name, "annotations": len(annotations), "example_ids": ids,
+                "guidance": bool(settings.guidance)}
+    train = train_ids = None
+    if settings.on_annotated:
+        train_ids = torch.as_tensor(ids, dtype=torch.long)
+        train = (data.images[train_ids], data.labels[train_ids])
+    return KindPlan(terms=terms, weights=weights, train=train, train_ids=train_ids,
+                    description=kind.describe(annotations), feedback=feedback)
+
+
+class CommonPlan:
+    """Mixin of a feedback kind whose fine-tune is the common one (:func:`common_plan`)."""
+
+    def plan(self, data: ImageDataset, annotations: Sequence[Any], settings: FineTune) -> KindPlan:
+        """See :func:`common_plan`."""
+        return common_plan(self, data, annotations, settings)  # type: ignore[arg-type]
 
 
 def kinds() -> dict[str, FeedbackKind]:

@@ -38,6 +38,7 @@ from core.models import (
     save_checkpoint,
 )
 from core.shortcut import shortcut_meter
+from core.session.runs import FineTune, JobOptions, KindPlan
 from core.session.store import Annotation, Store, VersionRecord, new_workbench_id
 
 if TYPE_CHECKING:
@@ -369,26 +370,11 @@ class Workbench:
             self.put_state(self._DISMISSED_KEY, latest[0].id)
 
     # ------------------------------------------------------------------ background work
-    def start_training(
-        self,
-        config: TrainConfig,
-        *,
-        description: str,
-        loss_terms: Mapping[str, LossTerm] | None = None,
-        weights: Mapping[str, float] | None = None,
-        feedback: Mapping[str, Any] | None = None,
-        train: tuple[torch.Tensor, torch.Tensor] | None = None,
-        train_ids: torch.Tensor | None = None,
-        listeners: Sequence[Callback] = (),
-        keep_if_stopped: bool = False,
-        frozen: Sequence[str] = (),
-        attach: Callable[[SteerableModel], Sequence[Callback]] | None = None,
-        pause_at_epoch_end: bool = False,
-        kind: str = "train",
-        context: Mapping[str, Any] | None = None,
-        start_version: int | None = None,
-    ) -> Job:
+    def train(self, config: TrainConfig, options: JobOptions | None = None, plan: KindPlan | None = None) -> Job:
         """Train a copy of the current model in the background; returns the job to poll.
+        ``options``: how the job runs (:class:`JobOptions`); ``plan``: extra loss terms, a
+        custom train set and the feedback to store (:class:`KindPlan`; a fine-tune with a
+        feedback kind goes through :meth:`start_training`, which builds it).
 
         How it ends: ``done`` makes a new version. ``stopped`` makes one only with
         ``keep_if_stopped``; otherwise the partly trained copy waits in ``job.partial`` for
@@ -396,161 +382,146 @@ class Workbench:
         makes a version; if an epoch before the divergence kept the validation accuracy, its
         weights wait in ``job.partial``. ``failed``: an error, nothing changed.
 
-        ``attach(model)`` builds callbacks bound to the training copy (statistics hooks,
-        probes), kept in ``job.attached``. Pages read the copy's weights only through
-        ``job.request_weights()`` and ``job.weights()`` (snapshots taken in the training thread). ``context`` is kept in
-        ``job.context`` for the pages (e.g. a penalty set they add to while the job waits).
-        ``start_version`` trains a copy of that version instead of the current one (and the
-        new version's parent is that version): :meth:`replay_config` gives what to pass to
-        train a version again from its parent, bit for bit on the CPU.
+        Pages read the copy's weights only through ``job.request_weights()`` and
+        ``job.weights()`` (snapshots taken in the training thread). ``options.start_version``
+        trains a copy of that version (the new version's parent): :meth:`replay_config` gives
+        what to pass to train a version again from its parent, bit for bit on the CPU.
 
         Every version made here records the run's seed and whole ``TrainConfig`` in its
         feedback (``seed``, ``config``), and ``replayable``: whether the config and parent
         alone determine it (no extra loss terms, no custom train set, no freezing changed
         during the run).
         """
-        images, labels = train if train is not None else self.data.split("train")
-        if train is None:
-            train_ids = torch.as_tensor(self.data.ids("train"), dtype=torch.long)
+        options = options or JobOptions()
+        plan = plan or KindPlan()
+        images, labels = plan.train if plan.train is not None else self.data.split("train")
+        train_ids = plan.train_ids if plan.train is not None else torch.as_tensor(self.data.ids("train"),
+                                                                                 dtype=torch.long)
         steps_per_epoch = -(-len(images) // config.batch_size)
-        job = Job(kind, config.epochs * steps_per_epoch, description, total_epochs=config.epochs)
-        job.listeners = list(listeners)
-        job.context = dict(context or {})
-        job.control.set_frozen(frozen)
-        job.control.pause_at_epoch_end = pause_at_epoch_end
-        if start_version is None:
-            with self.lock:
-                model = copy.deepcopy(self.model)
-                base_version = self.current_version
-        else:
-            model = self._model_of(start_version)
-            base_version = start_version
-        start_val_acc = self.version(base_version).metrics.get("val_acc") if train is None else None
+        job = Job(options.kind, config.epochs * steps_per_epoch, options.description or plan.description,
+                  total_epochs=config.epochs)
+        job.listeners = list(options.listeners)
+        job.context = dict(options.context or {})
+        job.control.set_frozen(options.frozen)
+        job.control.pause_at_epoch_end = options.pause_at_epoch_end
+        model, base_version = self._training_copy(options.start_version)
+        start_val_acc = self.version(base_version).metrics.get("val_acc") if plan.train is None else None
         pick_device(config.device)  # fails now, in the page, if the device is not there
         job.publish_weights_of(model)
-        job.attached = list(attach(model)) if attach is not None else []
+        job.attached = list(options.attach(model)) if options.attach is not None else []
         job.listeners.extend(job.attached)
 
         def work(job: Job) -> VersionRecord | None:
             try:
-                return run(job)
+                result = fit(model, (images, labels), self.data.split("val"), config=config, train_ids=train_ids,
+                             loss_terms=dict(plan.terms) or None, weights=dict(plan.weights) or None,
+                             callbacks=[job], control=job.control, start_val_acc=start_val_acc)
+                return self._end_run(job, model, result, config, options, plan, base_version)
             finally:
                 for cb in job.attached:  # remove statistics hooks from the (now finished) copy
                     close = getattr(cb, "close", None)
                     if callable(close):
                         close()
 
-        def run(job: Job) -> VersionRecord | None:
-            result = fit(model, (images, labels), self.data.split("val"), config=config, train_ids=train_ids,
-                         loss_terms=loss_terms, weights=weights, callbacks=[job], control=job.control,
-                         start_val_acc=start_val_acc)
-            fb = dict(feedback or {})
-            fb.update({"epochs": len(result.history), "steps": result.steps, "lr": config.lr,
-                       "frozen": sorted(job.control.frozen()), "seed": int(config.seed),
-                       "config": dataclasses.asdict(config), "initial_frozen": sorted(frozen),
-                       "replayable": bool(loss_terms is None and train is None and len(job.freeze_events) <= 1
-                                          and sorted(job.control.frozen()) == sorted(frozen))})
-            history = {"history": [{k: e[k] for k in ("epoch", "train_loss", "train_acc", "val_acc", "epoch_time")}
-                                   for e in job.epochs]}
-            job.commit_args = (fb, history, base_version)
-            if result.diverged:
-                if result.kept_epochs:
-                    job.partial = model
-                    job.partial_note = f"weights after epoch {result.kept_epochs}, before the divergence"
-                job.declare("diverged", result.message)
-                return None
-            if result.stopped:
-                if result.steps == 0:
-                    job.declare("stopped", "Stopped before the first step; nothing changed.")
-                    return None
-                if not keep_if_stopped:
-                    job.partial = model
-                    job.partial_note = f"stopped after {result.steps} of {job.total_steps} steps"
-                    job.declare("stopped", result.message)
-                    return None
-                job.declare("stopped", result.message)
-                return self.commit_version(model, f"{description} (stopped after {result.steps} steps)", fb, history,
-                                           parent=base_version)
-            if result.restored_best:  # the last epochs fell far below the best one: its weights were kept
-                fb["kept_best_epoch"] = result.best_epoch
-                job.declare("done", result.message)
-                return self.commit_version(model, f"{description} (kept epoch {result.best_epoch}: {result.message})",
-                                           fb, history, parent=base_version)
-            return self.commit_version(model, description, fb, history, parent=base_version)
-
         return self.jobs.start(job, work, recorder=StoreJobRecorder(self.store, self.id, base_version))
 
-    def start_feedback_training(
-        self,
-        kind: "FeedbackKind | str",
-        annotations: Sequence[Any],
-        settings: Any,
-        config: TrainConfig,
-        /,  # positional-only: ``kind=`` (the job's kind) goes on to start_training with **training
-        *,
-        guidance: bool = True,
-        counterexamples: "CounterexampleSettings | None" = None,
-        cls_weight: float = 1.0,
-        kind_weight: float = 1.0,
-        on_annotated: bool = True,
-        feedback: Mapping[str, Any] | None = None,
-        description: str | None = None,
-        term: LossTerm | None = None,
-        **training: Any,
-    ) -> Job:
-        """Fine-tune a copy of the current model with a feedback kind's loss, through the
-        :class:`core.feedback.FeedbackKind` interface; returns the job (see :meth:`start_training`).
+    def _training_copy(self, start_version: int | None) -> tuple[SteerableModel, int]:
+        """(a copy of the model to train, the version it is a copy of): the current one by default."""
+        if start_version is None:
+            with self.lock:
+                return copy.deepcopy(self.model), self.current_version
+        return self._model_of(start_version), start_version
 
-        The loss is ``cls_weight`` x CE + ``kind_weight`` x the kind's term built from
-        ``annotations`` and ``settings`` (``guidance=False`` leaves it out) + the
-        counterexamples' term (:mod:`core.feedback.counterexamples`) when ``counterexamples``
-        is enabled. ``on_annotated``: the CE runs on the annotated images only (attention
-        rounds); otherwise on the training split (grid). The kind's and the counterexamples'
-        terms are in ``job.context["terms"]`` (a page can add annotations while the job
-        waits); the version's feedback records the kind, the annotations' ids and the
-        counterexample settings. ``term``: the kind's term when the caller built it already
-        with ``kind.loss_term`` (one it adds to while the job waits). Other keyword arguments go
-        to :meth:`start_training`; ``context`` is updated in place.
-        """
+    def _end_run(self, job: Job, model: SteerableModel, result: FitResult, config: TrainConfig,
+                 options: JobOptions, plan: KindPlan, base_version: int) -> VersionRecord | None:
+        """Commit what a finished :func:`core.engine.fit` left (or keep it in ``job.partial``),
+        as :meth:`train` describes; declares how the job ended."""
+        frozen = sorted(options.frozen)
+        fb = dict(plan.feedback)
+        fb.update({"epochs": len(result.history), "steps": result.steps, "lr": config.lr,
+                   "frozen": sorted(job.control.frozen()), "seed": int(config.seed),
+                   "config": dataclasses.asdict(config), "initial_frozen": frozen,
+                   "replayable": bool(not plan.terms and plan.train is None and len(job.freeze_events) <= 1
+                                      and sorted(job.control.frozen()) == frozen)})
+        history = {"history": [{k: e[k] for k in ("epoch", "train_loss", "train_acc", "val_acc", "epoch_time")}
+                               for e in job.epochs]}
+        job.commit_args = (fb, history, base_version)
+        description = job.description
+        if result.diverged:
+            if result.kept_epochs:
+                job.partial = model
+                job.partial_note = f"weights after epoch {result.kept_epochs}, before the divergence"
+            job.declare("diverged", result.message)
+            return None
+        if result.stopped:
+            if result.steps == 0:
+                job.declare("stopped", "Stopped before the first step; nothing changed.")
+                return None
+            if not options.keep_if_stopped:
+                job.partial = model
+                job.partial_note = f"stopped after {result.steps} of {job.total_steps} steps"
+                job.declare("stopped", result.message)
+                return None
+            job.declare("stopped", result.message)
+            return self.commit_version(model, f"{description} (stopped after {result.steps} steps)", fb, history,
+                                       parent=base_version)
+        if result.restored_best:  # the last epochs fell far below the best one: its weights were kept
+            fb["kept_best_epoch"] = result.best_epoch
+            job.declare("done", result.message)
+            return self.commit_version(model, f"{description} (kept epoch {result.best_epoch}: {result.message})",
+                                       fb, history, parent=base_version)
+        return self.commit_version(model, description, fb, history, parent=base_version)
+
+    def start_training(self, kind: "FeedbackKind | str", annotations: Sequence[Any], settings: FineTune,
+                       options: JobOptions | None = None) -> Job:
+        """Fine-tune a copy of the current model with a feedback kind, in the background; returns
+        the job (see :meth:`train`). The kind builds the loss terms, the train set, the
+        description and the feedback from ``annotations`` and ``settings``
+        (:meth:`core.feedback.FeedbackKind.plan`); the counterexamples' term
+        (:mod:`core.feedback.counterexamples`) is added here when ``settings.counterexamples``
+        is enabled. The kind's and the counterexamples' terms are in ``job.context["terms"]``
+        (a page can add annotations while the job waits; ``options.context`` is updated in
+        place); the version's feedback records the kind, the annotations' ids and the
+        counterexample settings."""
         from core.feedback import get_kind
-        from core.feedback.counterexamples import KIND as CEX, counterexample_term, describe as describe_cex
 
         kind = get_kind(kind) if isinstance(kind, str) else kind
         annotations = list(annotations)
-        cex = counterexamples if counterexamples is not None and counterexamples.enabled else None
-        if on_annotated and not annotations:
-            raise ValueError("Confirm at least one annotation before fine-tuning.")
-        if not guidance and cex is None and not on_annotated:
+        options = options or JobOptions()
+        cex = settings.counterexamples if settings.counterexamples is not None and settings.counterexamples.enabled \
+            else None
+        if not settings.guidance and cex is None and not settings.on_annotated:
             raise ValueError("Nothing to fine-tune with: turn on the page's loss or the counterexamples.")
-        terms: dict[str, LossTerm] = {}
-        weights: dict[str, float] = {"cls": float(cls_weight)}
-        if guidance:
-            terms[kind.name] = term if term is not None else kind.loss_term(self.data, annotations, settings)
-            weights[kind.name] = float(kind_weight)
+        plan = kind.plan(self.data, annotations, settings)
+        terms, weights = dict(plan.terms), dict(plan.weights)
+        fb: dict[str, Any] = {**plan.feedback, "counterexamples": None}
+        desc = settings.description or options.description or plan.description
+        listeners = list(options.listeners)
         if cex is not None:
-            terms[CEX] = counterexample_term(self.data, annotations, cex)
-            weights[CEX] = float(cex.weight)
-        context = training.pop("context", None)
-        context = {} if context is None else context
-        context["terms"] = terms
-        fb = {"kind": kind.name, "annotations": len(annotations),
-              "example_ids": [int(a.example_id) for a in annotations], "guidance": bool(guidance),
-              "counterexamples": (cex.to_dict() | {"made": len(terms[CEX])}) if cex is not None else None,
-              **dict(feedback or {})}
-        desc = description or kind.describe(annotations)
-        if cex is not None:
-            # attention rounds know the count now; a grid run adds copies at each review, so its
-            # count is kept up to date in the feedback (below) and left out of the description
-            desc = f"{desc} {describe_cex(cex, len(terms[CEX]) if on_annotated else None)}"
-            training["listeners"] = [*training.get("listeners", ()), _CountMade(fb["counterexamples"], terms[CEX])]
-        if not guidance:
+            desc = self._add_counterexamples(annotations, cex, settings.on_annotated, terms, weights, fb, desc,
+                                             listeners)
+        if not settings.guidance:
             desc = f"{desc} (without the {kind.name} loss)"
-        train = None
-        if on_annotated:
-            ids = torch.as_tensor([int(a.example_id) for a in annotations], dtype=torch.long)
-            train, training["train_ids"] = (self.data.images[ids], self.data.labels[ids]), ids
-        return self.start_training(config, description=desc, loss_terms=terms or None, weights=weights,
-                                   feedback=fb, train=train, context=context, **training)
+        context = options.context if options.context is not None else {}
+        context["terms"] = terms
+        fb.update(settings.feedback)
+        options = dataclasses.replace(options, description=desc, context=context, listeners=listeners)
+        return self.train(settings.config, options, dataclasses.replace(plan, terms=terms, weights=weights, feedback=fb))
+
+    def _add_counterexamples(self, annotations: list[Any], cex: "CounterexampleSettings", on_annotated: bool,
+                             terms: dict[str, LossTerm], weights: dict[str, float], fb: dict[str, Any], desc: str,
+                             listeners: list[Callback]) -> str:
+        """Add the counterexamples' term to ``terms``/``weights``, their record to ``fb`` and
+        their counter to ``listeners``; returns the description with them."""
+        from core.feedback.counterexamples import KIND as CEX, counterexample_term, describe as describe_cex
+
+        terms[CEX] = counterexample_term(self.data, annotations, cex)
+        weights[CEX] = float(cex.weight)
+        fb["counterexamples"] = cex.to_dict() | {"made": len(terms[CEX])}
+        listeners.append(_CountMade(fb["counterexamples"], terms[CEX]))
+        # attention rounds know the count now; a grid run adds copies at each review, so its
+        # count is kept up to date in the feedback and left out of the description
+        return f"{desc} {describe_cex(cex, len(terms[CEX]) if on_annotated else None)}"
 
     def keep_partial(self, job: Job) -> VersionRecord:
         """Make the partly trained model of a stopped or diverged ``job`` a new version (the

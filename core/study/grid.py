@@ -25,6 +25,7 @@ from core.feedback.counterexamples import CounterexampleSettings
 from core.feedback.grid.loss import FEEDBACK as GRID, KIND, GridAnnotation, GridSettings
 from core.feedback.grid.job import GridPageSettings
 from core.feedback.grid.workflow import REVIEW_SAMPLERS, review_candidates
+from core.session.runs import FineTune, JobOptions, KindPlan
 from core.select import PoolView, get_sampler
 from core.study.design import CONFIRM, SHOW
 from core.study.condition import StudyCondition, locked_settings
@@ -242,12 +243,12 @@ class GridCondition(StudyCondition):
         anns = self.annotations() if s.marks else []
         study = {"study": {"reviewed": self.confirmed(), "marks": s.marks}}
         if not s.marks or not anns:  # nothing marked: the same training without feedback
-            job = self.wb.start_training(config, description=f"study grid condition: {len(self.confirmed())} images "
-                                          "reviewed, no marks (training without feedback)",
-                                          feedback={"kind": KIND, "grid": {"reviews": [], **study}}, kind="grid")
+            job = self.wb.train(config, JobOptions(f"study grid condition: {len(self.confirmed())} images reviewed, "
+                                                   "no marks (training without feedback)", kind="grid"),
+                                KindPlan(feedback={"kind": KIND, "grid": {"reviews": [], **study}}))
         else:
-            job = self.wb.start_feedback_training(
-                GRID, anns, GridSettings(share=float(s.page.share)), config, guidance=bool(s.page.penalty),
-                counterexamples=s.counterexamples(), on_annotated=False, feedback={"grid": study}, kind="grid")
+            fine_tune = FineTune(config, GridSettings(share=float(s.page.share)), guidance=bool(s.page.penalty),
+                                 counterexamples=s.counterexamples(), on_annotated=False, feedback={"grid": study})
+            job = self.wb.start_training(GRID, anns, fine_tune, JobOptions(kind="grid"))
         self._mark_fine_tune({"reviewed": len(self.confirmed()), "marked_images": len(anns), "marks": s.marks})
         return job

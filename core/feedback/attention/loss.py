@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw
 
 from core.engine import Batch
 from core.explain.gradcam import gradcam
+from core.feedback import CommonPlan
 from core.models.base import SteerableModel
 
 KIND = "attention"
@@ -261,7 +262,7 @@ class AttentionSettings:
     seed: int = 0
 
 
-class AttentionKind:
+class AttentionKind(CommonPlan):
     """The attention-click feedback kind (see :class:`core.feedback.FeedbackKind`)."""
 
     name = KIND

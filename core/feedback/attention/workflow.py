@@ -25,6 +25,7 @@ from core.feedback.attention.loss import (
     attention_in_mask,
 )
 from core.feedback.counterexamples import KIND as CEX, CounterexampleSettings, counterexample_term
+from core.session.runs import FineTune, JobOptions
 from core.models import for_inference
 from core.models.base import SteerableModel
 from core.select import PoolView, get_sampler
@@ -166,7 +167,7 @@ def fine_tune_plan(data: ImageDataset, annotations: Sequence[AttentionAnnotation
                    settings: FineTuneSettings = FineTuneSettings(), *, guidance: bool = True,
                    counterexamples: CounterexampleSettings | None = None) -> dict[str, Any]:
     """What :func:`core.engine.fit` takes for one round (the page goes through
-    :meth:`core.session.workbench.Workbench.start_feedback_training`, which builds the same terms)."""
+    :meth:`core.session.workbench.Workbench.start_training`, which builds the same terms)."""
     if not annotations:
         raise ValueError("Confirm at least one annotation before fine-tuning.")
     ids = torch.as_tensor([a.example_id for a in annotations], dtype=torch.long)
@@ -336,10 +337,11 @@ def start_fine_tune(wb, settings: PageSettings):
     regions when the page asks); it becomes a new version described by the annotations."""
     anns = annotations_of(wb)
     ft = settings.fine_tune(seed=int(time.time()) % 10_000, device=wb.settings.get("device", "cpu"))
-    return wb.start_feedback_training(ATTENTION, anns, ft.attention(), ft.config(), guidance=bool(settings.guidance),
-                                      counterexamples=settings.counterexample_settings(ft.seed),
-                                      cls_weight=ft.w_c if settings.guidance else 1.0, kind_weight=ft.w_g,
-                                      feedback={"settings": asdict(settings)}, kind="attention")
+    fine_tune = FineTune(ft.config(), ft.attention(), guidance=bool(settings.guidance),
+                         counterexamples=settings.counterexample_settings(ft.seed),
+                         cls_weight=ft.w_c if settings.guidance else 1.0, kind_weight=ft.w_g,
+                         feedback={"settings": asdict(settings)})
+    return wb.start_training(ATTENTION, anns, fine_tune, JobOptions(kind="attention"))
 
 
 def annotation_rows(annotations: Sequence[AttentionAnnotation], classes: Sequence[str]) -> list[dict[str, Any]]:

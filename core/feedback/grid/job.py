@@ -44,6 +44,7 @@ from core.feedback.grid.loss import (
 )
 from core.feedback.counterexamples import KIND as CEX, CounterexampleSettings
 from core.feedback.grid.workflow import REVIEW_K, REVIEW_SAMPLERS, review_candidates
+from core.session.runs import FineTune, JobOptions
 from core.models.base import SteerableModel
 
 SETTINGS_KEY = "grid"  # in the workbench's settings
@@ -189,11 +190,11 @@ def start_grid_training(wb, settings: GridPageSettings, *, seed: int | None = No
         return [CandidateFinder(model, data, context, epochs=config.epochs, k=int(settings.k),
                                 sampler=settings.sampler, seed=seed)]
 
-    job = wb.start_feedback_training(GRID, inherited, grid_settings, config, guidance=bool(settings.penalty),
-                                     counterexamples=settings.counterexample_settings(seed), on_annotated=False,
-                                     feedback=feedback, description=desc, attach=attach, pause_at_epoch_end=True,
-                                     kind=JOB_KIND, context=context, term=penalty)
-    return job
+    fine_tune = FineTune(config, grid_settings, guidance=bool(settings.penalty),
+                         counterexamples=settings.counterexample_settings(seed), on_annotated=False,
+                         feedback=feedback, description=desc, term=penalty)
+    return wb.start_training(GRID, inherited, fine_tune,
+                             JobOptions(kind=JOB_KIND, attach=attach, pause_at_epoch_end=True, context=context))
 
 
 def job_token(job) -> str:

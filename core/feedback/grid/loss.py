@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from core.engine import Batch
 from core.explain.saliency import input_gradients
+from core.feedback import CommonPlan
 from core.models.base import SteerableModel
 
 KIND = "grid"
@@ -332,7 +333,7 @@ class GridSettings:
     share: float = SHARE
 
 
-class GridKind:
+class GridKind(CommonPlan):
     """The grid feedback kind (see :class:`core.feedback.FeedbackKind`)."""
 
     name = KIND

@@ -24,9 +24,11 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
 
+from core.data.spec import ImageDataset
 from core.engine import Batch
 from core.models.base import SteerableModel
 from core.feedback.latent.projection import ProjectionBranch
+from core.session.runs import FineTune, KindPlan
 
 KIND = "latent"
 PAPER_WEIGHTS = {"cls": 0.89, "latent": 0.11}
@@ -279,6 +281,16 @@ class LatentKind:
 
     def describe(self, annotations: list[Move]) -> str:
         return f"latent edit: {len(annotations)} move{'s' if len(annotations) != 1 else ''}"
+
+    def plan(self, data: ImageDataset, annotations: list[Move], settings: FineTune) -> KindPlan:
+        """``cls_weight`` x CE on the training split + ``kind_weight`` x the latent term of the
+        moves (``settings.settings``: the :class:`LatentContext` they were made in)."""
+        context: LatentContext = settings.settings
+        term = settings.term if settings.term is not None else self.loss_term(data, annotations, context)
+        weights = {"cls": settings.cls_weight, KIND: settings.kind_weight}
+        return KindPlan(terms={KIND: term}, weights=weights,
+                        description=f"latent edit: {len(annotations)} moves ({context.variant})",
+                        feedback={"kind": KIND, "variant": context.variant, "weights": dict(weights)})
 
 
 FEEDBACK = LatentKind()

@@ -27,6 +27,7 @@ from core.session.jobs import Job
 from core.models import atomic_torch_save
 from core.models.base import SteerableModel
 from core.feedback.latent.projection import ProjectionBranch, fit_projection, from_state, projection_r2, state
+from core.session.runs import FineTune, JobOptions
 from core.session.workbench import Workbench
 
 PROJECTION_FILE = "projection.pt"
@@ -340,14 +341,12 @@ def start_update(wb: Workbench, branch: ProjectionBranch, moves: MoveList, view:
     if isinstance(moves, VersionedMoveList) and moves.made_on_other_than(view.version):
         raise ValueError(f"The moves were made on v{moves.version}; the model is now v{view.version}. Keep them on "
                          f"v{view.version} or discard them first.")
-    loss = build_loss(wb, branch, moves, view, settings.variant)
     config = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
                          momentum=settings.momentum, seed=settings.seed, device=settings.device)
-    feedback = {"kind": KIND, "variant": settings.variant, "weights": {"cls": settings.w_cls, "latent": settings.w_dis},
-                **moves.to_json()}
-    return wb.start_training(config, description=f"latent edit: {len(moves)} moves ({settings.variant})",
-                             loss_terms={"latent": loss}, weights={"cls": settings.w_cls, "latent": settings.w_dis},
-                             feedback=feedback, keep_if_stopped=False, kind="latent")
+    context = LatentContext(branch, view.coords, view.preds, view.features, settings.variant)
+    fine_tune = FineTune(config, context, cls_weight=settings.w_cls, kind_weight=settings.w_dis,
+                         feedback=moves.to_json())
+    return wb.start_training(LATENT, list(moves.moves.values()), fine_tune, JobOptions(kind="latent"))
 
 
 def update_summary(wb: Workbench, before: LatentView, after: LatentView, moves: MoveList,

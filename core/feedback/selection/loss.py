@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from core.data.spec import ImageDataset
 from core.engine import Batch, Callback, FitResult, TrainConfig, TrainControl, fit
 from core.models.base import SteerableModel
+from core.session.runs import FineTune, KindPlan
 
 KIND = "selection"
 
@@ -179,6 +180,12 @@ def fill_indices(n: int, count: int, seed: int = 0) -> torch.Tensor:
     return torch.cat(parts)[:count] if parts else torch.zeros(0, dtype=torch.long)
 
 
+def retrain_config(settings: RetrainSettings) -> TrainConfig:
+    """The config of a retrain: one epoch of ``iterations`` batches of ``fill_per_batch`` training fill."""
+    return TrainConfig(epochs=1, batch_size=settings.fill_per_batch, lr=settings.lr, momentum=settings.momentum,
+                       weight_decay=settings.weight_decay, seed=settings.seed, device=settings.device)
+
+
 def plan_retrain(data: ImageDataset, selected_ids: Sequence[int], settings: RetrainSettings = RetrainSettings()) -> RetrainPlan:
     """Plan a retrain on the examples ``selected_ids`` (global ids, any split, typically pool;
     their true labels are used): ``settings.iterations`` steps, each on
@@ -189,8 +196,7 @@ def plan_retrain(data: ImageDataset, selected_ids: Sequence[int], settings: Retr
     pick = fill_indices(len(train_rows), settings.iterations * fill, seed=settings.seed)
     fill_ids = torch.as_tensor(train_rows)[pick]
     loss = FEEDBACK.loss_term(data, [Selected(int(i), int(data.labels[int(i)])) for i in ids], settings)
-    config = TrainConfig(epochs=1, batch_size=fill, lr=settings.lr, momentum=settings.momentum,
-                         weight_decay=settings.weight_decay, seed=settings.seed, device=settings.device)
+    config = retrain_config(settings)
     weights = {"cls": fill / settings.batch_size, KIND: settings.selected_per_batch / settings.batch_size}
     return RetrainPlan(train=(data.images[fill_ids], data.labels[fill_ids]), train_ids=fill_ids,
                        loss_terms={KIND: loss}, weights=weights, config=config, selected_ids=ids,
@@ -303,6 +309,16 @@ class SelectionKind:
 
     def describe(self, annotations: Sequence[Selected]) -> str:
         return f"retrain on selection: {len(annotations)} examples"
+
+    def plan(self, data: ImageDataset, annotations: Sequence[Selected], settings: FineTune) -> KindPlan:
+        """The retrain of :func:`plan_retrain` (``settings.settings``: its :class:`RetrainSettings`;
+        ``settings.config`` should be its :func:`retrain_config`)."""
+        retrain = settings.settings or RetrainSettings()
+        ids = [int(a.example_id) for a in annotations]
+        p = plan_retrain(data, ids, retrain)
+        return KindPlan(terms=p.loss_terms, weights=p.weights, train=p.train, train_ids=p.train_ids,
+                        description=p.description(),
+                        feedback={"kind": KIND, "ids": ids, "settings": dataclasses.asdict(retrain)})
 
 
 FEEDBACK = SelectionKind()
