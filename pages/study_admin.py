@@ -3,26 +3,19 @@ feedback (each condition its own task), hand out participant links, follow their
 download the results. Behind a password."""
 from __future__ import annotations
 
-import re
-
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
 from app.access import password_form, secret
 from app.state import get_base_models, get_dataset, get_registry, get_store
-from core.feedback.attention.workflow import COUNTEREXAMPLES_ON
-from core.feedback.grid.job import COUNTEREXAMPLES_ON as GRID_COUNTEREXAMPLES_ON
-from core.feedback.grid.workflow import REVIEW_SAMPLERS
-from core.study.latent import GESTURES
+from app.study_admin_form import clear_new_study_form, new_study_form
 from core.study.design import likert_template
-from core.study.flow import INSTRUMENTS, ParticipantFlow, normalize_design
+from core.study.flow import ParticipantFlow, normalize_design
 from core.study.results import condition_means, export_zip, study_tables
 from core.study.store import StudyError, StudyStore
 
 PASSWORD_ENV = "STEERBOARD_ADMIN_PASSWORD"
-SAMPLERS = ["gmm", "entropy", "margin", "kcenter", "random"]
-DATASETS = ["biased-digits", "digits"]
 BOX_MEASURES = {"seconds": "Seconds per image", "gestures_per_image": "Gestures per image",
                 "test_acc_pct": "Test accuracy after (%)", "conflicting_acc_pct": "Bias-conflicting accuracy after (%)",
                 "sus": "SUS score (0-100)", "tlx": "Raw NASA-TLX (0-100)"}
@@ -61,72 +54,6 @@ def link(token: str) -> str:
 
 REPEAT_S = 60.0  # the same study again within this many seconds is taken for a second click
 
-
-NEW_STUDY_KEYS = {"sa-name", "sa-data", "sa-people", "sa-intro", "sa-practice", "sa-after", "sa-final", "sa-items"}
-TASKS = {"attention": "Attention clicking (seed 001)", "latent": "Latent editing (seed 000)",
-         "grid": "Grid feedback (seed 002)"}
-CEX_HELP = ("Copies of each annotated image whose ignored regions (grid: marked squares) come from other training "
-            "images, as on the {page} page. Off: the {loss} alone (studies made before this option fine-tune "
-            "without them).")
-
-
-def condition_form(i: int, task: str, k: int) -> dict:
-    """Condition ``i``'s fields in the New study form for ``task`` (its own widget keys per task,
-    so switching the task does not carry one task's values into another's); ``k``: how many
-    conditions of the same task come before it (the defaults alternate: lasso then drag, marks
-    then no marks)."""
-    st.markdown(f"**Condition {i + 1}** · {TASKS[task]}")
-    if task == "attention":
-        a, b, c, d, e = st.columns([2, 1, 1, 1, 1])
-        cond = {"name": a.text_input("Name", value=["click", "polygon", "random", "gmm"][i], key=f"sa-c{i}-name"),
-                "settings": {"mode": b.selectbox("Mode", ["click", "polygon"], index=i % 2, key=f"sa-c{i}-mode"),
-                             "sampler": c.selectbox("Sampler", SAMPLERS, key=f"sa-c{i}-sampler"),
-                             "counterexamples": st.checkbox(
-                                 "Fine-tune with counterexamples of the 'ignore' marks", value=COUNTEREXAMPLES_ON,
-                                 key=f"sa-c{i}-cex", help=CEX_HELP.format(page="Attention", loss="attention loss"))},
-                "budget": int(d.number_input("Images", 1, 200, 16, key=f"sa-c{i}-budget"))}
-    elif task == "latent":
-        a, b, c, d, e = st.columns([2, 1, 1, 1, 1])
-        gesture = ["lasso", "drag", "box", "lasso"][k]
-        cond = {"name": a.text_input("Name", value=gesture, key=f"sa-c{i}-lat-name"),
-                "settings": {"gesture": b.selectbox("Gesture", list(GESTURES), index=list(GESTURES).index(gesture),
-                                                    key=f"sa-c{i}-lat-gesture",
-                                                    help="lasso or box: select points, send them to a class's "
-                                                         "centroid; drag: move single points on a canvas"),
-                             "points": int(c.number_input("Points shown", 10, 2000, 300, step=50,
-                                                          key=f"sa-c{i}-lat-points",
-                                                          help="The model's mistakes first, then others"))},
-                "budget": int(d.number_input("Moves", 1, 200, 10, key=f"sa-c{i}-lat-budget"))}
-        st.caption("Latent moves have no 'ignore' marks, so no counterexamples: the fine-tune is the paper's.")
-    else:
-        a, b, c, d, e = st.columns([2, 1, 1, 1, 1])
-        marks = ["marks", "no marks", "marks", "no marks"][k]
-        chosen = b.selectbox("Marks", ["marks", "no marks"], index=["marks", "no marks"].index(marks),
-                             key=f"sa-c{i}-grid-marks",
-                             help="marks: the participant marks the squares the model must not use, and the fine-tune "
-                                  "penalises them; no marks: the same images only looked at, and the fine-tune has no "
-                                  "feedback")
-        cond = {"name": a.text_input("Name", value=marks, key=f"sa-c{i}-grid-name"),
-                "settings": {"marks": chosen == "marks",
-                             "sampler": c.selectbox("Mistakes by", list(REVIEW_SAMPLERS), key=f"sa-c{i}-grid-sampler"),
-                             "counterexamples": st.checkbox(
-                                 "Fine-tune with counterexamples of the marked squares (with marks only)",
-                                 value=GRID_COUNTEREXAMPLES_ON, key=f"sa-c{i}-grid-cex",
-                                 help=CEX_HELP.format(page="Grid feedback", loss="input-gradient penalty"))},
-                "budget": int(d.number_input("Images", 1, 100, 10, key=f"sa-c{i}-grid-budget"))}
-    cond["task"] = task
-    cond["time_limit_s"] = int(e.number_input("Time limit (s)", 0, 7200, 0, key=f"sa-c{i}-limit",
-                                              help="0: no limit")) or None
-    cond["instructions"] = st.text_area("Instructions (Markdown; empty: the default)", key=f"sa-c{i}-text")
-    return cond
-
-
-
-def clear_new_study_form() -> None:
-    """Empty the New study form (its widgets take their defaults on the next run)."""
-    for key in [k for k in st.session_state if isinstance(k, str)
-                and (k in NEW_STUDY_KEYS or re.fullmatch(r"sa-c\d-[\w-]+", k))]:  # sa-c0-name, sa-c0-lat-name ...
-        del st.session_state[key]
 
 def reset_or_replace(studies: StudyStore, study_id: str) -> None:
     """Start a participant again (same link) or give their place a new link (the old one stops
@@ -169,45 +96,26 @@ def reset_or_replace(studies: StudyStore, study_id: str) -> None:
 with new_tab:
     if st.session_state.get("sa-created"):
         st.success(st.session_state.pop("sa-created"))
-    n = int(st.number_input("Conditions", 2, 4, 2, key="sa-n"))
-    # the tasks are chosen outside the form: each one has its own settings below (a form draws them only when sent)
-    task_cols = st.columns(n)
-    tasks = [task_cols[i].selectbox(f"Task of condition {i + 1}", list(TASKS), format_func=TASKS.get,
-                                    key=f"sa-c{i}-task") for i in range(n)]
-    with st.form("study-new"):
-        name = st.text_input("Study name", key="sa-name")
-        c1, c2 = st.columns(2)
-        dataset = c1.selectbox("Dataset", DATASETS, key="sa-data",
-                               help="biased-digits: the digit's colour gives its class away in training, not in test")
-        people = c2.number_input("Participants", 1, 200, 2, key="sa-people")
-        intro = st.text_area("Introduction (Markdown)", key="sa-intro")
-        conditions = [condition_form(i, task, tasks[:i].count(task)) for i, task in enumerate(tasks)]
-        practice = st.checkbox("Practice round first (2 images, not counted)", key="sa-practice")
-        after = st.multiselect("Questionnaires after each condition", INSTRUMENTS, ["sus", "tlx"], key="sa-after")
-        final = st.multiselect("Questionnaires at the end", INSTRUMENTS, ["likert"], key="sa-final")
-        items = st.text_area("Likert items at the end (one per line)", key="sa-items",
-                             placeholder="Empty: seed 001's questionnaire written for these conditions (difficulty and "
-                                         "concentration per condition, the samplers only when they differ, confidence, "
-                                         "which one is preferred, comments)")
-        create = st.form_submit_button("Create study", type="primary")
-    if create:
-        typed = [t.strip() for t in items.splitlines() if t.strip()]
+    form = new_study_form()
+    if form is not None:
+        typed = [t.strip() for t in form.items.splitlines() if t.strip()]
         likert = ([{"id": f"Q{k + 1}", "kind": "likert", "text": t} for k, t in enumerate(typed)] if typed
-                  else likert_template(conditions))
-        design = {"task": tasks[0], "dataset": dataset, "arch": "seed-cnn", "intro": intro,
-                  "conditions": conditions, "practice": practice,
-                  "questionnaires": {"after_each": after, "final": final}, "likert_items": likert}
+                  else likert_template(form.conditions))
+        design = {"task": form.tasks[0], "dataset": form.dataset, "arch": "seed-cnn", "intro": form.intro,
+                  "conditions": form.conditions, "practice": form.practice,
+                  "questionnaires": {"after_each": form.after, "final": form.final}, "likert_items": likert}
         try:
             design = normalize_design(design)
-            study_id, tokens = studies.create_study(name, design, participants=int(people), refuse_repeat_s=REPEAT_S)
+            study_id, tokens = studies.create_study(form.name, design, participants=form.people,
+                                                    refuse_repeat_s=REPEAT_S)
         except StudyError as exc:  # the form keeps what was typed, to fix and send again
             st.error(f"The study was not created: {exc}.")
         else:
-            data = get_dataset(dataset)  # train the study's base model now, not when the first participant comes
-            get_base_models().status(data, dataset, "seed-cnn", train=True)
+            data = get_dataset(form.dataset)  # train the study's base model now, not when the first participant comes
+            get_base_models().status(data, form.dataset, "seed-cnn", train=True)
             st.session_state["sa-study"] = study_id
-            st.session_state["sa-created"] = (f"Created study {name.strip()!r} with {len(tokens)} participant links "
-                                              "(see Studies). The form is empty again for the next study.")
+            st.session_state["sa-created"] = (f"Created study {form.name.strip()!r} with {len(tokens)} participant "
+                                              "links (see Studies). The form is empty again for the next study.")
             clear_new_study_form()  # a second click on Create does not make the same study twice
             st.rerun()
 
