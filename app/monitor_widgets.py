@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import streamlit as st
 import torch
 
-from app.widgets import metric_delta, pick_seed, seed_input, start_job
+from app.state import notice
+from app.widgets import metric_delta, pct, pick_seed, seed_input, start_job, to_pil
 from core.data import Progress
 from core.engine import EPOCHS_RANGE, LR_RANGE, TrainConfig
-from core.session.jobs import Job
+from core.feedback.selection import workflow as selection_workflow
+from core.feedback.selection.loss import KIND as SELECTION, RetrainSettings
+from core.session.jobs import Job, JobBusy
 from core.monitor.live import PROBE_SAMPLE, ActivationProbe, EpochTimeSpread, FreezeSaving, Monitors, monitors_for
 from core.session.runs import JobOptions
 from core.session.workbench import Workbench
@@ -200,3 +204,68 @@ def _set_pause_at_epoch_end(wb: Workbench, key: str) -> None:
     job = wb.jobs.current
     if job is not None and job.running:
         job.control.pause_at_epoch_end = value
+
+
+def selection_panel(wb: Workbench, job: Job | None, preds: np.ndarray | None, ids: np.ndarray) -> None:
+    """The selected points of the embedding (``mon-selected``; ``preds`` of the points ``ids``),
+    the retrain settings and "Retrain on selection" / "Clear selection"."""
+    ss = st.session_state
+    data, classes = wb.data, wb.data.classes
+    busy = job is not None and job.running
+    selected = [int(i) for i in ss.get("mon-selected", [])]
+    pred_of = dict(zip(ids.tolist(), preds.tolist())) if preds is not None else {}
+    with st.container(key="mon-selection"):
+        if not selected:
+            st.info("Box- or lasso-select points in the embedding to retrain on them.")
+            return
+        wrong = [i for i in selected if i in pred_of and pred_of[i] != int(data.labels[i])]
+        st.markdown(f"**Selected: {len(selected)} examples, {len(wrong)} misclassified**")
+        show = (wrong + [i for i in selected if i not in wrong])[:16]
+        cols = st.columns(8)
+        for k, i in enumerate(show):
+            p = pred_of.get(i)
+            cols[k % 8].image(to_pil(data.images[i], 56),
+                              caption=f"{classes[int(data.labels[i])]}" + (f" → {classes[p]}" if p is not None else ""))
+        with st.expander("Retrain settings"):
+            d = RetrainSettings()
+            c1, c2, c3 = st.columns(3)
+            iterations = c1.number_input("Iterations", 10, 2000, d.iterations, step=10, key="mon-rt-iter")
+            per_batch = c2.number_input("Selected per batch", 1, 63, d.selected_per_batch, key="mon-rt-per")
+            lr = c3.number_input("Learning rate", 0.0001, 0.5, d.lr, format="%.4f", key="mon-rt-lr")
+        b1, b2 = st.columns(2)
+        if b1.button("Retrain on selection", type="primary", key="mon-retrain-go", disabled=busy, width="stretch"):
+            settings = RetrainSettings(iterations=int(iterations), selected_per_batch=int(per_batch), lr=float(lr),
+                                       batch_size=d.batch_size, seed=int(time.time()) % 10_000)
+            _start_retrain(wb, selected, settings)
+        if b2.button("Clear selection", key="mon-clear", width="stretch"):
+            ss["mon-selected"] = []
+            wb.clear_annotations(SELECTION)
+            st.rerun()
+
+
+def _start_retrain(wb: Workbench, selected: list[int], settings: RetrainSettings) -> None:
+    try:
+        selection_workflow.start_retrain(wb, selected, settings)  # the pending report is on disk when it returns
+    except selection_workflow.SelectionError as exc:
+        st.error(f"Cannot retrain on this selection: {exc}")
+        return
+    except (JobBusy, ValueError) as exc:
+        st.error(f"Could not start: {exc}")
+        return
+    notice(f"Retraining on {len(selected)} selected examples…")
+    st.rerun()
+
+
+def retrain_report_panel(wb: Workbench, job: Job | None) -> None:
+    """The last retrain on a selection: running, or what it fixed and broke."""
+    pending = selection_workflow.retrain_report(wb, job)
+    if not pending:
+        return
+    report = pending.get("report")
+    with st.container(key="mon-report"):
+        if report is None:
+            st.caption(f"Retraining on {len(pending['ids'])} selected examples…")
+            return
+        st.success(f"Retrained on selection → v{report['version']}: {report['right_after']} / {report['n']} selected "
+                   f"examples now right; {report['fixed']} of {report['wrong_before']} misclassified ones fixed, "
+                   f"{report['broken']} broken. Validation accuracy {pct(report['val_before'])} → {pct(report['val_after'])}.")

@@ -11,14 +11,13 @@ import torch
 
 from app.monitor_plots import embedding_figure, grad_heatmap_figure, layer_bars_figure, live_figure
 from app.monitor_widgets import (PROBE_N, EmbeddingWait, current_monitors, probe_caption, probe_sample,
-                                 training_controls)
-from app.state import current_workbench, notice
-from app.widgets import live_job, pct, to_pil
+                                 retrain_report_panel, selection_panel, training_controls)
+from app.state import current_workbench
+from app.widgets import live_job, to_pil
 from core.monitor.embed import EmbeddingStream, filter_vectors, layer_activations
 from core.engine import predict
-from core.feedback.selection import workflow as selection_workflow
-from core.feedback.selection.loss import KIND as SELECTION, RetrainSettings
-from core.session.jobs import Job, JobBusy
+from core.feedback.selection.loss import KIND as SELECTION
+from core.session.jobs import Job
 from core.monitor.stats import activation_maps, watched_layers
 
 wb = current_workbench()
@@ -197,7 +196,7 @@ def draw_embedding(job: Job | None, mons, opts: dict) -> None:
         if picked and picked != ss.get("mon-selected"):
             ss["mon-selected"] = picked
             wb.replace_annotations(SELECTION, [(i, {"label": int(data.labels[i])}) for i in picked])
-        draw_selection(job, preds, ids)
+        selection_panel(wb, job, preds, ids)
     else:
         st.caption("Filters that settle stop moving; their trails shrink. The Layer freezing page uses this cue.")
 
@@ -212,66 +211,6 @@ def update_note(job: Job | None, mons, opts: dict) -> str:
         return (f"The filter embedding updates about every {opts['interval']:g} s, as set (with the weights the "
                 "training thread last published), or as fast as the layout is computed if that is slower.")
     return probe_caption(mons.probe) or "The first snapshot of the model in training comes at its next step."
-
-
-def draw_selection(job: Job | None, preds: np.ndarray | None, ids: np.ndarray) -> None:
-    busy = job is not None and job.running
-    selected = [int(i) for i in ss.get("mon-selected", [])]
-    pred_of = dict(zip(ids.tolist(), preds.tolist())) if preds is not None else {}
-    with st.container(key="mon-selection"):
-        if not selected:
-            st.info("Box- or lasso-select points in the embedding to retrain on them.")
-            return
-        wrong = [i for i in selected if i in pred_of and pred_of[i] != int(data.labels[i])]
-        st.markdown(f"**Selected: {len(selected)} examples, {len(wrong)} misclassified**")
-        show = (wrong + [i for i in selected if i not in wrong])[:16]
-        cols = st.columns(8)
-        for k, i in enumerate(show):
-            p = pred_of.get(i)
-            cols[k % 8].image(to_pil(data.images[i], 56),
-                              caption=f"{classes[int(data.labels[i])]}" + (f" → {classes[p]}" if p is not None else ""))
-        with st.expander("Retrain settings"):
-            d = RetrainSettings()
-            c1, c2, c3 = st.columns(3)
-            iterations = c1.number_input("Iterations", 10, 2000, d.iterations, step=10, key="mon-rt-iter")
-            per_batch = c2.number_input("Selected per batch", 1, 63, d.selected_per_batch, key="mon-rt-per")
-            lr = c3.number_input("Learning rate", 0.0001, 0.5, d.lr, format="%.4f", key="mon-rt-lr")
-        b1, b2 = st.columns(2)
-        if b1.button("Retrain on selection", type="primary", key="mon-retrain-go", disabled=busy, width="stretch"):
-            settings = RetrainSettings(iterations=int(iterations), selected_per_batch=int(per_batch), lr=float(lr),
-                                       batch_size=d.batch_size, seed=int(time.time()) % 10_000)
-            start_retrain(selected, settings)
-        if b2.button("Clear selection", key="mon-clear", width="stretch"):
-            ss["mon-selected"] = []
-            wb.clear_annotations(SELECTION)
-            st.rerun()
-
-
-def start_retrain(selected: list[int], settings: RetrainSettings) -> None:
-    try:
-        selection_workflow.start_retrain(wb, selected, settings)  # the pending report is on disk when it returns
-    except selection_workflow.SelectionError as exc:
-        st.error(f"Cannot retrain on this selection: {exc}")
-        return
-    except (JobBusy, ValueError) as exc:
-        st.error(f"Could not start: {exc}")
-        return
-    notice(f"Retraining on {len(selected)} selected examples…")
-    st.rerun()
-
-
-def draw_report(job: Job | None) -> None:
-    pending = selection_workflow.retrain_report(wb, job)
-    if not pending:
-        return
-    report = pending.get("report")
-    with st.container(key="mon-report"):
-        if report is None:
-            st.caption(f"Retraining on {len(pending['ids'])} selected examples…")
-            return
-        st.success(f"Retrained on selection → v{report['version']}: {report['right_after']} / {report['n']} selected "
-                   f"examples now right; {report['fixed']} of {report['wrong_before']} misclassified ones fixed, "
-                   f"{report['broken']} broken. Validation accuracy {pct(report['val_before'])} → {pct(report['val_after'])}.")
 
 
 # ---------------------------------------------------------------- the live part
@@ -294,7 +233,7 @@ def draw(job: Job | None, view: dict | None) -> None:
         draw_embedding(job, mons, opts)
         with st.container(key="mon-emb-pace"):
             st.caption(update_note(job, mons, opts))
-        draw_report(job)
+        retrain_report_panel(wb, job)
 
 
 live_job(wb, "mon", draw, pausable=True)
