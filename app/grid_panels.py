@@ -15,6 +15,7 @@ import streamlit as st
 
 from app.attention_widgets import render_grid
 from app.click_image import click_image
+from app.mark_uses import MarkUses, mark_uses_panel
 from app.shortcut_widgets import shortcut_compare
 from app.widgets import metric_delta, training_figure
 from core.data import ImageDataset
@@ -27,6 +28,16 @@ from core.session.workbench import Workbench
 IMAGE_PX = 320  # the review's large image, the one to click on
 METHOD_LABELS = {"gradient": "input gradient", "smoothgrad": "SmoothGrad", "integrated_gradients": "Integrated Gradients",
                  "deeplift": "DeepLift", "gradcam": "Grad-CAM"}
+
+
+MARK_USES = MarkUses(
+    "grid", "What the marks do", "penalty", "Input-gradient penalty",
+    "The paper's: lambda x the squared input gradients inside the marked squares.",
+    "Counterexamples from the marked squares",
+    "For each reviewed image, copies whose marked squares come from other training images, with the label kept, "
+    "trained on with the rest of the run (Teso & Kersting 2019).",
+    "k: copies made of each reviewed image that has marks, each with another donor image.",
+    "Turn on the penalty, the counterexamples or both: with neither, the marks change nothing.", st.warning)
 
 
 def plural(n: int) -> str:
@@ -76,24 +87,7 @@ def parameter_panel(settings: GridPageSettings, shape: tuple[int, int], on_chang
                          "share of that step's cross-entropy; it stays fixed afterwards. Works across datasets without "
                          "tuning lambda itself.")
     st.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="grid-p-opacity", on_change=on_change)
-    marks_panel(on_change)
-
-
-def marks_panel(on_change: Callable[[], None]) -> None:
-    """"What the marks do": the penalty, the counterexamples and how many of them."""
-    ss = st.session_state
-    with st.container(key="grid-cex-panel"):
-        st.markdown("**What the marks do**")
-        st.toggle("Input-gradient penalty", key="grid-p-penalty", on_change=on_change,
-                  help="The paper's: lambda x the squared input gradients inside the marked squares.")
-        st.toggle("Counterexamples from the marked squares", key="grid-p-counterexamples", on_change=on_change,
-                  help="For each reviewed image, copies whose marked squares come from other training images, with "
-                       "the label kept, trained on with the rest of the run (Teso & Kersting 2019).")
-        st.number_input("Counterexamples per image", 1, 64, step=1, key="grid-p-cex_k", on_change=on_change,
-                        disabled=not ss.get("grid-p-counterexamples"),
-                        help="k: copies made of each reviewed image that has marks, each with another donor image.")
-        if not ss.get("grid-p-penalty") and not ss.get("grid-p-counterexamples"):
-            st.warning("Turn on the penalty, the counterexamples or both: with neither, the marks change nothing.")
+    mark_uses_panel(MARK_USES, on_change)
 
 
 def start_panel(wb: Workbench, settings: GridPageSettings, job, busy: bool) -> bool:
