@@ -175,7 +175,7 @@ def test_a_drag_condition_draws_its_canvas_and_a_bad_setting_gets_a_message(app_
 
 def test_a_latent_fine_tune_lost_at_a_restart_is_offered_again(app_workspace):
     """Done was pressed after one of two moves, and the server restarted during the fine-tune:
-    the page says so and offers Continue (it showed the workspace again before)."""
+    the page says so and offers Continue (it showed the map again before)."""
     studies, study_id, token = _at_condition(app_workspace, "lasso")
     at = _participant(app_workspace, token)
     from app.state import get_registry
