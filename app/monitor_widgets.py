@@ -11,9 +11,9 @@ import streamlit as st
 import torch
 
 from app.state import notice
-from app.widgets import metric_delta, pct, pick_seed, seed_input, start_job, to_pil
+from app.widgets import metric_delta, pct, start_job, to_pil, train_form
 from core.data import Progress
-from core.engine import EPOCHS_RANGE, LR_RANGE, TrainConfig
+from core.engine import LR_RANGE
 from core.feedback.selection import workflow as selection_workflow
 from core.feedback.selection.loss import KIND as SELECTION, RetrainSettings
 from core.session.jobs import Job, JobBusy
@@ -168,17 +168,8 @@ def training_controls(wb: Workbench, key: str, *, probe_layer: str | None = None
     running = job is not None and job.running
     frozen = list(wb.settings.get("frozen", []))
     with st.container(key=f"{key}-panel"):
-        with st.form(f"{key}-form", border=False):
-            c1, c2, c3, c3b, c4 = st.columns([1, 1, 1, 0.8, 1])
-            epochs = c1.number_input("Epochs", value=default_epochs, step=1, key=f"{key}-epochs",
-                                     help=f"{EPOCHS_RANGE[0]} to {EPOCHS_RANGE[1]}.")
-            lr = c2.number_input("Learning rate", value=0.02, step=0.005, format="%.4f", key=f"{key}-lr",
-                                 help=f"{LR_RANGE[0]:g} to {LR_RANGE[1]:g}.")
-            batch = c3.selectbox("Batch size", [16, 32, 64, 128, 256], index=2, key=f"{key}-batch")
-            seed = seed_input(c3b, key)
-            c4.write("")
-            start = c4.form_submit_button("Start training", type="primary", disabled=running, width="stretch",
-                                          key=f"{key}-start")
+        typed = train_form(key, default_epochs=default_epochs, lr=0.02, start_label="Start training",
+                           disabled=running, lr_help=f"{LR_RANGE[0]:g} to {LR_RANGE[1]:g}.")
         pause_default = bool(wb.settings.get("pause_at_epoch_end", False))
         st.toggle("Pause at the end of each epoch", value=pause_default, key=f"{key}-pae",
                   on_change=_set_pause_at_epoch_end, args=(wb, key),
@@ -187,15 +178,14 @@ def training_controls(wb: Workbench, key: str, *, probe_layer: str | None = None
         if frozen:
             hint = " (change on the Layer freezing page)" if freeze_hint else " (switches below)"
             st.caption(f"Frozen from the first step: {', '.join(frozen)}{hint}.")
-    if start:
-        cfg = TrainConfig(epochs=int(epochs), lr=float(lr), batch_size=int(batch), seed=pick_seed(seed),
-                          device=wb.settings.get("device", "cpu"))
+    if typed is not None:
+        cfg = typed.config(wb)
         _, sample, _ = probe_sample(wb, probe_n)
         options = JobOptions(f"trained {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} (lr {cfg.lr:g}, monitored)",
                              attach=lambda m: monitors_for(m, sample, layer=probe_layer, interval_s=probe_interval_s,
                                                           count=probe_count),
                              frozen=frozen, pause_at_epoch_end=bool(st.session_state.get(f"{key}-pae")))
-        start_job(lambda: wb.train(cfg, options), key=key, settings=(float(epochs), float(lr)))
+        start_job(lambda: wb.train(cfg, options), key=key, settings=typed.settings)
 
 
 def _set_pause_at_epoch_end(wb: Workbench, key: str) -> None:

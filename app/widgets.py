@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -149,6 +150,43 @@ def canvas_toolbars_visible() -> None:
 
 
 # ----------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class TrainInput:
+    """What a training form's fields held when it was submitted (typed values, not yet checked)."""
+
+    epochs: float
+    lr: float
+    batch: int
+    seed: int | None
+
+    @property
+    def settings(self) -> tuple[float, float]:
+        """(epochs, learning rate) for :func:`start_job` to check."""
+        return float(self.epochs), float(self.lr)
+
+    def config(self, wb: Workbench, **extra: object) -> TrainConfig:
+        """The run's config: these fields, a fresh seed when none was typed, the workbench's device."""
+        return TrainConfig(epochs=int(self.epochs), lr=float(self.lr), batch_size=int(self.batch),
+                           seed=pick_seed(self.seed), device=wb.settings.get("device", "cpu"), **extra)
+
+
+def train_form(key: str, *, default_epochs: int, lr: float, lr_help: str, start_label: str,
+               disabled: bool) -> TrainInput | None:
+    """Epochs, learning rate, batch size, seed and the start button in one row (a form: typing
+    reruns nothing); the fields' values once the button was pressed, else None."""
+    with st.form(f"{key}-form", border=False):
+        c1, c2, c3, c3b, c4 = st.columns([1, 1, 1, 0.8, 1])
+        epochs = c1.number_input("Epochs", value=default_epochs, step=1, key=f"{key}-epochs",
+                                 help=f"{EPOCHS_RANGE[0]} to {EPOCHS_RANGE[1]}.")
+        rate = c2.number_input("Learning rate", value=lr, step=0.005, format="%.4f", key=f"{key}-lr", help=lr_help)
+        batch = c3.selectbox("Batch size", [16, 32, 64, 128, 256], index=2, key=f"{key}-batch")
+        seed = seed_input(c3b, key)
+        c4.write("")
+        go_clicked = c4.form_submit_button(start_label, type="primary", disabled=disabled, width="stretch",
+                                           key=f"{key}-start")
+    return TrainInput(epochs, rate, int(batch), seed) if go_clicked else None
+
+
 def train_panel(wb: Workbench, *, key: str = "train", default_epochs: int = 5,
                 start_label: str = "Train", describe: Callable[[TrainConfig], str] | None = None) -> None:
     """Settings, Start/Stop and a live chart of the workbench's training job.
@@ -160,29 +198,18 @@ def train_panel(wb: Workbench, *, key: str = "train", default_epochs: int = 5,
     job = wb.jobs.current
     running = job is not None and job.running
     with st.container(key=f"{key}-panel"):
-        with st.form(f"{key}-form", border=False):
-            c1, c2, c3, c3b, c4 = st.columns([1, 1, 1, 0.8, 1])
-            epochs = c1.number_input("Epochs", value=default_epochs, step=1, key=f"{key}-epochs",
-                                     help=f"{EPOCHS_RANGE[0]} to {EPOCHS_RANGE[1]}.")
-            suggested = base_config(wb.data_source, wb.data).lr  # 0.02 for the digits, 0.005 for shortcut sets
-            lr = c2.number_input("Learning rate", value=suggested, step=0.005, format="%.4f", key=f"{key}-lr",
-                                 help=f"{LR_RANGE[0]:g} to {LR_RANGE[1]:g}; {suggested:g} suits this dataset (its "
-                                      "base models' setting). If validation accuracy falls far below its best epoch's, "
-                                      "the run keeps that epoch's weights and says so.")
-            batch = c3.selectbox("Batch size", [16, 32, 64, 128, 256], index=2, key=f"{key}-batch")
-            seed = seed_input(c3b, key)
-            c4.write("")
-            go_clicked = c4.form_submit_button(start_label, type="primary", disabled=running, width="stretch",
-                                               key=f"{key}-start")
+        suggested = base_config(wb.data_source, wb.data).lr  # 0.02 for the digits, 0.005 for shortcut sets
+        typed = train_form(key, default_epochs=default_epochs, lr=suggested, start_label=start_label, disabled=running,
+                           lr_help=f"{LR_RANGE[0]:g} to {LR_RANGE[1]:g}; {suggested:g} suits this dataset (its "
+                                   "base models' setting). If validation accuracy falls far below its best epoch's, "
+                                   "the run keeps that epoch's weights and says so.")
         if running:
             st.caption("A job is running on this workbench (started from this or another tab); its progress is "
                        "below. Train is available again when it ends or is stopped.")
-        if go_clicked:
-            cfg = TrainConfig(epochs=int(epochs), lr=float(lr), batch_size=int(batch), seed=pick_seed(seed),
-                              device=wb.settings.get("device", "cpu"), keep_best=True)
+        if typed is not None:
+            cfg = typed.config(wb, keep_best=True)
             text = describe(cfg) if describe else f"trained {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} (lr {cfg.lr:g})"
-            start_job(lambda: wb.train(cfg, JobOptions(text)),
-                      settings=(float(epochs), float(lr)), key=key)
+            start_job(lambda: wb.train(cfg, JobOptions(text)), settings=typed.settings, key=key)
         live_job(wb, key)
 
 
