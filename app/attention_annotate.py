@@ -94,6 +94,7 @@ class AnnotationView:
         return f"{self.item_prefix}-{name}-{self.example_id}"
 
     def log(self, kind: str, payload: dict[str, Any] | None = None) -> None:
+        """Hand the gesture ``kind`` to ``on_gesture`` (when there is one)."""
         if self.on_gesture is not None:
             self.on_gesture(kind, payload)
 

@@ -39,6 +39,7 @@ SAMPLER_LABELS = {"random": "random", "entropy": "entropy", "margin": "margin", 
 
 
 def sampler_label(name: str) -> str:
+    """A sampler's name as the page shows it."""
     return SAMPLER_LABELS.get(name, name)
 
 

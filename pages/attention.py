@@ -44,6 +44,7 @@ if ss.get("att-wb") != wb.id:  # first visit, or another workbench: drafts and v
 
 
 def confirmed_ids(rnd: Round) -> set[int]:
+    """The images confirmed in round ``rnd``."""
     return {a.example_id for a in annotations_of(wb) if a.extra.get("round") == rnd.number}
 
 
@@ -61,6 +62,7 @@ def start_attention_fine_tune(rnd: Round | None) -> None:
 
 
 def saved_message(saved: AttentionAnnotation) -> str:
+    """What the page says under the buttons once an annotation is on disk."""
     p, ops = len(saved.positives), saved.operations
     return (f"Saved image {saved.example_id}: {p} point{'s' if p != 1 else ''}, "
             f"{int(saved.negative_mask().sum())} pixels to ignore, {ops} click{'s' if ops != 1 else ''}, "

@@ -37,6 +37,7 @@ TASKS = {"attention": AttentionCondition, "latent": LatentCondition, "grid": Gri
 
 
 def intro(flow: ParticipantFlow) -> None:
+    """The welcome step: the study's introduction and Start."""
     st.title("Welcome")
     st.markdown(flow.design["intro"] or "In this study you will show an image classifier what it gets wrong, in "
                 f"{len(flow.participant.conditions)} parts with a short questionnaire after each. "
@@ -120,6 +121,7 @@ def countdown(token: str, index: int) -> None:
 
 @st.fragment(run_every=1.0)
 def wait_for_base(job) -> None:
+    """The study's base model training (once per server), until it is ready."""
     view = job.view() if job is not None else None
     if view is None or view["status"] in FINISHED:
         st.rerun(scope="app")  # ready (or a new try starts)
@@ -128,6 +130,7 @@ def wait_for_base(job) -> None:
 
 @st.fragment(run_every=1.0)
 def fine_tune_progress(flow: ParticipantFlow, job) -> None:
+    """The condition's fine-tune (its place in the queue while it waits), until it ends."""
     view = job.view()
     with st.container(key="study-fine-tune"):
         where = f" (place {view['queue_position']} in the queue)" if view.get("queue_position") else ""
@@ -162,6 +165,7 @@ def questions(flow: ParticipantFlow) -> list | dict:
 
 
 def questionnaire(flow: ParticipantFlow) -> None:
+    """A questionnaire step: its form; answers saved (all of them, on disk) before the next step."""
     step = flow.step
     about = f"part {flow.participant.conditions.index(step.condition) + 1}" if step.condition else "the study as a whole"
     st.title("Questionnaire")
