@@ -530,6 +530,9 @@ def test_gradient_in_mask_is_the_share_on_the_object(tiny_data):
 
 
 
+STEEP_LAMBDA = 800.0
+
+
 @pytest.mark.slow
 def test_a_review_marking_one_empty_corner_does_not_wreck_a_fine_tune():
     """CI found it: on biased-digits a grid run whose review marked one background corner
@@ -537,7 +540,12 @@ def test_a_review_marking_one_empty_corner_does_not_wreck_a_fine_tune():
     calibrated on a near-flat region, ~300-800, and the double backward then gave steps that
     wrecked the weights). With the engine's gradient clip for feedback terms
     (TrainConfig.term_grad_norm) these seeds train like a run with no penalty. Without it
-    (term_grad_norm=None) seed 0 ended at 39 %, seed 2 diverged, seed 3 at 20 %."""
+    (term_grad_norm=None) seed 0 ended at 39 %, seed 2 diverged, seed 3 at 20 %.
+
+    Lambda is fixed at 800, the steep end of what that machine's calibration gave: the
+    calibrated value follows the base model's floating-point path, and on another CPU the
+    same seeds calibrate at 60-200, a case that is not steep. At 800 without the clip, seed 0
+    ends at 37 %, seed 2 diverges and seed 3 ends at 29 % here."""
     import copy
 
     from core.data import load_dataset
@@ -554,9 +562,9 @@ def test_a_review_marking_one_empty_corner_does_not_wreck_a_fine_tune():
         picked = [int(i) for i in torch.randint(0, len(data.images), (2,), generator=g)]
         reviews = [GridAnnotation(example_id=i, label=int(data.labels[i]), shape=shape, n=7, squares=(0,))
                    for i in picked]
-        penalty = FEEDBACK.loss_term(data, reviews, GridSettings(share=SHARE))
+        penalty = FEEDBACK.loss_term(data, reviews, GridSettings(share=SHARE, lam=STEEP_LAMBDA))
         model = copy.deepcopy(base)
         result = fit(model, train, val, config=TrainConfig(epochs=2, lr=0.005, seed=seed), loss_terms={"grid": penalty})
-        assert penalty.calibrated and penalty.lam > 100  # the steep case
+        assert penalty.lam == STEEP_LAMBDA and penalty.last_weighted is not None  # the steep penalty was applied
         assert not result.diverged, (seed, result.message)
         assert evaluate(model, *val).accuracy >= 0.9, seed

@@ -280,7 +280,7 @@ def monitors_for(model: SteerableModel, sample: torch.Tensor | None = None, *, l
                  every: int = PROBE_EVERY, budget: float | None = PROBE_BUDGET, interval_s: float | None = None,
                  count: int | None = None) -> list[Callback]:
     """Statistics, settle tracking and (given a sample of images) an activation probe, bound
-    to ``model``: what ``Workbench.start_training(attach=...)`` takes. ``interval_s`` and
+    to ``model``: what ``JobOptions(attach=...)`` takes (``Workbench.train``, ``Workbench.start_training``). ``interval_s`` and
     ``count``: see :class:`ActivationProbe`."""
     settle = SettleTracker(model)
     settle.record(-1)  # the weights before the first epoch, so epoch 1 has a relative change

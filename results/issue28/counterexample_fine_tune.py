@@ -1,4 +1,4 @@
-"""FINE-TUNE with counterexamples on 16 images through the page's path (Workbench.start_feedback_training via
+"""FINE-TUNE with counterexamples on 16 images through the page's path (Workbench.start_training via
 core.feedback.attention.workflow.start_fine_tune), bundled biased digits, the page's defaults with counterexamples on."""
 import json, sys, time, tempfile, dataclasses, torch
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[2]))
