@@ -5,9 +5,11 @@ a polygon around, Undo / Redo / Clear, and CONFIRM, which hands the caller the a
 The draft (an image's marks before CONFIRM) is a dict: ``pos`` (x, y) points, ``neg`` superpixel
 ids, ``undo`` and ``redo`` stacks of (pos, neg), and ``ops``, the draft's **gesture count**: each
 click applied and each Clear (a change a person made to the marks; Undo and Redo step back through
-them and are not counted). An annotation's ``operations`` is that count in click mode and the
-polygon's vertices in polygon mode, on both pages. A caller that logs gestures (the study) gets
-each one through ``on_gesture`` before the draft changes.
+them and are not counted). In polygon mode an annotation's ``operations`` is the polygon's
+vertices. In click mode it is what the view's ``operations`` names: "gestures" (that count; the
+Attention page) or "marks" (the points and regions the annotation keeps; the study, whose own
+gesture count comes from its event log and whose annotations.csv reports this as ``marks``).
+A caller that logs gestures (the study) gets each one through ``on_gesture`` before the draft changes.
 """
 from __future__ import annotations
 
@@ -69,7 +71,9 @@ class AnnotationView:
     event applied, ``-poly-points-{id}`` the closed polygon). ``draft`` returns the image's draft
     (read again in callbacks). ``buttons``: the row under the image, by name ("undo", "redo",
     "clear", "confirm"); "" leaves a column for the caller. ``mode_switch``: the 'Left click marks'
-    switch and its x hotkey. ``picture_key``: the picture's state apart from the marks, to cache it."""
+    switch and its x hotkey. ``picture_key``: the picture's state apart from the marks, to cache it.
+    ``operations``: what a click-mode annotation's ``operations`` counts, "gestures" or "marks"
+    (see the module's docstring)."""
 
     prefix: str
     item_prefix: str
@@ -88,6 +92,7 @@ class AnnotationView:
     caption: Callable[[dict], str] = draft_summary
     buttons: Sequence[str] = ("undo", "redo", "clear", "confirm")
     confirm_label: str = "CONFIRM"
+    operations: str = "gestures"
 
     def key(self, name: str) -> str:
         """This image's state key ``name`` (img, poly, seen, poly-points)."""
@@ -200,7 +205,9 @@ def _annotation(view: AnnotationView, d: dict, points: list) -> AttentionAnnotat
         return AttentionAnnotation(view.example_id, view.label, shape, polygon=tuple(points), mode="polygon",
                                    operations=len(points))
     return AttentionAnnotation.from_masks(view.example_id, view.label, positives=d["pos"],
-                                          negative=np.isin(view.segments, d["neg"]), operations=d.get("ops", 0))
+                                          negative=np.isin(view.segments, d["neg"]),
+                                          operations=(len(d["pos"]) + len(d["neg"]) if view.operations == "marks"
+                                                      else d.get("ops", 0)))
 
 
 def annotate(view: AnnotationView) -> Annotated:

@@ -96,7 +96,8 @@ def annotation_view(flow: ParticipantFlow, cond: AttentionCondition, current: in
         on_gesture=lambda kind, payload: cond.gesture(kind, current, payload),
         caption=lambda d: ("Green dots: where the model should look. Red hatching: what it should ignore. "
                            "Heat map: where it looks now."),
-        buttons=("", "", "confirm") if polygon else ("undo", "clear", "confirm"), confirm_label="Confirm")
+        buttons=("", "", "confirm") if polygon else ("undo", "clear", "confirm"), confirm_label="Confirm",
+        operations="marks")
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

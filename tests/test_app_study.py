@@ -138,6 +138,7 @@ def test_a_participant_goes_through_a_condition_and_a_questionnaire(app_workspac
     rows = [r for r in tables["annotations"] if r["condition"] == "click"]
     assert len(rows) == 2 and all(r["seconds"] is not None for r in rows)
     assert sorted(r["gestures"] for r in rows) == [0, 2], rows  # both queued clicks were logged (the other draft was set by hand)
+    assert sorted(r["marks"] for r in rows) == [1, 2], rows  # the points and regions each annotation keeps
     summary = next(r for r in tables["summary"] if r["condition"] == "click")
     assert summary["test_acc_pct"] is not None and summary["sus"] == pytest.approx(50.0)
 
