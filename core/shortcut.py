@@ -99,3 +99,25 @@ def shortcut_meter(model: SteerableModel, data: ImageDataset, *, split: str | No
     return {"plain_acc": 100 * evaluate(model, x, y, device=device).accuracy,
             "swapped_acc": 100 * evaluate(model, swapped, y, device=device).accuracy,
             "rows": int(len(rows))}
+
+
+def split_accuracies(model: SteerableModel, data: ImageDataset) -> dict[str, float | None]:
+    """Accuracy (percent) on the test split (bias-conflicting for a biased set) and on
+    ``test_aligned`` (None when the data has no such split). ``model`` in eval mode."""
+    return {"test_acc": 100 * evaluate(model, *data.split("test")).accuracy,
+            "aligned_acc": (100 * evaluate(model, *data.split("test_aligned")).accuracy
+                            if "test_aligned" in data.splits else None)}
+
+
+def percent_in_mask(measure, model: SteerableModel, data: ImageDataset, split: str = "test",
+                    limit: int | None = None) -> float | None:
+    """``100 x measure(model, images, masks, labels)`` over the first ``limit`` rows of
+    ``split`` that have an object mask (a share of attention or of gradient on the object);
+    None when no row has one."""
+    rows = np.asarray(data.ids(split), dtype=np.int64)
+    rows = rows[data.rows_with_mask()[rows]][:limit] if data.masks is not None else rows[:0]
+    if not len(rows):
+        return None
+    idx = torch.as_tensor(rows)
+    return 100 * measure(model, data.images[idx], data.masks[idx], data.labels[idx])
+

@@ -88,6 +88,21 @@ def common_plan(kind: FeedbackKind, data: ImageDataset, annotations: Sequence[An
                     description=kind.describe(annotations), feedback=feedback)
 
 
+class PayloadCodec:
+    """Mixin of a feedback kind whose annotation type stores itself: ``annotation.payload()``
+    and ``annotation_type.from_payload(example_id, payload)``."""
+
+    annotation_type: type
+
+    def to_payload(self, annotation: Any) -> tuple[int, dict[str, Any]]:
+        """(example id, JSON-able payload) for the store."""
+        return int(annotation.example_id), annotation.payload()
+
+    def from_payload(self, example_id: int, payload: dict[str, Any]) -> Any:
+        """An annotation back from the store."""
+        return self.annotation_type.from_payload(example_id, payload)
+
+
 class CommonPlan:
     """Mixin of a feedback kind whose fine-tune is the common one (:func:`common_plan`)."""
 

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 
 from core.engine import Batch
 from core.explain.gradcam import gradcam
-from core.feedback import CommonPlan
+from core.feedback import CommonPlan, PayloadCodec
 from core.models.base import SteerableModel
 
 KIND = "attention"
@@ -262,17 +262,11 @@ class AttentionSettings:
     seed: int = 0
 
 
-class AttentionKind(CommonPlan):
+class AttentionKind(PayloadCodec, CommonPlan):
     """The attention-click feedback kind (see :class:`core.feedback.FeedbackKind`)."""
 
     name = KIND
     annotation_type = AttentionAnnotation
-
-    def to_payload(self, annotation: AttentionAnnotation) -> tuple[int, dict[str, Any]]:
-        return annotation.example_id, annotation.payload()
-
-    def from_payload(self, example_id: int, payload: dict[str, Any]) -> AttentionAnnotation:
-        return AttentionAnnotation.from_payload(example_id, payload)
 
     def loss_term(self, data, annotations: Sequence[AttentionAnnotation],
                   settings: AttentionSettings | None = None) -> AttentionLoss:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from core.data.spec import ImageDataset
-from core.engine import Callback, FitResult, TrainConfig, TrainControl, evaluate, fit, predict
+from core.engine import Callback, FitResult, TrainConfig, TrainControl, fit, predict
 from core.explain.gradcam import gradcam, gradcam_batches
 from core.explain.superpixels import superpixels
 from core.feedback.attention.loss import (
@@ -27,6 +27,7 @@ from core.feedback.attention.loss import (
 from core.feedback.counterexamples import KIND as CEX, CounterexampleSettings, counterexample_term
 from core.session.runs import FineTune, JobOptions
 from core.models import for_inference
+from core.shortcut import percent_in_mask, split_accuracies
 from core.models.base import SteerableModel
 from core.select import PoolView, get_sampler
 
@@ -192,17 +193,8 @@ def bias_report(model: SteerableModel, data: ImageDataset, *, masks_split: str =
     ``test_aligned`` when the data has it, and the share of Grad-CAM mass (true class) inside
     the object masks on the test split's rows that have a mask (None when none has)."""
     model = for_inference(model)  # one eval-mode model for every figure; a shared one is never switched
-    out: dict[str, float | None] = {}
-    x, y = data.split("test")
-    out["test_acc"] = 100 * evaluate(model, x, y).accuracy
-    out["aligned_acc"] = 100 * evaluate(model, *data.split("test_aligned")).accuracy if "test_aligned" in data.splits else None
-    rows = np.asarray(data.ids(masks_split), dtype=np.int64)
-    rows = rows[data.rows_with_mask()[rows]] if data.masks is not None else rows[:0]
-    if len(rows):
-        idx = torch.as_tensor(rows)
-        out["attention_in_mask"] = 100 * attention_in_mask(model, data.images[idx], data.masks[idx], data.labels[idx])
-    else:
-        out["attention_in_mask"] = None
+    out = split_accuracies(model, data)
+    out["attention_in_mask"] = percent_in_mask(attention_in_mask, model, data, masks_split)
     return out
 
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from core.engine import Batch
 from core.explain.saliency import input_gradients
-from core.feedback import CommonPlan
+from core.feedback import CommonPlan, PayloadCodec
 from core.models.base import SteerableModel
 
 KIND = "grid"
@@ -333,17 +333,11 @@ class GridSettings:
     share: float = SHARE
 
 
-class GridKind(CommonPlan):
+class GridKind(PayloadCodec, CommonPlan):
     """The grid feedback kind (see :class:`core.feedback.FeedbackKind`)."""
 
     name = KIND
     annotation_type = GridAnnotation
-
-    def to_payload(self, annotation: GridAnnotation) -> tuple[int, dict[str, Any]]:
-        return annotation.example_id, annotation.payload()
-
-    def from_payload(self, example_id: int, payload: dict[str, Any]) -> GridAnnotation:
-        return GridAnnotation.from_payload(example_id, payload)
 
     def loss_term(self, data, annotations: Sequence[GridAnnotation] = (),
                   settings: GridSettings | None = None) -> GridPenalty:

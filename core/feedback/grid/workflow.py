@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from core.data.spec import ImageDataset
-from core.engine import Callback, EpochInfo, FitResult, TrainConfig, TrainControl, evaluate, fit, predict
+from core.engine import Callback, EpochInfo, FitResult, TrainConfig, TrainControl, fit, predict
 from core.explain.saliency import input_gradients
 from core.feedback.grid.loss import (
     FEEDBACK as GRID,
@@ -27,6 +27,7 @@ from core.feedback.grid.loss import (
 )
 from core.feedback.counterexamples import KIND as CEX, CounterexampleSettings, counterexample_term
 from core.models import for_inference
+from core.shortcut import percent_in_mask, split_accuracies
 from core.models.base import SteerableModel
 from core.select import PoolView, get_sampler
 
@@ -246,16 +247,8 @@ def bias_report(model: SteerableModel, data: ImageDataset, *, gradient_rows: int
     ``test_aligned`` when the data has it, and the share of the squared input gradient on the
     object (percent) over the first ``gradient_rows`` test rows that have a mask (None when none has)."""
     model = for_inference(model)  # one eval-mode model for every figure; a shared one is never switched
-    out: dict[str, float | None] = {"test_acc": 100 * evaluate(model, *data.split("test")).accuracy}
-    out["aligned_acc"] = (100 * evaluate(model, *data.split("test_aligned")).accuracy
-                          if "test_aligned" in data.splits else None)
-    rows = np.asarray(data.ids("test"), dtype=np.int64)
-    rows = rows[data.rows_with_mask()[rows]][:gradient_rows] if data.masks is not None else rows[:0]
-    if len(rows):
-        idx = torch.as_tensor(rows)
-        out["gradient_in_mask"] = 100 * gradient_in_mask(model, data.images[idx], data.masks[idx], data.labels[idx])
-    else:
-        out["gradient_in_mask"] = None
+    out = split_accuracies(model, data)
+    out["gradient_in_mask"] = percent_in_mask(gradient_in_mask, model, data, "test", gradient_rows)
     return out
 
 

@@ -27,6 +27,7 @@ from scipy.spatial import cKDTree
 from core.data.spec import ImageDataset
 from core.engine import Batch
 from core.models.base import SteerableModel
+from core.feedback import PayloadCodec
 from core.feedback.latent.projection import ProjectionBranch
 from core.session.runs import FineTune, KindPlan
 
@@ -247,17 +248,11 @@ class LatentContext:
     variant: str = DEFAULT_VARIANT
 
 
-class LatentKind:
+class LatentKind(PayloadCodec):
     """The latent-moves feedback kind (see :class:`core.feedback.FeedbackKind`)."""
 
     name = KIND
     annotation_type = Move
-
-    def to_payload(self, annotation: Move) -> tuple[int, dict[str, Any]]:
-        return annotation.example_id, annotation.payload()
-
-    def from_payload(self, example_id: int, payload: dict[str, Any]) -> Move:
-        return Move.from_payload(example_id, payload)
 
     def loss_term(self, data, annotations: list[Move], settings: LatentContext) -> LatentMoveLoss:
         """The latent term for the moves; the implied-label variant also uses the class whose
