@@ -159,8 +159,8 @@ def test_preparing_the_map_reports_its_steps(app_workspace, monkeypatch):
     at = _open(app_workspace)
     no_exceptions(at)
     steps = {s for s, _, _ in seen}
-    assert {"Computing training features", "Computing pool features", "Projecting into the workspace"} <= steps \
-        or {"Computing pool features", "Projecting into the workspace"} <= steps, steps
+    assert {"Computing training features", "Computing pool features", "Projecting onto the map"} <= steps \
+        or {"Computing pool features", "Projecting onto the map"} <= steps, steps
     pool = [(d, t) for s, d, t in seen if s == "Computing pool features"]
     assert pool[0][0] == 0 and pool[-1][0] == pool[-1][1] == len(at.session_state["lat-view"].ids)
     assert not at.status  # the box is gone once the page is ready

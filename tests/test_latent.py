@@ -63,7 +63,7 @@ def test_loss_is_differentiable_into_the_backbone(tiny_data):
     loss = term(model, Batch(x[:4], y[:4], torch.arange(4), feats, model.head(feats)))
     loss.backward()
     assert model.conv1.weight.grad is not None and float(model.conv1.weight.grad.abs().sum()) > 0
-    assert all(not p.requires_grad for p in term.branch.parameters())  # the workspace axes stay fixed
+    assert all(not p.requires_grad for p in term.branch.parameters())  # the map's axes stay fixed
 
 
 def test_fine_tune_moves_points_toward_targets_and_others_less(tiny_data):

@@ -6,7 +6,7 @@ condition's starting model and kept with the workbench, so a refresh shows the s
 every selection and move logged before the page reacts, each move confirmed as one item of
 the budget, and the fine-tune whose model is the condition's outcome.
 
-An item is a move: it is "shown" when the workspace is ready for it (the first drawing, or
+An item is a move: it is "shown" when the map is ready for it (the first drawing, or
 the previous move) and confirmed when it is made, so its seconds are the time the participant
 took for that gesture and its gestures the selections and moves in between.
 ``core.feedback.latent.workflow`` does the latent work itself (projection, moves, fine-tune).
@@ -80,11 +80,11 @@ def condition_settings(design: dict[str, Any], name: str, *, practice: bool = Fa
 
 
 def centroid_targets(view: LatentView, example_ids: list[int], target_class: int, seed: int = 0) -> list[tuple[float, float]]:
-    """Targets at the workspace centroid of ``target_class`` for each id, spread a little (a
+    """Targets at the map centroid of ``target_class`` for each id, spread a little (a
     deterministic jitter from ``seed``, as on the Latent space page) so they do not land on one pixel."""
     cent = class_centroids(view.coords, view.labels, view.preds, int(view.probs.shape[1]))[int(target_class)]
     if np.isnan(cent).any():
-        raise StudyError("that class has no points in the workspace: choose another one")
+        raise StudyError("that class has no points on the map: choose another one")
     jitter = np.random.default_rng(seed).normal(0, 0.05, (len(example_ids), 2))
     return [(float(cent[0] + dx), float(cent[1] + dy)) for dx, dy in jitter]
 
@@ -98,13 +98,13 @@ class LatentCondition(StudyCondition):
         super().__init__(flow, wb)
         self.settings = condition_settings(flow.design, self.name, practice=self.practice)
 
-    # ------------------------------------------------------------------ the workspace (fixed for the condition)
+    # ------------------------------------------------------------------ the map (fixed for the condition)
     def branch(self, progress=None):
         """The projection branch: fitted once from the condition's starting model, kept on disk."""
         return load_or_fit_projection(self.wb, progress=progress)
 
     def view(self, branch, progress=None) -> LatentView:
-        """The pool split in the workspace under the current model (the starting one until the fine-tune)."""
+        """The pool split on the map under the current model (the starting one until the fine-tune)."""
         return latent_view(self.wb, branch, progress)
 
     def items(self, view: LatentView) -> dict[str, Any]:
@@ -123,7 +123,7 @@ class LatentCondition(StudyCondition):
     def _items(self) -> dict[str, Any]:
         items = self.wb.get_state(ITEMS_KEY)
         if items is None:
-            raise StudyError("the condition's points are not chosen yet: draw the workspace first")
+            raise StudyError("the condition's points are not chosen yet: draw the map first")
         return items
 
     def made(self) -> list[dict[str, Any]]:
@@ -141,7 +141,7 @@ class LatentCondition(StudyCondition):
 
     # ------------------------------------------------------------------ gestures (logged before the page reacts)
     def show(self, now: float | None = None) -> bool:
-        """Record when the workspace is first ready for the current move (its time starts there)."""
+        """Record when the map is first ready for the current move (its time starts there)."""
         item = self.current_item()
         items = self._items()
         if item is None or item in items["shown_items"]:
@@ -201,7 +201,7 @@ class LatentCondition(StudyCondition):
             raise StudyError("no point was moved in this condition: there is nothing to fine-tune on")
         try:
             job = start_update(self.wb, branch, moves, view, self.settings.update(self.wb.settings.get("device", "cpu")))
-        except ValueError as exc:  # the latent workspace's refusals (another version drawn, ...), as the page shows them
+        except ValueError as exc:  # the latent workflow's refusals (another version drawn, ...), as the page shows them
             raise StudyError(str(exc)) from None
         self._mark_fine_tune({"moves": len(self.made()), "points": len(moves)})
         return job

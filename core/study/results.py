@@ -206,7 +206,7 @@ def export_zip(studies: StudyStore, study_id: str, *, models: bool = False,
                                      "annotation keeps",
                             "images": "items confirmed: images, or moves for a latent condition",
                             "seconds": "from the item shown to its confirmation (for a latent condition: from "
-                                       "the workspace ready for the move to the move)",
+                                       "the map ready for the move to the move)",
                             "test_acc_pct": "percent of every test image right (bias-aligned ones included)",
                             "conflicting_acc_pct": "percent of the bias-conflicting test images right",
                             "version_metrics": "the workbench version's own figures, fractions 0-1 of its splits "

@@ -227,7 +227,7 @@ class PendingReview:
     undo: dict[str, list[list[int]]] = field(default_factory=dict)
     operations: dict[str, int] = field(default_factory=dict)
     shown_at: float = field(default_factory=time.time)
-    current: int = 0  # which image the workspace shows (index into ids)
+    current: int = 0  # which image the review shows (index into ids)
 
     def squares(self, example_id: int) -> list[int]:
         return list(self.marks.get(str(int(example_id)), []))

@@ -1,4 +1,4 @@
-"""Latent moves (seed 000): a person moves points in the 2D workspace; the network is
+"""Latent moves (seed 000): a person moves points on the 2D map; the network is
 fine-tuned so that the projection branch puts each moved example at its target.
 
 Loss = w_cls * CE(training batch) + w_dis * mean ||branch(features(x_moved)) - target||_2
@@ -8,7 +8,7 @@ examples' labels are not used unless asked for. Two variants beyond the paper:
 - "implied-label" adds CE toward the class whose region each point was moved into: the
   label the user implied by the move;
 - "lifted" (the default) uses no label either: it lifts each 2D target into feature space (the mean
-  features of the workspace points nearest to it) and adds a normalised L2 toward that.
+  features of the map's points nearest to it) and adds a normalised L2 toward that.
   On Quick Draw the 2D axes hold about half of the feature variance, so a point can reach
   its 2D target while the classifier, which reads every feature, still says the old class;
   the lifted target moves the rest of the features too.
@@ -48,7 +48,7 @@ DEFAULT_VARIANT = VARIANTS[0]
 
 @dataclass(frozen=True)
 class Move:
-    """Example ``example_id`` moved from ``source`` to ``target`` (workspace coordinates)."""
+    """Example ``example_id`` moved from ``source`` to ``target`` (map coordinates)."""
 
     example_id: int
     source: tuple[float, float]
@@ -180,7 +180,7 @@ class LatentMoveLoss:
 
 def implied_labels(targets: np.ndarray, coords: np.ndarray, predicted: np.ndarray, k: int = 10) -> np.ndarray:
     """The class whose region each target lies in: the majority predicted class among the
-    ``k`` workspace points nearest to it (the colour the user sees around the target)."""
+    ``k`` map points nearest to it (the colour the user sees around the target)."""
     targets = np.asarray(targets, dtype=np.float64)
     d = ((targets[:, None, :] - np.asarray(coords)[None, :, :]) ** 2).sum(-1)
     near = np.argsort(d, axis=1)[:, :k]
@@ -189,7 +189,7 @@ def implied_labels(targets: np.ndarray, coords: np.ndarray, predicted: np.ndarra
 
 
 def lift_targets(targets: np.ndarray, coords: np.ndarray, features: np.ndarray, k: int = 20) -> np.ndarray:
-    """Each 2D target lifted into feature space: the mean features of the ``k`` workspace
+    """Each 2D target lifted into feature space: the mean features of the ``k`` map
     points nearest to it."""
     d = ((np.asarray(targets, np.float64)[:, None, :] - np.asarray(coords)[None, :, :]) ** 2).sum(-1)
     near = np.argsort(d, axis=1)[:, :k]
@@ -197,7 +197,7 @@ def lift_targets(targets: np.ndarray, coords: np.ndarray, features: np.ndarray, 
 
 
 def class_centroids(coords: np.ndarray, labels: np.ndarray, predicted: np.ndarray | None, num_classes: int) -> np.ndarray:
-    """Workspace centroid of each class, over the points of that class the model gets right
+    """Map centroid of each class, over the points of that class the model gets right
     (all points of the class when it gets none right); NaN for absent classes."""
     out = np.full((num_classes, 2), np.nan)
     for c in range(num_classes):
@@ -211,7 +211,7 @@ def class_centroids(coords: np.ndarray, labels: np.ndarray, predicted: np.ndarra
 
 def candidates(coords: np.ndarray, probs: np.ndarray, labels: np.ndarray, *, k: int = 10, top: int = 20) -> dict[str, np.ndarray]:
     """Indices (into ``coords``) worth a look: ``uncertain`` (smallest margin between the top
-    two class probabilities) and ``foreign`` (most of the ``k`` nearest workspace neighbours
+    two class probabilities) and ``foreign`` (most of the ``k`` nearest neighbours on the map
     have another true class), ``top`` of each. Neighbours come from a k-d tree, so thousands
     of points take milliseconds (a full distance matrix of 5,000 points took seconds and 400 MB)."""
     coords = np.asarray(coords, dtype=np.float64)
@@ -238,7 +238,7 @@ def candidates(coords: np.ndarray, probs: np.ndarray, labels: np.ndarray, *, k: 
 
 @dataclass
 class LatentContext:
-    """What the latent loss needs besides the moves: the projection branch and the workspace
+    """What the latent loss needs besides the moves: the projection branch and the map
     view the moves were made in (pool coordinates, predictions and features)."""
 
     branch: ProjectionBranch

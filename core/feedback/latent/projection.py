@@ -1,9 +1,9 @@
-"""The 2D workspace of latent editing (seed 000): a projection branch on the model's feature
+"""The 2D map of latent editing (seed 000): a projection branch on the model's feature
 layer that reproduces the 2D PCA of the features.
 
 PCA is linear, so a linear branch reproduces it exactly; we fit it in closed form with
 scikit-learn's PCA instead of by gradient descent (same optimum, no training time). The
-branch stays fixed during a fine-tune, so the workspace's axes do not move: a point moves on
+branch stays fixed during a fine-tune, so the map's axes do not move: a point moves on
 screen only because the network's features for it changed.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from core.models.base import SteerableModel
 
 
 class ProjectionBranch(nn.Module):
-    """features (N, D) -> workspace coordinates (N, 2). Differentiable, so a loss on the
+    """features (N, D) -> map coordinates (N, 2). Differentiable, so a loss on the
     coordinates reaches the backbone."""
 
     def __init__(self, feature_dim: int) -> None:
@@ -34,7 +34,7 @@ class ProjectionBranch(nn.Module):
         return self.linear(features.to(self.linear.weight.dtype))
 
     def project(self, model: SteerableModel, images: torch.Tensor, batch_size: int = 512) -> np.ndarray:
-        """Workspace coordinates of ``images`` under ``model`` (eval mode, no gradients)."""
+        """Map coordinates of ``images`` under ``model`` (eval mode, no gradients)."""
         _, feats = predict(model, images, batch_size=batch_size, with_features=True)
         with torch.no_grad():
             return self.forward(feats.to(self.linear.weight.device)).cpu().numpy()
@@ -42,7 +42,7 @@ class ProjectionBranch(nn.Module):
 
 def fit_projection(features: np.ndarray | torch.Tensor, *, seed: int = 0) -> ProjectionBranch:
     """A branch whose output is the 2D PCA of ``features``, scaled so the first component has
-    unit standard deviation (a workspace of roughly [-3, 3] whatever the feature scale).
+    unit standard deviation (a map of roughly [-3, 3] whatever the feature scale).
 
     The PCA itself (mean, components, scale, explained variance) is kept in the branch's
     buffers, so its fidelity can be checked on new features with :func:`projection_r2`.

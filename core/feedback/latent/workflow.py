@@ -1,5 +1,5 @@
 """The latent-editing workflow on a workbench, without any UI: the fixed projection branch,
-the workspace view of the pool split, the move list on disk, Update and its summary."""
+the map of the pool split, the move list on disk, Update and its summary."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -62,7 +62,7 @@ def features_with_progress(model: SteerableModel, images: torch.Tensor, *, what:
 
 @dataclass
 class LatentView:
-    """The pool split in the workspace under one model version."""
+    """The pool split on the map under one model version."""
 
     version: int
     ids: np.ndarray  # example ids of the pool split
@@ -89,7 +89,7 @@ class LatentView:
 def load_or_fit_projection(wb: Workbench, *, refit: bool = False, seed: int = 0,
                            progress: Progress | None = None) -> ProjectionBranch:
     """The workbench's projection branch: fitted once (PCA of the current version's training
-    features) and kept on disk, so the workspace axes stay put across updates and restarts.
+    features) and kept on disk, so the map's axes stay put across updates and restarts.
     ``progress`` hears the steps of a fit (features k / n, then the PCA)."""
     path = wb.store.workbench_dir(wb.id) / PROJECTION_FILE
     if path.is_file() and not refit:
@@ -116,13 +116,13 @@ def latent_view(wb: Workbench, branch: ProjectionBranch, progress: Progress | No
         model, version = wb.model, wb.current_version
     images, labels = wb.data.split("pool")
     logits, feats = features_with_progress(model, images, what="pool", progress=progress)
-    _report(progress, "Projecting into the workspace", 0, 1)
+    _report(progress, "Projecting onto the map", 0, 1)
     with torch.no_grad():
         coords = branch(feats).numpy()
     probs = torch.softmax(logits, 1).numpy()
     view = LatentView(version, wb.data.ids("pool"), coords, labels.numpy(), probs.argmax(1), probs,
                       projection_r2(branch, feats.numpy()), feats.numpy())
-    _report(progress, "Projecting into the workspace", 1, 1)
+    _report(progress, "Projecting onto the map", 1, 1)
     return view
 
 

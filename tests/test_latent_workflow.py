@@ -121,7 +121,7 @@ def test_slow_steps_report_progress_step_by_step(workspace, tiny_data, monkeypat
     pool_steps = [c for c in calls if c[0] == "Computing pool features"]
     assert pool_steps[0] == ("Computing pool features", 0, n_pool) and pool_steps[-1][1] == n_pool
     assert len(pool_steps) == 1 + -(-n_pool // 8)
-    assert calls[-1] == ("Projecting into the workspace", 1, 1)
+    assert calls[-1] == ("Projecting onto the map", 1, 1)
     logits, feats = predict(wb.model, tiny_data.split("pool")[0], with_features=True)
     assert np.allclose(view.features, feats.numpy(), atol=1e-5)
     assert np.array_equal(view.preds, logits.argmax(1).numpy())
