@@ -89,10 +89,6 @@ def map_figure(view: LatentView, classes: list[str], moves: MoveList, shown: np.
     return fig
 
 
-# the old name, still imported by tests/test_app_colors.py (not this module's to change)
-workspace_figure = map_figure
-
-
 def selected_ids(event) -> list[int]:
     """The example ids of the points a plotly chart's selection ``event`` holds, sorted."""
     points = (event or {}).get("selection", {}).get("points", []) if event else []

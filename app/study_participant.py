@@ -21,7 +21,7 @@ from core.study.design import TLX_DIMENSIONS, raw_tlx, sus_score
 from core.study.flow import ParticipantFlow
 
 QUERY_KEY = "study"
-WORKSPACE_PX = 384  # the annotated picture's larger side (app.study_tasks draws its pictures as large)
+IMAGE_PX = 384  # the annotated picture's larger side (app.study_tasks draws its pictures as large)
 FINISHED = ("done", "failed", "diverged", "stopped")
 
 

@@ -1,5 +1,5 @@
 """The participant page's latent-editing and grid-feedback conditions (the attention one is in
-:mod:`app.study_participant`). Each draws the condition's items and turns gestures into calls
+:mod:`pages.participant`). Each draws the condition's items and turns gestures into calls
 on :mod:`core.study.latent` / :mod:`core.study.grid`, which log every gesture before the page
 reacts; the drawing reuses the Latent space page's map and canvas (:mod:`app.latent_plots`,
 :mod:`app.latent_panels`) and the
@@ -16,7 +16,7 @@ from app.latent_panels import MAP_CONFIG, drag_canvas
 from app.latent_plots import dropped_moves, map_figure, selected_ids
 from app.state import get_registry
 from app.widgets import canvas_toolbars_visible
-from app.study_participant import WORKSPACE_PX as IMAGE_PX, ss_key  # (its name there: not this module's to change)
+from app.study_participant import IMAGE_PX, ss_key
 from core.feedback.grid.loss import square_of
 from core.study.flow import ParticipantFlow
 from core.study.grid import GridCondition, review_maps

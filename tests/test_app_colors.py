@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from app.colors import PALETTE, class_color
-from app.latent_plots import workspace_figure
+from app.latent_plots import map_figure
 from app.monitor_plots import embedding_figure
 from core.feedback.latent.loss import MoveList
 from core.feedback.latent.workflow import LatentView
@@ -33,12 +33,12 @@ def test_latent_and_monitor_give_each_class_the_same_colour():
     coords = rng.normal(size=(n, 2)).astype(np.float32)
     view = LatentView(version=0, ids=np.arange(n), coords=coords, labels=labels, preds=preds,
                       probs=np.full((n, len(CLASSES)), 1 / len(CLASSES)), r2=1.0)
-    latent = _marker_colours(workspace_figure(view, CLASSES, MoveList(), np.arange(n)), prefix="pred ")
+    latent = _marker_colours(map_figure(view, CLASSES, MoveList(), np.arange(n)), prefix="pred ")
     monitor = _marker_colours(embedding_figure(coords, None, labels, preds, CLASSES, np.arange(n), title="t"))
     assert set(latent) == set(monitor) == set(CLASSES)
     assert latent == monitor == class_colors(CLASSES)
     # the legend swatches of the latent page too
-    legend = {t.name: t.marker.color for t in workspace_figure(view, CLASSES, MoveList(), np.arange(n)).data
+    legend = {t.name: t.marker.color for t in map_figure(view, CLASSES, MoveList(), np.arange(n)).data
               if t.name in CLASSES}
     assert legend == class_colors(CLASSES)
 
