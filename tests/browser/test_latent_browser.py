@@ -53,8 +53,9 @@ CUT_TEXTS = """(selector) => {
 
 def _drag_first_circle(page: Page) -> None:
     """Turn on the canvas's Edit mode if it is off and drag the first draggable circle."""
-    page.wait_for_function(f"({FIND_CIRCLE})() !== null", timeout=LONG)
-    point = page.evaluate(FIND_CIRCLE)
+    # the circle is looked up again until one is there: a rerun may redraw the canvas between
+    # a check and the lookup (seen once under the full browser suite's load)
+    point = page.wait_for_function(f"({FIND_CIRCLE})()", timeout=LONG).json_value()
     edit = page.locator(".st-key-lat-canvas button[aria-label=Edit]")
     if edit.get_attribute("aria-pressed") != "true":
         edit.click()
