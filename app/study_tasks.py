@@ -19,8 +19,10 @@ from app.widgets import canvas_toolbars_visible
 from app.study_participant import IMAGE_PX, ss_key
 from core.feedback.grid.loss import square_of
 from core.study.flow import ParticipantFlow
-from core.study.grid import GridCondition, review_maps
-from core.study.latent import LatentCondition, centroid_targets
+from core.feedback.grid.workflow import review_maps
+from core.study.grid import GridCondition
+from core.feedback.latent.workflow import centroid_targets
+from core.study.latent import LatentCondition
 from core.study.store import StudyError
 
 FINAL = ("done", "failed", "diverged", "stopped")
@@ -164,7 +166,7 @@ def _select_and_move(flow, cond: LatentCondition, view, moves, shown, classes, n
         if go:
             try:
                 cond.move(view, selected, centroid_targets(view, selected, classes.index(target), seed=n_made))
-            except StudyError as exc:
+            except ValueError as exc:  # a class with no point on the map, or the moves used up (StudyError)
                 st.error(f"Not moved: {exc}.")
                 return
             st.rerun()
@@ -202,7 +204,8 @@ def _maps(wb_id: str, version: int, ids: tuple[int, ...], method: str):
         model = wb.model
     from core.models import for_inference
 
-    return review_maps(for_inference(model), wb.data, list(ids), method)  # never switch the shared model's mode
+    shown = review_maps(for_inference(model), wb.data, list(ids), method)  # never switch the shared model's mode
+    return shown.maps, shown.predictions
 
 
 def grid(flow: ParticipantFlow, cond: GridCondition) -> None:

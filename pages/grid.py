@@ -13,7 +13,6 @@ from dataclasses import asdict, replace
 
 import numpy as np
 import streamlit as st
-import torch
 
 from app.click_image import events_after
 from app.grid_panels import (draw_live, marks_phrase, marks_use, parameter_panel, plural, results_panel, review_foot,
@@ -21,9 +20,9 @@ from app.grid_panels import (draw_live, marks_phrase, marks_use, parameter_panel
 from app.page_session import current_job, open_page
 from app.state import notice
 from app.widgets import live_job, offer_biased_digits, pct, start_job
-from core.engine import predict
-from core.explain.saliency import METHODS, saliency_maps
+from core.explain.saliency import METHODS
 from core.feedback.grid.loss import square_of
+from core.feedback.grid.workflow import review_maps
 from core.feedback.grid.job import (SETTINGS_KEY, GridPageSettings, continue_training, load_pending, review_model,
                                     review_records, save_pending, skip_review, start_grid_training, waiting_epoch)
 
@@ -47,24 +46,13 @@ def maps_for(pending, method: str) -> tuple[np.ndarray, np.ndarray]:
     model as it was when the job paused; cached per job, epoch and method."""
     cache = ss.setdefault("grid-maps", {})
     key = (pending.job, pending.epoch, method)
-    if not pending.ids:
-        return np.zeros((0, *shape), np.float32), np.zeros(0, np.int64)
     if key not in cache:
-        model = review_model(wb, job, pending.epoch)
-        idx = torch.as_tensor(pending.ids, dtype=torch.long)
-        try:
-            maps = saliency_maps(model, data.images[idx], data.labels[idx], method)
-        except ValueError as exc:  # DeepLift on a model torch.fx cannot trace
-            st.warning(f"{exc} Showing the input gradient instead.")
-            maps = saliency_maps(model, data.images[idx], data.labels[idx], "gradient")
-        # shown against the 99th percentile, not the maximum: gradient maps are spiky, and a few
-        # extreme pixels would leave the rest of the map too faint to read
-        top = np.percentile(maps.reshape(len(maps), -1), 99, axis=1).reshape(-1, 1, 1)
-        maps = np.clip(maps / np.maximum(top, 1e-12), 0, 1)
-        preds = predict(model, data.images[idx])[0].argmax(1).numpy()
+        shown = review_maps(review_model(wb, job, pending.epoch), data, pending.ids, method)
+        if shown.fallback:
+            st.warning(f"{shown.fallback} Showing the input gradient instead.")
         if len(cache) > 8:
             cache.pop(next(iter(cache)))
-        cache[key] = (maps, preds)
+        cache[key] = (shown.maps, shown.predictions)
     return cache[key]
 
 

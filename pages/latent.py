@@ -3,7 +3,6 @@ fine-tunes the model toward the moves. The panels are drawn by :mod:`app.latent_
 page reads the session and turns what is pressed or dragged into moves, saved before shown."""
 from __future__ import annotations
 
-import numpy as np
 import streamlit as st
 
 from app.latent_panels import (applied_moves_note, drag_canvas, drag_points, map_chart, map_controls, move_buttons,
@@ -13,10 +12,10 @@ from app.latent_plots import dropped_moves, zoom_to
 from app.page_session import current_job, open_page
 from app.state import notice
 from app.widgets import IDLE_POLL_S, live_job
-from core.feedback.latent.loss import Move, MoveList, class_centroids
-from core.feedback.latent.workflow import (PENDING_KEY, RESULT_KEY, discard, finish_update, heldout_metrics, keep_on,
-                                           latent_view, load_moves, load_or_fit_projection, pending_update, save_moves,
-                                           start_update)
+from core.feedback.latent.loss import Move, MoveList
+from core.feedback.latent.workflow import (PENDING_KEY, RESULT_KEY, centroid_targets, discard, finish_update,
+                                           heldout_metrics, keep_on, latent_view, load_moves, load_or_fit_projection,
+                                           pending_update, save_moves, start_update)
 from core.session.jobs import JobBusy
 from core.session.store import VersionRecord
 from core.models import CheckpointError
@@ -180,11 +179,10 @@ with left:
             consume_selection()
             st.rerun()
         if ask is not None and ask.to_centroid and not stale:
-            cent = class_centroids(view.coords, view.labels, view.preds, len(classes))
-            t = tuple(map(float, cent[classes.index(ask.target)]))
-            # a small deterministic spread keeps moved points from landing on one pixel
-            jitter = np.random.default_rng(len(moves)).normal(0, 0.05, (len(selected), 2))
-            move_to(selected, [(t[0] + dx, t[1] + dy) for dx, dy in jitter])
+            try:
+                move_to(selected, centroid_targets(view, selected, classes.index(ask.target), seed=len(moves)))
+            except ValueError as exc:  # no point of that class on the map
+                notice(f"Not moved: {exc}.", "warning")
             st.rerun()
         if ask is not None and ask.by_offset and not stale:
             idx = view.index_of()

@@ -38,6 +38,7 @@ from core.feedback.grid.workflow import (
     gradient_in_mask,
     random_review,
     review_candidates,
+    review_maps,
     review_rows,
     simulated_review,
     train_with_reviews,
@@ -568,3 +569,35 @@ def test_a_review_marking_one_empty_corner_does_not_wreck_a_fine_tune():
         assert penalty.lam == STEEP_LAMBDA and penalty.last_weighted is not None  # the steep penalty was applied
         assert not result.diverged, (seed, result.message)
         assert evaluate(model, *val).accuracy >= 0.9, seed
+
+
+# ----------------------------------------------------------------------------- what the reviewer sees
+def test_review_maps_are_scaled_per_image_and_come_with_the_predictions(tiny_data):
+    model = _model()
+    ids = [int(i) for i in tiny_data.ids("train")[:5]]
+    shown = review_maps(model, tiny_data, ids, "gradient")
+    assert shown.maps.shape == (5, *tiny_data.image_shape[1:]) and shown.method == "gradient" and not shown.fallback
+    assert shown.maps.min() >= 0 and shown.maps.max() <= 1
+    # scaled by each map's 99th percentile: about 1 % of each map's pixels saturate, the rest does not
+    assert all(0 < (m >= 1).mean() <= 0.05 for m in shown.maps)
+    expected = predict(model, tiny_data.images[torch.as_tensor(ids)])[0].argmax(1).numpy()
+    assert np.array_equal(shown.predictions, expected)
+    empty = review_maps(model, tiny_data, [], "gradient")
+    assert empty.maps.shape == (0, *tiny_data.image_shape[1:]) and len(empty.predictions) == 0
+
+
+def test_review_maps_fall_back_to_the_input_gradient_and_say_why(tiny_data, monkeypatch):
+    import core.explain.saliency as saliency
+
+    real = saliency.saliency_maps
+
+    def no_deeplift(model, images, targets, method="gradient", **kw):
+        if method == "deeplift":
+            raise ValueError("DeepLift cannot trace this model.")
+        return real(model, images, targets, method, **kw)
+
+    monkeypatch.setattr(saliency, "saliency_maps", no_deeplift)
+    ids = [int(i) for i in tiny_data.ids("train")[:3]]
+    shown = review_maps(_model(), tiny_data, ids, "deeplift")
+    assert shown.method == "gradient" and shown.fallback == "DeepLift cannot trace this model."
+    assert np.allclose(shown.maps, review_maps(_model(), tiny_data, ids, "gradient").maps)

@@ -220,3 +220,19 @@ def test_moves_of_an_older_release_count_as_made_on_the_current_version(workspac
     moves = load_moves(wb)
     assert len(moves) == 1 and moves.version is None and moves.undo_versions == [None]
     assert not moves.made_on_other_than(0) and not moves.made_on_other_than(5)
+
+
+def test_centroid_targets_spread_around_the_class_centroid_and_refuse_an_absent_class():
+    from types import SimpleNamespace
+
+    coords = np.array([[0.0, 0.0], [2.0, 0.0], [10.0, 10.0], [12.0, 10.0]])
+    labels, preds = np.array([0, 0, 1, 1]), np.array([0, 0, 1, 0])
+    view = SimpleNamespace(coords=coords, labels=labels, preds=preds, probs=np.zeros((4, 3)))
+    targets = lw.centroid_targets(view, [7, 8, 9], 1, seed=3)
+    # class 1's centroid over the points the model gets right: (10, 10) alone
+    assert len(targets) == 3 and all(abs(x - 10) < 0.3 and abs(y - 10) < 0.3 for x, y in targets)
+    assert len({t for t in targets}) == 3  # spread, not one pixel
+    assert targets == lw.centroid_targets(view, [7, 8, 9], 1, seed=3)  # deterministic under the seed
+    assert targets != lw.centroid_targets(view, [7, 8, 9], 1, seed=4)
+    with pytest.raises(ValueError, match="no points on the map"):
+        lw.centroid_targets(view, [7], 2)  # class 2 has no point

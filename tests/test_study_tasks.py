@@ -15,7 +15,8 @@ from core.study.design import CONFIRM, SHOW
 from core.study.flow import ParticipantFlow, Step
 from core.study.grid import ROUND_KEY, GridCondition
 from core.study.grid import condition_settings as grid_settings
-from core.study.latent import LatentCondition, centroid_targets
+from core.feedback.latent.workflow import centroid_targets
+from core.study.latent import LatentCondition
 from core.study.latent import condition_settings as latent_settings
 from core.study.results import export_zip, study_tables
 from core.study.store import StudyError, StudyStore

@@ -94,22 +94,6 @@ def choose_images(model, data, k: int, sampler: str, seed: int = 0) -> list[int]
     return ids
 
 
-def review_maps(model, data, ids: list[int], method: str = "gradient") -> tuple[np.ndarray, np.ndarray]:
-    """Saliency maps (N, H, W) in [0, 1] of the images' true class, scaled by each map's 99th
-    percentile as the Grid feedback page shows them, and the model's predictions."""
-    from core.explain.saliency import saliency_maps
-
-    if not ids:
-        return np.zeros((0, *data.image_shape[1:]), np.float32), np.zeros(0, np.int64)
-    idx = torch.as_tensor(ids, dtype=torch.long)
-    try:
-        maps = saliency_maps(model, data.images[idx], data.labels[idx], method)
-    except ValueError:  # a method this model cannot run (DeepLift on an untraceable model)
-        maps = saliency_maps(model, data.images[idx], data.labels[idx], "gradient")
-    top = np.percentile(maps.reshape(len(maps), -1), 99, axis=1).reshape(-1, 1, 1)
-    return np.clip(maps / np.maximum(top, 1e-12), 0, 1), predict(model, data.images[idx])[0].argmax(1).numpy()
-
-
 class GridCondition(StudyCondition):
     """The participant's current grid condition (or practice round) on its workbench."""
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from core.feedback.latent.loss import DEFAULT_VARIANT, PAPER_LR, PAPER_MOMENTUM, PAPER_WEIGHTS, VARIANTS, Move, class_centroids
+from core.feedback.latent.loss import DEFAULT_VARIANT, PAPER_LR, PAPER_MOMENTUM, PAPER_WEIGHTS, VARIANTS, Move
 from core.feedback.latent.workflow import (
     LatentView,
     UpdateSettings,
@@ -77,16 +77,6 @@ def condition_settings(design: dict[str, Any], name: str, *, practice: bool = Fa
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
             raise StudyError(f"condition {name!r}: {what} must be a whole number from {lo} to {hi} (got {value!r})")
     return s
-
-
-def centroid_targets(view: LatentView, example_ids: list[int], target_class: int, seed: int = 0) -> list[tuple[float, float]]:
-    """Targets at the map centroid of ``target_class`` for each id, spread a little (a
-    deterministic jitter from ``seed``, as on the Latent space page) so they do not land on one pixel."""
-    cent = class_centroids(view.coords, view.labels, view.preds, int(view.probs.shape[1]))[int(target_class)]
-    if np.isnan(cent).any():
-        raise StudyError("that class has no points on the map: choose another one")
-    jitter = np.random.default_rng(seed).normal(0, 0.05, (len(example_ids), 2))
-    return [(float(cent[0] + dx), float(cent[1] + dy)) for dx, dy in jitter]
 
 
 class LatentCondition(StudyCondition):

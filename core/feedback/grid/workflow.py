@@ -105,6 +105,39 @@ def random_review(data: ImageDataset, ids: Sequence[int], *, n: int | None = Non
             for a in like]
 
 
+@dataclass(frozen=True)
+class ReviewMaps:
+    """What a reviewer sees: saliency maps (N, H, W) in [0, 1] of the images' true class, each
+    scaled by its 99th percentile, the model's predictions, and the method that made the maps
+    (``fallback``: why the asked-for method could not run on this model, so the input gradient
+    made them; empty when it ran)."""
+
+    maps: np.ndarray
+    predictions: np.ndarray
+    method: str
+    fallback: str = ""
+
+
+def review_maps(model: SteerableModel, data: ImageDataset, ids: Sequence[int], method: str = "gradient") -> ReviewMaps:
+    """The maps and predictions of the images under review, as the Grid page and the study's
+    grid condition show them. Scaled by the 99th percentile, not the maximum: gradient maps are
+    spiky, and a few extreme pixels would leave the rest of the map too faint to read."""
+    from core.explain.saliency import saliency_maps  # Captum loads on first use
+
+    if not len(ids):
+        return ReviewMaps(np.zeros((0, *data.image_shape[1:]), np.float32), np.zeros(0, np.int64), method)
+    idx = torch.as_tensor(list(ids), dtype=torch.long)
+    used, fallback = method, ""
+    try:
+        maps = saliency_maps(model, data.images[idx], data.labels[idx], method)
+    except ValueError as exc:  # a method this model cannot run (DeepLift on a model torch.fx cannot trace)
+        used, fallback = "gradient", str(exc)
+        maps = saliency_maps(model, data.images[idx], data.labels[idx], used)
+    top = np.percentile(maps.reshape(len(maps), -1), 99, axis=1).reshape(-1, 1, 1)
+    preds = predict(model, data.images[idx])[0].argmax(1).numpy()
+    return ReviewMaps(np.clip(maps / np.maximum(top, 1e-12), 0, 1), preds, used, fallback)
+
+
 def without_masks(data: ImageDataset, split: str = "train") -> np.ndarray:
     """Ids of ``split`` that have no object mask (a simulated user cannot review them)."""
     ids = np.asarray(data.ids(split), dtype=np.int64)

@@ -2,7 +2,7 @@
 the map of the pool split, the move list on disk, Update and its summary."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -22,6 +22,7 @@ from core.feedback.latent.loss import (
     LatentMoveLoss,
     Move,
     MoveList,
+    class_centroids,
 )
 from core.session.jobs import Job
 from core.models import atomic_torch_save
@@ -221,6 +222,18 @@ def _versions_from_json(raw: Any, n: int) -> list[int | None]:
     if not isinstance(raw, list) or len(raw) != n:
         return [None] * n
     return [None if v is None else int(v) for v in raw]
+
+
+def centroid_targets(view: LatentView, example_ids: Sequence[int], target_class: int,
+                     seed: int = 0) -> list[tuple[float, float]]:
+    """Targets at the map centroid of ``target_class`` for each id (the Latent space page's and
+    the study's "Move to its centroid"), spread by a small deterministic jitter from ``seed`` so
+    the moved points do not land on one pixel. ValueError when the class has no point on the map."""
+    cent = class_centroids(view.coords, view.labels, view.preds, int(view.probs.shape[1]))[int(target_class)]
+    if np.isnan(cent).any():
+        raise ValueError("that class has no points on the map: choose another one")
+    jitter = np.random.default_rng(seed).normal(0, 0.05, (len(example_ids), 2))
+    return [(float(cent[0] + dx), float(cent[1] + dy)) for dx, dy in jitter]
 
 
 def load_moves(wb: Workbench) -> VersionedMoveList:
