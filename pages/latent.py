@@ -62,13 +62,7 @@ if pending is not None and not busy and job is not None and job.kind == "latent"
         st.rerun()
     elif job.status in ("failed", "diverged", "stopped"):
         wb.put_state(PENDING_KEY, None)  # no version: the moves stay for another try
-moves = ss["lat-moves"] = load_moves(wb)  # from the store on every run: other tabs may have moved points
-if moves.version is None and (moves.moves or moves.undo_stack or moves.redo_stack):
-    # saved by an older release, without a version: made on the version shown now
-    moves.version = view.version
-    moves.undo_versions = [view.version if v is None else v for v in moves.undo_versions]
-    moves.redo_versions = [view.version if v is None else v for v in moves.redo_versions]
-    save_moves(wb, moves)
+moves = ss["lat-moves"] = load_moves(wb, view.version)  # from the store on every run: other tabs may have moved points
 # moves made on another version (restored or trained in another tab, or on Home): their sources
 # are that version's positions, so they are neither drawn nor applied here until the person
 # keeps them on this version or discards them

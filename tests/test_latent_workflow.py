@@ -220,6 +220,11 @@ def test_moves_of_an_older_release_count_as_made_on_the_current_version(workspac
     moves = load_moves(wb)
     assert len(moves) == 1 and moves.version is None and moves.undo_versions == [None]
     assert not moves.made_on_other_than(0) and not moves.made_on_other_than(5)
+    # read by a page that shows v3: taken as made on v3, and saved so
+    shown = load_moves(wb, 3)
+    assert shown.version == 3 and shown.undo_versions == [3] and not shown.made_on_other_than(3)
+    again = load_moves(wb)
+    assert again.version == 3 and again.undo_versions == [3] and again.made_on_other_than(4)
 
 
 def test_centroid_targets_spread_around_the_class_centroid_and_refuse_an_absent_class():

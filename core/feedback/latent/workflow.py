@@ -236,9 +236,10 @@ def centroid_targets(view: LatentView, example_ids: Sequence[int], target_class:
     return [(float(cent[0] + dx), float(cent[1] + dy)) for dx, dy in jitter]
 
 
-def load_moves(wb: Workbench) -> VersionedMoveList:
+def load_moves(wb: Workbench, shown: int | None = None) -> VersionedMoveList:
     """The move list as saved in the store, with its undo and redo history and the version
-    each state was made on."""
+    each state was made on. ``shown``: the version on the page; moves an older release saved
+    without a version are taken as made on it, and saved so."""
     saved = MoveList.from_items([(a.example_id, a.payload) for a in wb.annotations(KIND)])
     moves = VersionedMoveList(saved.moves)
     history = wb.store.get_state(wb.id, HISTORY_KEY) or {}
@@ -251,6 +252,11 @@ def load_moves(wb: Workbench) -> VersionedMoveList:
         moves.redo_versions = _versions_from_json(history.get("redo_versions"), len(moves.redo_stack))
     except (KeyError, TypeError, ValueError, AttributeError):  # a history from another release: keep the moves
         moves.undo_stack, moves.redo_stack, moves.undo_versions, moves.redo_versions = [], [], [], []
+    if shown is not None and moves.version is None and (moves.moves or moves.undo_stack or moves.redo_stack):
+        moves.version = int(shown)
+        moves.undo_versions = [moves.version if v is None else v for v in moves.undo_versions]
+        moves.redo_versions = [moves.version if v is None else v for v in moves.redo_versions]
+        save_moves(wb, moves)
     return moves
 
 
