@@ -10,8 +10,7 @@ import streamlit as st
 from app.access import password_form, secret
 from app.state import get_base_models, get_dataset, get_registry, get_store
 from app.study_admin_form import clear_new_study_form, new_study_form
-from core.study.design import likert_template
-from core.study.flow import ParticipantFlow, normalize_design
+from core.study.flow import ParticipantFlow, new_design
 from core.study.results import condition_means, export_zip, study_tables
 from core.study.store import StudyError, StudyStore
 
@@ -98,14 +97,10 @@ with new_tab:
         st.success(st.session_state.pop("sa-created"))
     form = new_study_form()
     if form is not None:
-        typed = [t.strip() for t in form.items.splitlines() if t.strip()]
-        likert = ([{"id": f"Q{k + 1}", "kind": "likert", "text": t} for k, t in enumerate(typed)] if typed
-                  else likert_template(form.conditions))
-        design = {"task": form.tasks[0], "dataset": form.dataset, "arch": "seed-cnn", "intro": form.intro,
-                  "conditions": form.conditions, "practice": form.practice,
-                  "questionnaires": {"after_each": form.after, "final": form.final}, "likert_items": likert}
         try:
-            design = normalize_design(design)
+            design = new_design(task=form.tasks[0], dataset=form.dataset, conditions=form.conditions, intro=form.intro,
+                                practice=form.practice, after_each=form.after, final=form.final,
+                                likert_texts=form.items)
             study_id, tokens = studies.create_study(form.name, design, participants=form.people,
                                                     refuse_repeat_s=REPEAT_S)
         except StudyError as exc:  # the form keeps what was typed, to fix and send again

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from core.session.store import Store
-from core.study.flow import ParticipantFlow, Step, condition_outcome, normalize_design, steps_for
+from core.study.design import likert_template
+from core.study.flow import ParticipantFlow, Step, condition_outcome, new_design, normalize_design, steps_for
 from core.study.store import StudyError, StudyStore
 
 DESIGN = {
@@ -57,6 +58,22 @@ def test_defaults_are_filled_in_and_bad_designs_say_what_to_fix():
     ]:
         with pytest.raises(StudyError, match=why):
             normalize_design(bad)
+
+
+def test_new_design_from_the_form_fields_numbers_typed_items_or_takes_the_template():
+    two = [{"name": "clicks", "task": "attention"}, {"name": "squares", "task": "grid"}]
+    typed = new_design(task="attention", dataset="biased-digits", conditions=two, intro="Hi",
+                       after_each=["sus"], final=["likert"], likert_texts="  It helped \n\nI trust it\n")
+    assert typed["likert_items"] == [{"id": "Q1", "kind": "likert", "text": "It helped"},
+                                     {"id": "Q2", "kind": "likert", "text": "I trust it"}]
+    assert typed["questionnaires"] == {"after_each": ["sus"], "final": ["likert"]}
+    assert typed["intro"] == "Hi" and typed["arch"] == "seed-cnn" and typed["dataset"] == "biased-digits"
+    assert [c["task"] for c in typed["conditions"]] == ["attention", "grid"]
+    blank = new_design(task="attention", dataset="biased-digits", conditions=two, final=["likert"])
+    assert blank["likert_items"] == normalize_design({"conditions": two, "likert_items":
+                                                      likert_template(two)})["likert_items"]
+    with pytest.raises(StudyError, match="2 to 4 conditions"):
+        new_design(task="attention", dataset="biased-digits", conditions=two[:1])
 
 
 def test_progress_label_budget_and_resume_after_a_restart(tmp_path):

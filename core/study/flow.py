@@ -98,6 +98,20 @@ def normalize_design(design: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def new_design(*, task: str, dataset: str, conditions: list[dict[str, Any]], intro: str = "",
+               practice: bool = False, after_each: list[str] | tuple[str, ...] = (),
+               final: list[str] | tuple[str, ...] = (), likert_texts: str = "", arch: str = "seed-cnn") -> dict[str, Any]:
+    """A checked design from the New study form's fields (:func:`normalize_design`).
+    ``likert_texts``: the typed Likert items, one per line (blank lines skipped); none typed:
+    seed 001's items for these conditions. Raises :class:`StudyError` as normalize_design does."""
+    typed = [t.strip() for t in likert_texts.splitlines() if t.strip()]
+    likert = ([{"id": f"Q{k + 1}", "kind": "likert", "text": t} for k, t in enumerate(typed)] if typed
+              else likert_template(conditions))
+    return normalize_design({"task": task, "dataset": dataset, "arch": arch, "intro": intro, "conditions": conditions,
+                             "practice": practice, "questionnaires": {"after_each": list(after_each), "final": list(final)},
+                             "likert_items": likert})
+
+
 def _positive_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise StudyError(f"{what} must be a whole number of at least 1 (got {value!r})")
