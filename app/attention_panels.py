@@ -15,6 +15,7 @@ import torch
 
 from app.attention_annotate import cached_picture
 from app.attention_widgets import render, thumbnail
+from app.mark_uses import MarkUses, mark_uses_panel
 from app.shortcut_widgets import shortcut_compare
 from app.widgets import metric_delta
 from core.engine import predict
@@ -36,6 +37,18 @@ from core.session.workbench import Workbench
 
 SAMPLER_LABELS = {"random": "random", "entropy": "entropy", "margin": "margin", "kcenter": "k-center greedy",
                   "gmm": "GMM over attention (paper)"}
+
+
+MARK_USES = MarkUses(
+    "att", "What the fine-tune uses", "guidance", "Attention loss",
+    "w_g x the click loss (the paper's): the Grad-CAM's barycentre toward your positive clicks, and less attention "
+    "in what you marked to ignore.",
+    "Counterexamples from the 'ignore' marks",
+    "For each annotated image, copies whose right-clicked regions (or everything outside the polygon) come from other "
+    "training images, with the label kept: a background colour or texture that a region penalty cannot fence off "
+    "stops naming the class (Teso & Kersting 2019).",
+    "k: copies made of each annotated image that has marks, each with another donor image.",
+    "Neither is on: FINE-TUNE trains with cross-entropy on the annotated images only.")
 
 
 def sampler_label(name: str) -> str:
@@ -103,20 +116,7 @@ def parameter_panel(wb: Workbench, settings: PageSettings) -> None:
     st.radio("Annotate by", ["click", "polygon"], key="att-p-mode", on_change=save, horizontal=True,
              help="click: left-click where to look, right-click what to ignore. polygon: draw around the object "
                   "(the paper's user-study baseline; pixel-level supervision).")
-    with st.container(key="att-cex-panel"):
-        st.markdown("**What the fine-tune uses**")
-        st.toggle("Attention loss", key="att-p-guidance", on_change=save,
-                  help="w_g x the click loss (the paper's): the Grad-CAM's barycentre toward your positive clicks, "
-                       "and less attention in what you marked to ignore.")
-        st.toggle("Counterexamples from the 'ignore' marks", key="att-p-counterexamples", on_change=save,
-                  help="For each annotated image, copies whose right-clicked regions (or everything outside the "
-                       "polygon) come from other training images, with the label kept: a background colour or texture "
-                       "that a region penalty cannot fence off stops naming the class (Teso & Kersting 2019).")
-        st.number_input("Counterexamples per image", 1, 64, step=1, key="att-p-cex_k", on_change=save,
-                        disabled=not ss.get("att-p-counterexamples"),
-                        help="k: copies made of each annotated image that has marks, each with another donor image.")
-        if not ss.get("att-p-guidance") and not ss.get("att-p-counterexamples"):
-            st.caption("Neither is on: FINE-TUNE trains with cross-entropy on the annotated images only.")
+    mark_uses_panel(MARK_USES, save)
 
 
 # ---------------------------------------------------------------- test mode
