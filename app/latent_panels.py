@@ -137,7 +137,7 @@ def map_chart(view: LatentView, classes: list[str], drawn: MoveList, points: Sho
     selected on it and whether that button was pressed."""
     fig = map_figure(view, classes, drawn, points.shown, highlight=points.highlight,
                      dragmode="lasso" if tool == "lasso" else "select", ranges=zoom)
-    with st.container(key="lat-workspace"):  # (the key tests and styles know it by)
+    with st.container(key="lat-map"):  # (the key tests and styles know it by)
         event = st.plotly_chart(fig, key=key, on_select="rerun", selection_mode=("points", "box", "lasso"),
                                 width="stretch", config=MAP_CONFIG)
     zoom_out = bool(zoom) and st.button("Show all points", key="lat-zoom-out", icon=":material/zoom_out_map:",

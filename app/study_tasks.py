@@ -223,7 +223,7 @@ def grid(flow: ParticipantFlow, cond: GridCondition) -> None:
     h, w = data.image_shape[1:]
     n = int(rnd["n"])
     s = cond.settings.page
-    with st.container(key="study-workspace"):
+    with st.container(key="study-task"):
         st.markdown(f"Image {k + 1} of {len(ids)}: it shows **{data.classes[int(data.labels[current])]}**; the model "
                     f"says **{data.classes[int(preds[k])]}**.")
         if not cond.settings.marks:

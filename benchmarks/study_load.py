@@ -161,7 +161,7 @@ async def state_of(page, shared: Shared, gen: int) -> str:
       if (live('.st-key-study-fine-tune').length) return 'tune';
       if (live('.st-key-study-questionnaire').length) return 'questionnaire';
       if (text.includes('This part is done')) return 'done';
-      if (live('.st-key-study-workspace').length && text.includes('This image shows')) return 'image';
+      if (live('.st-key-study-task').length && text.includes('This image shows')) return 'image';
       if (live('.st-key-study-start').length) return 'welcome';
       return '';
     }"""
@@ -195,13 +195,13 @@ async def annotate_one(page, shared: Shared, gen: int, p: Participant) -> None:
     k = await image_number(page)
     mode = p.order[0]
     if mode == "click":
-        img = page.locator('.st-key-study-workspace:not([data-stale="true"]) .sb-click-wrap img').first
+        img = page.locator('.st-key-study-task:not([data-stale="true"]) .sb-click-wrap img').first
         await img.wait_for(state="visible")  # the click component draws its image in a shadow root
         box = await img.bounding_box()
         await timed(page, shared, gen, p, "click", lambda: img.click(
             position={"x": box["width"] * 0.5, "y": box["height"] * 0.5}), PRESENT_JS, [ENABLED, None])
     else:
-        canvas = page.locator('.st-key-study-workspace:not([data-stale="true"]) canvas').last
+        canvas = page.locator('.st-key-study-task:not([data-stale="true"]) canvas').last
         await canvas.wait_for(state="visible")
         await page.wait_for_timeout(1500)  # fabric.js binds its handlers after the canvas shows
         box = await canvas.bounding_box()

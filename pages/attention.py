@@ -88,7 +88,7 @@ def annotation_panel(rnd: Round, current: int, done: set[int], page_ids: list[in
     NEXT page of candidates."""
     if rnd.mark_shown(current):
         save_round(wb, rnd)  # the clock for this image's timing starts now, and survives a refresh
-    with st.container(key="att-workspace"):
+    with st.container(key="att-annotate"):
         st.markdown(f"**Image {current}** · true class **{data.classes[int(data.labels[current])]}**"
                     + (" · ✓ confirmed (confirming again replaces it)" if current in done else ""))
         done_now = annotate(annotation_view(current))

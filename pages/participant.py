@@ -96,7 +96,7 @@ def attention_condition(flow: ParticipantFlow, cond: AttentionCondition, job) ->
         return
     cond.show(current)  # the clock for this image starts at its first showing, and survives a refresh
     data = cond.wb.data
-    with st.container(key="study-workspace"):
+    with st.container(key="study-task"):
         st.markdown(f"This image shows **{data.classes[int(data.labels[current])]}**.")
         done = annotate(annotation_view(flow, cond, current))
     if done.annotation is not None:

@@ -62,7 +62,7 @@ def wait_idle(page: Page, timeout: int = 30_000) -> None:
 # ----------------------------------------------------------------------------- the Attention page's demo
 # The simulated user's round on the Attention page, shared by tests/browser/test_attention_demo_browser.py
 # and benchmarks/attention_page_run.py (which loads this file by path).
-ATT_IMG = ".st-key-att-workspace .sb-click-wrap img"
+ATT_IMG = ".st-key-att-annotate .sb-click-wrap img"
 
 
 def set_page_number(page: Page, label: str, value: int, panel: str = ".st-key-att-params",
@@ -174,7 +174,7 @@ def run_attention_demo(page: Page, url: str, workspace, source: str, *, images: 
         while True:  # the workspace moves on to the next unconfirmed image after CONFIRM
             wait_idle(page, timeout)
             expect(page.locator(live(ATT_IMG))).to_have_count(1, timeout=timeout)
-            title = page.locator(live(".st-key-att-workspace")).first.inner_text()
+            title = page.locator(live(".st-key-att-annotate")).first.inner_text()
             found = re.search(r"Image (\d+)", title)
             if found and int(found.group(1)) not in meant:
                 break

@@ -59,7 +59,7 @@ def set_number(page: Page, label: str, value: int) -> None:
     set_page_number(page, label, value, timeout=LONG)
 
 
-IMG = ".st-key-att-workspace .sb-click-wrap img"
+IMG = ".st-key-att-annotate .sb-click-wrap img"
 
 
 def test_clicks_confirm_refresh_and_fine_tune(start_server, attention_workspace, page: Page):

@@ -18,7 +18,7 @@ def _box(locator) -> dict:
 def test_latent_canvas_toolbar_is_always_visible_and_covers_nothing(page: Page, app_url: str):
     page.set_viewport_size({"width": 1400, "height": 1100})
     page.goto(app_url.rstrip("/") + "/latent")
-    expect(page.locator(".st-key-lat-workspace .js-plotly-plot").first).to_be_visible(timeout=LONG)
+    expect(page.locator(".st-key-lat-map .js-plotly-plot").first).to_be_visible(timeout=LONG)
     # while a rerun replaces the tab bar, Streamlit briefly shows two copies of it: wait for one
     expect(page.get_by_role("tab", name="Drag a point")).to_have_count(1, timeout=LONG)
     page.get_by_role("tab", name="Drag a point").click()

@@ -70,7 +70,7 @@ def test_drag_a_point_then_update_makes_version_and_summary(page: Page, app_url:
     move is history now, so Undo is off and says why. A new drag can be undone, and Undo then
     stops at the update instead of bringing back its moves (issue 29)."""
     page.goto(app_url.rstrip("/") + "/latent")
-    expect(page.locator(".st-key-lat-workspace .js-plotly-plot")).to_be_visible(timeout=LONG)
+    expect(page.locator(".st-key-lat-map .js-plotly-plot")).to_be_visible(timeout=LONG)
     expect_text(page, MOVES, "Moves: 0", LONG)
     # while a rerun replaces the tab bar, Streamlit briefly shows two copies of it: wait for one
     expect(page.get_by_role("tab", name="Drag a point")).to_have_count(1, timeout=LONG)
@@ -110,7 +110,7 @@ def test_drag_a_point_then_update_makes_version_and_summary(page: Page, app_url:
 
 
 RANGES = """() => {
-  const gd = document.querySelector('.st-key-lat-workspace .js-plotly-plot');
+  const gd = document.querySelector('.st-key-lat-map .js-plotly-plot');
   if (!gd || !gd._fullLayout) return null;
   return {x: gd._fullLayout.xaxis.range.slice(), y: gd._fullLayout.yaxis.range.slice()};
 }"""
@@ -129,7 +129,7 @@ def test_zoom_survives_a_move(page: Page, app_url: str):
     offset: the chart keeps the zoom. (Streamlit redraws a plotly chart from scratch when its
     figure changes, so the zoom is the page's own: "Zoom to selection", kept across moves.)"""
     page.goto(app_url.rstrip("/") + "/latent")
-    chart = page.locator(".st-key-lat-workspace .js-plotly-plot")
+    chart = page.locator(".st-key-lat-map .js-plotly-plot")
     expect(chart).to_be_visible(timeout=LONG)
     expect_text(page, MOVES, "Moves: 0", LONG)
     page.wait_for_function(f"({RANGES})() !== null", timeout=LONG)
@@ -151,7 +151,7 @@ def test_zoom_survives_a_move(page: Page, app_url: str):
                            arg=full, timeout=LONG)
     expect(page.locator(".st-key-lat-zoom-out")).to_be_visible(timeout=LONG)
     zoomed = page.evaluate(RANGES)
-    chart = page.locator(".st-key-lat-workspace .js-plotly-plot")
+    chart = page.locator(".st-key-lat-map .js-plotly-plot")
     _drag(page, chart.locator(".nsewdrag").first.bounding_box(), 0.1, 0.1, 0.9, 0.9)
     expect_text(page, ".st-key-lat-selection", re.compile(r"\d+ selected"), LONG)
     dx = page.locator(".st-key-lat-selection").get_by_label("dx")
@@ -186,7 +186,7 @@ def test_drag_canvas_fits_its_column(page: Page, app_url: str, width: int):
     the scaled canvas still records a move."""
     page.set_viewport_size({"width": width, "height": 1000})
     page.goto(app_url.rstrip("/") + "/latent")
-    expect(page.locator(".st-key-lat-workspace .js-plotly-plot").first).to_be_visible(timeout=LONG)
+    expect(page.locator(".st-key-lat-map .js-plotly-plot").first).to_be_visible(timeout=LONG)
     expect_text(page, MOVES, "Moves: 0", LONG)
     expect(page.get_by_role("tab", name="Drag a point")).to_have_count(1, timeout=LONG)
     page.get_by_role("tab", name="Drag a point").click()
@@ -220,7 +220,7 @@ def test_moves_made_before_another_tab_trained_wait_for_keep_or_discard(new_cont
 
     one = new_context(viewport={"width": 1400, "height": 1000}).new_page()
     one.goto(app_url.rstrip("/") + "/latent")
-    expect(one.locator(".st-key-lat-workspace .js-plotly-plot")).to_be_visible(timeout=LONG)
+    expect(one.locator(".st-key-lat-map .js-plotly-plot")).to_be_visible(timeout=LONG)
     expect_text(one, MOVES, "Moves: 0", LONG)
     expect(one.get_by_role("tab", name="Drag a point")).to_have_count(1, timeout=LONG)
     one.get_by_role("tab", name="Drag a point").click()

@@ -45,12 +45,12 @@ def answer_questionnaire(page: Page, groups: int) -> None:
 
 def annotate(page: Page, mode: str) -> None:
     if mode == "click":
-        img = page.locator(".st-key-study-workspace .sb-click-wrap img")
+        img = page.locator(".st-key-study-task .sb-click-wrap img")
         expect(img).to_be_visible(timeout=LONG)
         box = img.bounding_box()
         img.click(position={"x": box["width"] * 0.5, "y": box["height"] * 0.5})
     else:
-        canvas = page.locator(".st-key-study-workspace canvas").last  # fabric's upper canvas takes the clicks
+        canvas = page.locator(".st-key-study-task canvas").last  # fabric's upper canvas takes the clicks
         expect(canvas).to_be_visible(timeout=LONG)
         page.wait_for_timeout(1500)  # fabric.js binds its handlers after the canvas shows
         box = canvas.bounding_box()

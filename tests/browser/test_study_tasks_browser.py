@@ -39,11 +39,11 @@ def lasso_and_move(page: Page) -> None:
 
 
 def mark_a_square(page: Page) -> None:
-    img = page.locator(".st-key-study-workspace .sb-click-wrap img")
+    img = page.locator(".st-key-study-task .sb-click-wrap img")
     expect(img).to_be_visible(timeout=LONG)
     box = img.bounding_box()
     img.click(position={"x": box["width"] * 0.05, "y": box["height"] * 0.05})  # the top-left square
-    expect_text(page, ".st-key-study-workspace", "1 of 49 squares marked", LONG)
+    expect_text(page, ".st-key-study-task", "1 of 49 squares marked", LONG)
     confirm = page.locator(live(".st-key-study-confirm") + " button").first
     expect(confirm).to_be_enabled(timeout=LONG)
     confirm.click()
@@ -182,7 +182,7 @@ def test_a_drag_condition_records_each_drop_and_a_no_marks_condition_only_shows(
     assert [e.kind for e in studies.events(study_id) if e.item == "move-1"] == ["item_shown", "move", "confirm"]
     page.get_by_role("button", name="Continue").click(timeout=LONG)  # the fine-tune toward the drop, then
     expect_text(page, ".st-key-study-progress", "condition 2 of 2, image 1 of 1", FINE_TUNE)  # a "no marks" review
-    assert page.locator(".st-key-study-workspace .sb-click-wrap").count() == 0  # nothing to click on
+    assert page.locator(".st-key-study-task .sb-click-wrap").count() == 0  # nothing to click on
     page.locator(live(".st-key-study-confirm") + " button").first.click()  # Next
     expect(page.get_by_text("This part is done.")).to_be_visible(timeout=LONG)
     page.get_by_role("button", name="Continue").click(timeout=LONG)
