@@ -4,7 +4,7 @@ page (and the study's latent condition, for the canvas) turns that into moves.""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -63,11 +63,13 @@ def update_settings(wb: Workbench, view: LatentView, branch) -> UpdateSettings:
     the projection branch fits), as the settings an Update runs with."""
     with st.expander("Update settings", expanded=False):
         c1, c2, c3, c4, c5 = st.columns(5)
-        epochs = c1.number_input("Epochs", 1, 3, 2, key="lat-epochs", help="The paper fine-tunes for 1-3 epochs.")
-        lr = c2.number_input("Learning rate", 0.001, 0.5, 0.04, format="%.3f", key="lat-lr")
-        momentum = c3.number_input("Momentum", 0.0, 0.99, 0.9, key="lat-momentum")
-        w_cls = c4.number_input("w_cls", 0.0, 1.0, 0.89, key="lat-wcls", help="Weight of the classification loss.")
-        w_dis = c5.number_input("w_dis", 0.0, 10.0, 0.11, key="lat-wdis",
+        d = UpdateSettings()
+        epochs = c1.number_input("Epochs", 1, 3, d.train.epochs, key="lat-epochs",
+                                 help="The paper fine-tunes for 1-3 epochs.")
+        lr = c2.number_input("Learning rate", 0.001, 0.5, d.train.lr, format="%.3f", key="lat-lr")
+        momentum = c3.number_input("Momentum", 0.0, 0.99, d.train.momentum, key="lat-momentum")
+        w_cls = c4.number_input("w_cls", 0.0, 1.0, d.w_cls, key="lat-wcls", help="Weight of the classification loss.")
+        w_dis = c5.number_input("w_dis", 0.0, 10.0, d.w_dis, key="lat-wdis",
                                 help="Weight of the distance loss on moved points.")
         variant = st.radio("Variant", list(VARIANTS), horizontal=True, key="lat-variant",
                            help="lifted (default): no labels; the 2D distance to the target plus a pull of the "
@@ -78,8 +80,9 @@ def update_settings(wb: Workbench, view: LatentView, branch) -> UpdateSettings:
         st.caption(f"Projection branch fidelity on the pool split: R² = {view.r2:.3f} against its PCA targets. "
                    f"The two axes show {100 * sum(evr):.0f}% of the feature variance "
                    f"({100 * evr[0]:.0f}% + {100 * evr[1]:.0f}%).")
-    return UpdateSettings(epochs=int(epochs), lr=float(lr), momentum=float(momentum), w_cls=float(w_cls),
-                          w_dis=float(w_dis), variant=variant, device=wb.settings.get("device", "cpu"))
+    train = replace(d.train, epochs=int(epochs), lr=float(lr), momentum=float(momentum),
+                    device=wb.settings.get("device", "cpu"))
+    return UpdateSettings(train, w_cls=float(w_cls), w_dis=float(w_dis), variant=variant)
 
 
 @dataclass

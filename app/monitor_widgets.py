@@ -4,6 +4,7 @@ monitored job and pause after each epoch (the live status with Pause/Resume/Stop
 from __future__ import annotations
 
 
+import dataclasses
 import time
 
 import numpy as np
@@ -221,11 +222,11 @@ def selection_panel(wb: Workbench, job: Job | None, preds: np.ndarray | None, id
             c1, c2, c3 = st.columns(3)
             iterations = c1.number_input("Iterations", 10, 2000, d.iterations, step=10, key="mon-rt-iter")
             per_batch = c2.number_input("Selected per batch", 1, 63, d.selected_per_batch, key="mon-rt-per")
-            lr = c3.number_input("Learning rate", 0.0001, 0.5, d.lr, format="%.4f", key="mon-rt-lr")
+            lr = c3.number_input("Learning rate", 0.0001, 0.5, d.train.lr, format="%.4f", key="mon-rt-lr")
         b1, b2 = st.columns(2)
         if b1.button("Retrain on selection", type="primary", key="mon-retrain-go", disabled=busy, width="stretch"):
-            settings = RetrainSettings(iterations=int(iterations), selected_per_batch=int(per_batch), lr=float(lr),
-                                       batch_size=d.batch_size, seed=int(time.time()) % 10_000)
+            settings = RetrainSettings(iterations=int(iterations), selected_per_batch=int(per_batch),
+                                       train=dataclasses.replace(d.train, lr=float(lr), seed=int(time.time()) % 10_000))
             _start_retrain(wb, selected, settings)
         if b2.button("Clear selection", key="mon-clear", width="stretch"):
             ss["mon-selected"] = []

@@ -45,6 +45,7 @@ from _common import machine, print_table, seeds_record, write_json  # noqa: I001
 from _effect import cached_fit, effect_record, oracle_accuracy, random_masks, summarize_arms
 from core.feedback.attention.workflow import (
     AttentionAnnotation,
+    FINE_TUNE,
     FineTuneSettings,
     annotate_like_a_person,
     bias_report,
@@ -114,7 +115,8 @@ def arm_settings(arm: str, args) -> tuple[FineTuneSettings, bool, Counterexample
     kind = arm.removesuffix("_random")
     lr = {"same_information": args.baseline_lr, "loss": args.lr_loss, "counterexamples": args.lr_cex,
           "both": args.lr_both}[kind]
-    settings = FineTuneSettings(epochs=args.epochs, lr=lr, batch_size=args.batch_size, w_g=args.w_g, w_c=args.w_c)
+    settings = FineTuneSettings(replace(FINE_TUNE, epochs=args.epochs, lr=lr, batch_size=args.batch_size),
+                                w_g=args.w_g, w_c=args.w_c)
     cex = CounterexampleSettings(k=args.k) if kind in ("counterexamples", "both") else None
     return settings, kind in ("loss", "both"), cex
 
@@ -131,11 +133,11 @@ def run_seed(base, data, args, seed: int, arms: list[str]) -> dict:
         settings, guidance, cex = arm_settings(arm, args)
         model = copy.deepcopy(base)
         t0 = time.perf_counter()
-        result = fine_tune(model, data, rand if arm.endswith("_random") else anns, replace(settings, seed=seed),
+        result = fine_tune(model, data, rand if arm.endswith("_random") else anns, settings.seeded(seed),
                            guidance=guidance, counterexamples=replace(cex, seed=seed) if cex else None)
         rep = bias_report(model, data)
         out["arms"][arm] = {**rep, "status": result.status, "seconds": time.perf_counter() - t0,
-                            "lr": settings.lr}
+                            "lr": settings.train.lr}
         print(f"seed {seed} {arm:22s} conflicting {rep['test_acc']:.1f}  aligned {rep['aligned_acc'] or 0:.1f}  "
               f"in-mask {rep['attention_in_mask'] or 0:.1f}  ({result.status}, {time.perf_counter() - t0:.0f}s)",
               flush=True)
@@ -165,7 +167,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                          "every pixel off the object")
     ap.add_argument("--gradcam-layer", default=None,
                     help="a diagnostic: the conv layer whose Grad-CAM the user sees and the loss guides")
-    ap.add_argument("--batch-size", type=int, default=FineTuneSettings.batch_size)
+    ap.add_argument("--batch-size", type=int, default=FINE_TUNE.batch_size)
     ap.add_argument("--base-epochs", type=int, default=BASE.epochs)
     ap.add_argument("--base-lr", type=float, default=BASE.lr)
     ap.add_argument("--no-oracle", action="store_true", help="skip training the unbiased oracle")
@@ -238,7 +240,7 @@ def build_payload(per_seed: list[dict], arms: list[str], args, source: str, seed
         "attention_in_mask_before": float(np.mean([s["before"]["attention_in_mask"] for s in per_seed])),
         "per_seed": per_seed,
         "params": {"budget": args.budget, "sampler": args.sampler, "arms": arms, "epochs": args.epochs,
-                   "lr": {a: arm_settings(a, args)[0].lr for a in arms}, "k": args.k, "w_g": args.w_g,
+                   "lr": {a: arm_settings(a, args)[0].train.lr for a in arms}, "k": args.k, "w_g": args.w_g,
                    "w_c": args.w_c, "batch_size": args.batch_size, "base": asdict(base_cfg),
                    "limit_per_class": args.limit_per_class, "model": "seed-cnn", "user": args.user,
                    "gradcam_layer": args.gradcam_layer,

@@ -55,7 +55,7 @@ def same_information(workspace: Path, wb_id: str, version: int = 1) -> dict:
     (``fine_tune(guidance=False)``) on the annotations the page stored for ``wb_id``, from a
     deep copy of v0, with that version's epochs, batch size, momentum, weight decay and seed
     and lr SAME_INFORMATION_LR."""
-    from core.feedback.attention.workflow import FineTuneSettings, annotations_of, bias_report, fine_tune
+    from core.feedback.attention.workflow import FINE_TUNE, FineTuneSettings, annotations_of, bias_report, fine_tune
     from core.models import model_from_checkpoint
     from core.session.store import Store
     from core.session.workbench import Workbench
@@ -65,12 +65,12 @@ def same_information(workspace: Path, wb_id: str, version: int = 1) -> dict:
     anns = annotations_of(wb)
     versions = {v.number: v for v in store.versions(wb_id)}
     cfg = versions[version].feedback.get("config") or {}
-    defaults = FineTuneSettings()
-    settings = FineTuneSettings(epochs=int(cfg.get("epochs", defaults.epochs)), lr=SAME_INFORMATION_LR,
-                                batch_size=int(cfg.get("batch_size", defaults.batch_size)),
-                                momentum=float(cfg.get("momentum", defaults.momentum)),
-                                weight_decay=float(cfg.get("weight_decay", defaults.weight_decay)),
-                                seed=int(cfg.get("seed", 0)), device="cpu")
+    d = FINE_TUNE
+    settings = FineTuneSettings(dataclasses.replace(d, epochs=int(cfg.get("epochs", d.epochs)), lr=SAME_INFORMATION_LR,
+                                                    batch_size=int(cfg.get("batch_size", d.batch_size)),
+                                                    momentum=float(cfg.get("momentum", d.momentum)),
+                                                    weight_decay=float(cfg.get("weight_decay", d.weight_decay)),
+                                                    seed=int(cfg.get("seed", 0)), device="cpu"))
     model = copy.deepcopy(model_from_checkpoint(versions[0].checkpoint))
     result = fine_tune(model, wb.data, anns, settings, guidance=False)
     out = bias_report(model.eval(), wb.data)

@@ -40,6 +40,7 @@ from core.data import load_dataset
 from core.monitor.embed import tsne_layout
 from core.engine import TrainConfig, evaluate, fit, predict
 from core.feedback.selection.loss import (
+    RETRAIN,
     RetrainSettings,
     box_select,
     fill_indices,
@@ -82,11 +83,11 @@ def user_box(coords: np.ndarray, labels: np.ndarray, preds: np.ndarray, pair: tu
 
 def plain_fine_tune(model, data, settings: RetrainSettings) -> None:
     """Baseline "random, same steps": ``settings.iterations`` steps of CE on random training
-    batches of ``settings.batch_size``, same optimiser, no selection."""
-    rows = torch.as_tensor(data.ids("train"))[fill_indices(len(data.ids("train")),
-                                                           settings.iterations * settings.batch_size, settings.seed)]
-    cfg = TrainConfig(epochs=1, batch_size=settings.batch_size, lr=settings.lr, momentum=settings.momentum,
-                      weight_decay=settings.weight_decay, seed=settings.seed)
+    batches of ``settings.train.batch_size``, same optimiser, no selection."""
+    t = settings.train
+    rows = torch.as_tensor(data.ids("train"))[fill_indices(len(data.ids("train")), settings.iterations * t.batch_size,
+                                                           t.seed)]
+    cfg = replace(t, epochs=1)
     fit(model, (data.images[rows], data.labels[rows]), None, config=cfg, train_ids=rows)
 
 
@@ -95,9 +96,8 @@ def selection_only(model, data, selected_ids: np.ndarray, settings: RetrainSetti
     CE on ``settings.selected_per_batch`` selected examples with their true labels, the same
     selected part of a batch as ours, without the random training fill; same optimiser."""
     ids = torch.as_tensor(np.asarray(selected_ids, dtype=np.int64))
-    rows = ids[fill_indices(len(ids), settings.iterations * settings.selected_per_batch, settings.seed)]
-    cfg = TrainConfig(epochs=1, batch_size=settings.selected_per_batch, lr=settings.lr, momentum=settings.momentum,
-                      weight_decay=settings.weight_decay, seed=settings.seed)
+    rows = ids[fill_indices(len(ids), settings.iterations * settings.selected_per_batch, settings.train.seed)]
+    cfg = replace(settings.train, epochs=1, batch_size=settings.selected_per_batch)
     fit(model, (data.images[rows], data.labels[rows]), None, config=cfg, train_ids=rows)
 
 
@@ -146,7 +146,7 @@ def run_seed(args, seed: int, settings: RetrainSettings, cache: Path | None, tag
         "heldout_right_before": held0["right_before"],
         "heldout_acc_before": held0["acc_before"],
     }
-    s = replace(settings, seed=seed)
+    s = settings.seeded(seed)
     for run in RUNS:
         tuned = copy.deepcopy(model)
         t1 = time.perf_counter()
@@ -196,10 +196,10 @@ def main(argv: list[str] | None = None) -> dict:
                     help=f"first seed (default 100: the defaults were tuned on seeds {TUNED_ON})")
     ap.add_argument("--base-epochs", type=int, default=8)
     ap.add_argument("--iterations", type=int, default=defaults.iterations)
-    ap.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    ap.add_argument("--batch-size", type=int, default=defaults.train.batch_size)
     ap.add_argument("--selected-per-batch", type=int, default=defaults.selected_per_batch)
-    ap.add_argument("--lr", type=float, default=defaults.lr)
-    ap.add_argument("--momentum", type=float, default=defaults.momentum)
+    ap.add_argument("--lr", type=float, default=defaults.train.lr)
+    ap.add_argument("--momentum", type=float, default=defaults.train.momentum)
     ap.add_argument("--box-coverage", type=float, default=1.0,
                     help="share of the pair's misclassified points the box spans along each axis (1 = tight box)")
     ap.add_argument("--perplexity", type=float, default=30.0)
@@ -221,8 +221,8 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     if not 0 < args.box_coverage <= 1:
         ap.error("--box-coverage must be in (0, 1]")
-    settings = RetrainSettings(iterations=args.iterations, batch_size=args.batch_size,
-                               selected_per_batch=args.selected_per_batch, lr=args.lr, momentum=args.momentum)
+    settings = RetrainSettings(iterations=args.iterations, selected_per_batch=args.selected_per_batch,
+                               train=replace(RETRAIN, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum))
     cache = Path(args.cache) if args.cache else None
     if cache:
         cache.mkdir(parents=True, exist_ok=True)

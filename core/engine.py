@@ -16,7 +16,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -382,6 +382,17 @@ class TrainConfig:
 
 
 PRECISIONS = ("fp32", "bf16")
+
+
+class TrainsWith:
+    """For a feedback kind's settings dataclass that keeps its optimiser and loop in one
+    ``train`` :class:`TrainConfig` (so lr, epochs and seed live in one place)."""
+
+    train: TrainConfig
+
+    def seeded(self, seed: int):
+        """The same settings under another seed."""
+        return replace(self, train=replace(self.train, seed=int(seed)))
 
 
 def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from core.feedback.attention.workflow import (
+    FINE_TUNE,
     FineTuneSettings,
     annotate_like_a_person,
     bias_report,
@@ -91,7 +92,7 @@ def test_annotate_needs_masks_and_skips_nothing_silently(tiny_data):
 def test_fine_tune_with_and_without_guidance_takes_the_same_steps(tiny_data):
     base = _model(tiny_data)
     anns = annotate_like_a_person(base, tiny_data, tiny_data.ids("pool")[:6])
-    st = FineTuneSettings(epochs=2, batch_size=4)
+    st = FineTuneSettings(dataclasses.replace(FINE_TUNE, epochs=2, batch_size=4))
     ours, other = _model(tiny_data), _model(tiny_data)
     r1 = fine_tune(ours, tiny_data, anns, st)
     r2 = fine_tune(other, tiny_data, anns, st, guidance=False)

@@ -1,6 +1,8 @@
 """Latent moves (seed 000): projection branch, loss, move list, workflow on a workbench."""
 from __future__ import annotations
 
+import dataclasses
+
 import copy
 
 import numpy as np
@@ -18,6 +20,7 @@ from core.feedback.latent.loss import (
     implied_labels,
 )
 from core.feedback.latent.workflow import (
+    UPDATE,
     UpdateSettings,
     latent_view,
     load_moves,
@@ -134,7 +137,7 @@ def test_workflow_on_a_workbench_persists_projection_moves_and_version(workspace
     ml.add([Move(e, tuple(view.coords[0]), (3.0, 3.0))])
     save_moves(wb, ml)
     assert load_moves(wb).moves == ml.moves
-    job = start_update(wb, branch, ml, view, UpdateSettings(epochs=1, batch_size=16))
+    job = start_update(wb, branch, ml, view, UpdateSettings(dataclasses.replace(UPDATE, epochs=1, batch_size=16)))
     assert job.wait(60) and job.status == "done", job.error
     record = wb.versions()[-1]
     assert record.number == 1 and record.feedback["kind"] == "latent"

@@ -3,6 +3,7 @@ bring back after an Update, and the progress the slow steps report."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -191,7 +192,7 @@ def test_moves_remember_their_version_and_keep_on_rebases_them(workspace, tiny_d
     with pytest.raises(ValueError, match="made on v0"):
         saved.add([Move(int(v1.ids[2]), tuple(v1.coords[2]), (0.0, 0.0))], on=v1.version)
     with pytest.raises(ValueError, match="made on v0"):
-        start_update(wb, branch, saved, v1, UpdateSettings(epochs=1))
+        start_update(wb, branch, saved, v1, UpdateSettings(dataclasses.replace(lw.UPDATE, epochs=1)))
 
     assert keep_on(saved, v1) == 2
     save_moves(wb, saved)

@@ -13,6 +13,7 @@ from support import predict_ids
 from core.engine import Batch, Callback, TrainConfig, evaluate, fit
 from core.feedback.selection.loss import (
     KIND,
+    RETRAIN,
     RetrainSettings,
     SelectedExamplesLoss,
     box_select,
@@ -33,7 +34,7 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-SMALL = RetrainSettings(iterations=12, batch_size=16, selected_per_batch=4, lr=0.02, seed=0)
+SMALL = RetrainSettings(iterations=12, selected_per_batch=4, train=dataclasses.replace(RETRAIN, batch_size=16, lr=0.02, seed=0))
 
 
 def _trained(data, epochs=4):
@@ -112,7 +113,7 @@ def test_plan_runs_exactly_iterations_steps_with_fill_from_the_train_split_only(
     # 144 fill examples from 48 training ones: three full passes, each example exactly 3 times
     assert np.bincount(plan.train_ids.numpy())[sorted(train_ids)].tolist() == [3] * 48
     assert plan.config.epochs == 1 and plan.config.batch_size == 12 and plan.steps == 12
-    assert plan.config.lr == SMALL.lr and plan.config.seed == SMALL.seed
+    assert plan.config.lr == SMALL.train.lr and plan.config.seed == SMALL.train.seed
     assert plan.selected_ids.tolist() == sorted(selected.tolist())
     assert plan.feedback()["kind"] == KIND and plan.feedback()["example_ids"] == sorted(selected.tolist())
 
@@ -147,7 +148,7 @@ def test_retraining_makes_mislabelled_selected_examples_predicted_as_their_label
     assert (preds_before == tiny_data.labels[sel_t].numpy()).all()
     val_before = evaluate(model, *data.split("val")).accuracy
 
-    settings = RetrainSettings(iterations=40, batch_size=16, selected_per_batch=4, lr=0.02, seed=0)
+    settings = RetrainSettings(iterations=40, selected_per_batch=4, train=dataclasses.replace(RETRAIN, batch_size=16, lr=0.02, seed=0))
     tuned = copy.deepcopy(model)
     retrain_on_selection(tuned, data, selected, settings)
     preds_after = predict_ids(tuned, data, selected)
@@ -167,13 +168,13 @@ def test_retraining_is_deterministic_under_a_seed(tiny_data):
     a, b, c = copy.deepcopy(model), copy.deepcopy(model), copy.deepcopy(model)
     retrain_on_selection(a, tiny_data, selected, SMALL)
     retrain_on_selection(b, tiny_data, selected, SMALL)
-    retrain_on_selection(c, tiny_data, selected, dataclasses.replace(SMALL, seed=1))
+    retrain_on_selection(c, tiny_data, selected, SMALL.seeded(1))
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
     p1, p2 = plan_retrain(tiny_data, selected, SMALL), plan_retrain(tiny_data, selected, SMALL)
     assert torch.equal(p1.train_ids, p2.train_ids)
-    assert not torch.equal(p1.train_ids, plan_retrain(tiny_data, selected, dataclasses.replace(SMALL, seed=1)).train_ids)
+    assert not torch.equal(p1.train_ids, plan_retrain(tiny_data, selected, SMALL.seeded(1)).train_ids)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -229,13 +230,13 @@ def test_bad_input_is_refused_with_a_clear_message(tiny_data):
     with pytest.raises(ValueError, match="must be integers"):
         plan_retrain(tiny_data, [0.5], SMALL)
     with pytest.raises(ValueError, match="smaller than batch_size"):
-        RetrainSettings(batch_size=16, selected_per_batch=16)
+        RetrainSettings(selected_per_batch=16, train=dataclasses.replace(RETRAIN, batch_size=16))
     with pytest.raises(ValueError, match="iterations must be at least 1"):
         RetrainSettings(iterations=0)
     with pytest.raises(ValueError, match="selected_per_batch must be at least 1"):
         RetrainSettings(selected_per_batch=0)
     with pytest.raises(ValueError, match="lr must be positive"):
-        RetrainSettings(lr=0.0)
+        RetrainSettings(train=dataclasses.replace(RETRAIN, lr=0.0))
     empty_train = copy.deepcopy(tiny_data)
     empty_train.splits["train"] = np.zeros(0, np.int64)
     with pytest.raises(ValueError, match="train split is empty"):

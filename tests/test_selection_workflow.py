@@ -3,10 +3,12 @@ the pending report is on disk before the job runs, the report is filled in after
 that makes no version drops it. Tiny generated data: seconds."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from support import predict_ids
 
-from core.feedback.selection.loss import KIND, RetrainSettings
+from core.feedback.selection.loss import KIND, RETRAIN, RetrainSettings
 from core.feedback.selection.workflow import REPORT_KEY, SelectionError, retrain_report, start_retrain
 from core.models import build_model
 from core.session.jobs import JobBusy
@@ -15,7 +17,7 @@ from core.session.workbench import Workbench
 from core.session.runs import JobOptions
 from core.engine import TrainConfig
 
-SMALL = RetrainSettings(iterations=6, batch_size=8, selected_per_batch=4, lr=0.01)
+SMALL = RetrainSettings(iterations=6, selected_per_batch=4, train=dataclasses.replace(RETRAIN, batch_size=8, lr=0.01))
 
 
 @pytest.fixture
@@ -62,8 +64,8 @@ def test_a_busy_workbench_keeps_the_previous_report(wb):
 
 
 def test_a_run_without_a_version_drops_the_pending_report(wb):
-    job = start_retrain(wb, [int(i) for i in wb.data.ids("pool")[:3]], RetrainSettings(iterations=500, batch_size=8,
-                                                                                         selected_per_batch=4))
+    job = start_retrain(wb, [int(i) for i in wb.data.ids("pool")[:3]], RetrainSettings(
+        iterations=500, selected_per_batch=4, train=dataclasses.replace(RETRAIN, batch_size=8)))
     job.stop()
     assert job.wait(60) and job.result is None
     assert retrain_report(wb, job) is None and wb.get_state(REPORT_KEY) is None

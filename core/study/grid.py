@@ -47,8 +47,7 @@ class GridStudySettings:
     page: GridPageSettings = field(default_factory=lambda: GridPageSettings(epochs=STUDY_EPOCHS))
 
     def fine_tune_config(self, seed: int = 0, device: str | None = None) -> TrainConfig:
-        return TrainConfig(epochs=int(self.page.epochs), lr=float(self.page.lr),
-                           batch_size=int(self.page.batch_size), seed=int(seed), device=device)
+        return self.page.config(seed, device)
 
     def counterexamples(self, seed: int = 0) -> CounterexampleSettings:
         """The counterexamples of the marked squares (disabled without marks or when off)."""

@@ -14,13 +14,14 @@ took for that gesture and its gestures the selections and moves in between.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 
-from core.feedback.latent.loss import DEFAULT_VARIANT, PAPER_LR, PAPER_MOMENTUM, PAPER_WEIGHTS, VARIANTS, Move
+from core.feedback.latent.loss import VARIANTS, Move
 from core.feedback.latent.workflow import (
+    UPDATE,
     LatentView,
     UpdateSettings,
     latent_view,
@@ -48,16 +49,17 @@ class LatentStudySettings:
     gesture: str = "lasso"
     points: int = 300
     draggable: int = 30
-    epochs: int = 2
-    lr: float = PAPER_LR
-    momentum: float = PAPER_MOMENTUM
-    w_cls: float = PAPER_WEIGHTS["cls"]
-    w_dis: float = PAPER_WEIGHTS["latent"]
-    variant: str = DEFAULT_VARIANT
+    # the fine-tune's fields a design may lock, flat as the design stores them; defaults: an Update's
+    epochs: int = UPDATE.epochs
+    lr: float = UPDATE.lr
+    momentum: float = UPDATE.momentum
+    w_cls: float = UpdateSettings.w_cls
+    w_dis: float = UpdateSettings.w_dis
+    variant: str = UpdateSettings.variant
 
     def update(self, device: str | None = None) -> UpdateSettings:
-        return UpdateSettings(epochs=int(self.epochs), lr=float(self.lr), momentum=float(self.momentum),
-                              w_cls=float(self.w_cls), w_dis=float(self.w_dis), variant=self.variant, device=device)
+        train = replace(UPDATE, epochs=int(self.epochs), lr=float(self.lr), momentum=float(self.momentum), device=device)
+        return UpdateSettings(train, w_cls=float(self.w_cls), w_dis=float(self.w_dis), variant=self.variant)
 
 
 def condition_settings(design: dict[str, Any], name: str, *, practice: bool = False) -> LatentStudySettings:

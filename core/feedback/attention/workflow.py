@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from core.data.spec import ImageDataset
-from core.engine import Callback, FitResult, TrainConfig, TrainControl, fit, predict
+from core.engine import Callback, FitResult, TrainConfig, TrainControl, TrainsWith, fit, predict
 from core.explain.gradcam import gradcam, gradcam_batches
 from core.explain.superpixels import superpixels
 from core.feedback.attention.loss import (
@@ -34,27 +34,25 @@ from core.select import PoolView, get_sampler
 CAM_SIDE = 14  # side of the maps the GMM sampler fits (the seed CNN's Grad-CAM layer is 14 x 14 on 28 px)
 
 
-@dataclass(frozen=True)
-class FineTuneSettings:
-    """One round's fine-tune on the annotated images (paper: lr 0.01, w_g 0.75, w_c 0.25)."""
+#: the paper's round fine-tune (lr 0.01; 20 epochs over the annotated images, batches of 32)
+FINE_TUNE = TrainConfig(epochs=20, lr=PAPER_LR, batch_size=32)
 
-    epochs: int = 20
-    lr: float = PAPER_LR
+
+@dataclass(frozen=True)
+class FineTuneSettings(TrainsWith):
+    """One round's fine-tune on the annotated images: the optimiser and loop (``train``, by
+    default :data:`FINE_TUNE`) and the loss's weights (paper: w_g 0.75, w_c 0.25)."""
+
+    train: TrainConfig = field(default_factory=lambda: replace(FINE_TUNE))
     w_g: float = PAPER_WEIGHTS[KIND]
     w_c: float = PAPER_WEIGHTS["cls"]
-    batch_size: int = 32
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
     target: str = "true"  # the class whose Grad-CAM is guided
-    seed: int = 0
-    device: str | None = None
 
     def config(self) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
-                           weight_decay=self.weight_decay, seed=self.seed, device=self.device)
+        return self.train
 
     def attention(self) -> AttentionSettings:
-        return AttentionSettings(target=self.target, seed=self.seed)
+        return AttentionSettings(target=self.target, seed=self.train.seed)
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -224,8 +222,8 @@ class PageSettings:
     per_page: int = 8  # shown at a time (paper: 8-16)
     w_g: float = PAPER_WEIGHTS[KIND]
     w_c: float = PAPER_WEIGHTS["cls"]
-    lr: float = PAPER_LR
-    epochs: int = FineTuneSettings.epochs
+    lr: float = FINE_TUNE.lr
+    epochs: int = FINE_TUNE.epochs
     target: str = "true"  # the class whose Grad-CAM is shown and guided: "true" or "predicted"
     opacity: float = 0.45
     mode: str = "click"  # or "polygon" (the paper's user-study baseline)
@@ -244,8 +242,8 @@ class PageSettings:
         return cls(**{k: v for k, v in (raw or {}).items() if k in known})
 
     def fine_tune(self, seed: int = 0, device: str | None = None) -> FineTuneSettings:
-        return FineTuneSettings(epochs=int(self.epochs), lr=float(self.lr), w_g=float(self.w_g), w_c=float(self.w_c),
-                                target=self.target, seed=seed, device=device)
+        return FineTuneSettings(replace(FINE_TUNE, epochs=int(self.epochs), lr=float(self.lr), seed=seed, device=device),
+                                w_g=float(self.w_g), w_c=float(self.w_c), target=self.target)
 
 
 @dataclass
@@ -330,7 +328,7 @@ def start_fine_tune(wb, settings: PageSettings):
     anns = annotations_of(wb)
     ft = settings.fine_tune(seed=int(time.time()) % 10_000, device=wb.settings.get("device", "cpu"))
     fine_tune = FineTune(ft.config(), ft.attention(), guidance=bool(settings.guidance),
-                         counterexamples=settings.counterexample_settings(ft.seed),
+                         counterexamples=settings.counterexample_settings(ft.train.seed),
                          cls_weight=ft.w_c if settings.guidance else 1.0, kind_weight=ft.w_g,
                          feedback={"settings": asdict(settings)})
     return wb.start_training(ATTENTION, anns, fine_tune, JobOptions(kind="attention"))

@@ -85,6 +85,11 @@ class GridPageSettings:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in (raw or {}).items() if k in known})
 
+    def config(self, seed: int = 0, device: str | None = None) -> TrainConfig:
+        """The run's optimiser and loop (the engine's other defaults)."""
+        return TrainConfig(epochs=int(self.epochs), lr=float(self.lr), batch_size=int(self.batch_size), seed=int(seed),
+                           device=device)
+
     def grid(self, shape: tuple[int, int]) -> int:
         """Squares per side for images of ``shape``: ``n`` when set and valid, else the default."""
         n = int(self.n)
@@ -176,8 +181,7 @@ def start_grid_training(wb, settings: GridPageSettings, *, seed: int | None = No
     # the review set; also the loss term when the penalty is on (the page adds each review to it)
     penalty = GRID.loss_term(data, inherited, grid_settings)
     seed = int(time.time()) % 10_000 if seed is None else int(seed)
-    config = TrainConfig(epochs=int(settings.epochs), lr=float(settings.lr), batch_size=int(settings.batch_size),
-                         seed=seed, device=wb.settings.get("device", "cpu"))
+    config = settings.config(seed, wb.settings.get("device", "cpu"))
     reviews: list[dict[str, Any]] = []
     context: dict[str, Any] = {"penalty": penalty, "reviews": reviews, "settings": asdict(settings), "candidates": {},
                                "grid": settings.grid(shape)}

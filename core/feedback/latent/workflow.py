@@ -3,14 +3,14 @@ the map of the pool split, the move list on disk, Update and its summary."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 import torch
 
-from core.engine import TrainConfig, evaluate, predict
+from core.engine import TrainConfig, TrainsWith, evaluate, predict
 from core.feedback.latent.loss import (
     KIND,
     PAPER_LR,
@@ -326,19 +326,19 @@ def finish_update(wb: Workbench, pending: dict[str, Any], after: LatentView) -> 
     return summary
 
 
-@dataclass
-class UpdateSettings:
-    """Fine-tuning settings of an Update, defaults from the paper."""
+#: the paper's Update fine-tune: 2 epochs (it uses 1-3) at lr 0.04, momentum 0.9, batches of 64
+UPDATE = TrainConfig(epochs=2, lr=PAPER_LR, momentum=PAPER_MOMENTUM, batch_size=64)
 
-    epochs: int = 2
-    lr: float = PAPER_LR
-    momentum: float = PAPER_MOMENTUM
+
+@dataclass
+class UpdateSettings(TrainsWith):
+    """An Update's fine-tune: the optimiser and loop (``train``, by default :data:`UPDATE`),
+    the loss's weights and its variant (defaults from the paper)."""
+
+    train: TrainConfig = field(default_factory=lambda: replace(UPDATE))
     w_cls: float = PAPER_WEIGHTS["cls"]
     w_dis: float = PAPER_WEIGHTS["latent"]
     variant: str = DEFAULT_VARIANT  # or "paper", "implied-label"
-    batch_size: int = 64
-    seed: int = 0
-    device: str | None = None
 
 
 def build_loss(wb: Workbench, branch: ProjectionBranch, moves: MoveList, view: LatentView,
@@ -360,10 +360,8 @@ def start_update(wb: Workbench, branch: ProjectionBranch, moves: MoveList, view:
     if isinstance(moves, VersionedMoveList) and moves.made_on_other_than(view.version):
         raise ValueError(f"The moves were made on v{moves.version}; the model is now v{view.version}. Keep them on "
                          f"v{view.version} or discard them first.")
-    config = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
-                         momentum=settings.momentum, seed=settings.seed, device=settings.device)
     context = LatentContext(branch, view.coords, view.preds, view.features, settings.variant)
-    fine_tune = FineTune(config, context, cls_weight=settings.w_cls, kind_weight=settings.w_dis,
+    fine_tune = FineTune(settings.train, context, cls_weight=settings.w_cls, kind_weight=settings.w_dis,
                          feedback=moves.to_json())
     return wb.start_training(LATENT, list(moves.moves.values()), fine_tune, JobOptions(kind="latent"))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -21,15 +21,19 @@ import torch
 import torch.nn.functional as F
 
 from core.data.spec import ImageDataset
-from core.engine import Batch, Callback, FitResult, TrainConfig, TrainControl, fit
+from core.engine import Batch, Callback, FitResult, TrainConfig, TrainControl, TrainsWith, fit
 from core.models.base import SteerableModel
 from core.session.runs import FineTune, KindPlan
 
 KIND = "selection"
 
 
+#: the retrain's optimiser and mixed batch (lr tuned in benchmarks/select_retrain.py)
+RETRAIN = TrainConfig(epochs=1, batch_size=64, lr=0.003)
+
+
 @dataclass(frozen=True)
-class RetrainSettings:
+class RetrainSettings(TrainsWith):
     """How long and how hard to retrain on a selection.
 
     Defaults are the ones ``benchmarks/select_retrain.py`` uses. Tuned there on Quick Draw
@@ -39,33 +43,30 @@ class RetrainSettings:
     """
 
     iterations: int = 200  # optimisation steps
-    batch_size: int = 64
     selected_per_batch: int = 16  # selected examples in each batch; the rest is random training fill
-    lr: float = 0.003
-    momentum: float = 0.9
-    seed: int = 0
-    weight_decay: float = 5e-4
-    device: str | None = None
+    # the optimiser (lr, momentum, weight decay, seed, device) and the size of each mixed batch; the
+    # run is always one pass over the fill (see retrain_config)
+    train: TrainConfig = field(default_factory=lambda: replace(RETRAIN))
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
             raise ValueError(f"iterations must be at least 1, got {self.iterations}.")
         if self.selected_per_batch < 1:
             raise ValueError(f"selected_per_batch must be at least 1, got {self.selected_per_batch}.")
-        if self.selected_per_batch >= self.batch_size:
+        if self.selected_per_batch >= self.train.batch_size:
             raise ValueError(
                 f"selected_per_batch ({self.selected_per_batch}) must be smaller than batch_size "
-                f"({self.batch_size}): the rest of each batch is random training examples."
+                f"({self.train.batch_size}): the rest of each batch is random training examples."
             )
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}.")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}.")
+        if not self.train.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.train.lr}.")
+        if not 0 <= self.train.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.train.momentum}.")
 
     @property
     def fill_per_batch(self) -> int:
         """Random training examples in each batch."""
-        return self.batch_size - self.selected_per_batch
+        return self.train.batch_size - self.selected_per_batch
 
 
 class SelectedExamplesLoss:
@@ -182,8 +183,7 @@ def fill_indices(n: int, count: int, seed: int = 0) -> torch.Tensor:
 
 def retrain_config(settings: RetrainSettings) -> TrainConfig:
     """The config of a retrain: one epoch of ``iterations`` batches of ``fill_per_batch`` training fill."""
-    return TrainConfig(epochs=1, batch_size=settings.fill_per_batch, lr=settings.lr, momentum=settings.momentum,
-                       weight_decay=settings.weight_decay, seed=settings.seed, device=settings.device)
+    return replace(settings.train, epochs=1, batch_size=settings.fill_per_batch)
 
 
 def plan_retrain(data: ImageDataset, selected_ids: Sequence[int], settings: RetrainSettings = RetrainSettings()) -> RetrainPlan:
@@ -193,11 +193,11 @@ def plan_retrain(data: ImageDataset, selected_ids: Sequence[int], settings: Retr
     ids = check_ids(data, selected_ids)
     train_rows = np.asarray(data.ids("train"), dtype=np.int64)
     fill = settings.fill_per_batch
-    pick = fill_indices(len(train_rows), settings.iterations * fill, seed=settings.seed)
+    pick = fill_indices(len(train_rows), settings.iterations * fill, seed=settings.train.seed)
     fill_ids = torch.as_tensor(train_rows)[pick]
     loss = FEEDBACK.loss_term(data, [Selected(int(i), int(data.labels[int(i)])) for i in ids], settings)
     config = retrain_config(settings)
-    weights = {"cls": fill / settings.batch_size, KIND: settings.selected_per_batch / settings.batch_size}
+    weights = {"cls": fill / settings.train.batch_size, KIND: settings.selected_per_batch / settings.train.batch_size}
     return RetrainPlan(train=(data.images[fill_ids], data.labels[fill_ids]), train_ids=fill_ids,
                        loss_terms={KIND: loss}, weights=weights, config=config, selected_ids=ids,
                        settings=settings)
@@ -305,7 +305,7 @@ class SelectionKind:
         """CE on the selected examples, ``selected_per_batch`` per step (labels from the data)."""
         settings = settings or RetrainSettings()
         ids = torch.as_tensor(check_ids(data, [a.example_id for a in annotations]))
-        return SelectedExamplesLoss(data.images[ids], data.labels[ids], settings.selected_per_batch, seed=settings.seed)
+        return SelectedExamplesLoss(data.images[ids], data.labels[ids], settings.selected_per_batch, seed=settings.train.seed)
 
     def describe(self, annotations: Sequence[Selected]) -> str:
         return f"retrain on selection: {len(annotations)} examples"
