@@ -42,7 +42,7 @@ def test_grid_benchmark_quick_runs_and_writes_its_json(tmp_path):
     assert effect["arm"] == grid_feedback.HEADLINE and effect["seeds"] == [0]
     assert effect["ours"] == seed[f"conflicting_acc_{grid_feedback.HEADLINE}"]
     assert effect["same_information"] == seed["conflicting_acc_reviewed_ce"]
-    assert effect["random_region"] == seed["conflicting_acc_counterexamples_random"]
+    assert effect["random_region"] == seed[f"conflicting_acc_{grid_feedback.RANDOM_OF[grid_feedback.HEADLINE]}"]
     assert effect["before"] == seed["conflicting_acc_baseline"] and effect["oracle"] == seed["oracle"] is not None
 
     cost = tmp_path / "cost.json"
