@@ -6,6 +6,7 @@ to the store) before the page reacts to a gesture. No Streamlit here.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from core.study.design import OPERATIONS
@@ -35,6 +36,8 @@ class StudyCondition:
     """The participant's current condition (or practice round) of ``task`` on its workbench."""
 
     task = ""
+    #: the task's ``condition_settings(design, name, practice=...)`` (a staticmethod), read into ``settings``
+    settings_for: Callable[..., Any] | None = None
 
     def __init__(self, flow: ParticipantFlow, wb: Workbench) -> None:
         step = flow.step
@@ -47,6 +50,8 @@ class StudyCondition:
         self.name = str(step.condition)
         self.condition = "" if self.practice else self.name  # practice events belong to no condition
         self.budget = flow.budget()
+        if self.settings_for is not None:
+            self.settings = self.settings_for(flow.design, self.name, practice=self.practice)
 
     def _log(self, kind: str, item: str | int | None, payload: dict[str, Any] | None = None,
              now: float | None = None) -> None:

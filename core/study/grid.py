@@ -97,10 +97,8 @@ class GridCondition(StudyCondition):
     """The participant's current grid condition (or practice round) on its workbench."""
 
     task = TASK
-
-    def __init__(self, flow, wb) -> None:
-        super().__init__(flow, wb)
-        self.settings = condition_settings(flow.design, self.name, practice=self.practice)
+    settings_for = staticmethod(condition_settings)
+    settings: GridStudySettings
 
     # ------------------------------------------------------------------ reading
     def round(self) -> dict[str, Any]:

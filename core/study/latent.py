@@ -85,10 +85,8 @@ class LatentCondition(StudyCondition):
     """The participant's current latent condition (or practice round) on its workbench."""
 
     task = TASK
-
-    def __init__(self, flow, wb) -> None:
-        super().__init__(flow, wb)
-        self.settings = condition_settings(flow.design, self.name, practice=self.practice)
+    settings_for = staticmethod(condition_settings)
+    settings: LatentStudySettings
 
     # ------------------------------------------------------------------ the map (fixed for the condition)
     def branch(self, progress=None):
