@@ -51,7 +51,11 @@ def set_number(page: Page, label: str, value: float, shown: str | None = None) -
     box.fill(str(value))
     box.press("Tab")
     wait_idle(page)
-    expect(page.locator(live(".st-key-grid-params")).get_by_label(label, exact=True)).to_have_value(shown or str(value))
+    # under load the rerun after Tab can draw the box anew while the old copy is still in the page (seen once
+    # under the full suite: two "Epochs" boxes, both 2): wait for one box, then check its value
+    boxes = page.locator(live(".st-key-grid-params")).get_by_label(label, exact=True)
+    expect(boxes).to_have_count(1, timeout=LONG)
+    expect(boxes).to_have_value(shown or str(value))
 
 
 def test_click_marks_a_square_refresh_keeps_it_continue_trains_on(start_server, grid_workspace, page: Page):
