@@ -701,10 +701,16 @@ def one_run_notes(files: list[tuple[str, dict]]) -> list[str]:
     return notes
 
 
+def json_name(command: str) -> str:
+    """The name of the JSON file README command ``command`` writes (its ``--json`` argument)."""
+    argv = COMMANDS[command].split()
+    return Path(argv[argv.index("--json") + 1]).name
+
+
 def build(folder: Path, *, display: str | None = None) -> dict:
     """Rows, provenance lines and notes for the JSON files in ``folder``."""
     records = load(folder)
-    rows, seen, notes, quick = [], set(), [], False
+    rows, seen, notes, quick = [], set(), [], False  # seen: the file names that gave rows
     provs: dict[tuple, list[str]] = {}
     for file, rec in records:
         found = builder(rec["name"])
@@ -715,7 +721,7 @@ def build(folder: Path, *, display: str | None = None) -> dict:
                 notes.append(f"`{file}`: benchmark {rec['name']!r} has no row builder in benchmarks/report.py, "
                              "left out")
                 continue
-            seen.add(rec["name"])
+            seen.add(file)
             quick |= bool(rec.get("quick"))
             _note_provenance(provs, rec, file)
             continue
@@ -726,7 +732,7 @@ def build(folder: Path, *, display: str | None = None) -> dict:
             notes.append(f"`{file}`: {rec['name']} in an older or unknown format ({exc.__class__.__name__}: {exc}), "
                          "left out: run the benchmark again")
             continue
-        seen.add(source)
+        seen.add(file)
         quick |= bool(rec.get("quick"))
         _note_provenance(provs, rec, file)
     prov_lines, files = [], []
@@ -747,7 +753,8 @@ def build(folder: Path, *, display: str | None = None) -> dict:
         if (rec.get("provenance") or {}) and file not in dict(files):
             files.append((file, rec["provenance"]))
     notes += one_run_notes(files)
-    missing = [n for n in COMMANDS if n not in seen]
+    # by file, not by record name: the three grid (and attention) benchmarks write records of one name
+    missing = [n for n in COMMANDS if json_name(n) not in seen]
     return {"rows": rows, "provenance": prov_lines, "notes": notes, "missing": missing, "quick": quick,
             "folder": display or str(folder)}
 

@@ -181,6 +181,14 @@ def grid(gain_base=12.0, gain_random=9.0, images=40):
             "provenance": PROV}
 
 
+def test_missing_benchmarks_are_told_by_file_not_by_record_name(report, tmp_path):
+    # the decoy grid run writes a record named "grid_feedback": the colour run is still missing, the decoy one is not
+    write(tmp_path, "grid_feedback_decoy.json", grid())
+    rep = report.build(tmp_path)
+    assert "grid_feedback_decoy" not in rep["missing"]
+    assert {"grid_feedback", "grid_feedback_texture"} <= set(rep["missing"])
+
+
 def test_grid_feedback_rows_compare_with_both_baselines_and_the_cost_row(report, tmp_path):
     write(tmp_path, "grid_feedback.json", grid())
     write(tmp_path, "grid_penalty_cost.json",
