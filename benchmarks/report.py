@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -703,7 +704,7 @@ def one_run_notes(files: list[tuple[str, dict]]) -> list[str]:
 
 def json_name(command: str) -> str:
     """The name of the JSON file README command ``command`` writes (its ``--json`` argument)."""
-    argv = COMMANDS[command].split()
+    argv = shlex.split(COMMANDS[command])  # as run_all.py splits it
     return Path(argv[argv.index("--json") + 1]).name
 
 

@@ -53,4 +53,5 @@ for src in sources:
         out[src]["val_acc"][name] = vals
         print(src, name, [round(a, 1) for a in accs], round(sum(accs) / len(accs), 2), "val", [round(v, 1) for v in vals],
               flush=True)
-json.dump(out, open(sys.argv[3] if len(sys.argv) > 3 else f"demo_diag_{'_'.join(sources)}.json", "w"), indent=1)
+with open(sys.argv[3] if len(sys.argv) > 3 else f"demo_diag_{'_'.join(sources)}.json", "w") as fh:
+    json.dump(out, fh, indent=1)
