@@ -85,7 +85,7 @@ def cams_for(wb: Workbench, settings: PageSettings, ids: list[int], model=None,
 
 
 def parameter_panel(wb: Workbench, settings: PageSettings) -> None:
-    """Sampler, round size, loss weights, learning rate, epochs, CAM target, opacity, mode; each
+    """Sampler, round size, loss weights, learning rate, epochs, rehearsal, CAM target, opacity, mode; each
     saved with the workbench as it changes."""
     ss = st.session_state
 
@@ -109,7 +109,11 @@ def parameter_panel(wb: Workbench, settings: PageSettings) -> None:
     c1, c2 = st.columns(2)
     c1.number_input("Learning rate", 1e-5, 1.0, step=0.005, format="%.4f", key="att-p-lr", on_change=save)
     c2.number_input("Epochs", 1, 200, step=1, key="att-p-epochs", on_change=save,
-                    help="Epochs per fine-tune over the annotated images.")
+                    help="Epochs per fine-tune over the annotated images (and the rehearsal images).")
+    st.number_input("Rehearsal images", 0, 4096, step=16, key="att-p-rehearsal", on_change=save,
+                    help="Labelled training images, drawn at random, that each fine-tune also trains on beside the "
+                         "annotated ones, so that a round of a few images does not undo what the model knows. "
+                         "0: the paper's fine-tune, on the annotated images only.")
     st.radio("Attention of the", ["true", "predicted"], format_func=lambda t: f"{t} class", key="att-p-target",
              on_change=save, horizontal=True, help="Whose Grad-CAM is shown and guided.")
     st.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="att-p-opacity", on_change=save)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from core.feedback.attention.workflow import COUNTEREXAMPLES_ON
+from core.feedback.attention.workflow import COUNTEREXAMPLES_ON, ROUND_LR, ROUND_REHEARSAL
 from core.feedback.grid.job import COUNTEREXAMPLES_ON as GRID_COUNTEREXAMPLES_ON
 from core.feedback.grid.workflow import REVIEW_SAMPLERS
 from core.study.flow import INSTRUMENTS
@@ -31,7 +31,9 @@ def _attention_fields(i: int, cols) -> dict:
                          "sampler": c.selectbox("Sampler", SAMPLERS, key=f"sa-c{i}-sampler"),
                          "counterexamples": st.checkbox(
                              "Fine-tune with counterexamples of the 'ignore' marks", value=COUNTEREXAMPLES_ON,
-                             key=f"sa-c{i}-cex", help=CEX_HELP.format(page="Attention", loss="attention loss"))},
+                             key=f"sa-c{i}-cex", help=CEX_HELP.format(page="Attention", loss="attention loss")),
+                         # the page's round fine-tune, written down so that the study keeps it if the page's changes
+                         "lr": ROUND_LR, "rehearsal": ROUND_REHEARSAL},
             "budget": int(d.number_input("Images", 1, 200, 16, key=f"sa-c{i}-budget"))}
 
 

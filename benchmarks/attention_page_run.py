@@ -7,7 +7,8 @@ with ``python -m core.train``'s defaults, the app's own base-model settings), an
 bundled shortcut set in ``--sets``, one after the other, in a fresh browser context: opens the
 Attention page in Chromium, presses the page's "Open ..." button for the set, starts a round
 with the page's defaults (``core.feedback.attention.workflow.PageSettings``: gmm sampler, 16
-candidates, lr 0.01, 20 epochs, the attention loss, no counterexamples), and for each image
+candidates, lr 0.003, 20 epochs over them and 112 rehearsal images, the attention loss, no
+counterexamples), and for each image
 makes the clicks the benchmark's simulated user makes (``simulated_annotation``: left-click
 the mask's centroid, right-click each attended superpixel outside the object, from the
 Grad-CAM the page shows), confirms, and after the last one presses FINE-TUNE (the driving code
@@ -17,8 +18,9 @@ Measured per set: wall time from START to the new version (target < 180 s); whet
 test-mode numbers equal the library's ``bias_report`` for the same version; the
 bias-conflicting test accuracy of the base version (before) and of the new one (after); and the
 same-information baseline: ``fine_tune(guidance=False)`` (CE alone) on exactly the annotations
-the page stored, from a copy of v0, with the page's run's epochs, batch size and seed and the
-baseline's own lr (0.001, ``attention_guidance.LR["same_information"]``). Target: the page's
+the page stored and the same rehearsal images (the page's run's count and seed), from a copy of
+v0, with the page's run's epochs, batch size and seed and the baseline's own lr (0.001,
+``attention_guidance.LR["same_information"]``). Target: the page's
 version >= +5 points over that baseline on every set. Top-level ``ours_s`` and
 ``page_numbers``/``library_numbers`` are the first set's; ``pass`` and ``numbers_equal`` hold for
 every set; ``per_set`` and ``effect`` have the rest. Needs Playwright and Debian's chromium.
@@ -53,8 +55,8 @@ def _conftest():
 def same_information(workspace: Path, wb_id: str, version: int = 1) -> dict:
     """Bias report of the same-information baseline for a page version: CE alone
     (``fine_tune(guidance=False)``) on the annotations the page stored for ``wb_id``, from a
-    deep copy of v0, with that version's epochs, batch size, momentum, weight decay and seed
-    and lr SAME_INFORMATION_LR."""
+    deep copy of v0, with that version's epochs, batch size, momentum, weight decay, seed and
+    rehearsal images (the same ones: they are drawn from the seed) and lr SAME_INFORMATION_LR."""
     from core.feedback.attention.workflow import FINE_TUNE, FineTuneSettings, annotations_of, bias_report, fine_tune
     from core.models import model_from_checkpoint
     from core.session.store import Store
@@ -70,7 +72,8 @@ def same_information(workspace: Path, wb_id: str, version: int = 1) -> dict:
                                                     batch_size=int(cfg.get("batch_size", d.batch_size)),
                                                     momentum=float(cfg.get("momentum", d.momentum)),
                                                     weight_decay=float(cfg.get("weight_decay", d.weight_decay)),
-                                                    seed=int(cfg.get("seed", 0)), device="cpu"))
+                                                    seed=int(cfg.get("seed", 0)), device="cpu"),
+                                rehearsal=int(versions[version].feedback.get("rehearsal", 0)))
     model = copy.deepcopy(model_from_checkpoint(versions[0].checkpoint))
     result = fine_tune(model, wb.data, anns, settings, guidance=False)
     out = bias_report(model.eval(), wb.data)

@@ -49,7 +49,9 @@ class FineTune:
     """A fine-tune with a feedback kind: ``config`` and the kind's own ``settings``; the loss is
     ``cls_weight`` x CE + ``kind_weight`` x the kind's term (``guidance=False`` leaves the term
     out) + the counterexamples' term when ``counterexamples`` is enabled. ``on_annotated``: the
-    CE runs on the annotated images only (else on the training split). ``feedback``: extra
+    CE runs on the annotated images only (else on the training split), plus ``rehearsal``
+    training images drawn at random under the config's seed (:func:`core.feedback.rehearsal_ids`:
+    a small round then does not undo what the model knows). ``feedback``: extra
     keys for the version's feedback; ``description``: instead of the kind's; ``term``: the
     kind's term when the caller built it already (one it adds to while the job waits)."""
 
@@ -60,6 +62,7 @@ class FineTune:
     cls_weight: float = 1.0
     kind_weight: float = 1.0
     on_annotated: bool = True
+    rehearsal: int = 0
     feedback: Mapping[str, Any] = field(default_factory=dict)
     description: str | None = None
     term: LossTerm | None = None

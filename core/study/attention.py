@@ -20,10 +20,14 @@ from core.session.workbench import Workbench
 
 #: settings a study may lock per condition (the rest of the Attention page's settings keep their defaults)
 LOCKABLE = frozenset({"mode", "sampler", "per_page", "target", "epochs", "lr", "w_g", "w_c", "opacity",
-                      "counterexamples", "cex_k"})
+                      "counterexamples", "cex_k", "rehearsal"})
 #: a condition that does not say (every study made before the option existed) fine-tunes without
 #: counterexamples, as those studies' participants did; the admin form sets it on each condition
 COUNTEREXAMPLES_IF_MISSING = False
+#: likewise lr and rehearsal: a condition made before the page's round fine-tune changed (lr 0.003
+#: with 112 rehearsal images) fine-tunes as its participants so far did (the admin form sets both)
+LR_IF_MISSING = aw.FINE_TUNE.lr
+REHEARSAL_IF_MISSING = 0
 
 
 def condition_settings(design: dict[str, Any], name: str, *, practice: bool = False) -> aw.PageSettings:
@@ -36,7 +40,8 @@ def condition_settings(design: dict[str, Any], name: str, *, practice: bool = Fa
                          f"(settings: {', '.join(sorted(LOCKABLE))})")
     known = {f.name for f in fields(aw.PageSettings)}
     budget = design.get("practice_budget", 2) if practice else condition["budget"]
-    settings = aw.PageSettings.from_dict({"counterexamples": COUNTEREXAMPLES_IF_MISSING,
+    settings = aw.PageSettings.from_dict({"counterexamples": COUNTEREXAMPLES_IF_MISSING, "lr": LR_IF_MISSING,
+                                          "rehearsal": REHEARSAL_IF_MISSING,
                                           **{k: v for k, v in condition["settings"].items() if k in known},
                                           "per_round": int(budget)})
     if not isinstance(settings.counterexamples, bool):
