@@ -522,12 +522,14 @@ def rows_attention_page_run(p: dict, file: str) -> list[dict]:
     for k, v in per_set.items():
         gain = v.get("gain_over_same_information")
         st = v.get("settings") or {}
+        rehearsal = int(st.get("rehearsal") or 0)
         how = (f"{st.get('sampler')} sampler, {v.get('images')} images, lr {st.get('lr')}, {st.get('epochs')} epochs"
-               if st else f"{v.get('images')} images")
+               + (f", {rehearsal} rehearsal images" if rehearsal else "") if st else f"{v.get('images')} images")
+        same = ", the same rehearsal images" if rehearsal else ""
         out.append(row(f"Attention page demo ({k}, the page's defaults: {how}): bias-conflicting test accuracy, "
                        f"{num(v.get('before'), '.1f')} % before",
                        f"{num(v.get('after'), '.1f')} %; {num(gain, '+.1f')} points over same information",
-                       f"same information (CE alone on the annotations the page stored, same epochs and batch"
+                       f"same information (CE alone on the annotations the page stored{same}, same epochs and batch"
                        f"{f', lr {lr:g}' if lr is not None else ''}): {num(v.get('same_information'), '.1f')} %",
                        f">= +{target:g} points over same information",
                        None if gain is None else gain >= target, p, file))

@@ -575,3 +575,17 @@ def test_attention_page_run_rows_read_files_from_before_the_sets(report, tmp_pat
     assert "16 images annotated (40 clicks)" in rows[0][0]
     assert rows[0][1].startswith("95 s; page's test-mode numbers equal")
     assert rows[0][3] == "< 180 s" and rows[0][4] == "yes"
+
+
+def test_attention_page_run_rows_name_the_rehearsal_images_of_both_arms(report, tmp_path):
+    """A run whose page rehearsed says so in the arm and in the baseline (which trains on the
+    same rehearsal images); one without (files from before rehearsal) mentions none."""
+    payload = page_run({"biased-digits": (12.0, 20.5, 13.0, 95.0)})
+    payload["per_set"]["biased-digits"]["settings"] |= {"lr": 0.003, "rehearsal": 112}
+    write(tmp_path, "attention_page_run.json", payload)
+    demo = [r for r in table_rows(report.markdown(report.build(tmp_path))) if "Attention page demo" in r[0]][0]
+    assert "lr 0.003, 20 epochs, 112 rehearsal images" in demo[0]
+    assert "the annotations the page stored, the same rehearsal images, same epochs" in demo[2]
+    write(tmp_path, "attention_page_run.json", page_run({"biased-digits": (12.0, 20.5, 13.0, 95.0)}))
+    demo = [r for r in table_rows(report.markdown(report.build(tmp_path))) if "Attention page demo" in r[0]][0]
+    assert "rehearsal" not in demo[0] + demo[2]
