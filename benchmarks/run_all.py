@@ -113,6 +113,12 @@ def failed_runs(record: dict) -> list[str]:
     return [name for name, r in latest_tries(record).items() if r["exit"] != 0]
 
 
+def shown_folder(out: Path) -> Path:
+    """The run folder as the table's header names it: relative to the repository when inside it,
+    so that the regenerate command it prints holds in any checkout."""
+    return out.resolve().relative_to(ROOT) if out.resolve().is_relative_to(ROOT) else out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", help="folder for the JSON files and logs (default results/run-<code>)")
@@ -162,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.commit:
             commit_results(out, f"results: {name} (exit {rc}, {took / 60:.1f} min) in {out.name}, measured at "
                                 f"{(git.get('git_commit') or '?')[:10]}")
-    report = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), str(out)], cwd=ROOT,
+    report = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), str(shown_folder(out))], cwd=ROOT,
                             capture_output=True, text=True)
     (out / "results.md").write_text(report.stdout)
     print(report.stdout)

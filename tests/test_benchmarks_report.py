@@ -251,6 +251,9 @@ def test_run_all_plans_every_benchmark_into_one_folder(tmp_path, capsys):
     assert run_all.main(["--dry-run", "--out", str(tmp_path), "--only", "streamed_tsne"]) == 0
     assert "benchmarks/streamed_tsne.py" in capsys.readouterr().out
     assert not tmp_path.joinpath("run.json").exists()
+    # the table's header names a folder inside the repository relatively, so another checkout can use it
+    assert run_all.shown_folder(ROOT / "results" / "run-x") == Path("results/run-x")
+    assert run_all.shown_folder(tmp_path) == tmp_path
 
 
 def test_study_load_rows_report_the_response_memory_and_every_failed_check(report, tmp_path):
