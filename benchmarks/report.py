@@ -523,8 +523,10 @@ def rows_attention_page_run(p: dict, file: str) -> list[dict]:
         gain = v.get("gain_over_same_information")
         st = v.get("settings") or {}
         rehearsal = int(st.get("rehearsal") or 0)
-        how = (f"{st.get('sampler')} sampler, {v.get('images')} images, lr {st.get('lr')}, {st.get('epochs')} epochs"
-               + (f", {rehearsal} rehearsal images" if rehearsal else "") if st else f"{v.get('images')} images")
+        how = f"{v.get('images')} images"
+        if st:
+            how = f"{st.get('sampler')} sampler, {how}, lr {st.get('lr')}, {st.get('epochs')} epochs"
+            how += f", {rehearsal} rehearsal images" if rehearsal else ""
         same = ", the same rehearsal images" if rehearsal else ""
         out.append(row(f"Attention page demo ({k}, the page's defaults: {how}): bias-conflicting test accuracy, "
                        f"{num(v.get('before'), '.1f')} % before",

@@ -46,6 +46,12 @@ ORDER = ["monitor_overhead", "engine_overhead", "streamed_tsne", "gradcam_speed"
          "attention_guidance_texture", "grid_feedback_decoy", "grid_feedback_texture"]
 
 
+def shown_folder(out: Path) -> Path:
+    """The run folder as the commands and the table's header name it: an absolute path inside the
+    repository becomes relative to it, so that another checkout can resume and regenerate the run."""
+    return out.resolve().relative_to(ROOT) if out.is_absolute() and out.resolve().is_relative_to(ROOT) else out
+
+
 def planned(out: Path, only: list[str] | None = None, skip: list[str] | None = None) -> list[tuple[str, list[str]]]:
     """(name, argv) of every benchmark to run, writing into ``out`` instead of bench-results/
     (relative to the repository when ``out`` is inside it, so that another checkout resumes it)."""
@@ -54,8 +60,7 @@ def planned(out: Path, only: list[str] | None = None, skip: list[str] | None = N
     if unknown:
         raise SystemExit(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(names)}")
     names = [n for n in names if (not only or n in only) and n not in (skip or [])]
-    if out.is_absolute() and out.resolve().is_relative_to(ROOT):
-        out = out.resolve().relative_to(ROOT)
+    out = shown_folder(out)
     plan = []
     for name in names:
         argv = shlex.split(COMMANDS[name])
@@ -111,12 +116,6 @@ def commit_results(out: Path, message: str, root: Path = ROOT) -> bool:
 def failed_runs(record: dict) -> list[str]:
     """The benchmarks of a run whose latest try failed (a resumed run keeps the earlier tries)."""
     return [name for name, r in latest_tries(record).items() if r["exit"] != 0]
-
-
-def shown_folder(out: Path) -> Path:
-    """The run folder as the table's header names it: relative to the repository when inside it,
-    so that the regenerate command it prints holds in any checkout."""
-    return out.resolve().relative_to(ROOT) if out.resolve().is_relative_to(ROOT) else out
 
 
 def main(argv: list[str] | None = None) -> int:
