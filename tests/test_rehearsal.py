@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from core.feedback import common_plan, rehearsal_ids
+from core.feedback import common_plan, rehearsal_ids, with_rehearsal
 from core.feedback.attention import workflow as aw
 from core.feedback.attention.loss import FEEDBACK as ATTENTION
 from core.models import build_model
@@ -34,6 +34,14 @@ def test_rehearsal_ids_come_from_the_training_split_are_seeded_and_skip_the_excl
     assert len(rehearsal_ids(tiny_data, 0, seed=0)) == 0
     with pytest.raises(ValueError, match="0 or more"):
         rehearsal_ids(tiny_data, -1, seed=0)
+
+
+def test_with_rehearsal_puts_the_annotated_rows_first_and_adds_other_training_rows(tiny_data):
+    annotated = tiny_data.ids("pool")[:3].tolist()
+    rows = with_rehearsal(tiny_data, annotated, 5, seed=2)
+    assert rows[:3].tolist() == annotated and len(rows) == 8
+    assert torch.equal(rows[3:], rehearsal_ids(tiny_data, 5, seed=2, exclude=annotated))
+    assert with_rehearsal(tiny_data, annotated, 0, seed=2).tolist() == annotated
 
 
 def _annotations(data, model, n=4):

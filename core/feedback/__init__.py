@@ -80,6 +80,15 @@ def rehearsal_ids(data: ImageDataset, n: int, seed: int, exclude: Sequence[int] 
     return train[order[:n]]
 
 
+def with_rehearsal(data: ImageDataset, ids: Sequence[int] | torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``ids`` (the annotated rows) followed by :func:`rehearsal_ids` of ``n`` other training rows
+    under ``seed``: the rows a fine-tune on annotated images trains on."""
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    if not n:
+        return ids
+    return torch.cat([ids, rehearsal_ids(data, int(n), seed, exclude=ids.tolist())])
+
+
 def common_plan(kind: FeedbackKind, data: ImageDataset, annotations: Sequence[Any], settings: FineTune) -> KindPlan:
     """The common fine-tune of a kind: ``cls_weight`` x CE on the annotated images
     (``settings.on_annotated``; ValueError when there are none; with ``settings.rehearsal``
@@ -99,11 +108,9 @@ def common_plan(kind: FeedbackKind, data: ImageDataset, annotations: Sequence[An
                 "guidance": bool(settings.guidance)}
     train = train_ids = None
     if settings.on_annotated:
-        train_ids = torch.as_tensor(ids, dtype=torch.long)
-        if settings.rehearsal:
-            extra = rehearsal_ids(data, int(settings.rehearsal), settings.config.seed, exclude=ids)
-            train_ids = torch.cat([train_ids, extra])
-            feedback["rehearsal"] = len(extra)
+        train_ids = with_rehearsal(data, ids, int(settings.rehearsal), settings.config.seed)
+        if len(train_ids) > len(ids):
+            feedback["rehearsal"] = len(train_ids) - len(ids)
         train = (data.images[train_ids], data.labels[train_ids])
     description = kind.describe(annotations)
     if feedback.get("rehearsal"):

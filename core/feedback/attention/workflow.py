@@ -24,7 +24,7 @@ from core.feedback.attention.loss import (
     AttentionSettings,
     attention_in_mask,
 )
-from core.feedback import rehearsal_ids
+from core.feedback import with_rehearsal
 from core.feedback.counterexamples import KIND as CEX, CounterexampleSettings, counterexample_term
 from core.session.runs import FineTune, JobOptions
 from core.models import for_inference
@@ -171,9 +171,7 @@ def fine_tune_plan(data: ImageDataset, annotations: Sequence[AttentionAnnotation
     :meth:`core.session.workbench.Workbench.start_training`, which builds the same terms)."""
     if not annotations:
         raise ValueError("Confirm at least one annotation before fine-tuning.")
-    ids = torch.as_tensor([a.example_id for a in annotations], dtype=torch.long)
-    if settings.rehearsal:
-        ids = torch.cat([ids, rehearsal_ids(data, int(settings.rehearsal), settings.train.seed, exclude=ids.tolist())])
+    ids = with_rehearsal(data, [a.example_id for a in annotations], int(settings.rehearsal), settings.train.seed)
     plan: dict[str, Any] = {"train": (data.images[ids], data.labels[ids]), "train_ids": ids,
                             "loss_terms": None, "weights": None}
     terms: dict[str, Any] = {}
