@@ -30,7 +30,7 @@ from core.engine import Batch
 from core.models.base import SteerableModel
 
 KIND = "counterexamples"
-FILLS = ("donor",)
+FILLS = ("donor", "background")
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,9 @@ class CounterexampleSettings:
     """Whether and how the fine-tune adds counterexamples of the marks.
 
     ``k`` copies of each annotated image; ``fill`` "donor": the marked pixels come from the
-    same pixels of another training image drawn at random. ``per_step`` copies enter each
+    same pixels of another training image drawn at random; "background" (data with object
+    masks): the same, but where the donor's object is, its mean background colour, so the copy
+    gets another image's background and none of its object's strokes. ``per_step`` copies enter each
     training step's term; ``weight`` is the term's weight against the CE of the batch.
     Defaults chosen on the tuning seeds of ``benchmarks/attention_guidance.py``.
     """
@@ -89,6 +91,30 @@ def ignore_mask(annotation: Any) -> np.ndarray:
     raise TypeError(f"{type(annotation).__name__} has no 'ignore this' marks")
 
 
+def donor_picks(n: int, k: int, n_donors: int, *, seed: int = 0, source_rows: torch.Tensor | None = None,
+                donor_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """For ``k`` copies of each of ``n`` images: (index of each copy's source image (n*k,), index
+    into the donors of each copy's donor (n*k,)), drawn under ``seed``. ``source_rows`` /
+    ``donor_rows`` (dataset row ids) keep an image from being its own donor."""
+    if n_donors == 0:
+        raise ValueError("counterexamples need at least one donor image")
+    gen = torch.Generator().manual_seed(int(seed))
+    source = torch.arange(n).repeat_interleave(int(k))
+    pick = torch.randint(0, n_donors, (len(source),), generator=gen)
+    if source_rows is not None and donor_rows is not None and n_donors > 1:
+        same = donor_rows[pick] == source_rows[source]
+        # a copy whose donor is its own image would change nothing: take the next donor instead
+        pick = torch.where(same, (pick + 1) % n_donors, pick)
+    return source, pick
+
+
+def _marks_tensor(marks: torch.Tensor | np.ndarray, images: torch.Tensor) -> torch.Tensor:
+    m = torch.as_tensor(np.asarray(marks) if not torch.is_tensor(marks) else marks).to(torch.bool)
+    if m.shape != (len(images), *images.shape[-2:]):
+        raise ValueError(f"marks of shape {tuple(m.shape)} do not match images of shape {tuple(images.shape)}")
+    return m
+
+
 def make_counterexamples(images: torch.Tensor, labels: torch.Tensor, marks: torch.Tensor | np.ndarray,
                          donors: torch.Tensor, *, k: int, seed: int = 0,
                          source_rows: torch.Tensor | None = None,
@@ -104,20 +130,21 @@ def make_counterexamples(images: torch.Tensor, labels: torch.Tensor, marks: torc
     n = len(images)
     if len(labels) != n or len(marks) != n:
         raise ValueError(f"{n} images, {len(labels)} labels and {len(marks)} marks: they must match")
-    if len(donors) == 0:
-        raise ValueError("counterexamples need at least one donor image")
-    m = torch.as_tensor(np.asarray(marks) if not torch.is_tensor(marks) else marks).to(torch.bool)
-    if m.shape != (n, *images.shape[-2:]):
-        raise ValueError(f"marks of shape {tuple(m.shape)} do not match images of shape {tuple(images.shape)}")
-    gen = torch.Generator().manual_seed(int(seed))
-    source = torch.arange(n).repeat_interleave(int(k))
-    pick = torch.randint(0, len(donors), (len(source),), generator=gen)
-    if source_rows is not None and donor_rows is not None and len(donors) > 1:
-        same = donor_rows[pick] == source_rows[source]
-        # a copy whose donor is its own image would change nothing: take the next donor instead
-        pick = torch.where(same, (pick + 1) % len(donors), pick)
+    m = _marks_tensor(marks, images)
+    source, pick = donor_picks(n, k, len(donors), seed=seed, source_rows=source_rows, donor_rows=donor_rows)
     copies = torch.where(m[source][:, None], donors[pick], images[source])
     return copies, labels[source].clone(), source
+
+
+def background_only(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``images`` (M, C, H, W) with the pixels under their object ``masks`` (M, 1, H, W) set to
+    the image's mean background colour (per channel; the image's mean when it is all object)."""
+    obj = masks.to(torch.bool).expand_as(images)
+    bg = (~obj).to(images.dtype)
+    count = bg.sum(dim=(2, 3), keepdim=True)
+    mean = torch.where(count > 0, (images * bg).sum(dim=(2, 3), keepdim=True) / count.clamp(min=1),
+                       images.mean(dim=(2, 3), keepdim=True))
+    return torch.where(obj, mean.expand_as(images), images)
 
 
 class CounterexampleTerm:
@@ -125,25 +152,29 @@ class CounterexampleTerm:
     ``per_step`` copies, all when there are fewer), 0 with no graph while there are none.
 
     ``images``: the dataset's images by row id; ``donor_ids``: rows donors are drawn from (the
-    training split). :meth:`add` makes ``k`` copies of each annotation's image from its
+    training split); ``masks``: the object masks by row id, which the "background" fill needs. :meth:`add` makes ``k`` copies of each annotation's image from its
     :func:`ignore_mask` (an image annotated again replaces its copies) and is thread-safe, so a
     page can add reviews while a job waits. The copies are forwarded in the model's current
     mode, like the CE batch.
     """
 
     def __init__(self, images: torch.Tensor, donor_ids: Sequence[int] | np.ndarray, annotations: Iterable[Any] = (),
-                 settings: CounterexampleSettings = CounterexampleSettings()) -> None:
+                 settings: CounterexampleSettings = CounterexampleSettings(), *,
+                 masks: torch.Tensor | None = None) -> None:
         self.images = images
         self.donor_ids = torch.as_tensor(np.asarray(donor_ids, dtype=np.int64))
         if len(self.donor_ids) == 0:
             raise ValueError("counterexamples need training images to draw donors from")
+        if settings.fill == "background" and masks is None:
+            raise ValueError("the background fill needs object masks (an ImageFolder with a masks/ folder); "
+                             "use the donor fill for data without them")
+        self.masks = masks
         self.settings = settings
         self._lock = threading.Lock()
         self._copies: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._x: torch.Tensor | None = None
         self._y: torch.Tensor | None = None
         self._cursor = 0
-        self._added = 0
         self.add(annotations)
 
     def __len__(self) -> int:
@@ -160,12 +191,17 @@ class CounterexampleTerm:
             if not mask.any():
                 continue
             row = torch.tensor([int(a.example_id)])
-            # each image's own stream, so its copies do not depend on what was added before it
-            copies, ys, _ = make_counterexamples(
-                self.images[row], torch.tensor([int(a.label)]), mask[None], self.images[self.donor_ids],
-                k=self.settings.k, seed=self.settings.seed * 1_000_003 + int(a.example_id),
-                source_rows=row, donor_rows=self.donor_ids)
-            made.append((int(a.example_id), copies, ys))
+            # each image's own stream, so its copies do not depend on what was added before it;
+            # the donors are indexed after the draw (k rows), not copied whole for every image
+            source, pick = donor_picks(1, self.settings.k, len(self.donor_ids),
+                                       seed=self.settings.seed * 1_000_003 + int(a.example_id),
+                                       source_rows=row, donor_rows=self.donor_ids)
+            image, donor = self.images[row], self.donor_ids[pick]
+            fill = self.images[donor]
+            if self.settings.fill == "background":
+                fill = background_only(fill, self.masks[donor])
+            copies = torch.where(_marks_tensor(mask[None], image)[source][:, None], fill, image[source])
+            made.append((int(a.example_id), copies, torch.full((len(copies),), int(a.label), dtype=torch.long)))
         with self._lock:
             for example_id, copies, ys in made:
                 self._copies[example_id] = (copies, ys)
@@ -197,8 +233,17 @@ class CounterexampleTerm:
 
 def counterexample_term(data: Any, annotations: Iterable[Any], settings: CounterexampleSettings,
                         donor_split: str = "train") -> CounterexampleTerm:
-    """The term for ``data`` (an ImageDataset): donors from its ``donor_split``."""
-    return CounterexampleTerm(data.images, data.ids(donor_split), annotations, settings)
+    """The term for ``data`` (an ImageDataset): donors from its ``donor_split`` (those with an
+    object mask for the "background" fill)."""
+    donors = np.asarray(data.ids(donor_split))
+    masks = None
+    if settings.fill == "background" and data.masks is not None:
+        donors = donors[data.rows_with_mask()[donors]]
+        masks = data.masks
+        if len(donors) == 0:
+            raise ValueError(f"no image of the {donor_split} split has an object mask, which the background fill "
+                             "needs; use the donor fill")
+    return CounterexampleTerm(data.images, donors, annotations, settings, masks=masks)
 
 
 def describe(settings: CounterexampleSettings, count: int | None = None) -> str:
