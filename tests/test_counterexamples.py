@@ -14,7 +14,6 @@ from core.feedback.attention.loss import AttentionAnnotation
 from core.feedback.counterexamples import (
     CounterexampleSettings,
     CounterexampleTerm,
-    background_only,
     counterexample_term,
     ignore_mask,
     make_counterexamples,
@@ -189,38 +188,6 @@ def test_the_term_makes_the_same_copies_as_make_counterexamples_on_the_whole_don
         expected.append((copies, ys))
     assert torch.equal(term._x, torch.cat([c for c, _ in expected]))
     assert torch.equal(term._y, torch.cat([y for _, y in expected]))
-
-
-def test_background_only_paints_the_object_in_the_mean_background_colour():
-    images = torch.zeros(2, 3, 4, 4)
-    images[0, :, :, :2] = torch.tensor([0.2, 0.4, 0.6])[:, None, None]  # background, left half
-    images[0, :, :, 2:] = 1.0  # object, right half
-    images[1] = 0.5
-    masks = torch.zeros(2, 1, 4, 4)
-    masks[0, :, :, 2:] = 1
-    masks[1] = 1  # all object: the image's own mean
-    out = background_only(images, masks)
-    assert torch.allclose(out[0, :, :, 2:], torch.tensor([0.2, 0.4, 0.6])[:, None, None].expand(3, 4, 2))
-    assert torch.equal(out[0, :, :, :2], images[0, :, :, :2])
-    assert torch.allclose(out[1], images[1])
-
-
-def test_the_background_fill_takes_no_pixel_of_a_donors_object():
-    data = _shortcut_set()
-    ids = data.ids("pool")[:4]
-    everything = np.ones((16, 16), bool)
-    anns = [AttentionAnnotation.from_masks(int(i), int(data.labels[i]), negative=everything) for i in ids]
-    term = counterexample_term(data, anns, CounterexampleSettings(k=3, fill="background"))
-    donors = background_only(data.images[data.ids("train")], data.masks[data.ids("train")])
-    for copy_ in term._x:  # every pixel marked: each copy is one donor's background, its object painted over
-        assert any(torch.allclose(copy_, d) for d in donors)
-    # the bars (the object) are gone: inside the mask every pixel has one value per copy
-    inside = data.masks[0, 0].bool()
-    assert all(float(c[0][inside].std()) < 1e-6 for c in term._x)
-    with pytest.raises(ValueError, match="object masks"):
-        CounterexampleTerm(data.images, data.ids("train"), anns, CounterexampleSettings(fill="background"))
-    with pytest.raises(ValueError, match="unknown fill"):
-        CounterexampleSettings(fill="noise")
 
 
 def test_settings_round_trip_and_off_by_default_when_missing():

@@ -30,7 +30,7 @@ from core.engine import Batch
 from core.models.base import SteerableModel
 
 KIND = "counterexamples"
-FILLS = ("donor", "background")
+FILLS = ("donor",)
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,8 @@ class CounterexampleSettings:
     """Whether and how the fine-tune adds counterexamples of the marks.
 
     ``k`` copies of each annotated image; ``fill`` "donor": the marked pixels come from the
-    same pixels of another training image drawn at random; "background" (data with object
-    masks): the same, but where the donor's object is, its mean background colour, so the copy
-    gets another image's background and none of its object's strokes. ``per_step`` copies enter each
+    same pixels of another training image drawn at random (a fill from the donor's background
+    only measured no better: results/issue28/background_fill/). ``per_step`` copies enter each
     training step's term; ``weight`` is the term's weight against the CE of the batch.
     Defaults chosen on the tuning seeds of ``benchmarks/attention_guidance.py``.
     """
@@ -136,39 +135,23 @@ def make_counterexamples(images: torch.Tensor, labels: torch.Tensor, marks: torc
     return copies, labels[source].clone(), source
 
 
-def background_only(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """``images`` (M, C, H, W) with the pixels under their object ``masks`` (M, 1, H, W) set to
-    the image's mean background colour (per channel; the image's mean when it is all object)."""
-    obj = masks.to(torch.bool).expand_as(images)
-    bg = (~obj).to(images.dtype)
-    count = bg.sum(dim=(2, 3), keepdim=True)
-    mean = torch.where(count > 0, (images * bg).sum(dim=(2, 3), keepdim=True) / count.clamp(min=1),
-                       images.mean(dim=(2, 3), keepdim=True))
-    return torch.where(obj, mean.expand_as(images), images)
-
-
 class CounterexampleTerm:
     """Loss term: mean cross-entropy of this step's counterexamples (a rotating window of
     ``per_step`` copies, all when there are fewer), 0 with no graph while there are none.
 
     ``images``: the dataset's images by row id; ``donor_ids``: rows donors are drawn from (the
-    training split); ``masks``: the object masks by row id, which the "background" fill needs. :meth:`add` makes ``k`` copies of each annotation's image from its
+    training split). :meth:`add` makes ``k`` copies of each annotation's image from its
     :func:`ignore_mask` (an image annotated again replaces its copies) and is thread-safe, so a
     page can add reviews while a job waits. The copies are forwarded in the model's current
     mode, like the CE batch.
     """
 
     def __init__(self, images: torch.Tensor, donor_ids: Sequence[int] | np.ndarray, annotations: Iterable[Any] = (),
-                 settings: CounterexampleSettings = CounterexampleSettings(), *,
-                 masks: torch.Tensor | None = None) -> None:
+                 settings: CounterexampleSettings = CounterexampleSettings()) -> None:
         self.images = images
         self.donor_ids = torch.as_tensor(np.asarray(donor_ids, dtype=np.int64))
         if len(self.donor_ids) == 0:
             raise ValueError("counterexamples need training images to draw donors from")
-        if settings.fill == "background" and masks is None:
-            raise ValueError("the background fill needs object masks (an ImageFolder with a masks/ folder); "
-                             "use the donor fill for data without them")
-        self.masks = masks
         self.settings = settings
         self._lock = threading.Lock()
         self._copies: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -196,11 +179,9 @@ class CounterexampleTerm:
             source, pick = donor_picks(1, self.settings.k, len(self.donor_ids),
                                        seed=self.settings.seed * 1_000_003 + int(a.example_id),
                                        source_rows=row, donor_rows=self.donor_ids)
-            image, donor = self.images[row], self.donor_ids[pick]
-            fill = self.images[donor]
-            if self.settings.fill == "background":
-                fill = background_only(fill, self.masks[donor])
-            copies = torch.where(_marks_tensor(mask[None], image)[source][:, None], fill, image[source])
+            image = self.images[row]
+            copies = torch.where(_marks_tensor(mask[None], image)[source][:, None],
+                                 self.images[self.donor_ids[pick]], image[source])
             made.append((int(a.example_id), copies, torch.full((len(copies),), int(a.label), dtype=torch.long)))
         with self._lock:
             for example_id, copies, ys in made:
@@ -233,17 +214,8 @@ class CounterexampleTerm:
 
 def counterexample_term(data: Any, annotations: Iterable[Any], settings: CounterexampleSettings,
                         donor_split: str = "train") -> CounterexampleTerm:
-    """The term for ``data`` (an ImageDataset): donors from its ``donor_split`` (those with an
-    object mask for the "background" fill)."""
-    donors = np.asarray(data.ids(donor_split))
-    masks = None
-    if settings.fill == "background" and data.masks is not None:
-        donors = donors[data.rows_with_mask()[donors]]
-        masks = data.masks
-        if len(donors) == 0:
-            raise ValueError(f"no image of the {donor_split} split has an object mask, which the background fill "
-                             "needs; use the donor fill")
-    return CounterexampleTerm(data.images, donors, annotations, settings, masks=masks)
+    """The term for ``data`` (an ImageDataset): donors from its ``donor_split``."""
+    return CounterexampleTerm(data.images, data.ids(donor_split), annotations, settings)
 
 
 def describe(settings: CounterexampleSettings, count: int | None = None) -> str:
