@@ -90,13 +90,30 @@ def ignore_mask(annotation: Any) -> np.ndarray:
     raise TypeError(f"{type(annotation).__name__} has no 'ignore this' marks")
 
 
-def donor_picks(n: int, k: int, n_donors: int, *, seed: int = 0, source_rows: torch.Tensor | None = None,
-                donor_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """For ``k`` copies of each of ``n`` images: (index of each copy's source image (n*k,), index
-    into the donors of each copy's donor (n*k,)), drawn under ``seed``. ``source_rows`` /
-    ``donor_rows`` (dataset row ids) keep an image from being its own donor."""
+def make_counterexamples(images: torch.Tensor, labels: torch.Tensor, marks: torch.Tensor | np.ndarray,
+                         donors: torch.Tensor, *, k: int, seed: int = 0,
+                         source_rows: torch.Tensor | None = None,
+                         donor_rows: torch.Tensor | None = None,
+                         donor_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``k`` copies of each image (N, C, H, W) whose pixels under ``marks`` (N, H, W) are the
+    same pixels of a donor drawn at random from ``donors`` (M, C, H, W); every other pixel and
+    every label is kept. Returns (copies (N*k, C, H, W), labels (N*k,), index of each copy's
+    source image (N*k,)). Deterministic under ``seed``.
+
+    ``donor_index``: draw only from these rows of ``donors``, so a caller can pass a whole
+    dataset without copying a split out of it (only the drawn rows are read).
+    ``source_rows`` / ``donor_rows`` (dataset row ids of the images and of the donors drawn from)
+    keep an image from being its own donor when it is among them.
+    """
+    n = len(images)
+    if len(labels) != n or len(marks) != n:
+        raise ValueError(f"{n} images, {len(labels)} labels and {len(marks)} marks: they must match")
+    n_donors = len(donors) if donor_index is None else len(donor_index)
     if n_donors == 0:
         raise ValueError("counterexamples need at least one donor image")
+    m = torch.as_tensor(np.asarray(marks) if not torch.is_tensor(marks) else marks).to(torch.bool)
+    if m.shape != (n, *images.shape[-2:]):
+        raise ValueError(f"marks of shape {tuple(m.shape)} do not match images of shape {tuple(images.shape)}")
     gen = torch.Generator().manual_seed(int(seed))
     source = torch.arange(n).repeat_interleave(int(k))
     pick = torch.randint(0, n_donors, (len(source),), generator=gen)
@@ -104,34 +121,8 @@ def donor_picks(n: int, k: int, n_donors: int, *, seed: int = 0, source_rows: to
         same = donor_rows[pick] == source_rows[source]
         # a copy whose donor is its own image would change nothing: take the next donor instead
         pick = torch.where(same, (pick + 1) % n_donors, pick)
-    return source, pick
-
-
-def _marks_tensor(marks: torch.Tensor | np.ndarray, images: torch.Tensor) -> torch.Tensor:
-    m = torch.as_tensor(np.asarray(marks) if not torch.is_tensor(marks) else marks).to(torch.bool)
-    if m.shape != (len(images), *images.shape[-2:]):
-        raise ValueError(f"marks of shape {tuple(m.shape)} do not match images of shape {tuple(images.shape)}")
-    return m
-
-
-def make_counterexamples(images: torch.Tensor, labels: torch.Tensor, marks: torch.Tensor | np.ndarray,
-                         donors: torch.Tensor, *, k: int, seed: int = 0,
-                         source_rows: torch.Tensor | None = None,
-                         donor_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``k`` copies of each image (N, C, H, W) whose pixels under ``marks`` (N, H, W) are the
-    same pixels of a donor drawn at random from ``donors`` (M, C, H, W); every other pixel and
-    every label is kept. Returns (copies (N*k, C, H, W), labels (N*k,), index of each copy's
-    source image (N*k,)). Deterministic under ``seed``.
-
-    ``source_rows`` / ``donor_rows`` (dataset row ids of the images and the donors) keep an
-    image from being its own donor when it is among them.
-    """
-    n = len(images)
-    if len(labels) != n or len(marks) != n:
-        raise ValueError(f"{n} images, {len(labels)} labels and {len(marks)} marks: they must match")
-    m = _marks_tensor(marks, images)
-    source, pick = donor_picks(n, k, len(donors), seed=seed, source_rows=source_rows, donor_rows=donor_rows)
-    copies = torch.where(m[source][:, None], donors[pick], images[source])
+    drawn = donors[pick] if donor_index is None else donors[donor_index[pick]]
+    copies = torch.where(m[source][:, None], drawn, images[source])
     return copies, labels[source].clone(), source
 
 
@@ -175,14 +166,12 @@ class CounterexampleTerm:
                 continue
             row = torch.tensor([int(a.example_id)])
             # each image's own stream, so its copies do not depend on what was added before it;
-            # the donors are indexed after the draw (k rows), not copied whole for every image
-            source, pick = donor_picks(1, self.settings.k, len(self.donor_ids),
-                                       seed=self.settings.seed * 1_000_003 + int(a.example_id),
-                                       source_rows=row, donor_rows=self.donor_ids)
-            image = self.images[row]
-            copies = torch.where(_marks_tensor(mask[None], image)[source][:, None],
-                                 self.images[self.donor_ids[pick]], image[source])
-            made.append((int(a.example_id), copies, torch.full((len(copies),), int(a.label), dtype=torch.long)))
+            # donor_index: only the k drawn donors are read, not the whole split copied per image
+            copies, ys, _ = make_counterexamples(
+                self.images[row], torch.tensor([int(a.label)]), mask[None], self.images,
+                k=self.settings.k, seed=self.settings.seed * 1_000_003 + int(a.example_id),
+                source_rows=row, donor_rows=self.donor_ids, donor_index=self.donor_ids)
+            made.append((int(a.example_id), copies, ys))
         with self._lock:
             for example_id, copies, ys in made:
                 self._copies[example_id] = (copies, ys)
